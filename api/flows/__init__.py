@@ -1,0 +1,1 @@
+"""Flow specs: schema and validation for the designer."""

@@ -1,0 +1,1 @@
+"""The historian: raw points into PostgreSQL/TimescaleDB by binary COPY, idempotently."""

@@ -1,0 +1,46 @@
+"""Configuration of the historian writer.
+
+>>> c = HistorianConfig(url="postgresql://postgres@127.0.0.1:5432/nexus")
+>>> c.batch_rows, c.max_delay_s, c.partition_interval
+(50000, 1.0, '1 day')
+>>> try:
+...     HistorianConfig(url="postgresql://u:pw@db/x", batch_rows=0)
+... except ValueError as exc:
+...     print(exc.errors()[0]["loc"], "pw" in str(exc))
+('batch_rows',) False
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["HistorianConfig"]
+
+INTERVAL_SECONDS = {"1 hour": 3600, "1 day": 86400}
+
+
+class HistorianConfig(BaseModel):
+    """Where the raw points go and how the writer batches and retries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    url: str = Field(repr=False)
+    batch_rows: int = Field(default=50_000, gt=0)
+    """Write when this many rows are buffered ..."""
+    max_delay_s: float = Field(default=1.0, gt=0)
+    """... or when the oldest buffered row has waited this long."""
+    queue_batches: int = Field(default=64, gt=0)
+    """Point batches accepted but not yet buffered; ``write`` blocks when full (back-pressure)."""
+    partition_interval: Literal["1 hour", "1 day"] = "1 day"
+    """Chunk (TimescaleDB) or partition (native PostgreSQL) size."""
+    compress_after: str | None = "7 days"
+    """TimescaleDB only: compress chunks older than this (``None``: no compression policy)."""
+    retention: str | None = None
+    """TimescaleDB only: drop chunks older than this (``None``: keep everything)."""
+    use_timescaledb: bool = True
+    """Use TimescaleDB when the server offers it; ``False`` forces native partitioning."""
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: int = Field(default=5, gt=0)

@@ -1,0 +1,37 @@
+"""Bytewax sink writing point batches to the historian."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.historian.config import HistorianConfig
+from connectors.historian.writer import HistorianWriter
+from core.batch import PointBatch
+from core.tags import TagInfo
+
+__all__ = ["HistorianSink"]
+
+
+class _HistorianPartition(StatelessSinkPartition[PointBatch]):
+    def __init__(self, writer: HistorianWriter) -> None:
+        self.writer = writer
+
+    def write_batch(self, items: list[PointBatch]) -> None:
+        for batch in items:
+            self.writer.write(batch)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class HistorianSink(DynamicSink[PointBatch]):
+    """Each worker writes through its own :class:`HistorianWriter` (its own connection)."""
+
+    def __init__(self, config: HistorianConfig, tags: Mapping[int, TagInfo]) -> None:
+        self.config = config
+        self.tags = dict(tags)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistorianPartition:
+        return _HistorianPartition(HistorianWriter(self.config, self.tags, name=f"{step_id}-{worker_index}"))

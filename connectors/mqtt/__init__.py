@@ -1,0 +1,1 @@
+"""MQTT: the Unified Namespace publisher and its Bytewax sink."""

@@ -1,0 +1,40 @@
+"""Bytewax sink publishing point batches to the Unified Namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.mqtt.config import MqttSinkConfig
+from connectors.mqtt.publisher import UnsPublisher
+from core.batch import PointBatch
+from core.tags import TagInfo
+
+__all__ = ["UnsSink"]
+
+
+class _UnsPartition(StatelessSinkPartition[PointBatch]):
+    def __init__(self, publisher: UnsPublisher) -> None:
+        self.publisher = publisher
+
+    def write_batch(self, items: list[PointBatch]) -> None:
+        for batch in items:
+            self.publisher.publish_batch(batch)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class UnsSink(DynamicSink[PointBatch]):
+    """Each worker publishes through its own :class:`UnsPublisher` (its own client id)."""
+
+    def __init__(self, config: MqttSinkConfig, tags: Mapping[int, TagInfo]) -> None:
+        self.config = config
+        self.tags = dict(tags)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _UnsPartition:
+        config = self.config
+        if config.client_id is not None and worker_count > 1:
+            config = config.model_copy(update={"client_id": f"{config.client_id}-{worker_index}"})
+        return _UnsPartition(UnsPublisher(config, self.tags))

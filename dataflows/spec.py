@@ -1,0 +1,314 @@
+"""Flow spec v1: the contract between the API, the flow designer and the runtime.
+
+A spec names the devices to poll (connection, poll interval, ISA-95 location, tags) and the
+chain of operators and sinks the points go through. It is plain data (YAML or JSON), checked
+here by pydantic models; :func:`load_spec` refuses a bad spec before anything starts, with the
+field path of every problem:
+
+>>> try:
+...     parse_spec({"version": 1, "id": "f", "devices": [
+...         {"id": "d1", "connection": {"host": "127.0.0.1"}, "poll_interval_s": -1,
+...          "location": {"enterprise": "e", "site": "s", "area": "a", "line": "l"},
+...          "tags": [{"name": "t", "table": "holding", "address": 0, "data_type": "float128"}]}]})
+... except SpecError as e:
+...     print(e)
+flow spec is invalid (2 problems):
+  devices[0].poll_interval_s: Input should be greater than 0 (got -1)
+  devices[0].tags[0].data_type: Input should be 'bool', 'int16', 'uint16', 'int32', 'uint32' or 'float32' (got 'float128')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from connectors.modbus.config import (
+    DataType,
+    ModbusConnection,
+    ModbusTagAddress,
+    RegisterTable,
+    WordOrder,
+)
+from connectors.modbus.simulator import Signal
+from core.batch import tag_id_for
+from core.tags import TagInfo
+from core.uns import IsaPath, uns_topic
+from operators.units import UnitError, conversion
+
+SPEC_VERSION = 1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
+"""Ids and names: they become MQTT topic levels, step ids and SQL values."""
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; ``problems`` lists ``(field path, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = problems
+        where = f" ({source})" if source else ""
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = [f"flow spec{where} is invalid ({len(problems)} {noun}):"]
+        lines += [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Location(_Model):
+    """ISA-95 location; the first four levels of every UNS topic of the device."""
+
+    enterprise: Name
+    site: Name
+    area: Name
+    line: Name
+
+    def isa_path(self) -> IsaPath:
+        return IsaPath(self.enterprise, self.site, self.area, self.line)
+
+
+class Clamp(_Model):
+    """Limits in the tag's ``unit``; values outside are clamped and flagged ``uncertain_clamped``."""
+
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Clamp:
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"clamp low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class DeadbandSpec(_Model):
+    """Publish a value only when it moved more than the band since the last published one.
+
+    ``absolute`` and ``span`` are in the tag's ``unit`` (converted along with the value)."""
+
+    absolute: float | None = Field(default=None, gt=0)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    span: float | None = Field(default=None, gt=0)
+    """Span for ``percent``; defaults to the tag's clamp range."""
+    heartbeat_s: float | None = Field(default=None, gt=0)
+    """Republish a steady value after this many seconds of silence."""
+
+
+class TagSpec(_Model):
+    name: Name
+    table: RegisterTable
+    address: int = Field(ge=0, le=65535)
+    data_type: DataType = "uint16"
+    word_order: WordOrder = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    convert_to: str | None = None
+    """Engineering unit to convert to after scaling (e.g. ``degF`` for a ``degC`` tag)."""
+    clamp: Clamp | None = None
+    deadband: DeadbandSpec | None = None
+    simulate: Signal | None = None
+    """Signal of the simulated device (demo and tests); ignored by real connections."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TagSpec:
+        self.modbus_address()  # coil/bool pairing and address range
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.convert_to is not None:
+            if not self.unit:
+                raise ValueError(f"convert_to {self.convert_to!r} needs the tag's `unit`")
+            try:
+                conversion(self.unit, self.convert_to)
+            except UnitError as exc:
+                raise ValueError(str(exc)) from None
+        band, clamp = self.deadband, self.clamp
+        has_span = clamp is not None and clamp.low is not None and clamp.high is not None
+        if band is not None and band.percent is not None and band.span is None and not has_span:
+            raise ValueError("deadband.percent needs deadband.span or both clamp limits")
+        return self
+
+    def modbus_address(self) -> ModbusTagAddress:
+        return ModbusTagAddress(
+            table=self.table, address=self.address, data_type=self.data_type, word_order=self.word_order
+        )
+
+    @property
+    def eng_unit(self) -> str:
+        return self.convert_to or self.unit
+
+
+class DeviceSpec(_Model):
+    id: Name
+    protocol: Literal["modbus_tcp"] = "modbus_tcp"
+    connection: ModbusConnection
+    poll_interval_s: float = Field(default=1.0, gt=0, le=86_400)
+    location: Location
+    tags: list[TagSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_tags(self) -> DeviceSpec:
+        _refuse_duplicates([t.name for t in self.tags], "tag name", "tags")
+        return self
+
+
+class NormalizeNode(_Model):
+    id: Name
+    type: Literal["normalize"]
+
+
+class DeadbandNode(_Model):
+    id: Name
+    type: Literal["deadband"]
+
+
+OperatorNode = Annotated[NormalizeNode | DeadbandNode, Field(discriminator="type")]
+
+
+class MqttUnsNode(_Model):
+    """Publish one JSON message per point on the device's UNS topics."""
+
+    id: Name
+    type: Literal["mqtt_uns"]
+    input: Name | None = None
+    """Operator node to take points from; default: the last operator."""
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+class HistorianNode(_Model):
+    """Store raw points in the historian (binary COPY, batched by size and time)."""
+
+    id: Name
+    type: Literal["historian"]
+    input: Name | None = None
+    batch_rows: int = Field(default=50_000, gt=0)
+    max_delay_s: float = Field(default=1.0, gt=0)
+
+
+SinkNode = Annotated[MqttUnsNode | HistorianNode, Field(discriminator="type")]
+
+
+class FlowSpec(_Model):
+    version: Literal[1]
+    id: Name
+    """Flow id; with the node ids it forms the Bytewax step ids (keep both stable)."""
+    description: str = ""
+    devices: list[DeviceSpec] = Field(min_length=1)
+    operators: list[OperatorNode] = Field(default_factory=list)
+    sinks: list[SinkNode] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> FlowSpec:
+        _refuse_duplicates([d.id for d in self.devices], "device id", "devices")
+        nodes = [*self.operators, *self.sinks]
+        ids = [n.id for n in nodes]
+        if "devices" in ids:
+            raise ValueError("node id 'devices' is reserved for the source step")
+        _refuse_duplicates(ids, "node id", "operators/sinks")
+        kinds = [n.type for n in self.operators]
+        for kind in set(kinds):
+            if kinds.count(kind) > 1:
+                raise ValueError(f"operators: {kind!r} appears {kinds.count(kind)} times; use it once")
+        operator_ids = {n.id for n in self.operators}
+        for i, sink in enumerate(self.sinks):
+            if sink.input is not None and sink.input not in operator_ids:
+                raise ValueError(
+                    f"sinks[{i}].input: {sink.input!r} is not an operator id "
+                    f"(operators: {sorted(operator_ids) or 'none'})"
+                )
+        return self
+
+    def tag_infos(self) -> dict[int, TagInfo]:
+        """Every configured tag by its stable id (what the sinks need to know)."""
+        infos: dict[int, TagInfo] = {}
+        for device in self.devices:
+            path = device.location.isa_path()
+            for tag in device.tags:
+                tag_id = tag_id_for(device.id, tag.name)
+                infos[tag_id] = TagInfo(
+                    tag_id=tag_id,
+                    device_id=device.id,
+                    name=tag.name,
+                    unit=tag.eng_unit,
+                    topic=uns_topic(path, device.id, tag.name),
+                )
+        return infos
+
+
+def _refuse_duplicates(names: list[str], what: str, where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{where}[{i}]: duplicate {what} {name!r} (first at {where}[{seen[name]}])")
+        seen[name] = i
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("normalize", "deadband", "mqtt_uns", "historian", "function-after"):
+            continue  # discriminator tags and validator wrappers add no information
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("missing", "value_error", "extra_forbidden") and "input" in err:
+            message += f" (got {err['input']!r})"
+        problems.append((_path(tuple(err["loc"])), message))
+    return problems
+
+
+def parse_spec(data: Mapping[str, Any], source: str | None = None) -> FlowSpec:
+    """Validate a spec document (already parsed from YAML/JSON)."""
+    if not isinstance(data, Mapping):
+        raise SpecError([("", f"a spec is a mapping, got {type(data).__name__}")], source)
+    version = data.get("version")
+    if version != SPEC_VERSION:
+        raise SpecError([("version", f"unsupported spec version {version!r}; this build reads 1")], source)
+    try:
+        return FlowSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_problems(exc), source) from None
+
+
+def load_spec(path: str | Path) -> FlowSpec:
+    """Read and validate a YAML or JSON spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([("", f"cannot read spec file: {exc.strerror}")], str(path)) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise SpecError([("", f"not valid {kind}: {exc}")], str(path)) from None
+    return parse_spec(data, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of flow spec v1."""
+    schema = FlowSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://nexus-edge.dev/schemas/flow-spec-v1.json"
+    schema["title"] = "NEXUS Edge flow spec v1"
+    return schema
+
+
+DEMO_SPEC = Path(__file__).parent / "specs" / "demo.yaml"
+SCHEMA_FILE = Path(__file__).parent / "schema" / "flow-spec-v1.json"

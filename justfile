@@ -1,0 +1,44 @@
+# NEXUS Edge — the one entry point for people and CI. `just` lists the recipes.
+
+python := env("PYTHON", "python")
+
+# list the recipes
+default:
+    @just --list
+
+# install the project with its development tools into the current Python environment
+setup:
+    {{python}} -m pip install -e ".[dev]"
+
+# run the demo on embedded defaults (PostgreSQL, MQTT broker, simulated PLCs, the dataflow)
+demo *ARGS:
+    nexus demo {{ARGS}}
+
+# run the telemetry dataflow against NEXUS_DATABASE_URL / NEXUS_MQTT_URL
+run *ARGS:
+    nexus run {{ARGS}}
+
+# run the test suite (unit, property, integration against real services, doctests)
+test *ARGS:
+    {{python}} -m pytest {{ARGS}}
+
+# lint and check formatting
+lint:
+    {{python}} -m ruff check .
+    {{python}} -m ruff format --check .
+
+# static type checks
+typecheck:
+    {{python}} -m mypy core connectors operators dataflows api nexus
+
+# format the code
+fmt:
+    {{python}} -m ruff format .
+    {{python}} -m ruff check --fix .
+
+# regenerate the published JSON Schema of the flow spec
+schema:
+    nexus schema -o dataflows/schema/flow-spec-v1.json
+
+# everything CI checks: lint, types, tests
+ci: lint typecheck test

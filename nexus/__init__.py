@@ -1,0 +1,1 @@
+"""NEXUS Edge command line, embedded services and the demo."""

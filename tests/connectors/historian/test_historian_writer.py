@@ -1,0 +1,181 @@
+"""The historian writer against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import psycopg
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+
+from connectors.historian.config import HistorianConfig
+from connectors.historian.sink import HistorianSink
+from connectors.historian.writer import HistorianWriter
+from core.batch import PointBatch
+from core.quality import Quality
+from core.tags import TagInfo
+from nexus.embedded import EmbeddedPostgres, free_port
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
+BIG = 2**63 - 5
+TAGS = {
+    1: TagInfo(1, "press-01", "temp", "degC", "acme/p1/press/l1/press-01/temp"),
+    BIG: TagInfo(BIG, "press-01", "speed", "rpm", "acme/p1/press/l1/press-01/speed"),
+}
+
+
+def batch(n: int = 3, t0: int = T0, step_ns: int = 1_000_000) -> PointBatch:
+    ids = np.array([1, BIG] * n, dtype=np.int64)[:n]
+    ts = t0 + np.arange(n, dtype=np.int64) * step_ns
+    return PointBatch.from_values("press-01", ids, np.arange(n, dtype=np.float64) + 0.5, ts_ns=ts)
+
+
+def rows(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT time, tag_id, value, quality FROM nexus_points ORDER BY time, tag_id"
+        ).fetchall()
+
+
+def count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM nexus_points").fetchone()[0])  # type: ignore[index]
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+
+def test_round_trip_values_time_quality_nan(db: str) -> None:
+    b = PointBatch.from_values(
+        "press-01",
+        [1, BIG, 1],
+        [21.5, float("nan"), -3.25],
+        ts_ns=np.array([T0, T0, T0 + 1_000], dtype=np.int64),
+        quality=np.array([Quality.GOOD, Quality.COMM_ERROR, Quality.CLAMPED], dtype=np.uint8),
+    )
+    with HistorianWriter(HistorianConfig(url=db), TAGS) as w:
+        w.write(b)
+        w.flush(10)
+        assert w.stats()["rows_written"] == 3
+        assert w.mode == "native"
+    t = datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)
+    t2 = datetime(2023, 11, 14, 22, 13, 20, 123457, tzinfo=UTC)  # +1000 ns = +1 µs
+    assert rows(db) == [(t, 1, 21.5, 0), (t, BIG, None, Quality.COMM_ERROR), (t2, 1, -3.25, Quality.CLAMPED)]
+    with psycopg.connect(db) as conn:
+        where = conn.execute("SELECT DISTINCT tableoid::regclass::text FROM nexus_points").fetchall()
+        tags = conn.execute("SELECT tag_id, uns_path FROM nexus_tags ORDER BY tag_id").fetchall()
+    assert where == [("nexus_points_p20231114",)]
+    assert tags == [(1, TAGS[1].topic), (BIG, TAGS[BIG].topic)]
+
+
+def test_rows_on_several_days_go_to_their_partitions(db: str) -> None:
+    day = 86_400 * 10**9
+    with HistorianWriter(HistorianConfig(url=db), TAGS) as w:
+        w.write(batch(4, t0=T0, step_ns=day))
+        w.flush(10)
+    with psycopg.connect(db) as conn:
+        parts = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM nexus_points GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert parts == [(f"nexus_points_p202311{d}", 1) for d in (14, 15, 16, 17)]
+
+
+def test_replay_is_idempotent(db: str) -> None:
+    with HistorianWriter(HistorianConfig(url=db), TAGS) as w:
+        w.write(batch(10))
+        w.flush(10)
+        w.write(batch(10))  # the same rows again (a replay after a crash)
+        w.write(batch(20))  # overlapping: 10 old + 10 new
+        w.flush(10)
+        s = w.stats()
+    assert count(db) == 20
+    assert s["rows_written"] == 20 and s["duplicates_skipped"] == 20 and s["rows_pending"] == 0
+
+
+def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..., Any]) -> None:
+    w = HistorianWriter(HistorianConfig(url=db, batch_rows=1_000_000, max_delay_s=0.3), TAGS)
+    try:
+        w.write(batch(5))
+        wait_for(lambda: count(db) == 5, timeout=10, what="5 rows after max_delay")
+    finally:
+        w.close()
+
+
+def test_size_bounded_flush(db: str, wait_for: Callable[..., Any]) -> None:
+    w = HistorianWriter(HistorianConfig(url=db, batch_rows=100, max_delay_s=600), TAGS)
+    try:
+        for i in range(5):
+            w.write(batch(50, t0=T0 + i * 10**9))
+        wait_for(lambda: w.stats()["batches_written"] == 2, timeout=10, what="two size-bounded writes")
+        assert count(db) == 200
+        assert w.rows_pending == 50
+        w.flush(10)
+        assert count(db) == 250
+    finally:
+        w.close()
+
+
+def test_survives_terminated_connections(db: str, wait_for: Callable[..., Any]) -> None:
+    cfg = HistorianConfig(url=db, retry_initial_s=0.05, max_delay_s=0.1)
+    with HistorianWriter(cfg, TAGS) as w:
+        w.write(batch(10))
+        w.flush(10)
+        with psycopg.connect(db, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'nexus-historian' AND datname = current_database()"
+            ).fetchone()
+        assert killed == (1,)
+        w.write(batch(10, t0=T0 + 10**9))
+        w.flush(20)
+        assert w.stats()["errors"] >= 1
+    assert count(db) == 20
+
+
+def test_survives_database_restart(tmp_path: Path, wait_for: Callable[..., Any]) -> None:
+    pg = EmbeddedPostgres(tmp_path, port=free_port())
+    pg.start()
+    try:
+        cfg = HistorianConfig(url=pg.url, retry_initial_s=0.05, retry_max_s=0.5, max_delay_s=0.1)
+        w = HistorianWriter(cfg, TAGS)
+        w.write(batch(10))
+        w.flush(20)
+        pg.stop()
+        w.write(batch(10, t0=T0 + 10**9))  # accepted while the server is down
+        wait_for(lambda: w.stats()["errors"] >= 2, timeout=20, what="failed retries")
+        assert w.rows_pending == 10
+        pg.start()  # same folder, data kept
+        w.flush(30)
+        w.close()
+        assert count(pg.url) == 20
+    finally:
+        pg.stop()
+
+
+def test_close_gives_up_with_a_typed_error_when_unreachable() -> None:
+    from connectors.historian.writer import HistorianTimeout
+
+    url = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/nexus"
+    w = HistorianWriter(HistorianConfig(url=url, retry_initial_s=0.05, retry_max_s=0.2), TAGS)
+    w.write(batch(3))
+    with pytest.raises(HistorianTimeout) as info:
+        w.close(timeout=1.0)
+    assert "secret" not in str(info.value)
+    assert w.rows_pending == 3
+
+
+def test_bytewax_sink(db: str) -> None:
+    flow = Dataflow("historian_sink_test")
+    batches = [batch(5, t0=T0 + i * 10**9) for i in range(4)]
+    stream = op.input("in", flow, TestingSource(batches))
+    op.output("out", stream, HistorianSink(HistorianConfig(url=db, max_delay_s=0.1), TAGS))
+    run_main(flow)
+    assert count(db) == 20

@@ -1,0 +1,86 @@
+"""The compiler: step ids from node ids, the operator chain over batches from memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from core.batch import PointBatch, tag_id_for
+from core.quality import Quality
+from dataflows.compiler import Runtime, compile_flow
+from dataflows.spec import parse_spec
+
+
+def spec_doc() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "id": "unit",
+        "devices": [
+            {
+                "id": "d1",
+                "connection": {"host": "127.0.0.1", "port": 5020},
+                "location": {"enterprise": "acme", "site": "s1", "area": "a1", "line": "l1"},
+                "tags": [
+                    {
+                        "name": "temp",
+                        "table": "holding",
+                        "address": 0,
+                        "data_type": "int16",
+                        "scale": 0.1,
+                        "unit": "degC",
+                        "convert_to": "degF",
+                        "clamp": {"low": 0, "high": 150},
+                        "deadband": {"absolute": 1.0},
+                    },
+                    {"name": "count", "table": "input", "address": 0, "data_type": "uint32"},
+                ],
+            }
+        ],
+        "operators": [{"id": "norm", "type": "normalize"}, {"id": "db", "type": "deadband"}],
+        "sinks": [{"id": "uns", "type": "mqtt_uns"}, {"id": "hist", "type": "historian", "input": "norm"}],
+    }
+
+
+def test_step_ids_come_from_node_ids() -> None:
+    spec = parse_spec(spec_doc())
+    flow = compile_flow(
+        spec, Runtime(source=TestingSource([]), sinks={"uns": TestingSink([]), "hist": TestingSink([])})
+    )
+    step_ids = {step.step_id for step in flow.substeps}
+    assert {"unit.devices", "unit.norm", "unit.db", "unit.uns", "unit.hist"} <= step_ids
+
+
+def test_chain_scales_converts_clamps_and_deadbands() -> None:
+    spec = parse_spec(spec_doc())
+    temp, count = tag_id_for("d1", "temp"), tag_id_for("d1", "count")
+    # 20.0, 20.4, 21.5, 200 degC; the clamp (0..150 degC) and the deadband (1.0 degC = 1.8 degF) are
+    # given in the tag's unit and converted with the value
+    raw = [(200, 7), (205, 8), (215, 9), (2000, 10)]
+    batches = [
+        PointBatch.from_values("d1", [temp, count], [t, c], ts_ns=1_700_000_000_000_000_000 + i * 10**9)
+        for i, (t, c) in enumerate(raw)
+    ]
+    published: list[PointBatch] = []
+    stored: list[PointBatch] = []
+    flow = compile_flow(
+        spec,
+        Runtime(
+            source=TestingSource(batches), sinks={"uns": TestingSink(published), "hist": TestingSink(stored)}
+        ),
+    )
+    run_main(flow)
+
+    # the historian takes every normalized point (its input is `norm`)
+    assert len(stored) == 4
+    temps = [float(b.values[b.tag_ids == temp][0]) for b in stored]
+    expected_f = [c * 9 / 5 + 32 for c in (20.0, 20.5, 21.5, 150.0)]
+    np.testing.assert_allclose(temps, expected_f)
+    assert stored[-1].quality[stored[-1].tag_ids == temp][0] == Quality.CLAMPED
+
+    # the UNS gets what moved more than 1.8 degF (20.5 degC is within the band of 20.0); `count` has no deadband: every value passes
+    pub_temps = np.concatenate([b.values[b.tag_ids == temp] for b in published])
+    np.testing.assert_allclose(pub_temps, [expected_f[0], expected_f[2], expected_f[3]])
+    pub_counts = np.concatenate([b.values[b.tag_ids == count] for b in published])
+    assert pub_counts.tolist() == [7, 8, 9, 10]
