@@ -289,6 +289,10 @@ class ModbusDeviceClient:
         if self._m is not None:
             self._m[name].inc(n)
 
+    def error_batch(self, quality: Quality, ts_ns: int) -> PointBatch:
+        """Every tag with NaN and ``quality`` (a poll that could not complete)."""
+        return self._uniform(ts_ns, quality)
+
     def _uniform(self, ts_ns: int, quality: Quality) -> PointBatch:
         n = len(self.read_plan)
         if quality == Quality.COMM_ERROR:

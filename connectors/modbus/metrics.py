@@ -18,7 +18,6 @@ class ModbusMetrics:
     comm_errors: Any
     device_exceptions: Any
     reconnects: Any
-    skipped_polls: Any
     latency: Any
 
 
@@ -39,10 +38,5 @@ def modbus_metrics() -> ModbusMetrics | None:
             "nexus_modbus_device_exceptions", "Modbus requests answered with an exception response", label
         ),
         reconnects=Counter("nexus_modbus_reconnects", "Modbus connections re-established", label),
-        skipped_polls=Counter(
-            "nexus_modbus_skipped_polls",
-            "Modbus poll slots skipped because the previous poll was busy",
-            label,
-        ),
         latency=Gauge("nexus_modbus_poll_latency_seconds", "Duration of the last Modbus poll", label),
     )

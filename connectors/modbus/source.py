@@ -1,15 +1,7 @@
 """Bytewax source polling Modbus TCP devices: one partition per device, ``modbus:{device_id}``.
 
-Each partition owns a daemon thread running an asyncio event loop with the device's
-:class:`~connectors.modbus.client.ModbusDeviceClient`. ``next_batch`` never blocks: it hands a
-finished poll's :class:`~core.batch.PointBatch` to the dataflow and submits the next poll when its
-slot is due. Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never
-drifts; a slot that comes while the previous poll is still running is skipped and counted (at most
-one poll per device is ever in flight). The origin carries a stable per-device offset so devices
-with the same interval do not all fire at once.
-
-Live polling cannot replay, so ``snapshot()`` is ``None``. Set ``stop_event`` to drain: the
-partitions stop submitting polls, return what is in flight, then raise ``StopIteration``.
+The scheduling, the event-loop thread and draining are the shared :mod:`connectors.polling`; this
+module only builds a :class:`~connectors.modbus.client.ModbusDeviceClient` per device.
 
 >>> from connectors.modbus.config import ModbusConnection, ModbusDevicePlan, ModbusTagAddress
 >>> plan = ModbusDevicePlan("press-01", ModbusConnection(host="127.0.0.1"), 1.0,
@@ -20,230 +12,18 @@ partitions stop submitting polls, return what is in flight, then raise ``StopIte
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import hashlib
-import logging
-import math
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
-from connectors.modbus.client import ClientStats, ModbusDeviceClient
+from connectors.modbus.client import ModbusDeviceClient
 from connectors.modbus.config import ModbusDevicePlan
-from connectors.modbus.metrics import modbus_metrics
-from core.batch import PointBatch
-from core.quality import Quality
-
-log = logging.getLogger(__name__)
-
-PART_PREFIX = "modbus:"
+from connectors.polling import PolledDevice, PollingSource
 
 
-def part_key(device_id: str) -> str:
-    return f"{PART_PREFIX}{device_id}"
+class ModbusSource(PollingSource):
+    """Polls each Modbus device of ``devices`` on its own schedule; one partition per device."""
 
-
-def schedule_offset(device_id: str, interval_s: float) -> float:
-    """A stable offset in ``[0, interval_s)`` for the device's poll grid.
-
-    >>> schedule_offset("press-01", 1.0) == schedule_offset("press-01", 1.0)
-    True
-    >>> 0 <= schedule_offset("press-02", 5.0) < 5.0
-    True
-    """
-    h = int.from_bytes(hashlib.blake2b(device_id.encode(), digest_size=8).digest(), "big")
-    return (h % 1_000_000) / 1_000_000 * interval_s
-
-
-class PollSchedule:
-    """Slots at ``origin + k * interval``; :meth:`take` says whether a slot is due and how many passed.
-
-    >>> s = PollSchedule(origin=100.0, interval=1.0, now=100.2)
-    >>> s.next_deadline
-    101.0
-    >>> s.take(100.5), s.take(101.0)
-    (0, 1)
-    >>> s.take(104.7), s.next_deadline  # slots 102, 103 and 104 have passed
-    (3, 105.0)
-    """
-
-    __slots__ = ("interval", "next_deadline", "next_slot", "origin")
-
-    def __init__(self, origin: float, interval: float, now: float) -> None:
-        if not interval > 0:
-            raise ValueError(f"`interval` must be > 0, got {interval}")
-        self.origin = origin
-        self.interval = interval
-        self.next_slot = max(0, math.ceil((now - origin) / interval))
-        self.next_deadline = origin + self.next_slot * interval
-
-    def take(self, now: float) -> int:
-        """The number of slots that have come since the last call (0: nothing due)."""
-        if now < self.next_deadline:
-            return 0
-        latest = math.floor((now - self.origin) / self.interval)
-        latest = max(latest, self.next_slot)  # float rounding at the boundary
-        passed = latest - self.next_slot + 1
-        self.next_slot = latest + 1
-        self.next_deadline = self.origin + self.next_slot * self.interval
-        return passed
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionStats:
-    """Counters of one device's partition."""
-
-    device_id: str
-    polls: int
-    """Polls submitted."""
-    completed: int
-    """Poll results handed to the dataflow."""
-    skipped_polls: int
-    """Slots that came while the previous poll was still running (or while the worker was busy)."""
-    failures: int
-    """Polls with at least one tag not read."""
-    client: ClientStats
-
-
-class _ModbusPartition(StatefulSourcePartition[PointBatch, None]):
-    def __init__(
-        self,
-        plan: ModbusDevicePlan,
-        *,
-        stop_event: threading.Event | None,
-        wake_slack_s: float,
-        close_timeout_s: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.plan = plan
-        self.device_id = plan.device_id
-        self._stop_event = stop_event
-        self._wake_slack = timedelta(seconds=wake_slack_s)
-        self._close_timeout_s = close_timeout_s
-        self._clock = clock
-        interval = plan.poll_interval_s
-        now = clock()
-        origin = math.floor(now / interval) * interval + schedule_offset(plan.device_id, interval)
-        self._schedule = PollSchedule(origin, interval, now)
-        self._client = ModbusDeviceClient(plan)
-        self._inflight: concurrent.futures.Future[PointBatch] | None = None
-        self._polls = self._completed = self._skipped = 0
-        self._closed = False
-        m = modbus_metrics()
-        self._m_skipped = None if m is None else m.skipped_polls.labels(plan.device_id)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name=f"modbus:{plan.device_id}", daemon=True)
-        self._thread.start()
-
-    def _run_loop(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    # -- the Bytewax contract ------------------------------------------------------------------
-
-    def next_batch(self) -> list[PointBatch]:
-        out: list[PointBatch] = []
-        fut = self._inflight
-        if fut is not None and fut.done():
-            self._inflight = None
-            out.append(self._result(fut))
-            self._completed += 1
-        if self._stop_event is not None and self._stop_event.is_set():
-            if self._inflight is None and not out:
-                raise StopIteration
-            return out
-        slots = self._schedule.take(self._clock())
-        if slots:
-            if self._inflight is None:
-                self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
-                self._polls += 1
-                slots -= 1
-            if slots:
-                self._skipped += slots
-                if self._m_skipped is not None:
-                    self._m_skipped.inc(slots)
-        return out
-
-    def next_awake(self) -> datetime | None:
-        if self._inflight is not None:
-            return datetime.now(UTC) + self._wake_slack
-        if self._stop_event is not None and self._stop_event.is_set():
-            return None
-        return datetime.fromtimestamp(self._schedule.next_deadline, tz=UTC)
-
-    def snapshot(self) -> None:
-        return None
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        deadline = time.monotonic() + self._close_timeout_s
-        if self._inflight is not None:
-            self._inflight.cancel()
-            self._inflight = None
-        if self._loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
-            try:
-                fut.result(max(0.0, deadline - time.monotonic()))
-            except Exception:  # timeout or a closing error: the loop is stopped anyway
-                log.warning("modbus client did not close in time device=%s", self.device_id)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            log.warning("modbus poll thread did not stop in time device=%s", self.device_id)
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _result(self, fut: concurrent.futures.Future[PointBatch]) -> PointBatch:
-        try:
-            return fut.result()
-        except (Exception, concurrent.futures.CancelledError):  # poll() never raises; still yield points
-            log.exception("modbus poll did not complete device=%s", self.device_id)
-            rp = self._client.read_plan
-            return PointBatch.from_values(
-                self.device_id,
-                rp.tag_ids,
-                [math.nan] * len(rp),
-                ts_ns=time.time_ns(),
-                quality=Quality.COMM_ERROR,
-            )
-
-    @property
-    def stats(self) -> PartitionStats:
-        client = self._client.stats
-        return PartitionStats(
-            device_id=self.device_id,
-            polls=self._polls,
-            completed=self._completed,
-            skipped_polls=self._skipped,
-            failures=client.failures,
-            client=client,
-        )
-
-
-class ModbusSource(FixedPartitionedSource[PointBatch, None]):
-    """Polls each device of ``devices`` on its own schedule; one partition per device.
-
-    ``wake_slack_s`` is how soon Bytewax looks again while a poll is in flight; ``close_timeout_s``
-    bounds how long closing a partition may take.
-    """
+    protocol = "modbus"
 
     def __init__(
         self,
@@ -253,34 +33,13 @@ class ModbusSource(FixedPartitionedSource[PointBatch, None]):
         wake_slack_s: float = 0.002,
         close_timeout_s: float = 2.0,
     ) -> None:
-        if not wake_slack_s > 0:
-            raise ValueError(f"`wake_slack_s` must be > 0, got {wake_slack_s}")
-        if not close_timeout_s > 0:
-            raise ValueError(f"`close_timeout_s` must be > 0, got {close_timeout_s}")
-        self._plans: dict[str, ModbusDevicePlan] = {}
-        for plan in devices:
-            key = part_key(plan.device_id)
-            if key in self._plans:
-                raise ValueError(f"device id {plan.device_id!r} appears twice in `devices`")
-            self._plans[key] = plan
-        self.stop_event = stop_event
-        self.wake_slack_s = wake_slack_s
-        self.close_timeout_s = close_timeout_s
-        self._parts: dict[str, _ModbusPartition] = {}
-
-    def list_parts(self) -> list[str]:
-        return list(self._plans)
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ModbusPartition:
-        part = _ModbusPartition(
-            self._plans[for_part],
-            stop_event=self.stop_event,
-            wake_slack_s=self.wake_slack_s,
-            close_timeout_s=self.close_timeout_s,
+        self._plans = {plan.device_id: plan for plan in devices}
+        super().__init__(
+            [PolledDevice(p.device_id, p.poll_interval_s) for p in devices],
+            stop_event=stop_event,
+            wake_slack_s=wake_slack_s,
+            close_timeout_s=close_timeout_s,
         )
-        self._parts[for_part] = part
-        return part
 
-    def stats(self) -> dict[str, PartitionStats]:
-        """Counters of the partitions this process built, by device id."""
-        return {p.device_id: p.stats for p in list(self._parts.values())}
+    def make_client(self, device_id: str) -> ModbusDeviceClient:
+        return ModbusDeviceClient(self._plans[device_id])

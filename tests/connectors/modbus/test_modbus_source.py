@@ -16,7 +16,8 @@ from modbus_testlib import MIXED_TAGS, MIXED_VALUES, free_port, plan_for
 
 from connectors.modbus.config import ModbusTagAddress
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
-from connectors.modbus.source import ModbusSource, PollSchedule, schedule_offset
+from connectors.modbus.source import ModbusSource
+from connectors.polling import PollSchedule, schedule_offset
 from core.batch import PointBatch
 from core.quality import Quality
 
