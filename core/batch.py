@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -31,9 +31,16 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ns_to_datetime(ts_ns: int) -> datetime:
-    """Integer nanoseconds since the epoch to an aware UTC datetime (microsecond precision)."""
-    return datetime.fromtimestamp(ts_ns // 1000 / 1_000_000, tz=UTC)
+    """Integer nanoseconds since the epoch to an aware UTC datetime (exact to the microsecond).
+
+    >>> ns_to_datetime(1_700_000_000_123_456_789).isoformat()
+    '2023-11-14T22:13:20.123456+00:00'
+    """
+    return _EPOCH + timedelta(microseconds=int(ts_ns) // 1000)
 
 
 def tag_id_for(device_id: str, tag_name: str) -> int:

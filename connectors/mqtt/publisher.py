@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -200,6 +200,12 @@ class UnsPublisher:
         messages, unknown = format_batch(batch, self._encoded)
         if unknown:
             self._count_unknown(unknown, batch.device_id)
+        return self.publish_messages(messages)
+
+    def publish_messages(self, messages: Iterable[tuple[str, str | bytes]]) -> int:
+        """Publish ready ``(topic, payload)`` pairs with the configured QoS and retain flag."""
+        if self._closed:
+            raise MqttPublishError("the UNS publisher is closed")
         cfg = self.config
         publish = self._client.publish
         sent = 0

@@ -1,0 +1,290 @@
+"""Tables for what operators derive: window aggregates, alerts and OEE results.
+
+``nexus_agg_{window}`` (one per window length, e.g. ``nexus_agg_1m``) holds one row per bucket and
+tag; a bucket emitted again (a replay, or a partial bucket flushed at shutdown and completed after
+the restart) replaces the earlier row, so the tables stay idempotent. ``nexus_alerts`` keeps each
+raise and clear once; ``nexus_oee`` one row per machine and period. With TimescaleDB the aggregate
+and alert tables become hypertables; on plain PostgreSQL they are ordinary tables (their volume is
+the raw table's divided by the window length).
+
+>>> agg_table("1m")
+'nexus_agg_1m'
+>>> agg_table("1m; drop table x")
+Traceback (most recent call last):
+ValueError: window label '1m; drop table x' is not like 1s, 10s, 1m, 5m, 1h, 1d
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from connectors.resilience import Backoff
+from core.batch import ns_to_datetime
+from core.records import AggBatch, Alert, OeeResult
+
+log = logging.getLogger(__name__)
+
+_LABEL = re.compile(r"^[0-9]{1,6}[smhd]$")
+_DERIVED_LOCK = 0x6E657875_73000002
+
+
+def agg_table(window: str) -> str:
+    if not _LABEL.match(window):
+        raise ValueError(f"window label {window!r} is not like 1s, 10s, 1m, 5m, 1h, 1d")
+    return f"nexus_agg_{window}"
+
+
+_ALERTS_DDL = """
+CREATE TABLE IF NOT EXISTS nexus_alerts (
+    time timestamptz NOT NULL,
+    device_id text NOT NULL,
+    tag_id bigint NOT NULL,
+    kind text NOT NULL,
+    state text NOT NULL,
+    severity text NOT NULL,
+    value double precision,
+    "limit" double precision,
+    message text,
+    PRIMARY KEY (tag_id, kind, state, time)
+)"""
+
+_OEE_DDL = """
+CREATE TABLE IF NOT EXISTS nexus_oee (
+    machine text NOT NULL,
+    period text NOT NULL,
+    start_time timestamptz NOT NULL,
+    end_time timestamptz NOT NULL,
+    availability double precision,
+    performance double precision,
+    quality double precision,
+    oee double precision,
+    run_s double precision,
+    planned_stop_s double precision,
+    unplanned_stop_s double precision,
+    total_count double precision,
+    good_count double precision,
+    reject_count double precision,
+    downtime jsonb,
+    PRIMARY KEY (machine, period, start_time)
+)"""
+
+
+def _agg_ddl(window: str) -> sql.Composed:
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+    bucket timestamptz NOT NULL,
+    tag_id bigint NOT NULL,
+    min double precision,
+    max double precision,
+    avg double precision,
+    count bigint NOT NULL,
+    sum double precision,
+    first double precision,
+    last double precision,
+    twa double precision,
+    PRIMARY KEY (tag_id, bucket)
+)"""
+    ).format(sql.Identifier(agg_table(window)))
+
+
+def ensure_derived_schema(conn: psycopg.Connection, windows: Iterable[str]) -> None:
+    """Create the aggregate (one per window label), alert and OEE tables (idempotent, parallel-safe)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DERIVED_LOCK,))
+        timescale = (
+            conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
+        )
+        tables: list[tuple[str, str]] = []
+        for window in sorted(set(windows)):
+            conn.execute(_agg_ddl(window))
+            tables.append((agg_table(window), "bucket"))
+        conn.execute(_ALERTS_DDL)
+        tables.append(("nexus_alerts", "time"))
+        conn.execute(_OEE_DDL)
+        if timescale:  # not exercised here: TimescaleDB is not installable on the test machines
+            for table, column in tables:
+                conn.execute(
+                    "SELECT create_hypertable(%s, %s, if_not_exists => TRUE, migrate_data => TRUE)",
+                    (table, column),
+                )
+
+
+def _nullable(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in a.tolist()]
+
+
+def agg_rows(batch: AggBatch) -> list[tuple[Any, ...]]:
+    """Rows of ``nexus_agg_{window}`` for one aggregate batch (NaN becomes NULL)."""
+    buckets = [ns_to_datetime(b) for b in batch.bucket_ns.tolist()]
+    return list(
+        zip(
+            buckets,
+            batch.tag_ids.tolist(),
+            _nullable(batch.min),
+            _nullable(batch.max),
+            _nullable(batch.avg),
+            batch.count.tolist(),
+            _nullable(batch.sum),
+            _nullable(batch.first),
+            _nullable(batch.last),
+            _nullable(batch.twa),
+            strict=True,
+        )
+    )
+
+
+class DerivedWriter:
+    """Writes aggregates, alerts and OEE results, each call in one transaction.
+
+    Synchronous: derived records are few next to raw points. Connection errors are retried with
+    backoff until the write succeeds or :meth:`close` is called (the dataflow waits meanwhile, so
+    nothing accepted is dropped); any other database error is raised.
+    """
+
+    def __init__(self, url: str, windows: Sequence[str], *, connect_timeout_s: int = 5) -> None:
+        self.url = url
+        self.windows = tuple(windows)
+        for window in self.windows:
+            agg_table(window)  # refuse a bad label before connecting
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: psycopg.Connection | None = None
+        self._closed = threading.Event()
+        self.rows_written = 0
+
+    def _connect(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self.url, connect_timeout=self.connect_timeout_s, application_name="nexus-derived"
+            )
+            conn.autocommit = True
+            ensure_derived_schema(conn, self.windows)
+            self._conn = conn
+        return self._conn
+
+    def _retry(self, work: Callable[[psycopg.Connection], int]) -> int:
+        backoff = Backoff(initial_s=0.2, max_s=30.0)
+        while True:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    n = work(conn)
+                self.rows_written += n
+                return n
+            except psycopg.OperationalError as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                delay = backoff.next_delay()
+                log.warning(
+                    "historian (derived): %s; retrying in %.1f s", exc.sqlstate or "connection lost", delay
+                )
+                if self._closed.wait(delay):
+                    raise
+
+    def write_aggs(self, batches: Sequence[AggBatch]) -> int:
+        by_window: dict[str, list[tuple[Any, ...]]] = {}
+        for batch in batches:
+            if len(batch):
+                by_window.setdefault(batch.window, []).extend(agg_rows(batch))
+        if not by_window:
+            return 0
+
+        def work(conn: psycopg.Connection) -> int:
+            n = 0
+            for window, rows in by_window.items():
+                query = sql.SQL(
+                    "INSERT INTO {} (bucket, tag_id, min, max, avg, count, sum, first, last, twa) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tag_id, bucket) DO UPDATE SET "
+                    "min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count, "
+                    "sum = EXCLUDED.sum, first = EXCLUDED.first, last = EXCLUDED.last, twa = EXCLUDED.twa"
+                ).format(sql.Identifier(agg_table(window)))
+                with conn.cursor() as cur:
+                    cur.executemany(query, rows)
+                n += len(rows)
+            return n
+
+        return self._retry(work)
+
+    def write_alerts(self, alerts: Sequence[Alert]) -> int:
+        if not alerts:
+            return 0
+        rows = [
+            (
+                ns_to_datetime(a.ts_ns),
+                a.device_id,
+                a.tag_id,
+                a.kind,
+                a.state,
+                a.severity,
+                a.value if np.isfinite(a.value) else None,
+                a.limit,
+                a.message,
+            )
+            for a in alerts
+        ]
+
+        def work(conn: psycopg.Connection) -> int:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    'INSERT INTO nexus_alerts (time, device_id, tag_id, kind, state, severity, value, "limit", '
+                    "message) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    rows,
+                )
+            return len(rows)
+
+        return self._retry(work)
+
+    def write_oee(self, results: Sequence[OeeResult]) -> int:
+        if not results:
+            return 0
+        rows = []
+        for r in results:
+            rows.append(
+                (
+                    r.machine,
+                    r.period,
+                    ns_to_datetime(r.start_ns),
+                    ns_to_datetime(r.end_ns),
+                    *(_nullable(np.array([r.availability, r.performance, r.quality, r.oee]))),
+                    r.run_s,
+                    r.planned_stop_s,
+                    r.unplanned_stop_s,
+                    r.total_count,
+                    r.good_count,
+                    r.reject_count,
+                    json.dumps(dict(r.downtime_s)),
+                )
+            )
+
+        def work(conn: psycopg.Connection) -> int:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO nexus_oee (machine, period, start_time, end_time, availability, performance, "
+                    "quality, oee, run_s, planned_stop_s, unplanned_stop_s, total_count, good_count, "
+                    "reject_count, downtime) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s) ON CONFLICT (machine, period, start_time) DO UPDATE SET end_time = EXCLUDED.end_time, "
+                    "availability = EXCLUDED.availability, performance = EXCLUDED.performance, "
+                    "quality = EXCLUDED.quality, oee = EXCLUDED.oee, run_s = EXCLUDED.run_s, "
+                    "planned_stop_s = EXCLUDED.planned_stop_s, unplanned_stop_s = EXCLUDED.unplanned_stop_s, "
+                    "total_count = EXCLUDED.total_count, good_count = EXCLUDED.good_count, "
+                    "reject_count = EXCLUDED.reject_count, downtime = EXCLUDED.downtime",
+                    rows,
+                )
+            return len(rows)
+
+        return self._retry(work)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
