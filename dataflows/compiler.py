@@ -7,15 +7,17 @@ they stay stable across edits and Bytewax recovery resumes the state of unchange
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
+from connectors.derived import DerivedSink, DerivedTargets
 from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
 from connectors.modbus.config import ModbusDevicePlan
@@ -24,22 +26,41 @@ from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
 from core.batch import PointBatch, tag_id_for
 from core.settings import Settings
+from core.uns import uns_topic
 from dataflows.spec import (
+    AnomalyNode,
+    CalculatedTagSpec,
+    CalculateNode,
+    CompressNode,
     DeadbandNode,
     FlowSpec,
     HistorianNode,
     MqttUnsNode,
     NormalizeNode,
+    OeeNode,
     SinkNode,
     TagSpec,
+    WindowNode,
 )
 from dataflows.status import FlowStatus
 from operators import bytewax_ops
+from operators.analytics_bytewax import calculated_tags, oee, swinging_door
+from operators.anomaly import AnomalyDetector, MlCheck, RangeCheck, RateCheck, StuckCheck, TagChecks
+from operators.anomaly_bytewax import detect_anomalies
 from operators.deadband import Deadband, DeadbandParams
+from operators.expressions import CalculatedTags
 from operators.normalize import NormalizeParams, Normalizer
+from operators.oee import OeeCalculator, OeeMachine, Shift, ShiftCalendar
+from operators.swinging_door import SwingingDoor, SwingingDoorParams
 from operators.units import conversion
+from operators.window import WindowAggregator, parse_window
+from operators.window_bytewax import tumbling_aggregate
 
 SOURCE_STEP = "devices"
+DERIVED_STEP = "derived"
+"""Sink step of what the taps derive (aggregates, alerts, OEE); override it in ``Runtime.sinks``."""
+
+X = TypeVar("X")
 
 
 @dataclass
@@ -100,29 +121,136 @@ def normalizer_for(spec: FlowSpec) -> Normalizer:
 def deadband_for(spec: FlowSpec) -> Deadband:
     """Deadbands per tag; bands and spans are in the tag's `unit` and scaled to the published unit."""
     params: dict[int, DeadbandParams] = {}
-    for d in spec.devices:
-        for t in d.tags:
-            band = t.deadband
-            if band is None:
-                continue
-            a, _ = _conversion(t)
-            span = band.span
-            if span is None and t.clamp is not None and t.clamp.low is not None and t.clamp.high is not None:
-                span = t.clamp.high - t.clamp.low
-            params[tag_id_for(d.id, t.name)] = DeadbandParams(
-                absolute=None if band.absolute is None else band.absolute * a,
-                percent=band.percent,
-                span=None if span is None else span * a,
-                heartbeat_s=band.heartbeat_s,
-            )
+    for _, t, tag_id, a, _ in _tag_params(spec):
+        band = t.deadband
+        if band is None:
+            continue
+        span = band.span
+        clamp = t.clamp if isinstance(t, TagSpec) else None
+        if span is None and clamp is not None and clamp.low is not None and clamp.high is not None:
+            span = clamp.high - clamp.low
+        params[tag_id] = DeadbandParams(
+            absolute=None if band.absolute is None else band.absolute * a,
+            percent=band.percent,
+            span=None if span is None else span * a,
+            heartbeat_s=band.heartbeat_s,
+        )
     return Deadband(params)
+
+
+def _tag_params(spec: FlowSpec) -> Iterable[tuple[str, TagSpec | CalculatedTagSpec, int, float, float]]:
+    """Every read and calculated tag with its id and the (a, b) that maps its `unit` to the published one."""
+    for d in spec.devices:
+        for t in d.all_tags():
+            a, b = _conversion(t) if isinstance(t, TagSpec) else (1.0, 0.0)
+            yield d.id, t, tag_id_for(d.id, t.name), a, b
+
+
+def swinging_door_for(spec: FlowSpec) -> SwingingDoor:
+    params = {
+        tag_id: SwingingDoorParams(
+            deviation=t.compression.deviation * a, max_interval_s=t.compression.max_interval_s
+        )
+        for _, t, tag_id, a, _ in _tag_params(spec)
+        if t.compression is not None
+    }
+    return SwingingDoor(params)
+
+
+def calculated_for(spec: FlowSpec) -> dict[str, CalculatedTags]:
+    return {
+        d.id: CalculatedTags(
+            d.id,
+            {c.name: c.expression for c in d.calculated},
+            {t.name: tag_id_for(d.id, t.name) for t in d.tags},
+        )
+        for d in spec.devices
+        if d.calculated
+    }
+
+
+def anomaly_detector_for(spec: FlowSpec) -> AnomalyDetector:
+    """Alarm limits are given in the tag's `unit` and converted with the value."""
+    checks: dict[int, TagChecks] = {}
+    for _, t, tag_id, a, b in _tag_params(spec):
+        alarms = t.alarms
+        if alarms is None:
+            continue
+        has_range = alarms.high is not None or alarms.low is not None
+        checks[tag_id] = TagChecks(
+            range=RangeCheck(
+                high=None if alarms.high is None else a * alarms.high + b,
+                low=None if alarms.low is None else a * alarms.low + b,
+                hysteresis=alarms.hysteresis * a,
+                severity=alarms.severity,
+            )
+            if has_range
+            else None,
+            stuck=StuckCheck(
+                epsilon=alarms.stuck.epsilon * a,
+                samples=alarms.stuck.samples,
+                seconds=alarms.stuck.seconds,
+                severity=alarms.stuck.severity,
+            )
+            if alarms.stuck
+            else None,
+            rate=RateCheck(max_per_s=alarms.rate.max_per_s * a, severity=alarms.rate.severity)
+            if alarms.rate
+            else None,
+            ml=MlCheck(
+                model=alarms.ml.model,
+                threshold=alarms.ml.threshold,
+                warm_up=alarms.ml.warm_up,
+                seed=alarms.ml.seed,
+                severity=alarms.ml.severity,
+            )
+            if alarms.ml
+            else None,
+        )
+    return AnomalyDetector(checks)
+
+
+def oee_calculator_for(spec: FlowSpec, node: OeeNode) -> OeeCalculator:
+    machines = []
+    for m in spec.machines:
+        tag = lambda name, device=m.device: None if name is None else tag_id_for(device, name)  # noqa: E731
+        machines.append(
+            OeeMachine(
+                machine=m.id,
+                device_id=m.device,
+                state_tag=tag_id_for(m.device, m.state_tag),
+                state_map={
+                    value: state
+                    if isinstance(state, str)
+                    else (state.category, state.reason or f"state {value}")
+                    for value, state in m.states.items()
+                },
+                counter_tag=tag_id_for(m.device, m.counter_tag),
+                ideal_cycle_s=m.ideal_cycle_s,
+                good_tag=tag(m.good_tag),
+                reject_tag=tag(m.reject_tag),
+                counter_max=m.counter_max,
+            )
+        )
+    calendar = (
+        ShiftCalendar([Shift(s.name, s.start, s.end, s.days) for s in spec.shifts], tz=spec.shift_timezone)
+        if spec.shifts
+        else None
+    )
+    window_s = parse_window(node.window) if node.window else None
+    return OeeCalculator(machines, window_s=window_s, calendar=calendar)
+
+
+def machine_topics(spec: FlowSpec) -> dict[str, str]:
+    devices = {d.id: d for d in spec.devices}
+    return {m.id: uns_topic(devices[m.device].location.isa_path(), m.id) for m in spec.machines}
 
 
 def _device_key(batch: PointBatch) -> str:
     return batch.device_id
 
 
-def _unkey(item: tuple[str, PointBatch]) -> PointBatch:
+def _unkey(item: tuple[str, X]) -> X:
     return item[1]
 
 
@@ -148,25 +276,73 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     raise TypeError(f"unknown sink node {node!r}")
 
 
+def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
+    if DERIVED_STEP in runtime.sinks:
+        return runtime.sinks[DERIVED_STEP]
+    windows = [w for n in spec.operators if isinstance(n, WindowNode) for w in n.windows]
+    return DerivedSink(
+        DerivedTargets(
+            mqtt=MqttSinkConfig(url=runtime.mqtt_url) if runtime.mqtt_url else None,
+            database_url=runtime.database_url,
+            windows=windows,
+            tags=spec.tag_infos(),
+            machine_topics=machine_topics(spec),
+        )
+    )
+
+
 def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
-    """Build the dataflow for ``spec``: source → operators in order → sinks."""
+    """Build the dataflow for ``spec``: source → operators in order → sinks.
+
+    Operators either transform the points (normalize, calculate, deadband, swinging_door) or tap
+    them (window, anomaly, oee: the points flow on unchanged, what they derive goes to the
+    ``derived`` sink, which publishes it on the UNS and stores it in the historian).
+    """
     flow = Dataflow(spec.id)
     source = runtime.source or ModbusSource(device_plans(spec), stop_event=runtime.stop_event)
     batches: Stream[PointBatch] = op.input(SOURCE_STEP, flow, source)
-    if runtime.status is not None:
-        status = runtime.status
+    status = runtime.status
+    if status is not None:
         batches = op.inspect(f"{SOURCE_STEP}_count", batches, lambda _step, b: status.count_read(len(b)))
-    outputs: dict[str, Stream[PointBatch]] = {}
+    keyed: KeyedStream[PointBatch] = op.key_on(f"{SOURCE_STEP}_key", batches, _device_key)
+    outputs: dict[str, KeyedStream[PointBatch]] = {}
+    derived: list[Stream[Any]] = []
     for node in spec.operators:
         if isinstance(node, NormalizeNode):
-            batches = bytewax_ops.normalize(node.id, batches, normalizer_for(spec))
+            keyed = op.map_value(node.id, keyed, normalizer_for(spec).apply)
         elif isinstance(node, DeadbandNode):
-            keyed = op.key_on(f"{node.id}_key", batches, _device_key)
-            batches = op.map(
-                f"{node.id}_unkey", bytewax_ops.deadband(node.id, keyed, deadband_for(spec)), _unkey
+            keyed = bytewax_ops.deadband(node.id, keyed, deadband_for(spec))
+        elif isinstance(node, CompressNode):
+            keyed = swinging_door(node.id, keyed, swinging_door_for(spec))
+        elif isinstance(node, CalculateNode):
+            keyed = calculated_tags(node.id, keyed, calculated_for(spec))
+        elif isinstance(node, WindowNode):
+            aggregator = WindowAggregator(
+                [parse_window(w) for w in node.windows],
+                lateness_s=node.lateness_s,
+                max_future_s=node.max_future_s,
             )
-        outputs[node.id] = batches
+            aggs, late = tumbling_aggregate(node.id, keyed, aggregator)
+            derived.append(op.map(f"{node.id}_out", aggs, _unkey))
+            if status is not None:
+                op.inspect(
+                    f"{node.id}_late_count", late, lambda _s, kv: status.count("late_points", len(kv[1]))
+                )
+        elif isinstance(node, AnomalyNode):
+            derived.append(
+                op.map(f"{node.id}_out", detect_anomalies(node.id, keyed, anomaly_detector_for(spec)), _unkey)
+            )
+        elif isinstance(node, OeeNode):
+            derived.append(
+                op.map(f"{node.id}_out", oee(node.id, keyed, oee_calculator_for(spec, node)), _unkey)
+            )
+        outputs[node.id] = keyed
     for sink_node in spec.sinks:
-        stream = outputs[sink_node.input] if sink_node.input else batches
-        op.output(sink_node.id, stream, _build_sink(sink_node, spec, runtime))
+        stream = outputs[sink_node.input] if sink_node.input else keyed
+        op.output(
+            sink_node.id, op.map(f"{sink_node.id}_in", stream, _unkey), _build_sink(sink_node, spec, runtime)
+        )
+    if derived:
+        merged = derived[0] if len(derived) == 1 else op.merge(f"{DERIVED_STEP}_merge", *derived)
+        op.output(DERIVED_STEP, merged, _derived_sink(spec, runtime))
     return flow

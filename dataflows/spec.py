@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,6 +39,7 @@ from connectors.modbus.simulator import Signal
 from core.batch import tag_id_for
 from core.tags import TagInfo
 from core.uns import IsaPath, uns_topic
+from operators.expressions import Expression, ExpressionError
 from operators.units import UnitError, conversion
 
 SPEC_VERSION = 1
@@ -101,6 +103,70 @@ class DeadbandSpec(_Model):
     """Republish a steady value after this many seconds of silence."""
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class StuckSpec(_Model):
+    """Alarm when the value has not moved more than ``epsilon`` for ``samples`` samples or ``seconds``."""
+
+    epsilon: float = Field(default=0.0, ge=0)
+    samples: int | None = Field(default=None, ge=2)
+    seconds: float | None = Field(default=None, gt=0)
+    severity: Severity = "warning"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> StuckSpec:
+        if self.samples is None and self.seconds is None:
+            raise ValueError("stuck needs `samples` or `seconds`")
+        return self
+
+
+class RateSpec(_Model):
+    """Alarm when the value changes faster than ``max_per_s`` (absolute, per second)."""
+
+    max_per_s: float = Field(gt=0)
+    severity: Severity = "warning"
+
+
+class MlSpec(_Model):
+    """Online anomaly score (river): score first, then learn; silent during ``warm_up`` samples."""
+
+    model: Literal["zscore", "hst"] = "zscore"
+    threshold: float | None = Field(default=None, gt=0)
+    """z-score above which the value is anomalous (default 3), or HST score (default 0.9)."""
+    warm_up: int = Field(default=100, ge=1)
+    seed: int = 42
+    severity: Severity = "warning"
+
+
+class AlarmSpec(_Model):
+    """Per-tag anomaly checks, raised once and cleared once; limits are in the tag's ``unit``."""
+
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = Field(default=0.0, ge=0)
+    """Clear a high alarm only below ``high - hysteresis`` (a low one above ``low + hysteresis``)."""
+    severity: Severity = "warning"
+    stuck: StuckSpec | None = None
+    rate: RateSpec | None = None
+    ml: MlSpec | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AlarmSpec:
+        if self.high is not None and self.low is not None and self.low >= self.high:
+            raise ValueError(f"alarms: low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class CompressionSpec(_Model):
+    """Swinging-door compression (an alternative to a deadband): keep the points a straight line
+    between stored points cannot reproduce within ``deviation`` (in the tag's ``unit``)."""
+
+    deviation: float = Field(gt=0)
+    max_interval_s: float | None = Field(default=None, gt=0)
+    """Store a point at least this often, even when the line still fits."""
+
+
 class TagSpec(_Model):
     name: Name
     table: RegisterTable
@@ -114,6 +180,8 @@ class TagSpec(_Model):
     """Engineering unit to convert to after scaling (e.g. ``degF`` for a ``degC`` tag)."""
     clamp: Clamp | None = None
     deadband: DeadbandSpec | None = None
+    compression: CompressionSpec | None = None
+    alarms: AlarmSpec | None = None
     simulate: Signal | None = None
     """Signal of the simulated device (demo and tests); ignored by real connections."""
 
@@ -133,6 +201,8 @@ class TagSpec(_Model):
         has_span = clamp is not None and clamp.low is not None and clamp.high is not None
         if band is not None and band.percent is not None and band.span is None and not has_span:
             raise ValueError("deadband.percent needs deadband.span or both clamp limits")
+        if band is not None and self.compression is not None:
+            raise ValueError("a tag takes `deadband` or `compression`, not both")
         return self
 
     def modbus_address(self) -> ModbusTagAddress:
@@ -145,6 +215,25 @@ class TagSpec(_Model):
         return self.convert_to or self.unit
 
 
+class CalculatedTagSpec(_Model):
+    """A tag computed from other tags of the same device, e.g. ``voltage * current * 0.001``.
+
+    Names in the expression are the device's tag names (or calculated tags defined before this
+    one); allowed are numbers, ``+ - * / ** %``, comparisons and abs, min, max, sqrt, exp, log,
+    log10, sin, cos, tan, floor, ceil, round, clip(x, lo, hi), where(cond, a, b)."""
+
+    name: Name
+    expression: str = Field(min_length=1)
+    unit: str = ""
+    deadband: DeadbandSpec | None = None
+    compression: CompressionSpec | None = None
+    alarms: AlarmSpec | None = None
+
+    @property
+    def eng_unit(self) -> str:
+        return self.unit
+
+
 class DeviceSpec(_Model):
     id: Name
     protocol: Literal["modbus_tcp"] = "modbus_tcp"
@@ -152,11 +241,61 @@ class DeviceSpec(_Model):
     poll_interval_s: float = Field(default=1.0, gt=0, le=86_400)
     location: Location
     tags: list[TagSpec] = Field(min_length=1)
+    calculated: list[CalculatedTagSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_tags(self) -> DeviceSpec:
-        _refuse_duplicates([t.name for t in self.tags], "tag name", "tags")
+        names = [t.name for t in self.tags]
+        _refuse_duplicates(names, "tag name", "tags")
+        for i, calc in enumerate(self.calculated):
+            if calc.name in names:
+                raise ValueError(f"calculated[{i}]: name {calc.name!r} is already a tag of the device")
+        _refuse_duplicates([c.name for c in self.calculated], "calculated tag name", "calculated")
+        known = list(names)
+        for i, calc in enumerate(self.calculated):
+            try:
+                Expression.parse(calc.expression, known)
+            except ExpressionError as exc:
+                raise ValueError(f"calculated[{i}].expression: {exc}") from None
+            known.append(calc.name)
         return self
+
+    def all_tags(self) -> list[TagSpec | CalculatedTagSpec]:
+        """Read and calculated tags, in order."""
+        return [*self.tags, *self.calculated]
+
+
+StateCategory = Literal["running", "planned_stop", "unplanned_stop"]
+
+
+class MachineStateSpec(_Model):
+    category: StateCategory
+    reason: str | None = None
+    """Downtime reason reported for this state (default: ``state <value>``)."""
+
+
+class MachineSpec(_Model):
+    """A machine for OEE: its state tag, part counter and ideal cycle time (tags of one device)."""
+
+    id: Name
+    device: Name
+    state_tag: Name
+    states: dict[int, StateCategory | MachineStateSpec] = Field(min_length=1)
+    """Machine-state value -> category (or category and downtime reason)."""
+    counter_tag: Name
+    """Total parts counter (resets and wraps are handled)."""
+    ideal_cycle_s: float = Field(gt=0)
+    good_tag: Name | None = None
+    reject_tag: Name | None = None
+    counter_max: int = Field(default=2**32, gt=1)
+    """Where the counters wrap (``2**16`` for a 16-bit register)."""
+
+
+class ShiftSpec(_Model):
+    name: Name
+    start: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    end: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
 
 
 class NormalizeNode(_Model):
@@ -169,7 +308,56 @@ class DeadbandNode(_Model):
     type: Literal["deadband"]
 
 
-OperatorNode = Annotated[NormalizeNode | DeadbandNode, Field(discriminator="type")]
+class CompressNode(_Model):
+    """Swinging-door compression of the tags that have a ``compression`` setting."""
+
+    id: Name
+    type: Literal["swinging_door"]
+
+
+class CalculateNode(_Model):
+    """Add each device's ``calculated`` tags, evaluated from the latest values of their inputs."""
+
+    id: Name
+    type: Literal["calculate"]
+
+
+class WindowNode(_Model):
+    """Tumbling-window aggregates per tag (min, max, avg, count, sum, first, last, time-weighted
+    average), published on ``{tag topic}/_agg/{window}`` and stored in ``nexus_agg_{window}``.
+
+    A tap: the points flow on unchanged to the next node."""
+
+    id: Name
+    type: Literal["window"]
+    windows: list[Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")]] = Field(min_length=1)
+    """Window lengths, e.g. ``["10s", "1m", "5m"]``."""
+    lateness_s: float = Field(default=2.0, ge=0)
+    """How long a bucket stays open for late points; later ones are counted and set aside."""
+    max_future_s: float = Field(default=5.0, ge=0)
+    """Device timestamps further ahead of the clock are clamped to it (and counted)."""
+
+
+class AnomalyNode(_Model):
+    """Check the tags' ``alarms``; alerts go to ``{device topic}/_alerts`` and ``nexus_alerts``. A tap."""
+
+    id: Name
+    type: Literal["anomaly"]
+
+
+class OeeNode(_Model):
+    """OEE of the spec's ``machines`` per window and per shift; on ``.../{machine}/_oee`` and in
+    ``nexus_oee``. A tap."""
+
+    id: Name
+    type: Literal["oee"]
+    window: Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")] | None = "5m"
+
+
+OperatorNode = Annotated[
+    NormalizeNode | DeadbandNode | CompressNode | CalculateNode | WindowNode | AnomalyNode | OeeNode,
+    Field(discriminator="type"),
+]
 
 
 class MqttUnsNode(_Model):
@@ -204,6 +392,9 @@ class FlowSpec(_Model):
     devices: list[DeviceSpec] = Field(min_length=1)
     operators: list[OperatorNode] = Field(default_factory=list)
     sinks: list[SinkNode] = Field(default_factory=list)
+    machines: list[MachineSpec] = Field(default_factory=list)
+    shifts: list[ShiftSpec] = Field(default_factory=list)
+    shift_timezone: str = "UTC"
 
     @model_validator(mode="after")
     def _references(self) -> FlowSpec:
@@ -217,6 +408,9 @@ class FlowSpec(_Model):
         for kind in set(kinds):
             if kinds.count(kind) > 1:
                 raise ValueError(f"operators: {kind!r} appears {kinds.count(kind)} times; use it once")
+        self._check_machines()
+        if any(n.type == "oee" for n in self.operators) and not self.machines:
+            raise ValueError("operators: an `oee` node needs `machines`")
         operator_ids = {n.id for n in self.operators}
         for i, sink in enumerate(self.sinks):
             if sink.input is not None and sink.input not in operator_ids:
@@ -226,12 +420,30 @@ class FlowSpec(_Model):
                 )
         return self
 
+    def _check_machines(self) -> None:
+        devices = {d.id: d for d in self.devices}
+        _refuse_duplicates([m.id for m in self.machines], "machine id", "machines")
+        for i, machine in enumerate(self.machines):
+            device = devices.get(machine.device)
+            if device is None:
+                raise ValueError(f"machines[{i}].device: unknown device {machine.device!r}")
+            names = {t.name for t in device.all_tags()}
+            for field_name in ("state_tag", "counter_tag", "good_tag", "reject_tag"):
+                tag = getattr(machine, field_name)
+                if tag is not None and tag not in names:
+                    raise ValueError(f"machines[{i}].{field_name}: device {device.id!r} has no tag {tag!r}")
+        _refuse_duplicates([s.name for s in self.shifts], "shift name", "shifts")
+        try:
+            ZoneInfo(self.shift_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"shift_timezone: unknown time zone {self.shift_timezone!r}") from None
+
     def tag_infos(self) -> dict[int, TagInfo]:
         """Every configured tag by its stable id (what the sinks need to know)."""
         infos: dict[int, TagInfo] = {}
         for device in self.devices:
             path = device.location.isa_path()
-            for tag in device.tags:
+            for tag in device.all_tags():
                 tag_id = tag_id_for(device.id, tag.name)
                 infos[tag_id] = TagInfo(
                     tag_id=tag_id,
@@ -241,6 +453,19 @@ class FlowSpec(_Model):
                     topic=uns_topic(path, device.id, tag.name),
                 )
         return infos
+
+
+_NODE_TYPES = {
+    "normalize",
+    "deadband",
+    "swinging_door",
+    "calculate",
+    "window",
+    "anomaly",
+    "oee",
+    "mqtt_uns",
+    "historian",
+}
 
 
 def _refuse_duplicates(names: list[str], what: str, where: str) -> None:
@@ -256,7 +481,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("normalize", "deadband", "mqtt_uns", "historian", "function-after"):
+        elif part in _NODE_TYPES or part == "function-after":
             continue  # discriminator tags and validator wrappers add no information
         else:
             out += f".{part}" if out else str(part)

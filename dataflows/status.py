@@ -41,6 +41,10 @@ class FlowStatus:
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
 
+    def count(self, name: str, n: int) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
     def count_read(self, points: int) -> None:
         with self._lock:
             self._counts["points_read"] += points

@@ -44,7 +44,7 @@ def refused(data: dict[str, Any]) -> SpecError:
 def test_demo_spec_loads_and_names_every_tag() -> None:
     spec = load_spec(DEMO_SPEC)
     infos = spec.tag_infos()
-    assert len(infos) == sum(len(d.tags) for d in spec.devices)
+    assert len(infos) == sum(len(d.all_tags()) for d in spec.devices)
     info = infos[tag_id_for("press-01", "oil_temperature")]
     assert info.topic == "acme/plant1/pressing/line1/press-01/oil_temperature"
     assert info.unit == "degC"

@@ -1,0 +1,124 @@
+"""Bytewax 0.21 adapter for :class:`operators.window.WindowAggregator`.
+
+``op.stateful`` with our own :class:`WindowLogic`, not ``stateful_map`` (it deep-copies state every
+epoch) and not bytewax's windowing (``EventClock`` busy-loops, BYTEWAX.md gotcha 1). An idle flow
+sleeps until the next bucket is due (``notify_at``); EOF flushes the open buckets; the snapshot is
+the state object itself, which the core never mutates, so snapshotting costs nothing.
+
+The stateful step id carries the window labels (``<step_id>_1s_1m``): a changed window set starts
+from fresh state on recovery while the rest of the flow resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream, StatefulLogic
+
+from core.batch import PointBatch
+from core.records import AggBatch
+from operators.window import WindowAggregator, WindowState
+
+Tagged = tuple[str, AggBatch | PointBatch]
+"""``("agg", AggBatch)`` or ``("late", PointBatch)``."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ns_to_utc_ceil(ts_ns: int) -> datetime:
+    """Aware UTC datetime at or just after ``ts_ns`` (rounded up to the microsecond).
+
+    Rounding up matters: a notification that fires a few hundred ns early would find nothing due
+    and be rescheduled for a time already past, again and again.
+
+    >>> ns_to_utc_ceil(1_500)
+    datetime.datetime(1970, 1, 1, 0, 0, 0, 2, tzinfo=datetime.timezone.utc)
+    """
+    return _EPOCH + timedelta(microseconds=-(-ts_ns // 1000))
+
+
+class WindowLogic(StatefulLogic[PointBatch, Tagged, WindowState]):
+    """Per-device logic: feeds batches to the core, closes idle buckets on notification."""
+
+    def __init__(self, core: WindowAggregator, clock: Callable[[], int], state: WindowState | None) -> None:
+        self.core = core
+        self.clock = clock
+        self.state = state if state is not None else core.initial_state()
+
+    @staticmethod
+    def _tag(aggs: list[AggBatch], late: PointBatch | None = None) -> list[Tagged]:
+        out: list[Tagged] = [("agg", a) for a in aggs]
+        if late is not None and len(late):
+            out.append(("late", late))
+        return out
+
+    def on_item(self, value: PointBatch) -> tuple[Iterable[Tagged], bool]:
+        now = self.clock()
+        self.state, aggs, late = self.core.process(self.state, value, now)
+        # Only a key that never received a point is expired here; it is not worth keeping.
+        return self._tag(aggs, late), self.core.expired(self.state, now)
+
+    def on_notify(self) -> tuple[Iterable[Tagged], bool]:
+        now = self.clock()
+        self.state, aggs = self.core.close_idle(self.state, now)
+        # A device quiet for `tag_ttl_s` with nothing open is forgotten (bounded key space).
+        return self._tag(aggs), self.core.expired(self.state, now)
+
+    def on_eof(self) -> tuple[Iterable[Tagged], bool]:
+        # Emit the open buckets as partial results but keep them: a resumed execution completes
+        # them and emits them again (sinks are idempotent upserts keyed by bucket and tag).
+        return self._tag(self.core.flush(self.state)), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        due = self.core.next_deadline(self.state)
+        if due is None:
+            due = self.core.expiry_ns(self.state)
+            if due is None:
+                return None
+        if self.clock is not time.time_ns:
+            # An injected clock: translate its deadline into the engine's wall clock.
+            due = time.time_ns() + (due - self.clock())
+        return ns_to_utc_ceil(due)
+
+    def snapshot(self) -> WindowState:
+        return self.state  # never mutated by the core: no copy needed
+
+
+@dataclass(frozen=True)
+class WindowStreams:
+    aggs: KeyedStream[AggBatch]
+    late: KeyedStream[PointBatch]
+
+
+@operator
+def _tumbling(
+    step_id: str,
+    up: KeyedStream[PointBatch],
+    aggregator: WindowAggregator,
+    clock: Callable[[], int],
+) -> WindowStreams:
+    tagged = op.stateful("logic", up, lambda resume: WindowLogic(aggregator, clock, resume))
+    split = op.branch("split", tagged, lambda kv: kv[1][0] == "agg")
+    aggs: KeyedStream[AggBatch] = op.map_value("aggs", split.trues, lambda t: t[1])  # type: ignore[arg-type,return-value]
+    late: KeyedStream[PointBatch] = op.map_value("late", split.falses, lambda t: t[1])  # type: ignore[arg-type,return-value]
+    return WindowStreams(aggs, late)
+
+
+def tumbling_aggregate(
+    step_id: str,
+    up: KeyedStream[PointBatch],
+    core: WindowAggregator,
+    clock: Callable[[], int] = time.time_ns,
+) -> tuple[KeyedStream[AggBatch], KeyedStream[PointBatch]]:
+    """Tumbling-window aggregates and late points of a stream of point batches keyed by device.
+
+    The step is named ``f"{step_id}_{'_'.join(core.labels)}"`` so that a changed window set gets
+    fresh state on recovery. ``clock`` returns ns since the epoch (injected for tests).
+    """
+    out = _tumbling(f"{step_id}_{'_'.join(core.labels)}", up, core, clock)
+    return out.aggs, out.late
