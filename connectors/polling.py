@@ -13,6 +13,11 @@ partitions stop submitting polls, return what is in flight, then raise ``StopIte
 
 A protocol supplies a client (``poll()`` never raises: failures are bad-quality points) and a
 :class:`PollingSource` subclass that lists its devices and builds their clients.
+
+Writes go through the same client and event loop as the polls: :meth:`PollingPartition.submit_write`
+(thread-safe) returns a :class:`concurrent.futures.Future` that resolves to ``None`` or raises
+:class:`WriteRejected` (refused before any I/O: unknown or read-only tag, value does not fit) or
+:class:`WriteFailed` (the device or the link failed).
 """
 
 from __future__ import annotations
@@ -40,11 +45,51 @@ from core.quality import Quality
 log = logging.getLogger(__name__)
 
 
+WriteValue = float | int | bool | str
+
+
+class WriteRejected(ValueError):  # noqa: N818 - the name the connectors and routing share
+    """A write refused before any I/O; ``reason`` says why (unknown tag, read-only, value does not fit)."""
+
+    def __init__(self, device_id: str, tag_id: int | None = None, reason: str | None = None) -> None:
+        if reason is None:  # WriteRejected("why"): a reason alone
+            device_id, reason = "", device_id
+        self.device_id = device_id
+        self.tag_id = tag_id
+        self.reason = reason
+        where = f"write to device {device_id!r} tag {tag_id}" if device_id else "write"
+        super().__init__(f"{where} rejected: {reason}")
+
+
+class WriteFailed(Exception):  # noqa: N818 - the name the connectors and routing share
+    """A write that went to the device (or tried to) and did not succeed.
+
+    ``code`` is the device's error code (a Modbus exception code, an OPC UA status code, ...) when the
+    device answered with an error, ``None`` for a transport failure, a timeout or an open breaker.
+    """
+
+    def __init__(
+        self, device_id: str, tag_id: int | None = None, reason: str | None = None, code: int | None = None
+    ) -> None:
+        if reason is None:  # WriteFailed("why"): a reason alone
+            device_id, reason = "", device_id
+        self.device_id = device_id
+        self.tag_id = tag_id
+        self.reason = reason
+        self.code = code
+        where = f"write to device {device_id!r} tag {tag_id}" if device_id else "write"
+        super().__init__(f"{where} failed: {reason}")
+
+
 class DeviceClient(Protocol):
     """What a protocol's client offers the polling partition."""
 
     async def poll(self) -> PointBatch:
         """Read every tag once; failures come back as bad-quality points, never as exceptions."""
+        ...
+
+    async def write(self, tag_id: int, value: WriteValue) -> None:
+        """Write one tag through the device's connection; raises WriteRejected or WriteFailed."""
         ...
 
     async def close(self) -> None: ...
@@ -59,10 +104,12 @@ class DeviceClient(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PolledDevice:
-    """A device to poll: its id and poll interval."""
+    """A device to poll: its id, poll interval and (for a source of mixed protocols) its protocol."""
 
     device_id: str
     poll_interval_s: float
+    protocol: str | None = None
+    """Protocol label of the device (partition key prefix, metrics); default: the source's."""
 
 
 def schedule_offset(device_id: str, interval_s: float) -> float:
@@ -227,6 +274,20 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._thread.is_alive():
             log.warning("%s poll thread did not stop in time device=%s", self.protocol, self.device_id)
 
+    # -- writes --------------------------------------------------------------------------------
+
+    def submit_write(self, tag_id: int, value: WriteValue) -> concurrent.futures.Future[None]:
+        """Run ``client.write(tag_id, value)`` on this partition's event loop; callable from any thread.
+
+        The future raises :class:`WriteRejected` / :class:`WriteFailed` from the client, or
+        :class:`WriteFailed` when the partition is closed.
+        """
+        if self._closed or not self._loop.is_running():
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+            fut.set_exception(WriteFailed(self.device_id, tag_id, "the device's partition is closed"))
+            return fut
+        return asyncio.run_coroutine_threadsafe(self._client.write(tag_id, value), self._loop)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _result(self, fut: concurrent.futures.Future[PointBatch]) -> PointBatch:
@@ -271,10 +332,12 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         if not close_timeout_s > 0:
             raise ValueError(f"`close_timeout_s` must be > 0, got {close_timeout_s}")
         self._devices: dict[str, PolledDevice] = {}
+        self._keys: dict[str, str] = {}
         for device in devices:
-            key = self.part_key(device.device_id)
-            if key in self._devices:
+            if device.device_id in self._keys:
                 raise ValueError(f"device id {device.device_id!r} appears twice in `devices`")
+            key = f"{device.protocol or self.protocol}:{device.device_id}"
+            self._keys[device.device_id] = key
             self._devices[key] = device
         self.stop_event = stop_event
         self.wake_slack_s = wake_slack_s
@@ -282,7 +345,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         self._parts: dict[str, PollingPartition] = {}
 
     def part_key(self, device_id: str) -> str:
-        return f"{self.protocol}:{device_id}"
+        return self._keys.get(device_id, f"{self.protocol}:{device_id}")
 
     @abstractmethod
     def make_client(self, device_id: str) -> DeviceClient:
@@ -296,13 +359,29 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         part = PollingPartition(
             device,
             self.make_client(device.device_id),
-            protocol=self.protocol,
+            protocol=device.protocol or self.protocol,
             stop_event=self.stop_event,
             wake_slack_s=self.wake_slack_s,
             close_timeout_s=self.close_timeout_s,
         )
         self._parts[for_part] = part
         return part
+
+    def partition(self, device_id: str) -> PollingPartition | None:
+        """The device's partition if this process built it (writes go through it), else ``None``."""
+        return self._parts.get(self.part_key(device_id))
+
+    def submit_write(self, device_id: str, tag_id: int, value: WriteValue) -> concurrent.futures.Future[None]:
+        """:meth:`PollingPartition.submit_write` on the device's partition (thread-safe).
+
+        A device this process does not poll gets a future failed with :class:`WriteRejected`.
+        """
+        part = self.partition(device_id)
+        if part is None:
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+            fut.set_exception(WriteRejected(device_id, tag_id, "no such device in this process"))
+            return fut
+        return part.submit_write(tag_id, value)
 
     def stats(self) -> dict[str, PartitionStats]:
         """Counters of the partitions this process built, by device id."""

@@ -117,7 +117,12 @@ POLL_LATENCY = Histogram(
     ["protocol", "device"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-POLLS = Counter("nexus_device_polls", "Device polls by result", ["protocol", "device", "result"])
+POLLS = Counter(
+    "nexus_device_polls",
+    "Device polls by result: ok (every point good), bad_points (the device answered, some points bad), "
+    "comm_error (transport failure) or breaker_open (answered without I/O while the breaker is open)",
+    ["protocol", "device", "result"],
+)
 SKIPPED_POLLS = Counter(
     "nexus_device_skipped_polls",
     "Polls skipped because the previous one was still running",
@@ -127,4 +132,20 @@ BREAKER_STATE = Gauge(
     "nexus_device_breaker_state",
     "Circuit breaker state: 0 closed, 1 half-open, 2 open",
     ["protocol", "device"],
+)
+RECONNECTS = Counter(
+    "nexus_device_reconnects",
+    "Connections to a device re-established after a loss",
+    ["protocol", "device"],
+)
+REQUEST_ERRORS = Counter(
+    "nexus_device_request_errors",
+    "Device requests that failed, by kind: comm (transport, timeout, not attempted) or device "
+    "(an error the device reported)",
+    ["protocol", "device", "kind"],
+)
+WRITES = Counter(
+    "nexus_device_writes",
+    "Writes to a device by result: ok, rejected (refused before any I/O) or failed",
+    ["protocol", "device", "result"],
 )

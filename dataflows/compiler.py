@@ -18,12 +18,14 @@ from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
 from connectors.derived import DerivedSink, DerivedTargets
+from connectors.devices import DevicePlan, DeviceSource
 from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
 from connectors.modbus.config import ModbusDevicePlan
-from connectors.modbus.source import ModbusSource
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
+from connectors.opcua.config import OpcUaDevicePlan
+from connectors.s7.config import S7DevicePlan
 from core.batch import PointBatch, tag_id_for
 from core.settings import Settings
 from core.uns import uns_topic
@@ -35,11 +37,13 @@ from dataflows.spec import (
     DeadbandNode,
     FlowSpec,
     HistorianNode,
+    ModbusDeviceSpec,
     MqttUnsNode,
     NormalizeNode,
     OeeNode,
+    OpcUaDeviceSpec,
     SinkNode,
-    TagSpec,
+    TagBase,
     WindowNode,
 )
 from dataflows.status import FlowStatus
@@ -83,19 +87,42 @@ class Runtime:
         return cls(database_url=settings.database_url, mqtt_url=settings.mqtt_url, **overrides)
 
 
-def device_plans(spec: FlowSpec) -> list[ModbusDevicePlan]:
-    return [
-        ModbusDevicePlan(
-            device_id=d.id,
-            connection=d.connection,
-            poll_interval_s=d.poll_interval_s,
-            tags=tuple((tag_id_for(d.id, t.name), t.modbus_address()) for t in d.tags),
-        )
-        for d in spec.devices
-    ]
+def device_plans(spec: FlowSpec) -> list[DevicePlan]:
+    """The polling plan of every device, in spec order."""
+    plans: list[DevicePlan] = []
+    for d in spec.devices:
+        if isinstance(d, ModbusDeviceSpec):
+            plans.append(
+                ModbusDevicePlan(
+                    d.id,
+                    d.connection,
+                    d.poll_interval_s,
+                    tuple((tag_id_for(d.id, t.name), t.modbus_address()) for t in d.tags),
+                )
+            )
+        elif isinstance(d, OpcUaDeviceSpec):
+            plans.append(
+                OpcUaDevicePlan(
+                    d.id,
+                    d.connection,
+                    d.poll_interval_s,
+                    tuple((tag_id_for(d.id, t.name), t.opcua_address()) for t in d.tags),
+                    writable=frozenset(tag_id_for(d.id, t.name) for t in d.tags if t.access == "read_write"),
+                )
+            )
+        else:
+            plans.append(
+                S7DevicePlan(
+                    d.id,
+                    d.connection,
+                    d.poll_interval_s,
+                    tuple((tag_id_for(d.id, t.name), t.s7_address()) for t in d.tags),
+                )
+            )
+    return plans
 
 
-def _conversion(tag: TagSpec) -> tuple[float, float]:
+def _conversion(tag: TagBase) -> tuple[float, float]:
     return conversion(tag.unit, tag.convert_to) if tag.convert_to else (1.0, 0.0)
 
 
@@ -126,7 +153,7 @@ def deadband_for(spec: FlowSpec) -> Deadband:
         if band is None:
             continue
         span = band.span
-        clamp = t.clamp if isinstance(t, TagSpec) else None
+        clamp = t.clamp if isinstance(t, TagBase) else None
         if span is None and clamp is not None and clamp.low is not None and clamp.high is not None:
             span = clamp.high - clamp.low
         params[tag_id] = DeadbandParams(
@@ -138,11 +165,11 @@ def deadband_for(spec: FlowSpec) -> Deadband:
     return Deadband(params)
 
 
-def _tag_params(spec: FlowSpec) -> Iterable[tuple[str, TagSpec | CalculatedTagSpec, int, float, float]]:
+def _tag_params(spec: FlowSpec) -> Iterable[tuple[str, TagBase | CalculatedTagSpec, int, float, float]]:
     """Every read and calculated tag with its id and the (a, b) that maps its `unit` to the published one."""
     for d in spec.devices:
         for t in d.all_tags():
-            a, b = _conversion(t) if isinstance(t, TagSpec) else (1.0, 0.0)
+            a, b = _conversion(t) if isinstance(t, TagBase) else (1.0, 0.0)
             yield d.id, t, tag_id_for(d.id, t.name), a, b
 
 
@@ -299,7 +326,7 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     ``derived`` sink, which publishes it on the UNS and stores it in the historian).
     """
     flow = Dataflow(spec.id)
-    source = runtime.source or ModbusSource(device_plans(spec), stop_event=runtime.stop_event)
+    source = runtime.source or DeviceSource(device_plans(spec), stop_event=runtime.stop_event)
     batches: Stream[PointBatch] = op.input(SOURCE_STEP, flow, source)
     status = runtime.status
     if status is not None:

@@ -14,7 +14,7 @@ field path of every problem:
 ...     print(e)
 flow spec is invalid (2 problems):
   devices[0].poll_interval_s: Input should be greater than 0 (got -1)
-  devices[0].tags[0].data_type: Input should be 'bool', 'int16', 'uint16', 'int32', 'uint32' or 'float32' (got 'float128')
+  devices[0].tags[0].data_type: Input should be 'bool', 'bit', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string' (got 'float128')
 """
 
 from __future__ import annotations
@@ -26,16 +26,12 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from connectors.modbus.config import (
-    DataType,
-    ModbusConnection,
-    ModbusTagAddress,
-    RegisterTable,
-    WordOrder,
-)
+from connectors.modbus.config import ModbusConnectionConfig, ModbusTagAddress
 from connectors.modbus.simulator import Signal
+from connectors.opcua.config import OpcUaConnection, OpcUaTagAddress
+from connectors.s7.config import S7Connection, S7TagAddress
 from core.batch import tag_id_for
 from core.tags import TagInfo
 from core.uns import IsaPath, uns_topic
@@ -167,12 +163,10 @@ class CompressionSpec(_Model):
     """Store a point at least this often, even when the line still fits."""
 
 
-class TagSpec(_Model):
+class TagBase(_Model):
+    """What every tag has, whatever the protocol: scaling, units, limits, deadband, alarms."""
+
     name: Name
-    table: RegisterTable
-    address: int = Field(ge=0, le=65535)
-    data_type: DataType = "uint16"
-    word_order: WordOrder = "big"
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
@@ -182,12 +176,11 @@ class TagSpec(_Model):
     deadband: DeadbandSpec | None = None
     compression: CompressionSpec | None = None
     alarms: AlarmSpec | None = None
-    simulate: Signal | None = None
-    """Signal of the simulated device (demo and tests); ignored by real connections."""
+    access: Literal["read", "read_write"] = "read"
+    """``read_write`` accepts write commands on ``$nexus/cmd/{device}/{tag}/set``."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> TagSpec:
-        self.modbus_address()  # coil/bool pairing and address range
+    def _tag_consistent(self) -> TagBase:  # not `_consistent`: the address models have one
         if self.scale == 0:
             raise ValueError("scale must not be 0")
         if self.convert_to is not None:
@@ -205,14 +198,41 @@ class TagSpec(_Model):
             raise ValueError("a tag takes `deadband` or `compression`, not both")
         return self
 
-    def modbus_address(self) -> ModbusTagAddress:
-        return ModbusTagAddress(
-            table=self.table, address=self.address, data_type=self.data_type, word_order=self.word_order
-        )
-
     @property
     def eng_unit(self) -> str:
         return self.convert_to or self.unit
+
+
+class ModbusTagSpec(TagBase, ModbusTagAddress):
+    """A Modbus tag: ``table``, ``address``, ``data_type``, ``byte_order`` (or ``word_order``),
+    ``bit`` (for ``bit``), ``length`` and ``string_byte_order`` (for ``string``)."""
+
+    simulate: Signal | None = None
+    """Signal of the simulated device (demo and tests); ignored by real connections."""
+
+    def modbus_address(self) -> ModbusTagAddress:
+        return ModbusTagAddress.model_validate(
+            self.model_dump(include=set(ModbusTagAddress.model_fields), exclude_none=True)
+        )
+
+
+class OpcUaTagSpec(TagBase, OpcUaTagAddress):
+    """An OPC UA tag: ``node_id`` and, in subscribe mode, ``sampling_interval_ms``, ``queue_size``
+    and a server-side ``deadband_abs``."""
+
+    def opcua_address(self) -> OpcUaTagAddress:
+        return OpcUaTagAddress.model_validate(self.model_dump(include=set(OpcUaTagAddress.model_fields)))
+
+
+class S7TagSpec(TagBase, S7TagAddress):
+    """A Siemens S7 tag: ``address`` in S7 notation (``DB1.DBD20``, ``M10.3``), ``data_type``
+    (BOOL, BYTE, WORD, INT, DWORD, DINT, REAL, LREAL, STRING) and ``length`` for strings."""
+
+    def s7_address(self) -> S7TagAddress:
+        return S7TagAddress.model_validate(self.model_dump(include=set(S7TagAddress.model_fields)))
+
+
+TagSpec = ModbusTagSpec | OpcUaTagSpec | S7TagSpec
 
 
 class CalculatedTagSpec(_Model):
@@ -234,18 +254,15 @@ class CalculatedTagSpec(_Model):
         return self.unit
 
 
-class DeviceSpec(_Model):
+class DeviceBase(_Model):
     id: Name
-    protocol: Literal["modbus_tcp"] = "modbus_tcp"
-    connection: ModbusConnection
     poll_interval_s: float = Field(default=1.0, gt=0, le=86_400)
     location: Location
-    tags: list[TagSpec] = Field(min_length=1)
     calculated: list[CalculatedTagSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_tags(self) -> DeviceSpec:
-        names = [t.name for t in self.tags]
+    def _unique_tags(self) -> DeviceBase:
+        names = [t.name for t in self.tags]  # type: ignore[attr-defined]
         _refuse_duplicates(names, "tag name", "tags")
         for i, calc in enumerate(self.calculated):
             if calc.name in names:
@@ -260,9 +277,54 @@ class DeviceSpec(_Model):
             known.append(calc.name)
         return self
 
-    def all_tags(self) -> list[TagSpec | CalculatedTagSpec]:
+    def all_tags(self) -> list[TagBase | CalculatedTagSpec]:
         """Read and calculated tags, in order."""
-        return [*self.tags, *self.calculated]
+        return [*self.tags, *self.calculated]  # type: ignore[attr-defined]
+
+
+class ModbusDeviceSpec(DeviceBase):
+    """A Modbus device: TCP, RTU over TCP (a gateway) or RTU on a serial line (``connection.transport``)."""
+
+    protocol: Literal["modbus", "modbus_tcp"] = "modbus"
+    connection: ModbusConnectionConfig
+    tags: list[ModbusTagSpec] = Field(min_length=1)
+
+
+class OpcUaDeviceSpec(DeviceBase):
+    """An OPC UA server, polled or subscribed (``connection.mode``), with optional security."""
+
+    protocol: Literal["opcua"]
+    connection: OpcUaConnection
+    tags: list[OpcUaTagSpec] = Field(min_length=1)
+
+
+class S7DeviceSpec(DeviceBase):
+    """A Siemens S7 PLC (rack/slot or TSAP addressing)."""
+
+    protocol: Literal["s7"]
+    connection: S7Connection
+    tags: list[S7TagSpec] = Field(min_length=1)
+
+
+def _protocol_of(value: Any) -> str:
+    protocol = (
+        value.get("protocol", "modbus") if isinstance(value, dict) else getattr(value, "protocol", "modbus")
+    )
+    return "modbus" if protocol in ("modbus", "modbus_tcp") else str(protocol)
+
+
+DeviceSpec = Annotated[
+    Annotated[ModbusDeviceSpec, Tag("modbus")]
+    | Annotated[OpcUaDeviceSpec, Tag("opcua")]
+    | Annotated[S7DeviceSpec, Tag("s7")],
+    Discriminator(
+        _protocol_of,
+        custom_error_type="unknown_protocol",
+        custom_error_message="protocol must be one of 'modbus', 'opcua', 's7'",
+    ),
+]
+"""A device of any protocol, told apart by ``protocol`` (``modbus`` when absent)."""
+AnyDeviceSpec = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec
 
 
 StateCategory = Literal["running", "planned_stop", "unplanned_stop"]
@@ -455,6 +517,7 @@ class FlowSpec(_Model):
         return infos
 
 
+_PROTOCOL_TAGS = {"modbus", "opcua", "s7", "tcp", "rtu"}
 _NODE_TYPES = {
     "normalize",
     "deadband",
@@ -481,7 +544,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _NODE_TYPES or part == "function-after":
+        elif part in _NODE_TYPES or part in _PROTOCOL_TAGS or part == "function-after":
             continue  # discriminator tags and validator wrappers add no information
         else:
             out += f".{part}" if out else str(part)

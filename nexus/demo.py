@@ -16,10 +16,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 
+from connectors.modbus.config import ModbusConnection
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
 from connectors.mqtt.url import parse_mqtt_url
 from core.settings import Settings
-from dataflows.spec import FlowSpec, load_spec
+from dataflows.spec import FlowSpec, ModbusDeviceSpec, load_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -29,8 +30,10 @@ def simulators_for(spec: FlowSpec) -> list[ModbusSimulator]:
     """One simulator per loopback host:port of the spec's devices; devices share it by unit id."""
     by_port: dict[int, list[SimulatedDevice]] = {}
     for device in spec.devices:
+        if not isinstance(device, ModbusDeviceSpec) or not isinstance(device.connection, ModbusConnection):
+            continue  # the demo simulates Modbus TCP devices
         conn = device.connection
-        if conn.host not in LOOPBACK:
+        if conn.host not in LOOPBACK or conn.transport != "tcp":
             continue
         tags = [SimTag(address=t.modbus_address(), signal=t.simulate) for t in device.tags]
         by_port.setdefault(conn.port, []).append(SimulatedDevice(device.id, conn.unit_id, tags))

@@ -1,19 +1,29 @@
-"""One long-lived Modbus TCP connection per device, polled through its :class:`ReadPlan`.
+"""One long-lived Modbus connection per device (TCP, RTU over TCP or RTU on a serial line), polled
+through its :class:`ReadPlan` and written through :meth:`ModbusDeviceClient.write`.
 
 pymodbus's own retries and automatic reconnect are switched off; this client reconnects itself
 with exponential backoff and jitter, and while it backs off a poll does no I/O at all and returns
-``COMM_ERROR`` points at once. Errors never escape :meth:`ModbusDeviceClient.poll`; they become
-qualities on the points:
+``COMM_ERROR`` points at once. A circuit breaker per device (:class:`~connectors.resilience.CircuitBreaker`)
+opens after ``breaker_failures`` consecutive polls with a transport failure; while it is open polls
+answer ``COMM_ERROR`` without I/O, and after ``breaker_reset_s`` one probe poll (which connects even
+inside the backoff window) closes it again or re-opens it.
+
+Errors never escape :meth:`ModbusDeviceClient.poll`; they become qualities on the points:
 
 - transport failure or timeout: the failed request's tags (and those of the requests after it in
   the same poll, which are not attempted) get NaN and ``Quality.COMM_ERROR``; the connection is
   closed and re-opened later;
 - Modbus exception response: that request's tags get NaN and ``Quality.DEVICE_EXCEPTION``; the
-  other requests are unaffected;
+  other requests are unaffected. ``ILLEGAL_DATA_ADDRESS`` (code 2) splits the request in halves,
+  recursively, so only the tags at rejected addresses stay bad; the split is remembered and the
+  whole request is tried again every ``split_reprobe_s``;
 - a response shorter than asked for: ``Quality.CONFIG_ERROR``; a decoded NaN/infinite float:
   ``Quality.OUT_OF_RANGE``.
 
-The client must be used from a single event loop (the one that runs :meth:`poll`).
+String tags come out in :attr:`~core.batch.PointBatch.text` (their value is NaN).
+
+The client must be used from a single event loop (the one that runs :meth:`poll`); polls and writes
+on that loop share the connection one request at a time.
 """
 
 from __future__ import annotations
@@ -28,20 +38,38 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from pymodbus.client import AsyncModbusTcpClient
+import numpy.typing as npt
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
 
-from connectors.modbus.codec import ReadPlan, ReadRequest
-from connectors.modbus.config import ModbusDevicePlan
-from connectors.modbus.metrics import modbus_metrics
+from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
+from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
+from connectors.polling import WriteFailed, WriteRejected, WriteValue
+from connectors.resilience import (
+    BREAKER_STATE,
+    BREAKER_STATE_VALUE,
+    POLL_LATENCY,
+    POLLS,
+    RECONNECTS,
+    REQUEST_ERRORS,
+    WRITES,
+    CircuitBreaker,
+)
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
+__all__ = ["ClientStats", "ModbusDeviceClient", "WriteFailed", "WriteRejected"]
+
 log = logging.getLogger(__name__)
 
+PROTOCOL = "modbus"
+ILLEGAL_DATA_ADDRESS = 2
 _TRANSPORT_ERRORS = (ModbusException, TimeoutError, OSError, EOFError)
 _GUARD_S = 0.25
 """Extra time on top of pymodbus's own timeout before this client gives up on a call."""
+
+AnyModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 
 @dataclass(slots=True)
@@ -49,12 +77,12 @@ class ClientStats:
     """Counters of one device client (a snapshot is returned by :attr:`ModbusDeviceClient.stats`)."""
 
     polls: int = 0
-    """Polls answered (including those answered without I/O during backoff)."""
+    """Polls answered (including those answered without I/O during backoff or with the breaker open)."""
     failures: int = 0
     """Polls where at least one tag was not read (transport error, exception response, backoff)."""
     comm_errors: int = 0
     """Requests not read because of the link: transport error, timeout, not attempted after one,
-    connect failure or backoff."""
+    connect failure, backoff or open breaker."""
     device_exceptions: int = 0
     """Requests answered with a Modbus exception response."""
     connects: int = 0
@@ -64,12 +92,43 @@ class ClientStats:
     connect_failures: int = 0
     backoff_polls: int = 0
     """Polls answered with COMM_ERROR without I/O because a reconnect was not due yet."""
+    breaker_open_polls: int = 0
+    """Polls answered with COMM_ERROR without I/O because the circuit breaker was open."""
+    breaker_state: str = "closed"
+    breaker_opened: int = 0
+    """Times the breaker opened."""
+    split_requests: int = 0
+    """Planned requests currently read in pieces because the device rejected an address."""
+    writes: int = 0
+    write_failures: int = 0
+    """Writes that raised WriteFailed (WriteRejected is not counted here)."""
     last_latency_s: float = math.nan
     """Wall time of the last poll, connect included."""
 
 
+@dataclass(slots=True)
+class _Split:
+    leaves: list[ReadRequest]
+    reprobe_at: float
+
+
+class _PollState:
+    """One poll's buffers and what its requests did to the link."""
+
+    __slots__ = ("any_answer", "bits", "quality", "transport_error", "words")
+
+    def __init__(
+        self, words: npt.NDArray[np.uint16], bits: npt.NDArray[np.bool_], quality: npt.NDArray[np.uint8]
+    ) -> None:
+        self.words = words
+        self.bits = bits
+        self.quality = quality
+        self.any_answer = False
+        self.transport_error: BaseException | None = None
+
+
 class ModbusDeviceClient:
-    """Polls one device: connect (with backoff), execute the read plan, decode, stamp qualities.
+    """Polls and writes one device: connect (with backoff), breaker, read plan, decode, qualities.
 
     ``clock`` (monotonic seconds) and ``rng`` are injectable for tests; ``metrics=False`` keeps this
     client out of the process's Prometheus registry.
@@ -85,24 +144,30 @@ class ModbusDeviceClient:
     ) -> None:
         self.plan = plan
         self.read_plan = ReadPlan.for_device(plan)
+        c = plan.connection
         self._clock = clock
         self._rng = rng or random.Random()
         self._stats = ClientStats()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: AnyModbusClient | None = None
         self._failed_attempts = 0
         """Consecutive failures (connects or polls) since the last good response; drives the backoff."""
         self._retry_at = -math.inf
         self._healthy = True
         self._tag_ids = self.read_plan.tag_ids
-        m = modbus_metrics() if metrics else None
-        self._m = (
-            None
-            if m is None
-            else {
-                name: getattr(m, name).labels(plan.device_id)
-                for name in ("polls", "failures", "comm_errors", "device_exceptions", "reconnects", "latency")
-            }
+        self._addresses: dict[int, ModbusTagAddress] = dict(plan.wire_tags)
+        self._splits: dict[int, _Split] = {}
+        self._io_lock = asyncio.Lock()
+        self.breaker = CircuitBreaker(c.breaker_failures, c.breaker_reset_s, clock=clock)
+        self._metrics = metrics
+        dev = plan.device_id
+        self._m_latency = POLL_LATENCY.labels(PROTOCOL, dev) if metrics else None
+        self._m_breaker = BREAKER_STATE.labels(PROTOCOL, dev) if metrics else None
+        self._m_reconnects = RECONNECTS.labels(PROTOCOL, dev) if metrics else None
+        self._m_errors = (
+            {k: REQUEST_ERRORS.labels(PROTOCOL, dev, k) for k in ("comm", "device")} if metrics else None
         )
+        if self._m_breaker is not None:
+            self._m_breaker.set(0)
 
     @property
     def device_id(self) -> str:
@@ -111,7 +176,11 @@ class ModbusDeviceClient:
     @property
     def stats(self) -> ClientStats:
         """A copy of the counters."""
-        return replace(self._stats)
+        s = replace(self._stats)
+        s.breaker_state = self.breaker.state
+        s.breaker_opened = self.breaker.times_opened
+        s.split_requests = len(self._splits)
+        return s
 
     @property
     def connected(self) -> bool:
@@ -126,92 +195,88 @@ class ModbusDeviceClient:
         """Read every tag once. Never raises (except on cancellation)."""
         started = self._clock()
         ts_ns = time.time_ns()
-        try:
-            batch = await self._poll()
-        except Exception:  # a bug or an unexpected library error must not kill the source
-            log.exception("modbus poll failed unexpectedly device=%s", self.device_id)
-            await self._drop_connection()
+        was = self.breaker.state
+        if not self.breaker.allow():
+            self._stats.breaker_open_polls += 1
             batch = self._uniform(ts_ns, Quality.COMM_ERROR)
+            result = "breaker_open"
+        else:
+            probe = self.breaker.state == "half_open"
+            try:
+                batch, link_ok = await self._poll(force_connect=probe)
+            except Exception:  # a bug or an unexpected library error must not kill the source
+                log.exception("modbus poll failed unexpectedly device=%s", self.device_id)
+                await self._drop_connection()
+                batch, link_ok = self._uniform(ts_ns, Quality.COMM_ERROR), False
+            if link_ok:
+                self.breaker.record_success()
+                result = "ok" if not np.any(batch.quality >= Quality.BAD) else "bad_points"
+            else:
+                self.breaker.record_failure()
+                result = "comm_error"
+        self._breaker_changed(was)
         latency = self._clock() - started
         s = self._stats
         s.polls += 1
         s.last_latency_s = latency
-        failed = bool(np.any(batch.quality >= Quality.BAD))
-        if failed:
+        if result != "ok":
             s.failures += 1
-        if self._m is not None:
-            self._m["polls"].inc()
-            self._m["latency"].set(latency)
-            if failed:
-                self._m["failures"].inc()
+        if self._metrics:
+            POLLS.labels(PROTOCOL, self.device_id, result).inc()
+            assert self._m_latency is not None
+            self._m_latency.observe(latency)
         return batch
+
+    async def write(self, tag_id: int, value: WriteValue) -> None:
+        """Write ``value`` to the tag through this device's connection.
+
+        Raises :class:`WriteRejected` before any I/O for an unknown tag, a read-only table (input
+        registers, discrete inputs) or a value that does not fit the data type; :class:`WriteFailed`
+        for an exception response (``code`` = the Modbus exception code), a transport error, an
+        unreachable device or an open breaker.
+        """
+        try:
+            await self._write(tag_id, value)
+        except WriteRejected:
+            self._count_write("rejected")
+            raise
+        except WriteFailed:
+            self._stats.write_failures += 1
+            self._count_write("failed")
+            raise
+        self._stats.writes += 1
+        self._count_write("ok")
 
     async def close(self) -> None:
         """Close the connection (a later poll would open a new one)."""
         await self._drop_connection(schedule_retry=False)
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- polling internals ---------------------------------------------------------------------
 
-    async def _poll(self) -> PointBatch:
-        if not await self._ensure_connected():
-            return self._uniform(time.time_ns(), Quality.COMM_ERROR)
-        client = self._client
-        assert client is not None
+    async def _poll(self, *, force_connect: bool) -> tuple[PointBatch, bool]:
+        """One poll and whether the link worked (connected, no transport error)."""
+        if not await self._ensure_connected(force=force_connect):
+            return self._uniform(time.time_ns(), Quality.COMM_ERROR), False
         rp = self.read_plan
         words, bits = rp.buffers()
-        quality = np.zeros(len(rp), dtype=QUALITY_DTYPE)
+        # every point starts as not read; a request that answers overwrites its points' quality
+        quality = np.full(len(rp), Quality.COMM_ERROR, dtype=QUALITY_DTYPE)
         ts_ns = time.time_ns()
-        unit = self.plan.connection.unit_id
-        guard = self.plan.connection.timeout_s + _GUARD_S
-        transport_error: BaseException | None = None
-        any_good = False
-        for req in rp.requests:
-            if transport_error is not None:
-                quality[req.points] = Quality.COMM_ERROR
-                self._count("comm_errors")
+        outcome = _PollState(words, bits, quality)
+        for index, req in enumerate(rp.requests):
+            if outcome.transport_error is not None:
+                self._count_error("comm_errors")
                 continue
             try:
-                rr = await asyncio.wait_for(_read(client, req, unit), guard)
+                await self._read_planned(index, req, outcome)
             except _TRANSPORT_ERRORS as exc:
-                transport_error = exc
-                quality[req.points] = Quality.COMM_ERROR
-                self._count("comm_errors")
-                continue
-            if rr.isError():
-                quality[req.points] = Quality.DEVICE_EXCEPTION
-                self._count("device_exceptions")
-                log.debug(
-                    "modbus exception response device=%s table=%s address=%d count=%d code=%s",
-                    self.device_id,
-                    req.table,
-                    req.address,
-                    req.count,
-                    getattr(rr, "exception_code", None),
-                )
-                any_good = True  # the device answered: the link is fine
-                continue
-            data = rr.bits if req.is_bits else rr.registers
-            if len(data) < req.count:
-                quality[req.points] = Quality.CONFIG_ERROR
-                log.warning(
-                    "modbus short response device=%s table=%s address=%d asked=%d got=%d",
-                    self.device_id,
-                    req.table,
-                    req.address,
-                    req.count,
-                    len(data),
-                )
-                continue
-            any_good = True
-            if req.is_bits:
-                bits[req.offset : req.offset + req.count] = data[: req.count]
-            else:
-                words[req.offset : req.offset + req.count] = data[: req.count]
-        if any_good:
+                outcome.transport_error = exc
+                self._count_error("comm_errors")
+        if outcome.any_answer:
             self._failed_attempts = 0
             self._retry_at = -math.inf
-        if transport_error is not None:
-            self._report_unhealthy(f"transport error: {transport_error!r}")
+        if outcome.transport_error is not None:
+            self._report_unhealthy(f"transport error: {outcome.transport_error!r}")
             await self._drop_connection()
         elif not self._healthy:
             self._healthy = True
@@ -219,32 +284,176 @@ class ModbusDeviceClient:
         values = rp.decode(words, bits)
         bad = quality != Quality.GOOD
         values[bad] = np.nan
-        quality[~bad & ~np.isfinite(values)] = Quality.OUT_OF_RANGE
-        return PointBatch(
+        is_text = np.zeros(len(rp), dtype=bool)
+        is_text[rp.text_points] = True
+        quality[~bad & ~is_text & ~np.isfinite(values)] = Quality.OUT_OF_RANGE
+        text = None
+        if len(rp.text_points):
+            text = {i: s for i, s in rp.decode_text(words).items() if not bad[i]}
+        batch = PointBatch(
             device_id=self.device_id,
             ts_ns=np.full(len(rp), ts_ns, dtype=np.int64),
             tag_ids=self._tag_ids,
             values=values,
             quality=quality,
+            text=text,
         )
+        return batch, outcome.transport_error is None
 
-    async def _ensure_connected(self) -> bool:
+    async def _read_planned(self, index: int, req: ReadRequest, outcome: _PollState) -> None:
+        """Read planned request ``index``, whole or in the pieces remembered from an earlier split."""
+        split = self._splits.get(index)
+        now = self._clock()
+        if split is not None and now >= split.reprobe_at:
+            leaves = await self._read(req, outcome, split_ok=False)
+            if leaves:
+                log.info(
+                    "modbus read accepted whole again device=%s table=%s address=%d count=%d",
+                    self.device_id, req.table, req.address, req.count,
+                )  # fmt: skip
+                del self._splits[index]
+                return
+            split.reprobe_at = now + self.plan.connection.split_reprobe_s
+        targets = [req] if split is None else split.leaves
+        leaves = []
+        for target in targets:
+            leaves += await self._read(target, outcome, split_ok=True)
+        if leaves != [req]:
+            if split is None:
+                log.warning(
+                    "modbus device rejected an address; read split device=%s table=%s address=%d "
+                    "count=%d pieces=%d",
+                    self.device_id, req.table, req.address, req.count, len(leaves),
+                )  # fmt: skip
+                split = self._splits[index] = _Split(leaves, now + self.plan.connection.split_reprobe_s)
+            split.leaves = leaves
+
+    async def _read(self, req: ReadRequest, outcome: _PollState, *, split_ok: bool) -> list[ReadRequest]:
+        """Execute ``req`` (splitting it on ILLEGAL_DATA_ADDRESS); the requests that were executed.
+
+        With ``split_ok=False`` an ILLEGAL_DATA_ADDRESS answer returns ``[]`` and leaves the points alone.
+        Transport errors propagate.
+        """
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected")
+        guard = self.plan.connection.timeout_s + _GUARD_S
+        async with self._io_lock:
+            rr = await asyncio.wait_for(_read(client, req, self.plan.connection.unit_id), guard)
+        outcome.any_answer = True  # the device answered: the link is fine
+        if rr.isError():
+            code = getattr(rr, "exception_code", None)
+            if code == ILLEGAL_DATA_ADDRESS:
+                if not split_ok:
+                    return []
+                halves = split_request(req)
+                if halves is not None:
+                    first = await self._read(halves[0], outcome, split_ok=True)
+                    return first + await self._read(halves[1], outcome, split_ok=True)
+            outcome.quality[req.points] = Quality.DEVICE_EXCEPTION
+            self._count_error("device_exceptions")
+            log.debug(
+                "modbus exception response device=%s table=%s address=%d count=%d code=%s",
+                self.device_id, req.table, req.address, req.count, code,
+            )  # fmt: skip
+            return [req]
+        data = rr.bits if req.is_bits else rr.registers
+        if len(data) < req.count:
+            outcome.quality[req.points] = Quality.CONFIG_ERROR
+            log.warning(
+                "modbus short response device=%s table=%s address=%d asked=%d got=%d",
+                self.device_id, req.table, req.address, req.count, len(data),
+            )  # fmt: skip
+            return [req]
+        if req.is_bits:
+            outcome.bits[req.offset : req.offset + req.count] = data[: req.count]
+        else:
+            outcome.words[req.offset : req.offset + req.count] = data[: req.count]
+        outcome.quality[req.points] = Quality.GOOD
+        return [req]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def _write(self, tag_id: int, value: WriteValue) -> None:
+        address = self._addresses.get(tag_id)
+        if address is None:
+            raise WriteRejected(self.device_id, tag_id, "no such tag on this device")
+        if not address.writable:
+            raise WriteRejected(self.device_id, tag_id, f"table {address.table!r} is read-only")
+        try:
+            regs = encode_tag(value, address)
+        except ValueError as exc:
+            raise WriteRejected(self.device_id, tag_id, str(exc)) from None
+        if not self.breaker.allow():
+            raise WriteFailed(self.device_id, tag_id, "circuit breaker open: the device is unreachable")
+        if not await self._ensure_connected(count_backoff=False):
+            raise WriteFailed(self.device_id, tag_id, "device unreachable (not connected)")
+        client = self._client
+        assert client is not None
+        unit = self.plan.connection.unit_id
+        a = address.address
+        call: Awaitable[Any]
+        if address.data_type == "bool":
+            call = client.write_coil(a, bool(regs[0]), device_id=unit)
+        elif address.data_type == "bit":
+            mask = 1 << (address.bit or 0)
+            call = client.mask_write_register(
+                address=a, and_mask=0xFFFF ^ mask, or_mask=mask if regs[0] else 0, device_id=unit
+            )
+        elif len(regs) == 1:
+            call = client.write_register(a, regs[0], device_id=unit)
+        else:
+            call = client.write_registers(a, regs, device_id=unit)
+        try:
+            async with self._io_lock:
+                rr = await asyncio.wait_for(call, self.plan.connection.timeout_s + _GUARD_S)
+        except _TRANSPORT_ERRORS as exc:
+            self._report_unhealthy(f"transport error on write: {exc!r}")
+            await self._drop_connection()
+            raise WriteFailed(self.device_id, tag_id, f"transport error: {exc!r}") from exc
+        if rr.isError():
+            code = int(getattr(rr, "exception_code", 0))
+            raise WriteFailed(self.device_id, tag_id, f"device answered exception code {code}", code=code)
+        log.debug("modbus write device=%s tag=%d value=%r", self.device_id, tag_id, value)
+
+    def _count_write(self, result: str) -> None:
+        if self._metrics:
+            WRITES.labels(PROTOCOL, self.device_id, result).inc()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _new_client(self) -> AnyModbusClient:
+        c = self.plan.connection
+        common: dict[str, Any] = {
+            "name": f"modbus:{self.device_id}",
+            "timeout": c.timeout_s,
+            "retries": 0,
+            "reconnect_delay": 0,  # no automatic reconnect inside pymodbus: we manage it
+            "reconnect_delay_max": 0,
+        }
+        if isinstance(c, ModbusSerialConnection):
+            return AsyncModbusSerialClient(
+                c.port,
+                framer=FramerType.RTU,
+                baudrate=c.baudrate,
+                bytesize=c.bytesize,
+                parity=c.parity,
+                stopbits=c.stopbits,
+                **common,
+            )
+        framer = FramerType.RTU if c.transport == "rtu_over_tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+
+    async def _ensure_connected(self, *, force: bool = False, count_backoff: bool = True) -> bool:
         if self._client is not None and self._client.connected:
             return True
-        if self._clock() < self._retry_at:
-            self._stats.backoff_polls += 1
+        if not force and self._clock() < self._retry_at:
+            if count_backoff:
+                self._stats.backoff_polls += 1
             return False
         await self._drop_connection(schedule_retry=False)
         c = self.plan.connection
-        client = AsyncModbusTcpClient(
-            c.host,
-            port=c.port,
-            name=f"modbus:{self.device_id}",
-            timeout=c.timeout_s,
-            retries=0,
-            reconnect_delay=0,  # no automatic reconnect inside pymodbus: we manage it
-            reconnect_delay_max=0,
-        )
+        client = self._new_client()
         try:
             ok = await asyncio.wait_for(client.connect(), c.timeout_s + _GUARD_S)
         except _TRANSPORT_ERRORS:
@@ -252,16 +461,16 @@ class ModbusDeviceClient:
         if not ok:
             client.close()
             self._stats.connect_failures += 1
-            self._report_unhealthy(f"cannot connect to {c.host}:{c.port}")
+            self._report_unhealthy(f"cannot connect to {c.endpoint}")
             self._schedule_retry()
             return False
         self._client = client
         if self._stats.connects:
             self._stats.reconnects += 1
-            if self._m is not None:
-                self._m["reconnects"].inc()
+            if self._m_reconnects is not None:
+                self._m_reconnects.inc()
         self._stats.connects += 1
-        log.debug("modbus connected device=%s host=%s port=%d", self.device_id, c.host, c.port)
+        log.debug("modbus connected device=%s endpoint=%s", self.device_id, c.endpoint)
         return True
 
     def _schedule_retry(self) -> None:
@@ -277,6 +486,14 @@ class ModbusDeviceClient:
             if schedule_retry:
                 self._schedule_retry()
 
+    def _breaker_changed(self, was: str) -> None:
+        now = self.breaker.state
+        if now != was:
+            level = logging.WARNING if now == "open" else logging.INFO
+            log.log(level, "modbus circuit breaker %s -> %s device=%s", was, now, self.device_id)
+        if self._m_breaker is not None:
+            self._m_breaker.set(BREAKER_STATE_VALUE[now])
+
     def _report_unhealthy(self, reason: str) -> None:
         if self._healthy:
             self._healthy = False
@@ -284,10 +501,10 @@ class ModbusDeviceClient:
         else:
             log.debug("modbus device still unreachable device=%s reason=%s", self.device_id, reason)
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def _count_error(self, name: str, n: int = 1) -> None:
         setattr(self._stats, name, getattr(self._stats, name) + n)
-        if self._m is not None:
-            self._m[name].inc(n)
+        if self._m_errors is not None:
+            self._m_errors["comm" if name == "comm_errors" else "device"].inc(n)
 
     def error_batch(self, quality: Quality, ts_ns: int) -> PointBatch:
         """Every tag with NaN and ``quality`` (a poll that could not complete)."""
@@ -296,7 +513,7 @@ class ModbusDeviceClient:
     def _uniform(self, ts_ns: int, quality: Quality) -> PointBatch:
         n = len(self.read_plan)
         if quality == Quality.COMM_ERROR:
-            self._count("comm_errors", len(self.read_plan.requests))
+            self._count_error("comm_errors", len(self.read_plan.requests))
         return PointBatch(
             device_id=self.device_id,
             ts_ns=np.full(n, ts_ns, dtype=np.int64),
@@ -306,7 +523,7 @@ class ModbusDeviceClient:
         )
 
 
-def _read(client: AsyncModbusTcpClient, req: ReadRequest, unit: int) -> Awaitable[Any]:
+def _read(client: AnyModbusClient, req: ReadRequest, unit: int) -> Awaitable[Any]:
     if req.table == "holding":
         return client.read_holding_registers(req.address, count=req.count, device_id=unit)
     if req.table == "input":

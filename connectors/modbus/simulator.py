@@ -1,4 +1,5 @@
-"""Simulated Modbus TCP devices, served by pymodbus's own async server on loopback.
+"""Simulated Modbus devices, served by pymodbus's own async server (TCP, RTU over TCP, or RTU on a
+serial line such as one end of a :func:`pty_link`).
 
 One :class:`ModbusSimulator` listens on one port and serves several devices, told apart by unit
 id (the way a gateway does). It runs in its own thread and event loop, so tests and the demo
@@ -8,6 +9,8 @@ drive it from plain synchronous code:
   encoded with the tag's data type and word order and clamped to the type's range;
 - :meth:`ModbusSimulator.set_value` / :meth:`~ModbusSimulator.set_registers` write known values;
 - faults: :meth:`~ModbusSimulator.set_exception` (exception responses for an address),
+  :meth:`~ModbusSimulator.set_hole` / ``SimulatedDevice.holes`` (addresses the device rejects with
+  ILLEGAL_DATA_ADDRESS, the way real devices have gaps in their register map),
   :meth:`~ModbusSimulator.fail_next` (the next request(s) of a device), :meth:`~ModbusSimulator.set_stall`
   (answer late), :meth:`~ModbusSimulator.drop_connections`, and :meth:`~ModbusSimulator.stop` /
   :meth:`~ModbusSimulator.start` for an outage (values survive a restart).
@@ -27,23 +30,29 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
+import select
 import socket
 import threading
 import time
+import tty
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimDataType
 from pymodbus.simulator import SimData, SimDevice
 
-from connectors.modbus.codec import encode_value, value_range
+from connectors.modbus.codec import encode_tag, int_range, value_range
 from connectors.modbus.config import BIT_TABLES, MAX_ADDRESS, ModbusTagAddress, RegisterTable
+
+SimTransport = Literal["tcp", "rtu_over_tcp", "rtu"]
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +130,16 @@ class SimulatedDevice:
 
     Each table holds ``table_size`` registers (bits for coils / discrete inputs), or just enough
     for the tags when ``None``; reading outside answers ``ILLEGAL_ADDRESS`` like a real device.
+    ``holes`` are ``(table, address)`` pairs inside the table that answer ``ILLEGAL_ADDRESS`` too
+    (for coils and discrete inputs pymodbus reports accesses by 16-bit word, so a hole rejects
+    reads of its whole word).
     """
 
     device_id: str
     unit_id: int
     tags: Sequence[SimTag] = ()
     table_size: int | None = None
+    holes: Sequence[tuple[RegisterTable, int]] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.unit_id <= 247:
@@ -135,29 +148,37 @@ class SimulatedDevice:
             raise ValueError(f"`table_size` must be in 16..65536, got {self.table_size}")
 
 
-def to_raw(value: float, address: ModbusTagAddress, *, wrap: bool = False) -> list[int]:
+def to_raw(value: float | str, address: ModbusTagAddress, *, wrap: bool = False) -> list[int]:
     """Registers for ``value`` after fitting it to the tag's type: rounded for integers, clamped
-    to the type's range (or wrapped around, with ``wrap``).
+    to the type's range (or wrapped around, with ``wrap``); numbers for a string tag are formatted
+    and cut to its length. ``bool`` and ``bit`` give one bit.
 
     >>> from connectors.modbus.config import ModbusTagAddress as A
     >>> reg = A(table="holding", address=0)
     >>> to_raw(70000.4, reg), to_raw(65537, reg, wrap=True)
     ([65535], [1])
+    >>> to_raw(12.5, A(table="holding", address=0, data_type="string", length=1))
+    [12594]
     """
     dt = address.data_type
-    low, high = value_range(dt)
-    if dt == "bool":
-        v: float = 1.0 if value >= 0.5 else 0.0
-    elif dt == "float32":
+    if dt == "string":
+        text = value if isinstance(value, str) else f"{value:g}"
+        return encode_tag(text[: 2 * (address.length or 0)], address)
+    if isinstance(value, str):
+        raise ValueError(f"value {value!r} is not a number, as {dt} requires")
+    v: float | int
+    if dt in ("bool", "bit"):
+        v = 1 if value >= 0.5 else 0
+    elif dt in ("float32", "float64"):
+        low, high = value_range(dt)
         v = min(max(value, low), high) if math.isfinite(value) else value
     else:
-        v = float(round(value)) if math.isfinite(value) else low
+        low_i, high_i = int_range(dt)
+        iv = round(value) if math.isfinite(value) else low_i
         if wrap:
-            span = high - low + 1
-            v = (v - low) % span + low
-        else:
-            v = min(max(v, low), high)
-    return encode_value(v, dt, address.word_order)
+            iv = (iv - low_i) % (high_i - low_i + 1) + low_i
+        v = min(max(iv, low_i), high_i)
+    return encode_tag(v, address)
 
 
 def _stable_seed(*parts: object) -> int:
@@ -195,6 +216,8 @@ class _DeviceState:
         self.pending: dict[str, dict[int, int]] = {t: {} for t in _TABLES}
         """Values set but not yet copied into the server's registers."""
         self.faults = _Faults()
+        for table, address in device.holes:
+            self.faults.exceptions[(table, address)] = ExcCodes.ILLEGAL_ADDRESS
         self.signals = [
             (t.address, t.signal, np.random.default_rng(
                 t.signal.seed if t.signal.seed is not None
@@ -214,6 +237,19 @@ class _DeviceState:
             for i, r in enumerate(raw):
                 self.shadow[table][address + i] = int(r)
                 self.pending[table][address + i] = int(r)
+
+    def write_bit(self, table: str, address: int, bit: int, value: int) -> None:
+        """Set one bit of a register (a ``bit`` tag), keeping the others."""
+        with self.lock:
+            current = self.shadow[table].get(address, 0)
+        mask = 1 << bit
+        self.write(table, address, [(current | mask) if value else (current & ~mask)])
+
+    def write_tag(self, address: ModbusTagAddress, raw: Sequence[int]) -> None:
+        if address.data_type == "bit":
+            self.write_bit(address.table, address.address, address.bit or 0, raw[0])
+        else:
+            self.write(address.table, address.address, raw)
 
     def replay_all(self) -> None:
         with self.lock:
@@ -247,6 +283,12 @@ class _DeviceState:
             stall = self.faults.stall_s
             fail = self.faults.fail_next.popleft() if self.faults.fail_next else None
             pending, self.pending[table] = self.pending[table], {}
+            if set_values and not bits:  # a client's write: keep it across a restart
+                for i, v in enumerate(set_values):
+                    self.shadow[table][address + i] = int(v)
+            elif set_values:
+                for i, v in enumerate(set_values):
+                    self.shadow[table][address + i] = int(bool(v))
             exc = None
             if self.faults.exceptions:
                 # for bit tables pymodbus passes the number of 16-bit words, so the range is rounded up
@@ -282,11 +324,16 @@ class _DeviceState:
                 address,
                 wrap=signal.kind == "counter" and address.data_type != "float32",
             )
-            self.write(address.table, address.address, raw)
+            self.write_tag(address, raw)
 
 
 class ModbusSimulator:
-    """Serves ``devices`` on ``host:port`` (``port=0``: a free port, see :attr:`port` after start)."""
+    """Serves ``devices`` on ``host:port`` (``port=0``: a free port, see :attr:`port` after start).
+
+    ``transport``: ``tcp`` (Modbus TCP), ``rtu_over_tcp`` (RTU frames on a TCP port, like a serial
+    gateway) or ``rtu`` (RTU on the serial device ``serial_port``, e.g. one end of :func:`pty_link`;
+    ``host``/``port`` are then unused).
+    """
 
     def __init__(
         self,
@@ -295,9 +342,16 @@ class ModbusSimulator:
         devices: Sequence[SimulatedDevice] = (),
         *,
         update_interval_s: float = 0.5,
+        transport: SimTransport = "tcp",
+        serial_port: str | None = None,
+        baudrate: int = 19200,
     ) -> None:
         if not devices:
             raise ValueError("`devices` must not be empty")
+        if transport not in ("tcp", "rtu_over_tcp", "rtu"):
+            raise ValueError(f"`transport` must be 'tcp', 'rtu_over_tcp' or 'rtu', got {transport!r}")
+        if (transport == "rtu") != (serial_port is not None):
+            raise ValueError("`serial_port` is needed with transport 'rtu' and only with it")
         if not update_interval_s > 0:
             raise ValueError(f"`update_interval_s` must be > 0, got {update_interval_s}")
         ids = [d.device_id for d in devices]
@@ -310,10 +364,13 @@ class ModbusSimulator:
         self.port = port
         self.devices: list[SimulatedDevice] = list(devices)
         self.update_interval_s = update_interval_s
+        self.transport: SimTransport = transport
+        self.serial_port = serial_port
+        self.baudrate = baudrate
         self._states = {d.device_id: _DeviceState(d) for d in devices}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._signal_task: asyncio.Task[None] | None = None
         self._t0 = time.monotonic()
         for state in self._states.values():
@@ -356,7 +413,7 @@ class ModbusSimulator:
             self._loop = None
             raise RuntimeError(f"Modbus simulator could not start on {self.host}:{self.port}: {failure}")
         deadline = time.monotonic() + timeout_s
-        while True:
+        while self.transport != "rtu":
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     break
@@ -369,11 +426,18 @@ class ModbusSimulator:
                 time.sleep(0.01)
 
     async def _serve(self) -> None:
-        server = ModbusTcpServer(
-            [s.sim_device() for s in self._states.values()], address=(self.host, self.port)
-        )
+        devices = [s.sim_device() for s in self._states.values()]
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.transport == "rtu":
+            assert self.serial_port is not None
+            server = ModbusSerialServer(
+                devices, framer=FramerType.RTU, port=self.serial_port, baudrate=self.baudrate
+            )
+        else:
+            framer = FramerType.RTU if self.transport == "rtu_over_tcp" else FramerType.SOCKET
+            server = ModbusTcpServer(devices, framer=framer, address=(self.host, self.port))
         await server.serve_forever(background=True)
-        if self.port == 0:
+        if self.port == 0 and self.transport != "rtu":
             sockets = getattr(server.transport, "sockets", None) or []
             self.port = int(sockets[0].getsockname()[1])
         self._server = server
@@ -426,13 +490,20 @@ class ModbusSimulator:
 
     # -- values --------------------------------------------------------------------------------
 
-    def set_value(self, device_id: str, address: ModbusTagAddress, value: float) -> None:
-        """Write ``value`` (raw units) to the tag at ``address``, encoded with its type and word order.
+    def set_value(self, device_id: str, address: ModbusTagAddress, value: float | str) -> None:
+        """Write ``value`` (raw units, or text for a string tag) to the tag at ``address`` (a wire
+        address), encoded with its type and byte order.
 
         Raises :class:`ValueError` if the value does not fit the type.
         """
-        raw = encode_value(value, address.data_type, address.word_order)
-        self._state(device_id).write(address.table, address.address, raw)
+        self._state(device_id).write_tag(address, encode_tag(value, address))
+
+    def get_registers(self, device_id: str, table: RegisterTable, address: int, count: int) -> list[int]:
+        """The last known registers (bits) ``address .. address + count - 1``: values set here or
+        written by clients (0 where nothing was ever set)."""
+        state = self._state(device_id)
+        with state.lock:
+            return [state.shadow[table].get(address + i, 0) for i in range(count)]
 
     def set_registers(
         self, device_id: str, table: RegisterTable, address: int, values: Sequence[int]
@@ -451,6 +522,10 @@ class ModbusSimulator:
             state.signals = []
 
     # -- faults --------------------------------------------------------------------------------
+
+    def set_hole(self, device_id: str, table: RegisterTable, address: int, hole: bool = True) -> None:
+        """Make ``address`` one the device rejects with ILLEGAL_DATA_ADDRESS (or accept it again)."""
+        self.set_exception(device_id, table, address, int(ExcCodes.ILLEGAL_ADDRESS) if hole else None)
 
     def set_exception(self, device_id: str, table: RegisterTable, address: int, code: int | None) -> None:
         """Answer every read of ``table`` that covers ``address`` with exception ``code`` (None: clear)."""
@@ -485,7 +560,7 @@ class ModbusSimulator:
             return 0
 
         async def drop() -> int:
-            conns = list(server.active_connections.values())
+            conns = list(getattr(server, "active_connections", {}).values())
             for conn in conns:
                 conn.close()
             return len(conns)
@@ -506,3 +581,43 @@ def _exc_code(code: int) -> ExcCodes:
         raise ValueError(
             f"exception code {code} is not a Modbus exception code ({[int(c) for c in ExcCodes]})"
         ) from None
+
+
+@contextlib.contextmanager
+def pty_link(chunk: int = 4096) -> Iterator[tuple[str, str]]:
+    """Two pseudo-terminals wired back to back, like a null-modem cable: yields their device paths.
+
+    Bytes written to one arrive at the other, so a serial Modbus server on one end and a serial
+    client on the other talk RTU with no hardware (and no ``socat``). Relayed by a thread; POSIX only.
+    """
+    a_master, a_slave = os.openpty()
+    b_master, b_slave = os.openpty()
+    for fd in (a_slave, b_slave):
+        tty.setraw(fd)
+    paths = (os.ttyname(a_slave), os.ttyname(b_slave))
+    stop_r, stop_w = os.pipe()
+    peer = {a_master: b_master, b_master: a_master}
+
+    def relay() -> None:
+        while True:
+            ready, _, _ = select.select([a_master, b_master, stop_r], [], [])
+            if stop_r in ready:
+                return
+            for fd in ready:
+                try:
+                    data = os.read(fd, chunk)
+                except OSError:  # the other side closed the slave for a moment
+                    continue
+                if data:
+                    os.write(peer[fd], data)
+
+    thread = threading.Thread(target=relay, name="pty-link", daemon=True)
+    thread.start()
+    try:
+        yield paths
+    finally:
+        os.write(stop_w, b"x")
+        thread.join(2.0)
+        for fd in (a_master, a_slave, b_master, b_slave, stop_r, stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

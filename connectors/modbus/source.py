@@ -1,4 +1,4 @@
-"""Bytewax source polling Modbus TCP devices: one partition per device, ``modbus:{device_id}``.
+"""Bytewax source polling Modbus devices (TCP, RTU over TCP, RTU): one partition per device, ``modbus:{device_id}``.
 
 The scheduling, the event-loop thread and draining are the shared :mod:`connectors.polling`; this
 module only builds a :class:`~connectors.modbus.client.ModbusDeviceClient` per device.

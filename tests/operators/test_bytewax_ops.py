@@ -8,13 +8,13 @@ import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from operators_reference import same_batch
 
 from core.batch import PointBatch
 from core.quality import Quality
 from operators.bytewax_ops import DeadbandLogic, deadband, normalize
 from operators.deadband import Deadband, DeadbandParams, DeadbandState
 from operators.normalize import NormalizeParams, Normalizer
+from tests.operators.operators_reference import same_batch
 
 S = 1_000_000_000
 NORM = {

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
-from operators_reference import copy_of, frozen, same_batch
 
 from core.batch import PointBatch
 from core.quality import Quality
 from operators.deadband import Deadband, DeadbandParams, DeadbandState
 from operators.normalize import NormalizeParams, Normalizer
+from tests.operators.operators_reference import copy_of, frozen, same_batch
 
 S = 1_000_000_000
 

@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from operators_reference import (
+
+from core.batch import PointBatch
+from core.quality import Quality
+from operators.deadband import Deadband, DeadbandParams, DeadbandState
+from tests.operators.operators_reference import (
     NaiveDeadband,
     batch_sequences,
     copy_of,
@@ -16,10 +20,6 @@ from operators_reference import (
     published_mask,
     same_batch,
 )
-
-from core.batch import PointBatch
-from core.quality import Quality
-from operators.deadband import Deadband, DeadbandParams, DeadbandState
 
 S = 1_000_000_000
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from operators_reference import copy_of, frozen, same_batch
 
 from core.batch import PointBatch, tag_id_for
 from core.quality import Quality
 from operators.expressions import CalculatedState, CalculatedTags, Expression, ExpressionError
+from tests.operators.operators_reference import copy_of, frozen, same_batch
 
 S = 1_000_000_000
 

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from operators_reference import (
+
+from core.batch import PointBatch
+from core.quality import Quality
+from operators.normalize import NormalizeParams, Normalizer
+from operators.units import UnitError
+from tests.operators.operators_reference import (
     batch_sequences,
     copy_of,
     frozen,
@@ -16,11 +21,6 @@ from operators_reference import (
     normalize_config_st,
     same_batch,
 )
-
-from core.batch import PointBatch
-from core.quality import Quality
-from operators.normalize import NormalizeParams, Normalizer
-from operators.units import UnitError
 
 GOOD, CLAMPED, BAD, OOR = (
     int(Quality.GOOD),

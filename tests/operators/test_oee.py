@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from operators_reference import copy_of, frozen, same_batch
 
 from core.batch import PointBatch
 from core.quality import Quality
@@ -24,6 +23,7 @@ from operators.oee import (
     ShiftCalendar,
     counter_increments,
 )
+from tests.operators.operators_reference import copy_of, frozen, same_batch
 
 S = 1_000_000_000
 STATE, COUNT, REJECT, GOOD = 10, 11, 12, 13

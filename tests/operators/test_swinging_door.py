@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from operators_reference import copy_of, frozen, same_batch
 
 from core.batch import PointBatch
 from operators.swinging_door import SwingingDoor, SwingingDoorParams, SwingingDoorState
+from tests.operators.operators_reference import copy_of, frozen, same_batch
 
 S = 1_000_000_000
 Point = tuple[int, int, float, int]  # (ts_ns, tag, value, quality)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from modbus_testlib import MIXED_TAGS, MIXED_VALUES
 
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
+from tests.connectors.modbus.modbus_testlib import MIXED_TAGS, MIXED_VALUES
 
 
 @pytest.fixture

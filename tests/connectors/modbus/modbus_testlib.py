@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from connectors.modbus.config import ModbusConnection, ModbusDevicePlan, ModbusTagAddress
 
@@ -54,7 +55,7 @@ def plan_for(
     *,
     unit_id: int = 1,
     poll_interval_s: float = 0.1,
-    **conn: float,
+    **conn: Any,
 ) -> ModbusDevicePlan:
     connection = ModbusConnection(
         host="127.0.0.1",
@@ -65,3 +66,76 @@ def plan_for(
     return ModbusDevicePlan(
         device_id, connection, poll_interval_s, tuple((100 + i, t) for i, t in enumerate(tags))
     )
+
+
+# Golden vectors: (data_type, value, registers on the device for each byte order), written out by hand.
+# A..H are the value's bytes, most significant first; ABCD/CDAB/BADC/DCBA also name the 64-bit orders
+# ABCDEFGH/GHEFCDAB/BADCFEHG/HGFEDCBA; 16-bit values only see the byte swap.
+def _orders(abcd: list[int], cdab: list[int], badc: list[int], dcba: list[int]) -> dict[str, list[int]]:
+    return {"ABCD": abcd, "CDAB": cdab, "BADC": badc, "DCBA": dcba}
+
+
+GOLDEN: list[tuple[str, float, dict[str, list[int]]]] = [
+    ("int16", -2, _orders([0xFFFE], [0xFFFE], [0xFEFF], [0xFEFF])),
+    ("int16", 0x1234, _orders([0x1234], [0x1234], [0x3412], [0x3412])),
+    ("uint16", 0xABCD, _orders([0xABCD], [0xABCD], [0xCDAB], [0xCDAB])),
+    ("int32", 0x11223344, _orders([0x1122, 0x3344], [0x3344, 0x1122], [0x2211, 0x4433], [0x4433, 0x2211])),
+    ("int32", -2, _orders([0xFFFF, 0xFFFE], [0xFFFE, 0xFFFF], [0xFFFF, 0xFEFF], [0xFEFF, 0xFFFF])),
+    (
+        "uint32",
+        4_000_000_000,
+        _orders([0xEE6B, 0x2800], [0x2800, 0xEE6B], [0x6BEE, 0x0028], [0x0028, 0x6BEE]),
+    ),
+    ("float32", 123.456, _orders([0x42F6, 0xE979], [0xE979, 0x42F6], [0xF642, 0x79E9], [0x79E9, 0xF642])),
+    ("float32", -2.0, _orders([0xC000, 0x0000], [0x0000, 0xC000], [0x00C0, 0x0000], [0x0000, 0x00C0])),
+    (
+        "int64",
+        0x0102030405060708,
+        _orders(
+            [0x0102, 0x0304, 0x0506, 0x0708],
+            [0x0708, 0x0506, 0x0304, 0x0102],
+            [0x0201, 0x0403, 0x0605, 0x0807],
+            [0x0807, 0x0605, 0x0403, 0x0201],
+        ),
+    ),
+    (
+        "int64",
+        -2,
+        _orders(
+            [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE],
+            [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
+            [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF],
+            [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
+        ),
+    ),
+    (
+        "uint64",
+        0x8000000000000001,
+        _orders(
+            [0x8000, 0x0000, 0x0000, 0x0001],
+            [0x0001, 0x0000, 0x0000, 0x8000],
+            [0x0080, 0x0000, 0x0000, 0x0100],
+            [0x0100, 0x0000, 0x0000, 0x0080],
+        ),
+    ),
+    (
+        "float64",
+        -2.5,  # 0xC004000000000000
+        _orders(
+            [0xC004, 0x0000, 0x0000, 0x0000],
+            [0x0000, 0x0000, 0x0000, 0xC004],
+            [0x04C0, 0x0000, 0x0000, 0x0000],
+            [0x0000, 0x0000, 0x0000, 0x04C0],
+        ),
+    ),
+    (
+        "float64",
+        1.0000000000000002,  # 0x3FF0000000000001
+        _orders(
+            [0x3FF0, 0x0000, 0x0000, 0x0001],
+            [0x0001, 0x0000, 0x0000, 0x3FF0],
+            [0xF03F, 0x0000, 0x0000, 0x0100],
+            [0x0100, 0x0000, 0x0000, 0xF03F],
+        ),
+    ),
+]

@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from modbus_testlib import MIXED_TAGS, MIXED_VALUES, free_port, plan_for
 
 from connectors.modbus.client import ModbusDeviceClient
 from connectors.modbus.config import ModbusTagAddress
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
 from core.batch import PointBatch
 from core.quality import Quality
+from tests.connectors.modbus.modbus_testlib import MIXED_TAGS, MIXED_VALUES, free_port, plan_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_exception_response_marks_only_that_requests_tags(mixed_sim: ModbusSimul
 
     async def go() -> None:
         client = ModbusDeviceClient(plan, metrics=False)
-        mixed_sim.set_exception("plc", "input", 5, 2)  # ILLEGAL_ADDRESS inside the input-register request
+        mixed_sim.set_exception("plc", "input", 5, 4)  # DEVICE_FAILURE inside the input-register request
         batch = await client.poll()
         assert (batch.quality[is_input] == Quality.DEVICE_EXCEPTION).all()
         assert np.isnan(batch.values[is_input]).all()
@@ -184,7 +184,9 @@ def test_connection_refused_backs_off_without_io() -> None:
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     port = free_port()
-    plan = plan_for("ghost", port, MIXED_TAGS[:1], reconnect_min_s=1.0, reconnect_max_s=8.0)
+    plan = plan_for(
+        "ghost", port, MIXED_TAGS[:1], reconnect_min_s=1.0, reconnect_max_s=8.0, breaker_failures=100
+    )
     now = [1000.0]
 
     async def go() -> list[float]:
@@ -224,10 +226,11 @@ def test_short_and_non_finite_values() -> None:
     assert batch.values[1] == 5.0
 
 
-def test_metrics_are_labelled_by_device(mixed_sim: ModbusSimulator) -> None:
+def test_metrics_are_labelled_by_protocol_and_device(mixed_sim: ModbusSimulator) -> None:
     from prometheus_client import REGISTRY
 
     plan = plan_for("metered-plc", mixed_sim.port, MIXED_TAGS[:2])
+    labels = {"protocol": "modbus", "device": "metered-plc"}
 
     async def go() -> None:
         client = ModbusDeviceClient(plan)
@@ -236,6 +239,7 @@ def test_metrics_are_labelled_by_device(mixed_sim: ModbusSimulator) -> None:
         await client.close()
 
     run(go())
-    assert REGISTRY.get_sample_value("nexus_modbus_polls_total", {"device": "metered-plc"}) == 2.0
-    latency = REGISTRY.get_sample_value("nexus_modbus_poll_latency_seconds", {"device": "metered-plc"})
-    assert latency is not None and latency > 0
+    assert REGISTRY.get_sample_value("nexus_device_polls_total", {**labels, "result": "ok"}) == 2.0
+    assert REGISTRY.get_sample_value("nexus_device_poll_seconds_count", labels) == 2.0
+    assert REGISTRY.get_sample_value("nexus_device_poll_seconds_sum", labels) > 0  # type: ignore[operator]
+    assert REGISTRY.get_sample_value("nexus_device_breaker_state", labels) == 0.0

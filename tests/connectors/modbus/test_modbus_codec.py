@@ -9,8 +9,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.modbus.codec import ReadPlan, decode_registers, encode_value, value_range
-from connectors.modbus.config import DataType, ModbusTagAddress, WordOrder
+from connectors.modbus.codec import (
+    ReadPlan,
+    ReadRequest,
+    decode_registers,
+    decode_string,
+    encode_string,
+    encode_value,
+    int_range,
+    split_request,
+    value_range,
+)
+from connectors.modbus.config import (
+    BYTE_ORDER_64,
+    ByteOrder,
+    DataType,
+    ModbusTagAddress,
+    StringByteOrder,
+    WordOrder,
+)
+from tests.connectors.modbus.modbus_testlib import GOLDEN as ORDER_GOLDEN
+
+BYTE_ORDERS: list[ByteOrder] = ["ABCD", "CDAB", "BADC", "DCBA"]
 
 A = ModbusTagAddress
 
@@ -38,7 +58,7 @@ GOLDEN: list[tuple[DataType, float, list[int], list[int]]] = [
 
 @pytest.mark.parametrize(("data_type", "value", "big", "little"), GOLDEN)
 @pytest.mark.parametrize("order", ["big", "little"])
-def test_golden_vectors(
+def test_golden_vectors_legacy_word_order(
     data_type: DataType, value: float, big: list[int], little: list[int], order: WordOrder
 ) -> None:
     regs = big if order == "big" else little
@@ -48,8 +68,66 @@ def test_golden_vectors(
     assert decoded.tolist() == [expected]
 
 
-def test_golden_vectors_cover_every_type() -> None:
+@pytest.mark.parametrize(("data_type", "value", "by_order"), ORDER_GOLDEN)
+@pytest.mark.parametrize("order", BYTE_ORDERS)
+def test_golden_vectors_every_byte_order(
+    data_type: DataType, value: float, by_order: dict[str, list[int]], order: ByteOrder
+) -> None:
+    regs = by_order[order]
+    assert encode_value(value, data_type, order) == regs
+    expected = float(np.float32(value)) if data_type == "float32" else float(value)
+    assert decode_registers(regs, data_type, order).tolist() == [expected]
+
+
+def test_golden_vectors_cover_every_type_and_order() -> None:
     assert {g[0] for g in GOLDEN} == {"bool", "int16", "uint16", "int32", "uint32", "float32"}
+    assert {g[0] for g in ORDER_GOLDEN} == {
+        "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"
+    }  # fmt: skip
+    assert all(set(g[2]) == set(BYTE_ORDERS) for g in ORDER_GOLDEN)
+
+
+def test_64_bit_order_names_are_aliases() -> None:
+    for long, short in BYTE_ORDER_64.items():
+        assert encode_value(0x0102030405060708, "int64", long) == encode_value(
+            0x0102030405060708, "int64", short
+        )
+
+
+def test_bit_in_register() -> None:
+    assert decode_registers([0x8001, 0x0000, 0x8000], "bit", bit=15).tolist() == [1.0, 0.0, 1.0]
+    assert decode_registers([0x8001], "bit", bit=0).tolist() == [1.0]
+    assert encode_value(True, "bit") == [1]
+    with pytest.raises(ValueError, match="not a bool"):
+        encode_value(2, "bit")
+
+
+@pytest.mark.parametrize(
+    ("text", "length", "order", "regs"),
+    [
+        ("AB", 1, "big", [0x4142]),
+        ("AB", 1, "little", [0x4241]),
+        ("ABC", 3, "big", [0x4142, 0x4300, 0x0000]),
+        ("ABC", 2, "little", [0x4241, 0x0043]),
+        ("", 2, "big", [0, 0]),
+        ("é", 1, "big", [0xE900]),
+    ],
+)
+def test_string_golden(text: str, length: int, order: StringByteOrder, regs: list[int]) -> None:
+    assert encode_string(text, length, order) == regs
+    assert decode_string(regs, order) == text
+
+
+def test_string_stops_at_the_first_nul_and_refuses_what_does_not_fit() -> None:
+    assert decode_string([0x4100, 0x4242]) == "A"
+    with pytest.raises(ValueError, match="does not fit 1 registers"):
+        encode_string("ABC", 1)
+    with pytest.raises(ValueError, match="outside latin-1"):
+        encode_string("€", 2)
+    with pytest.raises(ValueError, match="is not a string"):
+        encode_value(5, "string", length=2)
+    with pytest.raises(ValueError, match="is not a number"):
+        encode_value("5", "int16")
 
 
 def test_decode_several_values_at_once() -> None:
@@ -83,13 +161,22 @@ def test_encode_range_errors_name_type_and_value(value: float, data_type: DataTy
 
 
 def test_unknown_type_and_order() -> None:
-    with pytest.raises(ValueError, match="unknown register data_type 'int64'"):
-        encode_value(1, "int64")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown word_order 'middle'"):
-        encode_value(1, "int32", "middle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown register data_type 'int128'"):
+        encode_value(1, "int128")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown byte_order 'middle'"):
+        encode_value(1, "int32", "middle")
+
+
+def test_64_bit_range_is_exact() -> None:
+    assert encode_value(2**63 - 1, "int64") == [0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]
+    with pytest.raises(ValueError, match="out of range for int64"):
+        encode_value(2**63, "int64")
+    with pytest.raises(ValueError, match="out of range for uint64"):
+        encode_value(-1, "uint64")
 
 
 ORDERS = st.sampled_from(["big", "little"])
+ALL_ORDERS = st.sampled_from(BYTE_ORDERS)
 
 
 def _ints(data_type: DataType) -> st.SearchStrategy[int]:
@@ -108,10 +195,45 @@ def test_integer_round_trip(data_type: DataType, data: st.DataObject) -> None:
     assert decode_registers(regs, data_type, order).tolist() == [float(value)]
 
 
-@given(value=st.floats(width=32, allow_nan=False), order=ORDERS)
-def test_float32_round_trip(value: float, order: WordOrder) -> None:
+@pytest.mark.parametrize("data_type", ["int16", "uint16", "int32", "uint32", "int64", "uint64"])
+@given(data=st.data())
+def test_integer_round_trip_every_byte_order(data_type: DataType, data: st.DataObject) -> None:
+    low, high = int_range(data_type)
+    value = data.draw(st.integers(low, high))
+    order = data.draw(ALL_ORDERS)
+    regs = encode_value(value, data_type, order)
+    assert all(0 <= r <= 0xFFFF for r in regs)
+    assert decode_registers(regs, data_type, order).tolist() == [float(value)]  # float64: exact to 2**53
+    # the raw words say exactly which integer it was, whatever the order
+    words = regs[::-1] if order in ("CDAB", "DCBA") else regs
+    if order in ("BADC", "DCBA"):
+        words = [((w >> 8) | (w << 8)) & 0xFFFF for w in words]
+    raw = int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big", signed=low < 0)
+    assert raw == value
+
+
+@given(value=st.floats(width=32, allow_nan=False), order=ALL_ORDERS)
+def test_float32_round_trip(value: float, order: ByteOrder) -> None:
     regs = encode_value(value, "float32", order)
     assert decode_registers(regs, "float32", order)[0] == np.float32(value)
+
+
+@given(value=st.floats(allow_nan=False), order=ALL_ORDERS)
+def test_float64_round_trip(value: float, order: ByteOrder) -> None:
+    regs = encode_value(value, "float64", order)
+    assert decode_registers(regs, "float64", order).tolist() == [value]
+
+
+@given(
+    text=st.text(st.characters(min_codepoint=1, max_codepoint=255), max_size=20),
+    extra=st.integers(0, 3),
+    order=st.sampled_from(["big", "little"]),
+)
+def test_string_round_trip(text: str, extra: int, order: StringByteOrder) -> None:
+    length = (len(text) + 1) // 2 + extra or 1
+    regs = encode_string(text, length, order)
+    assert len(regs) == length
+    assert decode_string(regs, order) == text
 
 
 @given(value=st.booleans(), order=ORDERS)
@@ -213,11 +335,17 @@ def test_empty_plan() -> None:
 TAGS = st.lists(
     st.one_of(
         st.builds(
-            lambda t, a, d, o: A(table=t, address=a, data_type=d, word_order=o),
+            lambda t, a, d, o: A(table=t, address=a, data_type=d, byte_order=o),
             st.sampled_from(["holding", "input"]),
             st.integers(0, 600),
-            st.sampled_from(["int16", "uint16", "int32", "uint32", "float32"]),
-            ORDERS,
+            st.sampled_from(["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64"]),
+            ALL_ORDERS,
+        ),
+        st.builds(
+            lambda t, a, b: A(table=t, address=a, data_type="bit", bit=b),
+            st.sampled_from(["holding", "input"]),
+            st.integers(0, 600),
+            st.integers(0, 15),
         ),
         st.builds(
             lambda t, a: A(table=t, address=a, data_type="bool"),
@@ -231,7 +359,7 @@ TAGS = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    tags=TAGS, seed=st.integers(0, 2**32 - 1), max_gap=st.integers(0, 20), max_registers=st.integers(2, 125)
+    tags=TAGS, seed=st.integers(0, 2**32 - 1), max_gap=st.integers(0, 20), max_registers=st.integers(4, 125)
 )
 def test_vectorized_decode_equals_per_tag_reference(
     tags: list[ModbusTagAddress], seed: int, max_gap: int, max_registers: int
@@ -252,5 +380,40 @@ def test_vectorized_decode_equals_per_tag_reference(
     got = plan.decode(words, bits)
     for i, t in enumerate(tags):
         regs = memory[t.table][t.address : t.address + t.register_count]
-        want = decode_registers(regs, t.data_type, t.word_order)[0]
+        want = decode_registers(regs, t.data_type, t.byte_order, bit=t.bit or 0)[0]
         assert (got[i] == want) or (math.isnan(got[i]) and math.isnan(want)), (i, t)
+
+
+def test_strings_decode_to_text_and_nan() -> None:
+    tags = [
+        (1, A(table="holding", address=0, data_type="string", length=2)),
+        (2, A(table="holding", address=2, data_type="int16")),
+        (3, A(table="holding", address=3, data_type="string", length=1, string_byte_order="little")),
+    ]
+    plan = ReadPlan(tags)
+    words, bits = plan.buffers()
+    words[:] = [0x4142, 0x4300, 7, 0x5958]
+    values = plan.decode(words, bits)
+    assert np.isnan(values[[0, 2]]).all() and values[1] == 7
+    assert plan.decode_text(words) == {0: "ABC", 2: "XY"}
+    assert plan.text_points.tolist() == [0, 2]
+
+
+def test_split_request_halves_tags_until_one_is_left() -> None:
+    plan = ReadPlan(_u16(0, 1, 2, 5, 6))
+    (req,) = plan.requests
+    first, second = split_request(req)  # type: ignore[misc]
+    assert (first.address, first.count, first.offset, first.points.tolist()) == (0, 2, 0, [0, 1])
+    assert (second.address, second.count, second.offset, second.points.tolist()) == (2, 5, 2, [2, 3, 4])
+    leaves: list[ReadRequest] = []
+    todo = [req]
+    while todo:
+        r = todo.pop()
+        halves = split_request(r)
+        if halves is None:
+            leaves.append(r)
+        else:
+            todo.extend(halves)
+    assert sorted((r.address, r.count, r.offset) for r in leaves) == [
+        (0, 1, 0), (1, 1, 1), (2, 1, 2), (5, 1, 5), (6, 1, 6)
+    ]  # fmt: skip

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from connectors.modbus.config import ModbusConnection, ModbusDevicePlan, ModbusTagAddress, register_count
+from connectors.modbus.config import (
+    ModbusConnection,
+    ModbusConnectionConfig,
+    ModbusDevicePlan,
+    ModbusSerialConnection,
+    ModbusTagAddress,
+    register_count,
+)
 
 
 def _error(exc: pytest.ExceptionInfo[ValidationError]) -> tuple[tuple[object, ...], str]:
@@ -13,7 +20,7 @@ def _error(exc: pytest.ExceptionInfo[ValidationError]) -> tuple[tuple[object, ..
 
 def test_defaults() -> None:
     a = ModbusTagAddress(table="holding", address=0)
-    assert (a.data_type, a.word_order, a.register_count) == ("uint16", "big", 1)
+    assert (a.data_type, a.byte_order, a.word_order, a.register_count) == ("uint16", "ABCD", None, 1)
     c = ModbusConnection(host="plc.local")
     assert (c.port, c.unit_id, c.timeout_s, c.max_gap, c.max_registers, c.max_bits) == (
         502,
@@ -27,7 +34,18 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("data_type", "count"),
-    [("bool", 1), ("int16", 1), ("uint16", 1), ("int32", 2), ("uint32", 2), ("float32", 2)],
+    [
+        ("bool", 1),
+        ("bit", 1),
+        ("int16", 1),
+        ("uint16", 1),
+        ("int32", 2),
+        ("uint32", 2),
+        ("float32", 2),
+        ("int64", 4),
+        ("uint64", 4),
+        ("float64", 4),
+    ],
 )
 def test_register_count(data_type: str, count: int) -> None:
     assert register_count(data_type) == count  # type: ignore[arg-type]
@@ -60,7 +78,10 @@ def test_value_must_fit_the_address_space() -> None:
         ({"table": "holding", "address": -1}, "address"),
         ({"table": "holding", "address": 70000}, "address"),
         ({"table": "holdings", "address": 0}, "table"),
-        ({"table": "holding", "address": 0, "data_type": "float64"}, "data_type"),
+        ({"table": "holding", "address": 0, "data_type": "float128"}, "data_type"),
+        ({"table": "holding", "address": 0, "byte_order": "ACBD"}, "byte_order"),
+        ({"table": "holding", "address": 0, "data_type": "bit", "bit": 16}, "bit"),
+        ({"table": "holding", "address": 0, "data_type": "string", "length": 0}, "length"),
         ({"table": "holding", "address": 0, "word_order": "middle"}, "word_order"),
         ({"table": "holding", "address": 0, "scale": 2}, "scale"),
     ],
@@ -117,3 +138,64 @@ def test_plan_refuses_duplicate_tag_ids_and_oversized_tags() -> None:
         ModbusDevicePlan("d", ModbusConnection(host="plc"), 1.0, ((7, t), (7, t)))
     with pytest.raises(ValueError, match="needs 2 registers but `max_registers` is 1"):
         ModbusDevicePlan("d", ModbusConnection(host="plc", max_registers=1), 1.0, ((7, t),))
+
+
+def test_word_order_is_an_alias_of_byte_order() -> None:
+    assert ModbusTagAddress(table="holding", address=0, word_order="big").byte_order == "ABCD"
+    assert (
+        ModbusTagAddress(table="holding", address=0, word_order="little", byte_order="CDAB").byte_order
+        == "CDAB"
+    )
+    with pytest.raises(
+        ValidationError, match="word_order 'little' means byte_order 'CDAB' but byte_order is 'BADC'"
+    ):
+        ModbusTagAddress(table="holding", address=0, word_order="little", byte_order="BADC")
+    assert ModbusTagAddress(table="holding", address=0, byte_order="HGFEDCBA").byte_order == "DCBA"
+
+
+def test_bit_and_string_need_their_fields() -> None:
+    assert ModbusTagAddress(table="input", address=3, data_type="bit", bit=15).register_count == 1
+    with pytest.raises(ValidationError, match="data_type 'bit' needs `bit`"):
+        ModbusTagAddress(table="holding", address=0, data_type="bit")
+    with pytest.raises(ValidationError, match="`bit` is only for data_type 'bit'"):
+        ModbusTagAddress(table="holding", address=0, data_type="int16", bit=1)
+    with pytest.raises(ValidationError, match="data_type 'string' needs `length`"):
+        ModbusTagAddress(table="holding", address=0, data_type="string")
+    with pytest.raises(ValidationError, match="`length` is only for data_type 'string'"):
+        ModbusTagAddress(table="holding", address=0, length=2)
+    with pytest.raises(ValidationError, match="ends at register 65539"):
+        ModbusTagAddress(table="holding", address=65530, data_type="string", length=10)
+    with pytest.raises(ValidationError, match="coils and discrete inputs hold only 'bool'"):
+        ModbusTagAddress(table="coil", address=0, data_type="bit", bit=0)
+
+
+def test_connection_union_defaults_to_tcp_and_checks_serial_fields() -> None:
+    ta: TypeAdapter[ModbusConnection | ModbusSerialConnection] = TypeAdapter(ModbusConnectionConfig)
+    tcp = ta.validate_python({"host": "plc"})
+    assert isinstance(tcp, ModbusConnection) and tcp.transport == "tcp"
+    gw = ta.validate_python({"transport": "rtu_over_tcp", "host": "gw", "port": 4001, "unit_id": 7})
+    assert isinstance(gw, ModbusConnection) and (gw.transport, gw.port) == ("rtu_over_tcp", 4001)
+    rtu = ta.validate_python(
+        {"transport": "rtu", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "E", "stopbits": 2}
+    )
+    assert isinstance(rtu, ModbusSerialConnection)
+    assert (rtu.baudrate, rtu.parity, rtu.stopbits, rtu.bytesize) == (9600, "E", 2, 8)
+    with pytest.raises(ValidationError) as exc:
+        ta.validate_python({"transport": "rtu", "port": "/dev/ttyUSB0", "parity": "X"})
+    assert exc.value.errors()[0]["loc"][-1] == "parity"
+    with pytest.raises(ValidationError):
+        ta.validate_python({"transport": "rtu", "host": "plc"})  # serial needs a port path, not a host
+    with pytest.raises(ValidationError):
+        ta.validate_python({"transport": "udp", "host": "plc"})
+
+
+def test_address_base_1_moves_wire_addresses_and_refuses_address_0() -> None:
+    conn = ModbusConnection(host="plc", address_base=1)
+    t = ModbusTagAddress(table="holding", address=1, data_type="float32")
+    plan = ModbusDevicePlan("d", conn, 1.0, ((7, t),))
+    assert plan.tags[0][1].address == 1 and plan.wire_tags[0][1].address == 0
+    assert plan.wire_tags[0][1].data_type == "float32"
+    with pytest.raises(ValueError, match="has address 0 but the device's address_base is 1"):
+        ModbusDevicePlan("d", conn, 1.0, ((7, ModbusTagAddress(table="coil", address=0, data_type="bool")),))
+    with pytest.raises(ValidationError):
+        ModbusConnection(host="plc", address_base=2)  # type: ignore[arg-type]

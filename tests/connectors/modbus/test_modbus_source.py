@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
-from modbus_testlib import MIXED_TAGS, MIXED_VALUES, free_port, plan_for
 
 from connectors.modbus.config import ModbusTagAddress
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
@@ -20,6 +19,7 @@ from connectors.modbus.source import ModbusSource
 from connectors.polling import PollSchedule, schedule_offset
 from core.batch import PointBatch
 from core.quality import Quality
+from tests.connectors.modbus.modbus_testlib import MIXED_TAGS, MIXED_VALUES, free_port, plan_for
 
 A = ModbusTagAddress
 
@@ -150,3 +150,25 @@ def test_dataflow_reads_simulated_devices(simulator: Callable[..., ModbusSimulat
     for s in stats.values():
         assert s.polls == s.completed  # drained: nothing was left in flight
     assert stats["offline"].failures == stats["offline"].completed
+
+
+@pytest.mark.integration
+def test_writes_go_through_the_partition_that_polls(simulator: Callable[..., ModbusSimulator]) -> None:
+    tags = [A(table="holding", address=0, data_type="int16"), A(table="coil", address=1, data_type="bool")]
+    sim = simulator([SimulatedDevice("plc", 1, [SimTag(t) for t in tags])])
+    plan = plan_for("plc", sim.port, tags, poll_interval_s=0.05)
+    source = ModbusSource([plan])
+    part = source.build_part("in", "modbus:plc", None)
+    got: list[PointBatch] = []
+    try:
+        source.submit_write("plc", plan.tags[0][0], -42).result(5)
+        part.submit_write(plan.tags[1][0], True).result(5)
+        drive(
+            lambda: got.extend(part.next_batch()) or [],
+            part.next_awake,
+            lambda: bool(got) and got[-1].values.tolist() == [-42.0, 1.0],
+        )
+        client = part.stats.client
+        assert client.connects == 1 and client.writes == 2  # one connection for polls and writes
+    finally:
+        part.close()

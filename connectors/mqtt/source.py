@@ -1,0 +1,661 @@
+"""Bytewax source subscribing to topic filters on an MQTT broker: one partition per device.
+
+Each partition (``mqtt:{device_id}``) owns one paho client running in paho's own network thread
+(``loop_start``). It subscribes inside ``on_connect``, so every reconnect renews the
+subscriptions, and ``on_message`` only appends ``(topic, payload, receive time)`` to a bounded
+queue: when the dataflow falls behind by ``max_queue`` messages the *oldest* are dropped and
+counted. Dropping beats blocking: a blocked network thread stops answering keepalives, the broker
+drops the connection, and with QoS 1/2 the backlog just moves to the broker; for live telemetry
+the newest values are the ones worth keeping.
+
+``next_batch`` never blocks: it swaps the queue out under a lock, decodes every message (JSON
+paths, timestamps, qualities) and returns one columnar :class:`~core.batch.PointBatch` for the
+device per drain. ``next_awake`` returns ``None`` (call again at once) while messages are waiting,
+else ``now + idle_wake_s``. Bytewax cannot be woken from another thread, so an event set by
+``on_message`` would buy nothing over looking at the queue: a lone message waits at most
+``idle_wake_s`` (20 ms by default) and an idle source costs ~50 cheap calls per second.
+
+Payload problems never stop the flow. The tag gets a NaN point with a bad quality and a counted,
+rate-limited warning names the topic and the path:
+
+- malformed JSON, a path that is not in the payload, an object or list where a value should be:
+  ``CONFIG_ERROR``;
+- a value that is not a number for a ``number`` tag, ``null``, NaN or infinity: ``OUT_OF_RANGE``;
+- a timestamp that cannot be read, or lies more than ``max_clock_skew_s`` in the future: the
+  receive time is used instead and the point is ``UNCERTAIN``.
+
+Timestamps come from the payload when the tag has a ``timestamp_path`` (ISO-8601, naive taken as
+UTC, or epoch s/ms/µs/ns by magnitude, see :mod:`connectors.mqtt.source_config`), else they are
+the time paho handed over the message.
+
+Live subscriptions cannot replay, so ``snapshot()`` is ``None``; with a fixed ``client_id``,
+``clean_session=False`` and QoS 1 the broker keeps what arrives while the flow is down. Set
+``stop_event`` to drain: the partition returns what is queued, then raises ``StopIteration``.
+
+>>> decode_timestamp("2024-05-01T12:00:00Z"), decode_timestamp("2024-05-01T12:00:00")
+(1714564800000000000, 1714564800000000000)
+>>> decode_timestamp(1714564800), decode_timestamp(1714564800123), decode_timestamp(1714564800123456789)
+(1714564800000000000, 1714564800123000000, 1714564800123456789)
+>>> lookup({"values": [{"v": 1}, {"v": 2.5}]}, ("values", 1, "v"))
+2.5
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from connectors.mqtt.client import make_client, reason_failed, unique_client_id
+from connectors.mqtt.source_config import (
+    MqttPayload,
+    MqttSourceConfig,
+    MqttSubscription,
+    PathPart,
+)
+from core.batch import PointBatch, tag_id_for
+from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
+
+__all__ = [
+    "MqttSource",
+    "MqttSourceStats",
+    "PayloadError",
+    "decode_quality",
+    "decode_timestamp",
+    "lookup",
+]
+
+log = logging.getLogger(__name__)
+
+_ROUTE_CACHE_MAX = 10_000
+_NS_PER_S = 1_000_000_000
+
+
+class PayloadError(ValueError):
+    """A payload that does not fit the tag's mapping; ``quality`` says how the point is marked."""
+
+    def __init__(self, quality: Quality, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.quality = quality
+        self.reason = reason
+        self.detail = detail
+
+
+_MISSING = object()
+
+
+def lookup(doc: Any, path: Sequence[PathPart]) -> Any:
+    """The value at ``path`` in a decoded JSON document; :class:`PayloadError` if it is not there."""
+    node = doc
+    for part in path:
+        try:
+            if isinstance(part, int):
+                if not isinstance(node, list):
+                    raise TypeError
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise TypeError
+                node = node[part]
+        except (KeyError, IndexError, TypeError):
+            raise PayloadError(Quality.CONFIG_ERROR, "missing_path", f"no {part!r} at this level") from None
+    return node
+
+
+def decode_timestamp(raw: Any) -> int:
+    """Nanoseconds since the epoch from an ISO-8601 string (naive: UTC) or an epoch number.
+
+    Numbers are told apart by magnitude: ``|x| < 1e11`` seconds, ``< 1e14`` milliseconds,
+    ``< 1e17`` microseconds, else nanoseconds. :class:`ValueError` for anything else.
+    """
+    if isinstance(raw, bool):
+        raise ValueError(f"a boolean is not a timestamp: {raw!r}")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            raise ValueError(f"timestamp {raw!r} is not finite")
+        mag = abs(raw)
+        if isinstance(raw, int):
+            if mag < 10**11:
+                return raw * _NS_PER_S
+            if mag < 10**14:
+                return raw * 1_000_000
+            if mag < 10**17:
+                return raw * 1_000
+            return raw
+        # a float64 holds an epoch in seconds to about a microsecond: round there, not to noise
+        if mag < 1e11:
+            return round(raw * 1e6) * 1_000
+        if mag < 1e14:
+            return round(raw * 1e3) * 1_000
+        if mag < 1e17:
+            return round(raw) * 1_000
+        return round(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise ValueError(f"timestamp {raw!r} is neither ISO-8601 nor a number") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+        return (delta.days * 86_400 + delta.seconds) * _NS_PER_S + delta.microseconds * 1_000
+    raise ValueError(f"timestamp of type {type(raw).__name__} is not supported")
+
+
+_QUALITY_BY_NAME: dict[str, int] = {
+    name: code for code, name in enumerate(QUALITY_NAMES) if code in {int(q) for q in Quality}
+}
+
+
+def decode_quality(raw: Any) -> int:
+    """A quality code from a payload: a boolean (true: good), a code 0..255 or a quality name.
+
+    >>> decode_quality(True), decode_quality(131), decode_quality("uncertain"), decode_quality("BAD")
+    (0, 131, 64, 128)
+    """
+    if isinstance(raw, bool):
+        return int(Quality.GOOD if raw else Quality.BAD)
+    if isinstance(raw, int) and 0 <= raw <= 255:
+        return raw
+    if isinstance(raw, str):
+        code = _QUALITY_BY_NAME.get(raw.strip().lower())
+        if code is not None:
+            return code
+    raise ValueError(f"quality {raw!r} is neither a boolean, a code 0..255 nor a quality name")
+
+
+def _coerce(raw: Any, value_type: str) -> tuple[float, str | None]:
+    """(value, text) of a raw scalar for a tag of ``value_type``; :class:`PayloadError` if it does not fit."""
+    if isinstance(raw, bool):
+        return (math.nan, "true" if raw else "false") if value_type == "text" else (float(raw), None)
+    if isinstance(raw, int | float):
+        if value_type == "text":
+            return math.nan, json.dumps(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise PayloadError(Quality.OUT_OF_RANGE, "not_finite", f"value {raw!r} is not finite")
+        return value, None
+    if isinstance(raw, str):
+        if value_type == "text":
+            return math.nan, raw
+        try:
+            value = float(raw)
+        except ValueError:
+            if value_type == "auto":
+                return math.nan, raw
+            raise PayloadError(
+                Quality.OUT_OF_RANGE, "not_numeric", f"value {raw[:40]!r} is not a number"
+            ) from None
+        if not math.isfinite(value):
+            raise PayloadError(Quality.OUT_OF_RANGE, "not_finite", f"value {raw!r} is not finite")
+        return value, None
+    if raw is None:
+        raise PayloadError(Quality.OUT_OF_RANGE, "null", "value is null")
+    raise PayloadError(
+        Quality.CONFIG_ERROR, "not_scalar", f"value is a JSON {type(raw).__name__}, not a scalar"
+    )
+
+
+def _plain(payload: bytes) -> Any:
+    """A payload without a JSON path: a number, ``true``/``false``, a JSON string or plain text."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise PayloadError(Quality.CONFIG_ERROR, "not_utf8", "payload is not UTF-8 text") from None
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Extractor:
+    """One tag fed by a topic, with its compiled paths."""
+
+    name: str
+    tag_id: int
+    payload: MqttPayload
+    value_path: tuple[PathPart, ...] | None
+    timestamp_path: tuple[PathPart, ...] | None
+    quality_path: tuple[PathPart, ...] | None
+
+    @classmethod
+    def build(cls, device_id: str, name: str, payload: MqttPayload) -> _Extractor:
+        return cls(
+            name=name,
+            tag_id=tag_id_for(device_id, name),
+            payload=payload,
+            value_path=payload.compiled_value_path(),
+            timestamp_path=payload.compiled_timestamp_path(),
+            quality_path=payload.compiled_quality_path(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSourceStats:
+    """Counters of one device's partition (a snapshot)."""
+
+    device_id: str
+    connected: bool = False
+    subscribed: bool = False
+    """Every subscription of the current connection was granted by the broker."""
+    connects: int = 0
+    received: int = 0
+    """Messages handed over by paho."""
+    dropped: int = 0
+    """Messages dropped because the queue was full (the oldest go first)."""
+    unmatched: int = 0
+    """Messages whose topic no mapping of the device matched."""
+    points: int = 0
+    bad_points: int = 0
+    """Points marked bad because of the payload (malformed JSON, missing path, not a number, ...)."""
+    timestamp_errors: int = 0
+    """Payload timestamps that could not be read or lay in the future (receive time used)."""
+    refused_level_tags: int = 0
+    """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
+    batches: int = 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    connected: bool = False
+    subscribed: bool = False
+    connects: int = 0
+    received: int = 0
+    dropped: int = 0
+    unmatched: int = 0
+    points: int = 0
+    bad_points: int = 0
+    timestamp_errors: int = 0
+    refused_level_tags: int = 0
+    batches: int = 0
+
+
+@functools.cache
+def _metrics() -> dict[str, Any]:
+    from prometheus_client import Counter
+
+    label = ["device"]
+    return {
+        "received": Counter("nexus_mqtt_source_messages", "MQTT messages received by the source", label),
+        "dropped": Counter(
+            "nexus_mqtt_source_dropped", "MQTT messages dropped because the source queue was full", label
+        ),
+        "bad_points": Counter(
+            "nexus_mqtt_source_payload_errors", "Points marked bad because of their MQTT payload", label
+        ),
+    }
+
+
+class _RateLimitedWarnings:
+    """At most one warning per key and interval; the ones in between are counted and reported."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def warn(self, key: tuple[str, str], message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._last[key] = (last, suppressed + 1)
+            return
+        if len(self._last) > 10_000:  # keys are (tag, problem): bounded by the level-tag limit anyway
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if suppressed:
+            log.warning(message + " (%d similar warnings suppressed)", *args, suppressed)
+        else:
+            log.warning(message, *args)
+
+
+class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        device_id: str,
+        subscriptions: Sequence[MqttSubscription],
+        *,
+        stop_event: threading.Event | None,
+    ) -> None:
+        self.config = config
+        self.device_id = device_id
+        self._subs = list(subscriptions)
+        self._stop_event = stop_event
+        self._idle = timedelta(seconds=config.idle_wake_s)
+        self._skew_ns = round(config.max_clock_skew_s * _NS_PER_S)
+        self._explicit: list[list[tuple[str | None, _Extractor]]] = [
+            [(m.topic, _Extractor.build(device_id, m.name, m)) for m in sub.tags] for sub in self._subs
+        ]
+        self._level_tags: list[dict[str, _Extractor]] = [{} for _ in self._subs]
+        self._routes: dict[str, tuple[_Extractor, ...]] = {}
+        self._warnings = _RateLimitedWarnings(config.warn_interval_s)
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[str, bytes, int]] = deque(maxlen=config.max_queue)
+        self._c = _Counters()
+        self._granted: dict[int | None, bool] = {}
+        self._closed = False
+        m = _metrics()
+        self._m = {name: counter.labels(device_id) for name, counter in m.items()}
+        self._m_reported = {"received": 0, "dropped": 0}
+
+        broker = config.broker
+        self._where = broker.redacted()
+        client_id = f"{config.client_id}-{device_id}" if config.client_id else unique_client_id("nexus-src")
+        client = make_client(
+            broker,
+            client_id,
+            clean_session=config.clean_session,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        client.connect_async(broker.host, broker.port, keepalive=config.keepalive_s)
+        client.loop_start()
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if reason_failed(reason):
+            log.warning(
+                "MQTT source %s: broker %s refused the connection: %s", self.device_id, self._where, reason
+            )
+            return
+        topics: list[tuple[str, int]] = [
+            (sub.topic_filter, self.config.qos if sub.qos is None else sub.qos) for sub in self._subs
+        ]
+        _rc, mid = client.subscribe(topics)
+        with self._lock:
+            c = self._c
+            c.connected, c.subscribed, c.connects = True, False, c.connects + 1
+            self._granted = {mid: False}
+        log.info(
+            "MQTT source %s connected to %s, subscribing to %d filters",
+            self.device_id,
+            self._where,
+            len(topics),
+        )
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, reasons: list[Any], _p: object) -> None:
+        failed = [str(self._subs[i].topic_filter) for i, r in enumerate(reasons) if reason_failed(r)]
+        if failed:
+            log.error(
+                "MQTT source %s: broker %s refused the subscriptions %s", self.device_id, self._where, failed
+            )
+        with self._lock:
+            if mid in self._granted and not failed:
+                self._c.subscribed = True
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        with self._lock:
+            self._c.connected = self._c.subscribed = False
+        if not self._closed:
+            log.warning(
+                "MQTT source %s disconnected from %s (%s); reconnecting", self.device_id, self._where, reason
+            )
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        item = (msg.topic, bytes(msg.payload), time.time_ns())
+        with self._lock:
+            q = self._queue
+            if len(q) == q.maxlen:
+                self._c.dropped += 1
+            q.append(item)
+            self._c.received += 1
+
+    # -- the Bytewax contract ------------------------------------------------------------------
+
+    def next_batch(self) -> list[PointBatch]:
+        with self._lock:
+            items = self._queue
+            if items:
+                self._queue = deque(maxlen=self.config.max_queue)
+        if not items:
+            if self._stop_event is not None and self._stop_event.is_set():
+                raise StopIteration
+            return []
+        batch = self._decode(items)
+        return [batch] if len(batch) else []
+
+    def next_awake(self) -> datetime | None:
+        if self._queue or (self._stop_event is not None and self._stop_event.is_set()):
+            return None
+        return datetime.now(UTC) + self._idle
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- decoding (worker thread) --------------------------------------------------------------
+
+    def _route(self, topic: str) -> tuple[_Extractor, ...]:
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
+        found: list[_Extractor] = []
+        refused = False
+        for i, sub in enumerate(self._subs):
+            if not mqtt.topic_matches_sub(sub.topic_filter, topic):
+                continue
+            explicit = [
+                ex
+                for t, ex in self._explicit[i]
+                if t is None or t == topic or (("+" in t or "#" in t) and mqtt.topic_matches_sub(t, topic))
+            ]
+            if explicit:
+                found.extend(explicit)
+                continue
+            level = sub.tag_from_level
+            if level is None:
+                continue
+            levels = topic.split("/")
+            name = levels[level] if level < len(levels) else ""
+            if not name:
+                continue
+            tags = self._level_tags[i]
+            ex = tags.get(name)
+            if ex is None:
+                if len(tags) >= sub.max_level_tags:
+                    refused = True
+                    continue
+                ex = tags[name] = _Extractor.build(self.device_id, name, sub.level_payload)
+            found.append(ex)
+        route = tuple(dict.fromkeys(found))  # overlapping subscriptions: each tag once
+        if not refused:  # a refused topic is not cached, so every such message is counted
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[topic] = route
+        elif not route:
+            with self._lock:
+                self._c.refused_level_tags += 1
+        return route
+
+    def _decode(self, items: deque[tuple[str, bytes, int]]) -> PointBatch:
+        ts: list[int] = []
+        ids: list[int] = []
+        vals: list[float] = []
+        qual: list[int] = []
+        text: dict[int, str] = {}
+        unmatched = bad = ts_errors = 0
+        for topic, payload, recv_ns in items:
+            route = self._route(topic)
+            if not route:
+                unmatched += 1
+                continue
+            doc: Any = _MISSING
+            json_error: PayloadError | None = None
+            for ex in route:
+                pl = ex.payload
+                quality = int(Quality.GOOD)
+                stamp = recv_ns
+                path_label = pl.value_path or "(payload)"
+                try:
+                    if pl.needs_json:
+                        if doc is _MISSING and json_error is None:
+                            try:
+                                doc = json.loads(payload)
+                            except ValueError as exc:
+                                json_error = PayloadError(
+                                    Quality.CONFIG_ERROR, "bad_json", f"malformed JSON: {exc}"
+                                )
+                        if json_error is not None:
+                            raise json_error
+                        raw = doc if ex.value_path is None else lookup(doc, ex.value_path)
+                    else:
+                        raw = _plain(payload)
+                    value, txt = _coerce(raw, pl.value_type)
+                    if ex.quality_path is not None:
+                        path_label = pl.quality_path or ""
+                        q_raw = _lookup_optional(doc, ex.quality_path)
+                        if q_raw is not _MISSING:
+                            try:
+                                quality = decode_quality(q_raw)
+                            except ValueError as exc:
+                                raise PayloadError(Quality.CONFIG_ERROR, "bad_quality", str(exc)) from None
+                except PayloadError as exc:
+                    bad += 1
+                    self._warnings.warn(
+                        (ex.name, exc.reason),
+                        "MQTT source %s: tag %r from topic %r path %r: %s; point marked %s",
+                        self.device_id, ex.name, topic, path_label, exc.detail, QUALITY_NAMES[exc.quality],
+                    )  # fmt: skip
+                    ts.append(recv_ns)
+                    ids.append(ex.tag_id)
+                    vals.append(math.nan)
+                    qual.append(int(exc.quality))
+                    continue
+                if ex.timestamp_path is not None:
+                    stamp, problem = self._stamp(doc, ex.timestamp_path, recv_ns)
+                    if problem is not None:
+                        ts_errors += 1
+                        if quality < Quality.UNCERTAIN:
+                            quality = int(Quality.UNCERTAIN)
+                        self._warnings.warn(
+                            (ex.name, "timestamp"),
+                            "MQTT source %s: tag %r from topic %r path %r: %s; receive time used",
+                            self.device_id, ex.name, topic, pl.timestamp_path, problem,
+                        )  # fmt: skip
+                if txt is not None:
+                    text[len(ids)] = txt
+                ts.append(stamp)
+                ids.append(ex.tag_id)
+                vals.append(value)
+                qual.append(quality)
+        batch = PointBatch(
+            device_id=self.device_id,
+            ts_ns=np.array(ts, dtype=np.int64),
+            tag_ids=np.array(ids, dtype=np.int64),
+            values=np.array(vals, dtype=np.float64),
+            quality=np.array(qual, dtype=QUALITY_DTYPE),
+            text=text or None,
+        )
+        with self._lock:
+            c = self._c
+            c.unmatched += unmatched
+            c.points += len(batch)
+            c.bad_points += bad
+            c.timestamp_errors += ts_errors
+            c.batches += 1 if len(batch) else 0
+            received, dropped = c.received, c.dropped
+        self._report_metrics(received, dropped, bad)
+        return batch
+
+    def _stamp(self, doc: Any, path: tuple[PathPart, ...], recv_ns: int) -> tuple[int, str | None]:
+        raw = _lookup_optional(doc, path)
+        if raw is _MISSING:
+            return recv_ns, "timestamp missing"
+        try:
+            stamp = decode_timestamp(raw)
+        except (ValueError, OverflowError) as exc:
+            return recv_ns, str(exc)
+        if stamp > recv_ns + self._skew_ns:
+            return recv_ns, f"timestamp {raw!r} is more than {self.config.max_clock_skew_s:g} s in the future"
+        return stamp, None
+
+    def _report_metrics(self, received: int, dropped: int, bad: int) -> None:
+        for name, now in (("received", received), ("dropped", dropped)):
+            delta = now - self._m_reported[name]
+            if delta:
+                self._m[name].inc(delta)
+                self._m_reported[name] = now
+        if bad:
+            self._m["bad_points"].inc(bad)
+
+    @property
+    def stats(self) -> MqttSourceStats:
+        with self._lock:
+            return MqttSourceStats(device_id=self.device_id, **asdict(self._c))
+
+
+def _lookup_optional(doc: Any, path: tuple[PathPart, ...]) -> Any:
+    if doc is _MISSING:
+        return _MISSING
+    try:
+        return lookup(doc, path)
+    except PayloadError:
+        return _MISSING
+
+
+class MqttSource(FixedPartitionedSource[PointBatch, None]):
+    """Subscribes to the configured topic filters; one partition and one connection per device.
+
+    Partition keys are ``mqtt:{device_id}``; in a cluster each partition (and so each device's
+    connection) lives on exactly one worker.
+    """
+
+    protocol = "mqtt"
+
+    def __init__(self, config: MqttSourceConfig, *, stop_event: threading.Event | None = None) -> None:
+        self.config = config
+        self.stop_event = stop_event
+        self._devices = {f"{self.protocol}:{d}": subs for d, subs in config.devices().items()}
+        self._parts: dict[str, _MqttPartition] = {}
+
+    def list_parts(self) -> list[str]:
+        return list(self._devices)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MqttPartition:
+        subs = self._devices[for_part]
+        part = _MqttPartition(self.config, subs[0].device_id, subs, stop_event=self.stop_event)
+        self._parts[for_part] = part
+        return part
+
+    def stats(self) -> dict[str, MqttSourceStats]:
+        """Counters of the partitions this process built, by device id."""
+        return {p.device_id: p.stats for p in list(self._parts.values())}
+
+    def tag_ids(self) -> Mapping[str, Mapping[str, int]]:
+        """The explicitly mapped tags: device id → tag name → tag id (level-named tags appear at run time)."""
+        out: dict[str, dict[str, int]] = {}
+        for sub in self.config.subscriptions:
+            names = out.setdefault(sub.device_id, {})
+            for tag in sub.tags:
+                names[tag.name] = tag_id_for(sub.device_id, tag.name)
+        return out

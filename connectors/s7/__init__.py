@@ -1,0 +1,1 @@
+"""Siemens S7 connector (python-snap7): addresses, configuration, client, source and simulator."""
