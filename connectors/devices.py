@@ -19,7 +19,7 @@ from connectors.modbus.client import ModbusDeviceClient
 from connectors.modbus.config import ModbusDevicePlan
 from connectors.opcua.client import OpcUaDeviceClient
 from connectors.opcua.config import OpcUaDevicePlan
-from connectors.polling import DeviceClient, PolledDevice, PollingSource
+from connectors.polling import DeviceClient, PolledDevice, PollingSource, WriteRegistry
 from connectors.s7.client import S7DeviceClient
 from connectors.s7.config import S7DevicePlan
 
@@ -44,6 +44,7 @@ class DeviceSource(PollingSource):
         stop_event: threading.Event | None = None,
         wake_slack_s: float = 0.002,
         close_timeout_s: float = 2.0,
+        write_registry: WriteRegistry | None = None,
     ) -> None:
         self._plans = {plan.device_id: plan for plan in plans}
         super().__init__(
@@ -51,6 +52,7 @@ class DeviceSource(PollingSource):
             stop_event=stop_event,
             wake_slack_s=wake_slack_s,
             close_timeout_s=close_timeout_s,
+            write_registry=write_registry,
         )
 
     def make_client(self, device_id: str) -> DeviceClient:

@@ -102,6 +102,18 @@ class DeviceClient(Protocol):
     def stats(self) -> Any: ...
 
 
+class WriteRegistry(Protocol):
+    """Where partitions announce that this process can write to their device (the command router)."""
+
+    def register(
+        self, device_id: str, writer: Callable[[int, Any], concurrent.futures.Future[None]]
+    ) -> None: ...
+
+    def unregister(
+        self, device_id: str, writer: Callable[[int, Any], concurrent.futures.Future[None]] | None = None
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PolledDevice:
     """A device to poll: its id, poll interval and (for a source of mixed protocols) its protocol."""
@@ -200,6 +212,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._inflight: concurrent.futures.Future[PointBatch] | None = None
         self._polls = self._completed = self._skipped = 0
         self._closed = False
+        self.on_close: list[Callable[[], None]] = []
+        """Called when the partition closes (e.g. to stop routing writes to it)."""
         self._m_skipped = SKIPPED_POLLS.labels(protocol, device.device_id)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -259,6 +273,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._closed:
             return
         self._closed = True
+        for callback in self.on_close:
+            callback()
         deadline = time.monotonic() + self._close_timeout_s
         if self._inflight is not None:
             self._inflight.cancel()
@@ -326,11 +342,14 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         stop_event: threading.Event | None = None,
         wake_slack_s: float = 0.002,
         close_timeout_s: float = 2.0,
+        write_registry: WriteRegistry | None = None,
     ) -> None:
         if not wake_slack_s > 0:
             raise ValueError(f"`wake_slack_s` must be > 0, got {wake_slack_s}")
         if not close_timeout_s > 0:
             raise ValueError(f"`close_timeout_s` must be > 0, got {close_timeout_s}")
+        self.write_registry = write_registry
+        """Told about each partition this process builds, so write commands reach its device."""
         self._devices: dict[str, PolledDevice] = {}
         self._keys: dict[str, str] = {}
         for device in devices:
@@ -365,6 +384,10 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             close_timeout_s=self.close_timeout_s,
         )
         self._parts[for_part] = part
+        if self.write_registry is not None:
+            registry, writer = self.write_registry, part.submit_write
+            registry.register(device.device_id, writer)
+            part.on_close.append(lambda: registry.unregister(device.device_id, writer))
         return part
 
     def partition(self, device_id: str) -> PollingPartition | None:

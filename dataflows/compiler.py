@@ -17,6 +17,7 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
+from connectors.commands import WritableTag, WriteDataType
 from connectors.derived import DerivedSink, DerivedTargets
 from connectors.devices import DevicePlan, DeviceSource
 from connectors.historian.config import HistorianConfig
@@ -24,7 +25,10 @@ from connectors.historian.sink import HistorianSink
 from connectors.modbus.config import ModbusDevicePlan
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
+from connectors.mqtt.source import MqttSource
+from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from connectors.opcua.config import OpcUaDevicePlan
+from connectors.polling import WriteRegistry
 from connectors.s7.config import S7DevicePlan
 from core.batch import PointBatch, tag_id_for
 from core.settings import Settings
@@ -38,10 +42,13 @@ from dataflows.spec import (
     FlowSpec,
     HistorianNode,
     ModbusDeviceSpec,
+    ModbusTagSpec,
+    MqttDeviceSpec,
     MqttUnsNode,
     NormalizeNode,
     OeeNode,
     OpcUaDeviceSpec,
+    S7TagSpec,
     SinkNode,
     TagBase,
     WindowNode,
@@ -61,6 +68,7 @@ from operators.window import WindowAggregator, parse_window
 from operators.window_bytewax import tumbling_aggregate
 
 SOURCE_STEP = "devices"
+MQTT_SOURCE_STEP = "mqtt_devices"
 DERIVED_STEP = "derived"
 """Sink step of what the taps derive (aggregates, alerts, OEE); override it in ``Runtime.sinks``."""
 
@@ -81,6 +89,8 @@ class Runtime:
     """Set to drain the sources and stop the flow gracefully."""
     status: FlowStatus | None = None
     """Counts what the source read, for the status topic."""
+    write_registry: WriteRegistry | None = None
+    """The process's command router: polled devices register so write commands reach them."""
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Runtime:
@@ -91,6 +101,8 @@ def device_plans(spec: FlowSpec) -> list[DevicePlan]:
     """The polling plan of every device, in spec order."""
     plans: list[DevicePlan] = []
     for d in spec.devices:
+        if isinstance(d, MqttDeviceSpec):
+            continue  # subscribed, not polled: see mqtt_source_config
         if isinstance(d, ModbusDeviceSpec):
             plans.append(
                 ModbusDevicePlan(
@@ -120,6 +132,87 @@ def device_plans(spec: FlowSpec) -> list[DevicePlan]:
                 )
             )
     return plans
+
+
+def mqtt_source_config(spec: FlowSpec, default_url: str | None) -> MqttSourceConfig | None:
+    """The subscriptions of the spec's MQTT devices (one per device and topic), or ``None``."""
+    devices = [d for d in spec.devices if isinstance(d, MqttDeviceSpec)]
+    if not devices:
+        return None
+    conn = devices[0].connection
+    url = conn.url or default_url
+    if not url:
+        raise ValueError(
+            f"MQTT device {devices[0].id!r} needs a broker: set its connection.url or NEXUS_MQTT_URL"
+        )
+    subscriptions = []
+    for d in devices:
+        by_topic: dict[str, list[MqttTagMapping]] = {}
+        for t in d.tags:
+            mapping = MqttTagMapping.model_validate(t.model_dump(include=set(MqttTagMapping.model_fields)))
+            by_topic.setdefault(t.topic, []).append(mapping)
+        subscriptions += [
+            MqttSubscription(topic_filter=topic, device_id=d.id, tags=maps)
+            for topic, maps in by_topic.items()
+        ]
+    return MqttSourceConfig(
+        url=url,
+        client_id=conn.client_id,
+        qos=conn.qos,
+        clean_session=conn.clean_session,
+        subscriptions=subscriptions,
+    )
+
+
+_S7_WRITE_TYPES: dict[str, WriteDataType] = {
+    "BOOL": "bool",
+    "BYTE": "uint8",
+    "WORD": "uint16",
+    "INT": "int16",
+    "DWORD": "uint32",
+    "DINT": "int32",
+    "REAL": "float32",
+    "LREAL": "float64",
+    "STRING": "string",
+}
+
+
+def writable_tags(spec: FlowSpec) -> dict[tuple[str, str], WritableTag]:
+    """What the command router checks before a write reaches a device.
+
+    Values in commands are in the published unit: the tag's scale, offset and unit conversion are
+    inverted, and the clamp limits (converted the same way) bound what may be written.
+    """
+    out: dict[tuple[str, str], WritableTag] = {}
+    for d in spec.devices:
+        if isinstance(d, MqttDeviceSpec):
+            continue  # nothing to write to
+        for t in d.tags:
+            a, b = _conversion(t)
+            max_length = None
+            data_type: WriteDataType
+            if isinstance(t, ModbusTagSpec):
+                data_type = t.data_type
+                max_length = t.length * 2 if t.length else None
+            elif isinstance(t, S7TagSpec):
+                data_type = _S7_WRITE_TYPES[t.data_type]
+                max_length = t.length
+            else:
+                data_type = "float64"  # an OPC UA node's type is checked by the client against the server
+            clamp = t.clamp
+            out[(d.id, t.name)] = WritableTag(
+                device_id=d.id,
+                tag_name=t.name,
+                tag_id=tag_id_for(d.id, t.name),
+                data_type=data_type,
+                writable=t.access == "read_write",
+                low=None if clamp is None or clamp.low is None else a * clamp.low + b,
+                high=None if clamp is None or clamp.high is None else a * clamp.high + b,
+                scale=a * t.scale,
+                offset=a * t.offset + b,
+                max_length=max_length,
+            )
+    return out
 
 
 def _conversion(tag: TagBase) -> tuple[float, float]:
@@ -318,6 +411,21 @@ def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     )
 
 
+def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBatch]:
+    """``devices`` polls Modbus, OPC UA and S7 devices; ``mqtt_devices`` subscribes to MQTT ones."""
+    if runtime.source is not None:
+        return op.input(SOURCE_STEP, flow, runtime.source)
+    streams: list[Stream[PointBatch]] = []
+    plans = device_plans(spec)
+    if plans:
+        polled = DeviceSource(plans, stop_event=runtime.stop_event, write_registry=runtime.write_registry)
+        streams.append(op.input(SOURCE_STEP, flow, polled))
+    mqtt = mqtt_source_config(spec, runtime.mqtt_url)
+    if mqtt is not None:
+        streams.append(op.input(MQTT_SOURCE_STEP, flow, MqttSource(mqtt, stop_event=runtime.stop_event)))
+    return streams[0] if len(streams) == 1 else op.merge(f"{SOURCE_STEP}_merge", *streams)
+
+
 def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     """Build the dataflow for ``spec``: source → operators in order → sinks.
 
@@ -326,8 +434,7 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     ``derived`` sink, which publishes it on the UNS and stores it in the historian).
     """
     flow = Dataflow(spec.id)
-    source = runtime.source or DeviceSource(device_plans(spec), stop_event=runtime.stop_event)
-    batches: Stream[PointBatch] = op.input(SOURCE_STEP, flow, source)
+    batches = _sources(flow, spec, runtime)
     status = runtime.status
     if status is not None:
         batches = op.inspect(f"{SOURCE_STEP}_count", batches, lambda _step, b: status.count_read(len(b)))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from connectors.modbus.config import ModbusConnectionConfig, ModbusTagAddress
 from connectors.modbus.simulator import Signal
+from connectors.mqtt.source_config import MqttTagMapping
 from connectors.opcua.config import OpcUaConnection, OpcUaTagAddress
 from connectors.s7.config import S7Connection, S7TagAddress
 from core.batch import tag_id_for
@@ -232,7 +233,15 @@ class S7TagSpec(TagBase, S7TagAddress):
         return S7TagAddress.model_validate(self.model_dump(include=set(S7TagAddress.model_fields)))
 
 
-TagSpec = ModbusTagSpec | OpcUaTagSpec | S7TagSpec
+class MqttTagSpec(TagBase, MqttTagMapping):
+    """A tag read from MQTT messages on ``topic``: the payload itself (a number, ``true``/``false``
+    or a string) or the value at ``value_path`` in a JSON payload (``data.temp``, ``values[2].v``);
+    ``timestamp_path`` (ISO-8601 or epoch s/ms/us/ns) and ``quality_path`` are optional."""
+
+    topic: str = Field(min_length=1)  # type: ignore[assignment]
+
+
+TagSpec = ModbusTagSpec | OpcUaTagSpec | S7TagSpec | MqttTagSpec
 
 
 class CalculatedTagSpec(_Model):
@@ -306,6 +315,24 @@ class S7DeviceSpec(DeviceBase):
     tags: list[S7TagSpec] = Field(min_length=1)
 
 
+class MqttConnectionSpec(_Model):
+    """The broker an MQTT device publishes to. All MQTT devices of a flow share one connection."""
+
+    url: str | None = None
+    """Default: the flow's broker (``NEXUS_MQTT_URL``)."""
+    client_id: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    clean_session: bool = True
+
+
+class MqttDeviceSpec(DeviceBase):
+    """A device (or gateway) that publishes its values over MQTT; the flow subscribes to its topics."""
+
+    protocol: Literal["mqtt"]
+    connection: MqttConnectionSpec = MqttConnectionSpec()
+    tags: list[MqttTagSpec] = Field(min_length=1)
+
+
 def _protocol_of(value: Any) -> str:
     protocol = (
         value.get("protocol", "modbus") if isinstance(value, dict) else getattr(value, "protocol", "modbus")
@@ -316,15 +343,16 @@ def _protocol_of(value: Any) -> str:
 DeviceSpec = Annotated[
     Annotated[ModbusDeviceSpec, Tag("modbus")]
     | Annotated[OpcUaDeviceSpec, Tag("opcua")]
-    | Annotated[S7DeviceSpec, Tag("s7")],
+    | Annotated[S7DeviceSpec, Tag("s7")]
+    | Annotated[MqttDeviceSpec, Tag("mqtt")],
     Discriminator(
         _protocol_of,
         custom_error_type="unknown_protocol",
-        custom_error_message="protocol must be one of 'modbus', 'opcua', 's7'",
+        custom_error_message="protocol must be one of 'modbus', 'opcua', 's7', 'mqtt'",
     ),
 ]
 """A device of any protocol, told apart by ``protocol`` (``modbus`` when absent)."""
-AnyDeviceSpec = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec
+AnyDeviceSpec = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec | MqttDeviceSpec
 
 
 StateCategory = Literal["running", "planned_stop", "unplanned_stop"]
@@ -471,6 +499,11 @@ class FlowSpec(_Model):
             if kinds.count(kind) > 1:
                 raise ValueError(f"operators: {kind!r} appears {kinds.count(kind)} times; use it once")
         self._check_machines()
+        mqtt_connections = {d.connection for d in self.devices if isinstance(d, MqttDeviceSpec)}
+        if len(mqtt_connections) > 1:
+            raise ValueError(
+                "devices: MQTT devices of one flow must share one `connection` (one broker session)"
+            )
         if any(n.type == "oee" for n in self.operators) and not self.machines:
             raise ValueError("operators: an `oee` node needs `machines`")
         operator_ids = {n.id for n in self.operators}
@@ -517,7 +550,7 @@ class FlowSpec(_Model):
         return infos
 
 
-_PROTOCOL_TAGS = {"modbus", "opcua", "s7", "tcp", "rtu"}
+_PROTOCOL_TAGS = {"modbus", "opcua", "s7", "mqtt", "tcp", "rtu"}
 _NODE_TYPES = {
     "normalize",
     "deadband",

@@ -11,16 +11,21 @@ Signals: SIGTERM and SIGUSR1 drain the flow (sources stop, sinks flush, exit 0);
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 import signal
 import threading
 from pathlib import Path
 
 from bytewax.dataflow import Dataflow
 
+from connectors.commands import CommandRouter
 from core.settings import Settings
-from dataflows.compiler import Runtime, compile_flow
-from dataflows.spec import DEMO_SPEC, load_spec
+from dataflows.compiler import Runtime, compile_flow, writable_tags
+from dataflows.spec import DEMO_SPEC, FlowSpec, load_spec
 from dataflows.status import FlowStatus
+
+log = logging.getLogger(__name__)
 
 
 def build(spec_path: str | Path | None = None, settings: Settings | None = None) -> Dataflow:
@@ -39,8 +44,31 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
         mqtt_url=settings.effective_mqtt_url,
         stop_event=stop,
         status=status,
+        write_registry=_command_router(spec, settings),
     )
     return compile_flow(spec, runtime)
+
+
+def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:
+    """This process's router for ``$nexus/cmd/{device}/{tag}/set``, when the spec has writable tags.
+
+    In a cluster (``BYTEWAX_ADDRESSES`` set) every process hears every command: each answers for
+    the devices it polls, and process 0 alone answers for devices the spec does not know.
+    """
+    tags = writable_tags(spec)
+    if not any(t.writable for t in tags.values()):
+        return None
+    cluster = bool(os.environ.get("BYTEWAX_ADDRESSES"))
+    first = os.environ.get("BYTEWAX_PROCESS_ID", "0") in ("", "0")
+    router = CommandRouter(
+        settings.effective_mqtt_url, tags, answer_unknown=first, answer_unowned=not cluster
+    )
+    try:
+        router.start()
+    except TimeoutError:
+        log.warning("command router: broker not reachable yet; it keeps trying in the background")
+    atexit.register(router.close)
+    return router
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -49,6 +49,16 @@ TAGS: list[dict[str, Any]] = [
     },
     {"name": "running", "table": "coil", "address": 0, "data_type": "bool"},
 ]
+SETPOINT = {
+    "name": "setpoint",
+    "table": "holding",
+    "address": 5,
+    "data_type": "int16",
+    "scale": 0.1,
+    "unit": "degC",
+    "clamp": {"low": 0, "high": 100},
+    "access": "read_write",
+}
 RAW = {"temp": -123, "pressure": 7.25, "count": 70_000, "speed": 5000, "running": 1}
 EXPECTED = {"temp": -12.3, "pressure": 7.25, "count": 70_000.0, "speed": 1000.0, "running": 1.0}
 QUALITY = {"speed": "uncertain_clamped"}  # 5000 * 0.5 - 10 = 2490 rpm is clamped to 1000
@@ -62,7 +72,7 @@ class Collector:
         self.messages: dict[str, dict[str, Any]] = {}
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda c, *_: c.subscribe("acme/#", qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe([("acme/#", 1), ("$nexus/cmd/+/+/ack", 1)])
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(u.host, u.port)
@@ -76,20 +86,15 @@ class Collector:
         self.client.disconnect()
 
 
+def address_of(tag: dict[str, Any]) -> ModbusTagAddress:
+    return ModbusTagAddress(
+        **{k: tag[k] for k in tag if k in ("table", "address", "data_type", "word_order")}
+    )
+
+
 @pytest.fixture
 def simulator() -> Iterator[ModbusSimulator]:
-    device = SimulatedDevice(
-        "press-07",
-        1,
-        [
-            SimTag(
-                address=ModbusTagAddress(
-                    **{k: t[k] for k in t if k in ("table", "address", "data_type", "word_order")}
-                )
-            )
-            for t in TAGS
-        ],
-    )
+    device = SimulatedDevice("press-07", 1, [SimTag(address=address_of(t)) for t in [*TAGS, SETPOINT]])
     with ModbusSimulator(host="127.0.0.1", port=0, devices=[device]) as sim:
         yield sim
 
@@ -104,8 +109,16 @@ def write_spec(path: Path, port: int) -> Path:
                 "connection": {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout_s": 0.5},
                 "poll_interval_s": 0.2,
                 "location": {"enterprise": "acme", "site": "plant9", "area": "pressing", "line": "line3"},
-                "tags": TAGS,
-            }
+                "tags": [*TAGS, SETPOINT],
+            },
+            {
+                "id": "gw-01",
+                "protocol": "mqtt",
+                "location": {"enterprise": "acme", "site": "plant9", "area": "utilities", "line": "line3"},
+                "tags": [
+                    {"name": "ambient", "topic": "sensors/gw-01/ambient", "value_path": "v", "unit": "degC"}
+                ],
+            },
         ],
         "operators": [{"id": "normalize", "type": "normalize"}, {"id": "deadband", "type": "deadband"}],
         "sinks": [
@@ -126,7 +139,7 @@ def stored_values(db_url: str) -> dict[str, tuple[float, int]]:
     except psycopg.errors.UndefinedTable:
         return {}
     names = {tag_id_for("press-07", t["name"]): t["name"] for t in TAGS}
-    return {names[tag_id]: (value, quality) for tag_id, value, quality in rows}
+    return {names[tag_id]: (value, quality) for tag_id, value, quality in rows if tag_id in names}
 
 
 def test_simulator_values_arrive_scaled_on_topics_and_in_the_historian(
@@ -183,6 +196,32 @@ def test_simulator_values_arrive_scaled_on_topics_and_in_the_historian(
             timeout=20,
             what="the changed temperature on the broker",
         )
+
+        # Write-back: a valid command changes the register and is acked; a read-only tag is refused
+        # and its register stays as it was.
+        ack = "$nexus/cmd/press-07/{}/ack"
+        collector.client.publish(
+            "$nexus/cmd/press-07/setpoint/set", '{"value": 42.5, "request_id": "r1"}', qos=1
+        )
+        reply = wait_for(
+            lambda: collector.messages.get(ack.format("setpoint")), timeout=20, what="the write ack"
+        )
+        assert reply["ok"] is True and reply["request_id"] == "r1", reply
+        assert simulator.get_registers("press-07", "holding", 5, 1) == [425]
+        collector.client.publish("$nexus/cmd/press-07/temp/set", '{"value": 1, "request_id": "r2"}', qos=1)
+        reply = wait_for(lambda: collector.messages.get(ack.format("temp")), timeout=20, what="the refusal")
+        assert reply["ok"] is False and "read-only" in reply["error"], reply
+        assert simulator.get_registers("press-07", "holding", 0, 1) == [456]
+
+        # An MQTT device: its JSON messages become points on its own UNS topic.
+        ambient = "acme/plant9/utilities/line3/gw-01/ambient"
+
+        def ambient_arrived() -> bool:
+            collector.client.publish("sensors/gw-01/ambient", '{"v": 21.5}', qos=1)
+            return ambient in collector.messages
+
+        wait_for(ambient_arrived, timeout=20, interval=0.5, what="the MQTT device's value on the UNS")
+        assert collector.messages[ambient]["value"] == 21.5
     finally:
         collector.close()
         proc.send_signal(signal.SIGTERM)  # drain: sources stop, sinks flush
