@@ -43,7 +43,7 @@ class DeviceSource(PollingSource):
         *,
         stop_event: threading.Event | None = None,
         wake_slack_s: float = 0.002,
-        close_timeout_s: float = 2.0,
+        close_timeout_s: float = 3.0,
         write_registry: WriteRegistry | None = None,
     ) -> None:
         self._plans = {plan.device_id: plan for plan in plans}
