@@ -103,7 +103,9 @@ class _TimedSource(ModbusSource):
         self.latencies: list[float] = []
 
     def make_client(self, device_id: str) -> ModbusDeviceClient:
-        client = _TimedClient(self._plans[device_id], metrics=True)
+        plan = self._plans[device_id]
+        assert isinstance(plan, ModbusDevicePlan)
+        client = _TimedClient(plan, metrics=True)
         client.latencies = self.latencies
         return client
 
