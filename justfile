@@ -29,7 +29,7 @@ lint:
 
 # static type checks
 typecheck:
-    {{python}} -m mypy core connectors operators dataflows api nexus
+    {{python}} -m mypy core connectors operators dataflows api nexus bench
 
 # format the code
 fmt:
@@ -39,6 +39,14 @@ fmt:
 # regenerate the published JSON Schema of the flow spec
 schema:
     nexus schema -o dataflows/schema/flow-spec-v1.json
+
+# benchmark: real PostgreSQL, broker, simulators and dataflow; table + bench-results/<time>.json (a few minutes)
+bench *ARGS:
+    {{python}} -m bench --devices 200 --tags 100 --interval 1 --duration 30 {{ARGS}}
+
+# the longer benchmark: 500 devices x 100 tags at 1 s for 2 minutes, larger baselines
+bench-full *ARGS:
+    {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 3000000 {{ARGS}}
 
 # everything CI checks: lint, types, tests
 ci: lint typecheck test

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
+from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from core.batch import PointBatch
 from core.quality import QUALITY_NAMES
@@ -40,6 +39,63 @@ __all__ = ["BrokerUnavailable", "MqttPublishError", "PublishTimeout", "UnsPublis
 log = logging.getLogger(__name__)
 
 _QUALITY_JSON: tuple[str, ...] = tuple(f'"quality":{json.dumps(name)},' for name in QUALITY_NAMES)
+
+
+_PUBLISH = 0x30
+_MAX_BLOB = 1 << 20
+"""QoS 0 fast path: PUBLISH packets are packed into blobs of about this many bytes."""
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable-length integer (the remaining length of a packet).
+
+    >>> _varint(127), _varint(128), _varint(16_383)
+    (b'\\x7f', b'\\x80\\x01', b'\\xff\\x7f')
+    """
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pack_publish_qos0(
+    messages: Iterable[tuple[str, str | bytes]], retain: bool
+) -> list[tuple[bytearray, int]]:
+    """MQTT 3.1.1 QoS 0 PUBLISH packets, concatenated into blobs of at most about ``_MAX_BLOB`` bytes.
+
+    Returns ``(blob, message count)`` pairs. Topics with wildcards are refused like paho does.
+
+    >>> [(bytes(b), n) for b, n in pack_publish_qos0([("a/b", b"1")], retain=False)]
+    [(b'0\\x06\\x00\\x03a/b1', 1)]
+    """
+    header = bytes((_PUBLISH | (1 if retain else 0),))
+    blobs: list[tuple[bytearray, int]] = []
+    blob = bytearray()
+    count = 0
+    topics: dict[str, bytes] = {}
+    for topic, payload in messages:
+        t = topics.get(topic)
+        if t is None:
+            if "+" in topic or "#" in topic or not topic:
+                raise ValueError(f"invalid topic for publishing: {topic!r}")
+            raw = topic.encode()
+            t = topics[topic] = len(raw).to_bytes(2, "big") + raw
+        p = payload.encode() if isinstance(payload, str) else payload
+        blob += header
+        blob += _varint(len(t) + len(p))
+        blob += t
+        blob += p
+        count += 1
+        if len(blob) >= _MAX_BLOB:
+            blobs.append((blob, count))
+            blob, count = bytearray(), 0
+    if count:
+        blobs.append((blob, count))
+    return blobs
 
 
 class MqttPublishError(RuntimeError):
@@ -125,20 +181,12 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
+        self._blobs: dict[int, int] = {}
+        """QoS 0 fast path: messages in each packed blob handed to paho, by the blob's message id."""
 
-        client_id = (
-            config.client_id or f"nexus-uns-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        )
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311
-        )
-        if self._broker.username:
-            client.username_pw_set(self._broker.username, self._broker.password)
-        if self._broker.tls:
-            client.tls_set()
+        client = make_client(self._broker, config.client_id or unique_client_id("nexus-uns"))
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -172,9 +220,9 @@ class UnsPublisher:
         if was and not self._closed:
             log.warning("disconnected from MQTT broker %s (%s); reconnecting", self._where, reason)
 
-    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, _reason: object, _p: object) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, _reason: object, _p: object) -> None:
         with self._cond:
-            self.acked += 1
+            self.acked += self._blobs.pop(mid, 1)
             self._cond.notify_all()
 
     # ---------------------------------------------------------------- API
@@ -203,26 +251,69 @@ class UnsPublisher:
         return self.publish_messages(messages)
 
     def publish_messages(self, messages: Iterable[tuple[str, str | bytes]]) -> int:
-        """Publish ready ``(topic, payload)`` pairs with the configured QoS and retain flag."""
+        """Publish ready ``(topic, payload)`` pairs with the configured QoS and retain flag.
+
+        QoS 0 takes a fast path when the installed paho offers it: the batch's PUBLISH packets are
+        packed into one buffer and handed to paho's network thread as a single write, instead of one
+        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1/2 go through
+        ``paho.publish`` one by one (paho keeps each message for its acknowledgement and redelivery).
+        """
         if self._closed:
             raise MqttPublishError("the UNS publisher is closed")
         cfg = self.config
+        if cfg.qos == 0 and self._fast_qos0:
+            return self._publish_packed(messages)
         publish = self._client.publish
         sent = 0
+        pending = 0  # handed over but not yet added to `published` (one lock per batch, not per message)
         for topic, payload in messages:
-            if self.published - self.acked >= cfg.max_queue:
+            if self.published + pending - self.acked >= cfg.max_queue:
+                pending = self._commit(pending)
                 self._wait_room(cfg.publish_timeout_s)
             info = publish(topic, payload, cfg.qos, cfg.retain)
             while info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                pending = self._commit(pending)
                 self._wait_room(cfg.publish_timeout_s, force=True)
                 info = publish(topic, payload, cfg.qos, cfg.retain)
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and cfg.qos == 0:
                 with self._cond:
                     self.dropped += 1
                 continue
-            with self._cond:
-                self.published += 1
+            pending += 1
             sent += 1
+        self._commit(pending)
+        return sent
+
+    def _commit(self, pending: int) -> int:
+        if pending:
+            with self._cond:
+                self.published += pending
+        return 0
+
+    @property
+    def _fast_qos0(self) -> bool:
+        client = self._client
+        return (
+            hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
+        )
+
+    def _publish_packed(self, messages: Iterable[tuple[str, str | bytes]]) -> int:
+        cfg = self.config
+        client: Any = self._client
+        sent = 0
+        for blob, count in pack_publish_qos0(messages, cfg.retain):
+            if self.published - self.acked >= cfg.max_queue:
+                self._wait_room(cfg.publish_timeout_s)
+            if client._sock is None:  # not connected: QoS 0 messages are dropped, as paho does
+                with self._cond:
+                    self.dropped += count
+                continue
+            mid = client._mid_generate()
+            with self._cond:
+                self._blobs[mid] = count
+                self.published += count
+            client._packet_queue(_PUBLISH, blob, mid, 0, mqtt.MQTTMessageInfo(mid))
+            sent += count
         return sent
 
     def _count_unknown(self, tag_ids: list[int], device_id: str) -> None:

@@ -1,0 +1,610 @@
+"""``python -m bench``: run the stages, print the table, write ``bench-results/<timestamp>.json``.
+
+Stages: ``micro`` (operator chain from memory), ``sinks`` (bare COPY vs the historian writer, bare paho
+vs the UNS publisher), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
+bytewax.run`` polling the simulators into the broker and the historian), ``cluster`` (the chain as a
+1- and a 2-process Bytewax cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import yaml
+
+from bench import baselines as bl
+from bench.chain import Chain, ChainResult
+from bench.load import Load
+from bench.monitor import Monitor
+from dataflows.spec import parse_spec
+from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, MosquittoBroker, free_port
+
+STAGES = ("micro", "sinks", "modbus", "e2e", "cluster")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(msg: str) -> None:
+    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--tags", type=int, default=100)
+    p.add_argument("--interval", type=float, default=1.0, help="poll interval, s")
+    p.add_argument("--change-rate", type=float, default=0.5)
+    p.add_argument("--deadband", action="store_true", help="deadband on every tag (default: off)")
+    p.add_argument("--qos", type=int, default=0, choices=(0, 1))
+    p.add_argument("--processes", type=int, default=1, help="Bytewax processes of the e2e flow")
+    p.add_argument("--duration", type=float, default=30.0, help="e2e measuring window, s")
+    p.add_argument("--warmup", type=float, default=10.0, help="e2e warm-up before measuring, s")
+    p.add_argument("--baseline-rows", type=int, default=300_000)
+    p.add_argument("--baseline-messages", type=int, default=100_000)
+    p.add_argument("--micro-points", type=int, default=1_000_000)
+    p.add_argument("--cluster-points", type=int, default=1_000_000)
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
+    p.add_argument("--out", default="bench-results")
+    a = p.parse_args(argv)
+    bad = set(a.stages.split(",")) - set(STAGES)
+    if bad:
+        p.error(f"unknown stages {sorted(bad)}; choose from {', '.join(STAGES)}")
+    return a
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+
+def stage_micro(load: Load, points: int) -> dict[str, Any]:
+    """The operator chain on 100-tag device batches: cores directly, and as a Bytewax flow (run_main)."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    from bench.chain import CountingSink
+
+    devices = max(1, min(load.devices, 200))
+    mload = Load(devices=devices, tags=load.tags, change_rate=load.change_rate)
+    polls = max(2, points // (devices * load.tags))
+    ts0 = time.time_ns() - polls * 10**9
+    batches = mload.batches(polls, ts0)
+    out: dict[str, Any] = {"devices": devices, "tags": load.tags, "polls": polls}
+    chain = Chain.for_load(mload)
+    chain.run_cores(batches[: devices * 2])  # warm the per-device alignment caches
+    chain = Chain.for_load(mload)
+    r: ChainResult = chain.run_cores(batches)
+    out["cores"] = {**r.__dict__, "points_per_s": round(r.points_per_s)}
+    # the same points coalesced into one batch per poll of all devices (one "device" per worker)
+    import numpy as np
+
+    from core.batch import PointBatch
+
+    merged = []
+    for k in range(polls):
+        part = batches[k * devices : (k + 1) * devices]
+        merged.append(
+            PointBatch(
+                "shard-0",
+                np.concatenate([b.ts_ns for b in part]),
+                np.concatenate([b.tag_ids for b in part]),
+                np.concatenate([b.values for b in part]),
+                np.concatenate([b.quality for b in part]),
+            )
+        )
+    chain = Chain.for_load(mload)
+    chain.run_cores(merged[:1])
+    r2 = chain.run_cores(merged[1:])
+    out["cores_coalesced"] = {**r2.__dict__, "points_per_s": round(r2.points_per_s)}
+    chain = Chain.for_load(mload)
+    flow = Dataflow("bench_micro")
+    sink = CountingSink()
+    chain.build_flow(flow, op.input("devices", flow, TestingSource(batches, batch_size=100)), sink)
+    t0 = time.perf_counter()
+    run_main(flow)
+    seconds = time.perf_counter() - t0
+    n = sum(len(b) for b in batches)
+    out["bytewax"] = {
+        **sink.counts,
+        "points_in": n,
+        "seconds": round(seconds, 3),
+        "points_per_s": round(n / seconds),
+    }
+    return out
+
+
+def stage_sinks(pg_url: str, mqtt_url: str, load: Load, rows: int, messages: int) -> dict[str, Any]:
+    tags = parse_spec(load.spec({"modbus": [1] * load.ports_needed})).tag_infos()
+    per_poll = load.devices * load.tags
+    now = time.time_ns()
+    batches = load.batches(max(1, rows // per_poll), now - 6 * 3600 * 10**9)
+    b_copy, b_writer = batches, bl.shifted(batches, 2 * 3600 * 10**9)
+    bl.prepare_historian(pg_url, tags, b_copy + b_writer)
+    out: dict[str, Any] = {}
+    _say(f"  bare COPY of {sum(len(b) for b in b_copy):,} rows ...")
+    out["copy_baseline"] = bl.copy_baseline(pg_url, b_copy)
+    _say("  the same rows through HistorianWriter (then replayed) ...")
+    out["historian_writer"] = bl.writer_capacity(pg_url, tags, b_writer)
+    mb = batches[: max(1, messages // load.tags)]
+    msgs = bl.messages_for(mb, tags)
+    for qos in (0, 1):
+        _say(f"  bare paho loop, {len(msgs):,} messages, QoS {qos} ...")
+        out[f"paho_baseline_qos{qos}"] = bl.paho_baseline(mqtt_url, msgs, qos, 1000)
+        _say(f"  UnsPublisher, the same messages, QoS {qos} ...")
+        out[f"uns_publisher_qos{qos}"] = bl.publisher_capacity(mqtt_url, tags, mb, qos)
+    return out
+
+
+def _wait_json(path: Path, key: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(path.read_text())
+            if data.get(key):
+                return data
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} did not report {key!r} within {timeout:g} s")
+
+
+def _flow_stats(folder: Path) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for f in folder.glob("flow-*.json"):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        for k, v in data.items():
+            if k in ("pid", "time", "final"):
+                continue
+            if isinstance(v, dict):
+                d = total.setdefault(k, {})
+                for kk, vv in v.items():
+                    if isinstance(vv, int | float):
+                        d[kk] = d.get(kk, 0) + vv
+            elif isinstance(v, int | float):
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def _bytewax_cmd(module: str, processes: int, index: int, addresses: str) -> list[str]:
+    cmd = [sys.executable, "-m", "bytewax.run", module]
+    if processes > 1:
+        cmd += ["-i", str(index), "-a", addresses]
+    return cmd
+
+
+def start_flow(
+    module: str, env: dict[str, str], processes: int, workdir: Path
+) -> list[subprocess.Popen[bytes]]:
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    procs = []
+    for i in range(processes):
+        log = (workdir / f"{module.replace(':', '_')}-{i}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                _bytewax_cmd(module, processes, i, addresses),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        )
+        log.close()
+    return procs
+
+
+def stop_procs(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def historian_latency(pg_url: str, t0: float, t1: float) -> dict[str, Any]:
+    """p50/p99 of commit time - source time over the rows stamped in [t0, t1] (commit timestamps)."""
+    sql = (
+        "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY "
+        "extract(epoch FROM pg_xact_commit_timestamp(xmin) - time)) "
+        "FROM nexus_points WHERE time >= to_timestamp(%s) AND time < to_timestamp(%s)"
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute(sql, (t0, t1)).fetchone()
+    if not row or not row[0] or row[1] is None:
+        return {"rows": 0}
+    return {"rows": row[0], "p50_ms": round(row[1][0] * 1000, 1), "p99_ms": round(row[1][1] * 1000, 1)}
+
+
+def _get(stats: dict[str, Any], key: str, sub: str | None = None) -> float:
+    value = (stats.get(key) or {}).get(sub, 0) if sub else stats.get(key, 0)
+    return float(value)
+
+
+def _rate(now: dict[str, Any], before: dict[str, Any], dt: float, key: str, sub: str | None = None) -> float:
+    return (_get(now, key, sub) - _get(before, key, sub)) / dt
+
+
+def stage_e2e(
+    args: argparse.Namespace,
+    load: Load,
+    *,
+    pg_url: str,
+    mqtt_url: str,
+    ports: list[int],
+    work: Path,
+    mon: Monitor,
+) -> dict[str, Any]:
+    spec_path = work / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(load.spec({"modbus": ports})))
+    stats = work / "stats-e2e"
+    stats.mkdir()
+    broker = bl.parse_mqtt_url(mqtt_url)
+    sub_stats = work / "subscriber.json"
+    sub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.subscriber",
+            broker.host,
+            str(broker.port),
+            "bench/#",
+            str(sub_stats),
+            "20",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    _wait_json(sub_stats, "subscribed", 15)
+    mon.watch("subscriber", sub.pid)
+    env = {
+        **os.environ,
+        "NEXUS_SPEC": str(spec_path),
+        "NEXUS_DATABASE_URL": pg_url,
+        "NEXUS_MQTT_URL": mqtt_url,
+        "NEXUS_BENCH_STATS": str(stats),
+        "NEXUS_LOG_LEVEL": "WARNING",
+    }
+    procs = start_flow("bench.flow:flow", env, load.processes, work)
+    for i, p in enumerate(procs):
+        mon.watch(f"bytewax-{i}", p.pid)
+    try:
+        t_start = time.monotonic()
+        while time.monotonic() - t_start < args.warmup:
+            s = _flow_stats(stats)
+            _progress(
+                f"  warm-up {time.monotonic() - t_start:4.0f}/{args.warmup:g} s  read {s.get('points_read', 0):,}"
+            )
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the dataflow exited early; see {work}")
+            time.sleep(1)
+        mon.mark()
+        s0, sub0, w0 = _flow_stats(stats), json.loads(sub_stats.read_text()), time.time()
+        m0 = time.monotonic()
+        prev, prev_t = s0, m0
+        while (el := time.monotonic() - m0) < args.duration:
+            time.sleep(1)
+            s, now = _flow_stats(stats), time.monotonic()
+            dt = max(1e-9, now - prev_t)
+
+            _progress(
+                f"  e2e {el:4.0f}/{args.duration:g} s  read {_rate(s, prev, dt, 'points_read'):9,.0f}/s  "
+                f"stored {_rate(s, prev, dt, 'historian', 'rows_written'):9,.0f}/s  published {_rate(s, prev, dt, 'uns', 'acked'):9,.0f}/s  "
+                f"skipped {s.get('skipped_polls', 0) - s0.get('skipped_polls', 0)}"
+            )
+            prev, prev_t = s, now
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the dataflow exited early; see {work}")
+        s1, sub1, w1 = _flow_stats(stats), json.loads(sub_stats.read_text()), time.time()
+        seconds = time.monotonic() - m0
+        resources = mon.report()
+        _say("")
+    finally:
+        stop_procs(procs)
+        sub.terminate()
+        sub.wait(10)
+    for i in range(len(procs)):
+        mon.unwatch(f"bytewax-{i}")
+    mon.unwatch("subscriber")
+
+    def delta(key: str, sub: str | None = None) -> float:
+        return _get(s1, key, sub) - _get(s0, key, sub)
+
+    final_sub = json.loads(sub_stats.read_text())
+    lat = sorted(x[1] for x in final_sub.get("samples", []) if w0 <= x[0] <= w1)
+
+    def pct(q: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None
+
+    return {
+        "seconds": round(seconds, 2),
+        "offered_points_per_s": load.points_per_s,
+        "points_read_per_s": round(delta("points_read") / seconds, 1),
+        "points_through_operators_per_s": round(delta("historian", "points_in") / seconds, 1),
+        "rows_stored_per_s": round(delta("historian", "rows_written") / seconds, 1),
+        "messages_published_per_s": round(delta("uns", "acked") / seconds, 1),
+        "messages_received_per_s": round((sub1["messages"] - sub0["messages"]) / seconds, 1),
+        "polls": delta("polls"),
+        "skipped_polls": delta("skipped_polls"),
+        "poll_failures": delta("failures"),
+        "latency_historian": historian_latency(pg_url, w0, w1 - 2),
+        "latency_subscriber": {"samples": len(lat), "p50_ms": pct(0.5), "p99_ms": pct(0.99)},
+        "resources": resources,
+    }
+
+
+def stage_cluster(load: Load, points: int, work: Path, mon: Monitor) -> dict[str, Any]:
+    """The micro chain fed from memory as a 1-process and a 2-process cluster (devices split by Bytewax)."""
+    devices = max(2, min(load.devices, 200))
+    cload = Load(devices=devices, tags=load.tags, change_rate=load.change_rate)
+    polls = max(2, points // (devices * load.tags))
+    out: dict[str, Any] = {"devices": devices, "tags": load.tags, "polls": polls}
+    for n in (1, 2):
+        stats = work / f"stats-cluster-{n}"
+        stats.mkdir()
+        env = {
+            **os.environ,
+            "NEXUS_BENCH_STATS": str(stats),
+            "NEXUS_BENCH_SYNTH": json.dumps(
+                {"load": cload.as_dict(), "polls": polls, "ts0_ns": time.time_ns() - polls * 10**9}
+            ),
+        }
+        mon.mark()
+        t0 = time.monotonic()
+        procs = start_flow("bench.flow:synthetic", env, n, work)
+        for i, p in enumerate(procs):
+            mon.watch(f"cluster{n}-{i}", p.pid)
+        for p in procs:
+            p.wait(600)
+        wall = time.monotonic() - t0
+        res = mon.report()
+        for i in range(n):
+            mon.unwatch(f"cluster{n}-{i}")
+        reports = [json.loads(f.read_text()) for f in stats.glob("flow-*.json")]
+        pts = sum(r.get("points", 0) for r in reports)
+        # each process measures from its first to its last output on its own perf_counter clock
+        busy = max((r["last"] - r["first"]) for r in reports if r.get("first")) if reports else 0.0
+        out[f"processes_{n}"] = {
+            "points_out": pts,
+            "points_in": devices * load.tags * polls,
+            "seconds": round(busy, 3),
+            "wall_s_with_startup": round(wall, 2),
+            "points_per_s": round(devices * load.tags * polls / busy) if busy else 0,
+            "exit_codes": [p.returncode for p in procs],
+            "resources": res,
+        }
+    one, two = out["processes_1"]["points_per_s"], out["processes_2"]["points_per_s"]
+    out["speedup"] = round(two / one, 2) if one else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def table(r: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(name: str, value: Any, baseline: Any = None, unit: str = "") -> None:
+        v = f"{value:,.0f} {unit}".strip() if isinstance(value, int | float) else str(value)
+        b = f"{baseline:,.0f}" if isinstance(baseline, int | float) else ""
+        rows.append((name, v, b, _ratio(value, baseline) if isinstance(baseline, int | float) else ""))
+
+    m = r.get("micro")
+    if m:
+        add("operator chain, cores (pts/s)", m["cores"]["points_per_s"], 2_000_000)
+        add("operator chain, coalesced batches (pts/s)", m["cores_coalesced"]["points_per_s"], 2_000_000)
+        add("operator chain, bytewax run_main (pts/s)", m["bytewax"]["points_per_s"], 2_000_000)
+    s = r.get("sinks")
+    if s:
+        add("bare COPY (rows/s)", s["copy_baseline"]["per_s"])
+        add("HistorianWriter (rows/s)", s["historian_writer"]["write"]["per_s"], s["copy_baseline"]["per_s"])
+        add(
+            "HistorianWriter replay (rows/s)",
+            s["historian_writer"]["replay"]["per_s"],
+            s["copy_baseline"]["per_s"],
+        )
+        for q in (0, 1):
+            add(f"bare paho QoS {q} (msg/s)", s[f"paho_baseline_qos{q}"]["per_s"])
+            add(
+                f"UnsPublisher QoS {q} (msg/s)",
+                s[f"uns_publisher_qos{q}"]["per_s"],
+                s[f"paho_baseline_qos{q}"]["per_s"],
+            )
+    mb = r.get("modbus")
+    if mb:
+        add("bare pymodbus read loop (pts/s)", mb["per_s"])
+    e = r.get("e2e")
+    if e:
+        copy = (s or {}).get("copy_baseline", {}).get("per_s")
+        paho = (s or {}).get(f"paho_baseline_qos{r['load']['qos']}", {}).get("per_s")
+        add("e2e offered (pts/s)", e["offered_points_per_s"])
+        add("e2e read (pts/s) vs bare pymodbus", e["points_read_per_s"], (mb or {}).get("per_s"))
+        add("e2e through operators (pts/s)", e["points_through_operators_per_s"], e["points_read_per_s"])
+        add("e2e stored (rows/s) vs bare COPY", e["rows_stored_per_s"], copy)
+        add("e2e published (msg/s) vs bare paho", e["messages_published_per_s"], paho)
+        add("e2e received by subscriber (msg/s)", e["messages_received_per_s"], e["messages_published_per_s"])
+        add("e2e skipped polls", e["skipped_polls"])
+        lh, ls = e["latency_historian"], e["latency_subscriber"]
+        rows.append(
+            ("latency source->historian p50/p99", f"{lh.get('p50_ms')} / {lh.get('p99_ms')} ms", "", "")
+        )
+        rows.append(
+            ("latency source->subscriber p50/p99", f"{ls.get('p50_ms')} / {ls.get('p99_ms')} ms", "", "")
+        )
+        for name, res in e["resources"].items():
+            rows.append(
+                (f"  {name}", f"{res['cpu_cores']:.2f} cores, {res['peak_rss_mb']:.0f} MB peak", "", "")
+            )
+    c = r.get("cluster")
+    if c:
+        add("cluster, 1 process (pts/s)", c["processes_1"]["points_per_s"])
+        add(
+            "cluster, 2 processes (pts/s)", c["processes_2"]["points_per_s"], c["processes_1"]["points_per_s"]
+        )
+    w = [max(len(x[i]) for x in [("figure", "value", "baseline", "ratio"), *rows]) for i in range(4)]
+    lines = [
+        "  ".join(
+            h.ljust(w[i]) if i == 0 else h.rjust(w[i])
+            for i, h in enumerate(("figure", "value", "baseline", "ratio"))
+        )
+    ]
+    lines.append("  ".join("-" * x for x in w))
+    for row in rows:
+        lines.append("  ".join(x.ljust(w[i]) if i == 0 else x.rjust(w[i]) for i, x in enumerate(row)))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _enable_commit_timestamps(pg: EmbeddedPostgres) -> None:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        on = conn.execute("SHOW track_commit_timestamp").fetchone()
+        if on and on[0] == "on":
+            return
+        conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+    pg.stop()
+    pg.start()
+
+
+def _pg_pid(pg: EmbeddedPostgres) -> int | None:
+    try:
+        return int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stages = [s for s in STAGES if s in args.stages.split(",")]
+    load = Load(
+        devices=args.devices,
+        tags=args.tags,
+        poll_interval_s=args.interval,
+        change_rate=args.change_rate,
+        deadband=args.deadband,
+        qos=args.qos,
+        processes=args.processes,
+    )
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(),
+        "load": load.as_dict(),
+        "stages": stages,
+    }
+    mon = Monitor()
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
+        work = Path(tmp)
+        if "micro" in stages:
+            _say("micro: operator chain from memory ...")
+            result["micro"] = stage_micro(load, args.micro_points)
+        need_services = {"sinks", "e2e"} & set(stages)
+        pg = broker = sim = None
+        try:
+            if need_services:
+                _say("starting PostgreSQL and the broker ...")
+                pg = EmbeddedPostgres(work / "pg", port=free_port())
+                pg.start()
+                _enable_commit_timestamps(pg)
+                use_mosquitto = args.broker == "mosquitto" or (
+                    args.broker == "auto" and MosquittoBroker.available()
+                )
+                broker = MosquittoBroker(free_port()) if use_mosquitto else EmbeddedBroker(port=free_port())
+                broker.start()
+                result["broker"] = "mosquitto" if use_mosquitto else "amqtt"
+                pid = _pg_pid(pg)
+                if pid:
+                    mon.watch("postgres", pid, children=True)
+                proc = getattr(broker, "_proc", None)
+                if proc is not None:
+                    mon.watch("mosquitto", proc.pid)
+            if "sinks" in stages:
+                assert pg is not None and broker is not None
+                _say("sinks: baselines and capacities ...")
+                result["sinks"] = stage_sinks(
+                    pg.url, broker.url, load, args.baseline_rows, args.baseline_messages
+                )
+            if {"modbus", "e2e"} & set(stages):
+                _say(f"starting Modbus simulators for {load.devices} devices x {load.tags} tags ...")
+                sim = subprocess.Popen(
+                    [sys.executable, "-m", "bench.sim", json.dumps({"load": load.as_dict()})],
+                    stdout=subprocess.PIPE,
+                    cwd=Path(__file__).resolve().parent.parent,
+                )
+                assert sim.stdout is not None
+                line = sim.stdout.readline().decode()
+                if not line.startswith("READY "):
+                    raise RuntimeError(f"the simulators did not start: {line!r}")
+                ports = json.loads(line[6:])["ports"]
+                mon.watch("simulators", sim.pid)
+                if "modbus" in stages:
+                    _say("modbus: bare pymodbus read loop ...")
+                    result["modbus"] = bl.modbus_baseline(load, ports, seconds=min(10.0, args.duration))
+                if "e2e" in stages:
+                    assert pg is not None and broker is not None
+                    _say(f"e2e: {load.points_per_s:,.0f} points/s offered, {args.duration:g} s measured ...")
+                    result["e2e"] = stage_e2e(
+                        args, load, pg_url=pg.url, mqtt_url=broker.url, ports=ports, work=work, mon=mon
+                    )
+            if "cluster" in stages:
+                _say("cluster: the chain as 1 and 2 Bytewax processes ...")
+                result["cluster"] = stage_cluster(load, args.cluster_points, work, mon)
+        finally:
+            if sim is not None:
+                sim.terminate()
+                sim.wait(10)
+            if broker is not None:
+                broker.stop()
+            if pg is not None:
+                pg.stop()
+            mon.stop()
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"\nresults: {path}")
+    return 0

@@ -1,0 +1,173 @@
+"""Dataflows the harness runs with ``python -m bytewax.run``; each process reports its counters.
+
+- ``bench.flow:flow`` — the telemetry flow compiled from ``NEXUS_SPEC`` (the project's compiler, Modbus
+  source and sinks), with the sinks wrapped to count what they are handed;
+- ``bench.flow:synthetic`` — device polls from memory through the micro-benchmark's operator chain
+  into a counting sink (the multi-process scale-out stage); ``NEXUS_BENCH_SYNTH`` holds its load.
+
+Every process writes its counters as JSON to ``$NEXUS_BENCH_STATS/flow-<pid>.json`` twice a second.
+SIGTERM / SIGUSR1 drain the telemetry flow (sources stop, sinks flush, exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from bench.chain import Chain, CountingSink, SyntheticSource
+from bench.load import Load
+from connectors.devices import DeviceSource
+from connectors.historian.config import HistorianConfig
+from connectors.historian.sink import HistorianSink
+from connectors.mqtt.config import MqttSinkConfig
+from connectors.mqtt.sink import UnsSink
+from core.settings import Settings
+from dataflows.compiler import Runtime, compile_flow, device_plans
+from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
+
+
+class _Reporter:
+    """Writes ``collect()`` to the stats folder every ``interval_s`` (atomically) until stopped."""
+
+    def __init__(self, collect: Callable[[], dict[str, Any]], interval_s: float = 0.5) -> None:
+        folder = Path(os.environ.get("NEXUS_BENCH_STATS", ".")).absolute()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"flow-{os.getpid()}.json"
+        self.collect = collect
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, name="bench-reporter", daemon=True).start()
+
+    def write(self, final: bool = False) -> None:
+        data = {"pid": os.getpid(), "time": time.time(), "final": final, **self.collect()}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.write()
+            except Exception:  # the report is best effort; the next tick tries again
+                continue
+
+
+class _Counted(DynamicSink[Any]):
+    """Delegates to the real sink; counts points handed to it and keeps its partitions for their stats."""
+
+    def __init__(self, inner: DynamicSink[Any]) -> None:
+        self.inner = inner
+        self.parts: list[Any] = []
+        self.points = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountedPart:
+        part = self.inner.build(step_id, worker_index, worker_count)
+        self.parts.append(part)
+        return _CountedPart(self, part)
+
+
+class _CountedPart(StatelessSinkPartition[Any]):
+    def __init__(self, owner: _Counted, inner: Any) -> None:
+        self.owner = owner
+        self.inner = inner
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.inner.write_batch(items)
+        self.owner.points += sum(len(b) for b in items)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def build() -> Dataflow:
+    settings = Settings.from_env()
+    spec = load_spec(os.environ["NEXUS_SPEC"])
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda *_: stop.set())
+    source = DeviceSource(device_plans(spec), stop_event=stop)
+    tags = spec.tag_infos()
+    sinks: dict[str, _Counted] = {}
+    for node in spec.sinks:
+        if isinstance(node, MqttUnsNode):
+            cfg = MqttSinkConfig(url=settings.effective_mqtt_url, qos=node.qos, retain=node.retain)
+            sinks[node.id] = _Counted(UnsSink(cfg, tags))
+        elif isinstance(node, HistorianNode):
+            hcfg = HistorianConfig(
+                url=settings.effective_database_url, batch_rows=node.batch_rows, max_delay_s=node.max_delay_s
+            )
+            sinks[node.id] = _Counted(HistorianSink(hcfg, tags))
+    tags_per_device = {d.id: len(d.tags) for d in spec.devices}
+
+    def collect() -> dict[str, Any]:
+        parts = source.stats()
+        out: dict[str, Any] = {
+            "devices": len(parts),
+            "polls": sum(p.polls for p in parts.values()),
+            "completed": sum(p.completed for p in parts.values()),
+            "skipped_polls": sum(p.skipped_polls for p in parts.values()),
+            "failures": sum(p.failures for p in parts.values()),
+            "points_read": sum(p.completed * tags_per_device[d] for d, p in parts.items()),
+        }
+        for node_id, sink in sinks.items():
+            entry: dict[str, Any] = {"points_in": sink.points}
+            for part in sink.parts:
+                inner = getattr(part, "publisher", None) or getattr(part, "writer", None)
+                if inner is not None:
+                    for k, v in inner.stats().items():
+                        if isinstance(v, int | float) and not isinstance(v, bool):
+                            entry[k] = entry.get(k, 0) + v
+            out[node_id] = entry
+        return out
+
+    reporter = _Reporter(collect)
+    import atexit
+
+    atexit.register(lambda: reporter.write(final=True))
+    runtime = Runtime(
+        database_url=settings.effective_database_url,
+        mqtt_url=settings.effective_mqtt_url,
+        source=source,
+        sinks=sinks,
+        stop_event=stop,
+    )
+    return compile_flow(spec, runtime)
+
+
+def build_synthetic() -> Dataflow:
+    cfg = json.loads(os.environ["NEXUS_BENCH_SYNTH"])
+    load = Load(**cfg["load"])
+    chain = Chain.for_load(load)
+    sink = CountingSink()
+    source = SyntheticSource(load, polls=int(cfg["polls"]), ts0_ns=int(cfg["ts0_ns"]))
+
+    def collect() -> dict[str, Any]:
+        return {**sink.counts, "first": sink.first, "last": sink.last, "clock": time.perf_counter()}
+
+    reporter = _Reporter(collect)
+    import atexit
+
+    atexit.register(lambda: reporter.write(final=True))
+    flow = Dataflow("bench_synthetic")
+    batches = op.input("devices", flow, source)
+    chain.build_flow(flow, batches, sink)
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    if name == "flow":
+        return build()
+    if name == "synthetic":
+        return build_synthetic()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,54 @@
+"""The benchmark harness end to end with a tiny load: it runs, writes its JSON, and counts something.
+
+No timing assertions: only that every stage produced its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench",
+        "--devices", "2", "--tags", "5", "--interval", "0.5",
+        "--duration", "5", "--warmup", "3",
+        "--baseline-rows", "2000", "--baseline-messages", "500",
+        "--micro-points", "2000", "--cluster-points", "2000",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "figure" in proc.stdout and "e2e read" in proc.stdout
+    files = list(out.glob("*.json"))
+    assert len(files) == 1
+    r = json.loads(files[0].read_text())
+
+    assert {"date", "machine", "load", "micro", "sinks", "modbus", "e2e", "cluster"} <= r.keys()
+    assert r["micro"]["cores"]["points_in"] > 0 and r["micro"]["bytewax"]["points_in"] > 0
+    sinks = r["sinks"]
+    for key in ("copy_baseline", "paho_baseline_qos0", "paho_baseline_qos1", "uns_publisher_qos0"):
+        assert sinks[key]["count"] > 0, key
+    assert sinks["historian_writer"]["write"]["count"] > 0
+    assert r["modbus"]["count"] > 0
+    e2e = r["e2e"]
+    for key in (
+        "points_read_per_s",
+        "rows_stored_per_s",
+        "messages_published_per_s",
+        "messages_received_per_s",
+    ):
+        assert e2e[key] > 0, key
+    assert e2e["latency_historian"]["rows"] > 0
+    assert {"bytewax-0", "postgres", "simulators"} <= e2e["resources"].keys()
+    assert r["cluster"]["processes_1"]["points_out"] > 0 and r["cluster"]["processes_2"]["points_out"] > 0
