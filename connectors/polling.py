@@ -8,6 +8,17 @@ that comes while the previous poll is still running is skipped and counted (at m
 device is ever in flight). The origin carries a stable per-device offset so devices with the same
 interval do not all fire at once.
 
+Adaptive polling (optional, :class:`AdaptivePolling` on a :class:`PolledDevice`): after each
+completed poll :class:`AdaptiveInterval` compares the batch with the previous one — any value
+(or tag, or text) that differs beyond float equality is a change. A change divides the interval
+by ``speedup`` (down to ``min_interval_s``); a stable poll multiplies it by ``slowdown`` (up to
+``max_interval_s``); a poll with no good point leaves it alone (an unreachable device is neither
+changing nor stable). When the interval changes the grid is re-anchored at the slot of the poll
+that caused it: the next slots are ``that slot + k * new interval`` (the first one not in the
+past), so the schedule still never drifts between changes and a change never moves a poll
+earlier than its new grid allows. Slots of the new grid that fell while that poll was in flight
+are not counted as skipped.
+
 Live polling cannot replay, so ``snapshot()`` is ``None``. Set ``stop_event`` to drain: the
 partitions stop submitting polls, return what is in flight, then raise ``StopIteration``.
 
@@ -32,11 +43,13 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from prometheus_client import Gauge
 
 from connectors.resilience import SKIPPED_POLLS
 from core.batch import PointBatch
@@ -44,6 +57,10 @@ from core.quality import Quality
 
 log = logging.getLogger(__name__)
 
+POLL_INTERVAL = Gauge(
+    "nexus_poll_interval_seconds", "Current poll interval of a device (moves with adaptive polling)",
+    ["protocol", "device"],
+)  # fmt: skip
 
 WriteValue = float | int | bool | str
 
@@ -115,6 +132,76 @@ class WriteRegistry(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptivePolling:
+    """Poll faster while values change, slower while they are stable, within the bounds.
+
+    A change divides the interval by ``speedup``, a stable poll multiplies it by ``slowdown``.
+
+    >>> AdaptivePolling(min_interval_s=2.0, max_interval_s=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `min_interval_s` (2.0) must be <= `max_interval_s` (1.0)
+    """
+
+    min_interval_s: float
+    max_interval_s: float
+    speedup: float = 2.0
+    slowdown: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not self.min_interval_s > 0:
+            raise ValueError(f"`min_interval_s` must be > 0, got {self.min_interval_s}")
+        if not self.min_interval_s <= self.max_interval_s:
+            raise ValueError(
+                f"`min_interval_s` ({self.min_interval_s}) must be <= `max_interval_s` ({self.max_interval_s})"
+            )
+        if not self.speedup >= 1:
+            raise ValueError(f"`speedup` must be >= 1, got {self.speedup}")
+        if not self.slowdown >= 1:
+            raise ValueError(f"`slowdown` must be >= 1, got {self.slowdown}")
+
+
+class AdaptiveInterval:
+    """The interval of one device under :class:`AdaptivePolling`: :meth:`observe` each poll's batch.
+
+    >>> from core.batch import PointBatch
+    >>> a = AdaptiveInterval(AdaptivePolling(0.25, 4.0), start_s=1.0)
+    >>> [a.observe(PointBatch.from_values("d", [1], [v], ts_ns=0)) for v in (5.0, 5.0, 6.0, 7.0, 7.0)]
+    [1.0, 1.5, 0.75, 0.375, 0.5625]
+    """
+
+    __slots__ = ("_previous", "interval_s", "settings")
+
+    def __init__(self, settings: AdaptivePolling, start_s: float) -> None:
+        self.settings = settings
+        self.interval_s = min(max(start_s, settings.min_interval_s), settings.max_interval_s)
+        self._previous: PointBatch | None = None
+
+    def observe(self, batch: PointBatch) -> float:
+        """The interval after ``batch`` (the first batch with a good point only sets the reference)."""
+        if not (batch.quality == Quality.GOOD).any():
+            return self.interval_s
+        previous, self._previous = self._previous, batch
+        if previous is None:
+            return self.interval_s
+        s = self.settings
+        if changed(previous, batch):
+            self.interval_s = max(s.min_interval_s, self.interval_s / s.speedup)
+        else:
+            self.interval_s = min(s.max_interval_s, self.interval_s * s.slowdown)
+        return self.interval_s
+
+
+def changed(a: PointBatch, b: PointBatch) -> bool:
+    """Whether ``b`` holds other tags, values (NaN equals NaN) or texts than ``a``."""
+    return not (
+        np.array_equal(a.tag_ids, b.tag_ids)
+        and np.array_equal(a.values, b.values, equal_nan=True)
+        and dict(a.text or {}) == dict(b.text or {})
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PolledDevice:
     """A device to poll: its id, poll interval and (for a source of mixed protocols) its protocol."""
 
@@ -122,6 +209,8 @@ class PolledDevice:
     poll_interval_s: float
     protocol: str | None = None
     """Protocol label of the device (partition key prefix, metrics); default: the source's."""
+    adaptive: AdaptivePolling | None = None
+    """Move the interval with the data (``poll_interval_s`` is where it starts); ``None``: fixed."""
 
 
 def schedule_offset(device_id: str, interval_s: float) -> float:
@@ -146,6 +235,9 @@ class PollSchedule:
     (0, 1)
     >>> s.take(104.7), s.next_deadline  # slots 102, 103 and 104 have passed
     (3, 105.0)
+    >>> s.retime(0.25, anchor=104.0, now=104.6)  # re-anchored at slot 104: 104.75, 105.0, ...
+    >>> s.next_deadline, s.take(104.8), s.next_deadline
+    (104.75, 1, 105.0)
     """
 
     __slots__ = ("interval", "next_deadline", "next_slot", "origin")
@@ -169,6 +261,21 @@ class PollSchedule:
         self.next_deadline = self.origin + self.next_slot * self.interval
         return passed
 
+    @property
+    def last_slot(self) -> float:
+        """The time of the latest slot :meth:`take` handed out (or the one before the first)."""
+        return self.origin + (self.next_slot - 1) * self.interval
+
+    def retime(self, interval: float, anchor: float, now: float) -> None:
+        """Switch to ``interval`` on a grid through ``anchor`` (a past slot): the next deadline is
+        the first ``anchor + k * interval`` (k >= 1) not before ``now``."""
+        if not interval > 0:
+            raise ValueError(f"`interval` must be > 0, got {interval}")
+        self.origin = anchor
+        self.interval = interval
+        self.next_slot = max(1, math.ceil((now - anchor) / interval))
+        self.next_deadline = anchor + self.next_slot * interval
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionStats:
@@ -184,6 +291,8 @@ class PartitionStats:
     failures: int
     """Polls with at least one tag not read."""
     client: Any
+    interval_s: float = math.nan
+    """The current poll interval (it moves with adaptive polling)."""
 
 
 class PollingPartition(StatefulSourcePartition[PointBatch, None]):
@@ -208,13 +317,20 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         now = clock()
         origin = math.floor(now / interval) * interval + schedule_offset(device.device_id, interval)
         self._schedule = PollSchedule(origin, interval, now)
+        self._adaptive = AdaptiveInterval(device.adaptive, interval) if device.adaptive else None
+        if self._adaptive is not None and self._adaptive.interval_s != interval:
+            self._schedule.retime(self._adaptive.interval_s, self._schedule.last_slot, now)
         self._client = client
         self._inflight: concurrent.futures.Future[PointBatch] | None = None
+        self._inflight_slot = math.nan
+        """The grid time of the slot the poll in flight was submitted for."""
         self._polls = self._completed = self._skipped = 0
         self._closed = False
         self.on_close: list[Callable[[], None]] = []
         """Called when the partition closes (e.g. to stop routing writes to it)."""
         self._m_skipped = SKIPPED_POLLS.labels(protocol, device.device_id)
+        self._m_interval = POLL_INTERVAL.labels(protocol, device.device_id)
+        self._m_interval.set(self._schedule.interval)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run_loop, name=f"{protocol}:{device.device_id}", daemon=True
@@ -242,8 +358,11 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         fut = self._inflight
         if fut is not None and fut.done():
             self._inflight = None
-            out.append(self._result(fut))
+            batch = self._result(fut)
+            out.append(batch)
             self._completed += 1
+            if self._adaptive is not None:
+                self._adapt(batch)
         if self._stop_event is not None and self._stop_event.is_set():
             if self._inflight is None and not out:
                 raise StopIteration
@@ -252,6 +371,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if slots:
             if self._inflight is None:
                 self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
+                self._inflight_slot = self._schedule.last_slot
                 self._polls += 1
                 slots -= 1
             if slots:
@@ -306,6 +426,13 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _adapt(self, batch: PointBatch) -> None:
+        assert self._adaptive is not None
+        interval = self._adaptive.observe(batch)
+        if interval != self._schedule.interval:
+            self._schedule.retime(interval, self._inflight_slot, self._clock())
+            self._m_interval.set(interval)
+
     def _result(self, fut: concurrent.futures.Future[PointBatch]) -> PointBatch:
         try:
             return fut.result()
@@ -323,6 +450,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             skipped_polls=self._skipped,
             failures=client.failures,
             client=client,
+            interval_s=self._schedule.interval,
         )
 
 
@@ -362,6 +490,15 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         self.wake_slack_s = wake_slack_s
         self.close_timeout_s = close_timeout_s
         self._parts: dict[str, PollingPartition] = {}
+
+    def set_adaptive(self, device_id: str, adaptive: AdaptivePolling | None) -> None:
+        """Turn adaptive polling on (or off, with ``None``) for a device, before its partition is built."""
+        key = self._keys.get(device_id)
+        if key is None:
+            raise KeyError(f"unknown device {device_id!r}; have {sorted(self._keys)}")
+        if key in self._parts:
+            raise RuntimeError(f"device {device_id!r}: its partition is already built")
+        self._devices[key] = replace(self._devices[key], adaptive=adaptive)
 
     def part_key(self, device_id: str) -> str:
         return self._keys.get(device_id, f"{self.protocol}:{device_id}")

@@ -28,7 +28,7 @@ from connectors.mqtt.sink import UnsSink
 from connectors.mqtt.source import MqttSource
 from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from connectors.opcua.config import OpcUaDevicePlan
-from connectors.polling import WriteRegistry
+from connectors.polling import AdaptivePolling, WriteRegistry
 from connectors.s7.config import S7DevicePlan
 from core.batch import PointBatch, tag_id_for
 from core.settings import Settings
@@ -132,6 +132,15 @@ def device_plans(spec: FlowSpec) -> list[DevicePlan]:
                 )
             )
     return plans
+
+
+def adaptive_polling(spec: FlowSpec) -> dict[str, AdaptivePolling]:
+    """The adaptive polling settings of the devices that have them, by device id."""
+    return {
+        d.id: AdaptivePolling(d.adaptive.min_interval_s, d.adaptive.max_interval_s)
+        for d in spec.devices
+        if not isinstance(d, MqttDeviceSpec) and d.adaptive is not None
+    }
 
 
 def mqtt_source_config(spec: FlowSpec, default_url: str | None) -> MqttSourceConfig | None:
@@ -419,6 +428,8 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
     plans = device_plans(spec)
     if plans:
         polled = DeviceSource(plans, stop_event=runtime.stop_event, write_registry=runtime.write_registry)
+        for device_id, adaptive in adaptive_polling(spec).items():
+            polled.set_adaptive(device_id, adaptive)
         streams.append(op.input(SOURCE_STEP, flow, polled))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:

@@ -29,10 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from connectors.modbus.config import ModbusConnectionConfig, ModbusTagAddress
-from connectors.modbus.simulator import Signal
 from connectors.mqtt.source_config import MqttTagMapping
 from connectors.opcua.config import OpcUaConnection, OpcUaTagAddress
 from connectors.s7.config import S7Connection, S7TagAddress
+from connectors.signals import Signal
 from core.batch import tag_id_for
 from core.tags import TagInfo
 from core.uns import IsaPath, uns_topic
@@ -221,6 +221,9 @@ class OpcUaTagSpec(TagBase, OpcUaTagAddress):
     """An OPC UA tag: ``node_id`` and, in subscribe mode, ``sampling_interval_ms``, ``queue_size``
     and a server-side ``deadband_abs``."""
 
+    simulate: Signal | None = None
+    """Signal of the simulated server (demo and tests); ignored by real connections."""
+
     def opcua_address(self) -> OpcUaTagAddress:
         return OpcUaTagAddress.model_validate(self.model_dump(include=set(OpcUaTagAddress.model_fields)))
 
@@ -228,6 +231,9 @@ class OpcUaTagSpec(TagBase, OpcUaTagAddress):
 class S7TagSpec(TagBase, S7TagAddress):
     """A Siemens S7 tag: ``address`` in S7 notation (``DB1.DBD20``, ``M10.3``), ``data_type``
     (BOOL, BYTE, WORD, INT, DWORD, DINT, REAL, LREAL, STRING) and ``length`` for strings."""
+
+    simulate: Signal | None = None
+    """Signal of the simulated PLC (demo and tests); ignored by real connections."""
 
     def s7_address(self) -> S7TagAddress:
         return S7TagAddress.model_validate(self.model_dump(include=set(S7TagAddress.model_fields)))
@@ -291,7 +297,46 @@ class DeviceBase(_Model):
         return [*self.tags, *self.calculated]  # type: ignore[attr-defined]
 
 
-class ModbusDeviceSpec(DeviceBase):
+class AdaptivePollingSpec(_Model):
+    """Poll faster (down to ``min_interval_s``) while values change, slower (up to ``max_interval_s``)
+    while they are stable; ``poll_interval_s`` is where it starts. A change halves the interval, a
+    stable poll makes it 1.5 times longer."""
+
+    min_interval_s: float = Field(gt=0, le=86_400)
+    max_interval_s: float = Field(gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptivePollingSpec:
+        if self.min_interval_s > self.max_interval_s:
+            raise ValueError(
+                f"adaptive: min_interval_s ({self.min_interval_s}) must be <= max_interval_s ({self.max_interval_s})"
+            )
+        return self
+
+
+class PolledDeviceBase(DeviceBase):
+    """A device the flow polls (Modbus, OPC UA, S7)."""
+
+    adaptive: AdaptivePollingSpec | None = None
+    """Adaptive polling; ``None``: every ``poll_interval_s``."""
+
+    @model_validator(mode="after")
+    def _adaptive_bounds(self) -> PolledDeviceBase:
+        a = self.adaptive
+        if a is not None and not a.min_interval_s <= self.poll_interval_s <= a.max_interval_s:
+            raise ValueError(
+                f"poll_interval_s ({self.poll_interval_s}) must be within adaptive.min_interval_s "
+                f"({a.min_interval_s}) and adaptive.max_interval_s ({a.max_interval_s}): it is where "
+                "adaptive polling starts"
+            )
+        if a is not None and getattr(getattr(self, "connection", None), "mode", "poll") == "subscribe":
+            raise ValueError(
+                "adaptive: a subscribed OPC UA device is not polled (connection.mode 'subscribe')"
+            )
+        return self
+
+
+class ModbusDeviceSpec(PolledDeviceBase):
     """A Modbus device: TCP, RTU over TCP (a gateway) or RTU on a serial line (``connection.transport``)."""
 
     protocol: Literal["modbus", "modbus_tcp"] = "modbus"
@@ -299,7 +344,7 @@ class ModbusDeviceSpec(DeviceBase):
     tags: list[ModbusTagSpec] = Field(min_length=1)
 
 
-class OpcUaDeviceSpec(DeviceBase):
+class OpcUaDeviceSpec(PolledDeviceBase):
     """An OPC UA server, polled or subscribed (``connection.mode``), with optional security."""
 
     protocol: Literal["opcua"]
@@ -307,7 +352,7 @@ class OpcUaDeviceSpec(DeviceBase):
     tags: list[OpcUaTagSpec] = Field(min_length=1)
 
 
-class S7DeviceSpec(DeviceBase):
+class S7DeviceSpec(PolledDeviceBase):
     """A Siemens S7 PLC (rack/slot or TSAP addressing)."""
 
     protocol: Literal["s7"]

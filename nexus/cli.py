@@ -1,4 +1,4 @@
-"""The ``nexus`` command: demo, run, services, simulate, validate, schema."""
+"""The ``nexus`` command: demo, run, services, simulate, browse, validate, schema."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.settings import ENV_DOC, Settings
+
+if TYPE_CHECKING:
+    from connectors.opcua.client import BrowsedVariable
 
 EPILOG = "environment:\n" + "\n".join(f"  {k:<20} {v}" for k, v in ENV_DOC.items())
 
@@ -48,6 +54,98 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from nexus.demo import run_simulators
 
     return run_simulators(load_spec(_spec_path(args.spec, settings)))
+
+
+def cmd_browse(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from connectors.opcua.client import SessionError, browse_server
+    from connectors.opcua.config import OpcUaConnection
+
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise ValueError(f"--password-env: environment variable {args.password_env!r} is not set")
+    fields: dict[str, object] = {
+        "endpoint": args.endpoint,
+        "security_mode": args.security_mode,
+        "security_policy": args.policy,
+        "username": args.username,
+        "password": password,
+        "timeout_s": args.timeout,
+        "trusted_server_certs": tuple(args.trust),
+    }
+    if args.cert_dir:
+        fields["certificate_dir"] = args.cert_dir
+    conn = OpcUaConnection.model_validate({k: v for k, v in fields.items() if v is not None})
+    try:
+        found = asyncio.run(
+            browse_server(conn, args.root, max_depth=args.depth, max_variables=args.max_variables)
+        )
+    except (SessionError, OSError, TimeoutError) as exc:  # SessionError messages never hold the password
+        print(f"nexus browse: {conn.endpoint}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    if args.json:
+        rows = [
+            {
+                "node_id": v.node_id,
+                "browse_path": v.browse_path,
+                "data_type": v.data_type,
+                "writable": v.writable,
+            }
+            for v in found
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif args.yaml:
+        sys.stdout.write(tags_yaml(found, conn.endpoint))
+    else:
+        sys.stdout.write(browse_table(found))
+        print(f"{len(found)} variables under {args.root} on {conn.endpoint}")
+    return 0
+
+
+def browse_table(found: Sequence[BrowsedVariable]) -> str:
+    """The browsed variables as an aligned text table."""
+    rows = [("NODE ID", "BROWSE PATH", "TYPE", "WRITABLE")]
+    rows += [(v.node_id, v.browse_path, v.data_type, "yes" if v.writable else "no") for v in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}\n" for r in rows)
+
+
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def tag_name(browse_path: str) -> str:
+    """A flow-spec tag name for a browse path: ``Line 1/Temp`` -> ``Line_1.Temp``.
+
+    >>> tag_name("Line 1/Temp"), tag_name("_x/°C")
+    ('Line_1.Temp', 'x._C')
+    """
+    name = _NOT_NAME.sub("_", browse_path.replace("/", ".")).lstrip("_.-")
+    return (name or "tag")[:63]
+
+
+def tags_yaml(found: Sequence[BrowsedVariable], endpoint: str) -> str:
+    """A ``tags:`` section for an OPC UA device of a flow spec, one tag per variable."""
+    lines = [
+        f"# {len(found)} variables of {endpoint}; paste under a device with",
+        f"#   protocol: opcua\n#   connection: {{endpoint: {json.dumps(endpoint)}}}",
+        "tags:",
+    ]
+    seen: set[str] = set()
+    for v in found:
+        base = name = tag_name(v.browse_path)
+        k = 1
+        while name in seen:
+            k += 1
+            name = f"{base[: 63 - len(str(k)) - 1]}_{k}"
+        seen.add(name)
+        access = ", access: read_write" if v.writable else ""
+        lines.append(
+            f"  - {{name: {json.dumps(name)}, node_id: {json.dumps(v.node_id)}{access}}}  # {v.data_type}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,12 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "simulate",
-        help="run simulated Modbus devices for the devices of a spec",
-        description="Serve every loopback device of the spec from pymodbus servers with the signals "
-        "in the tags' `simulate:` sections, until Ctrl-C.",
+        help="run simulated Modbus, OPC UA and S7 servers for the loopback devices of a spec",
+        description="Serve every loopback device of the spec (Modbus TCP, OPC UA, S7) from the protocol "
+        "libraries' own servers (pymodbus, asyncua, snap7) with the signals in the tags' `simulate:` "
+        "sections, print what is served where, and run until Ctrl-C.",
     )
     p.add_argument("--spec", help="flow spec file (default: NEXUS_SPEC or the demo spec)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "browse",
+        help="list an OPC UA server's variables (node id, browse path, type, writable) for tag discovery",
+        description="Browse an OPC UA server from --root down to --depth levels and list its variables "
+        "as a table, as JSON (--json) or as a `tags:` section to paste into a flow spec (--yaml). "
+        "The password is read from the environment variable named by --password-env, never from "
+        "the command line, and is never printed.",
+    )
+    p.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port[/path]")
+    p.add_argument("--username", help="user name (anonymous without it)")
+    p.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
+    p.add_argument("--security-mode", choices=["None", "Sign", "SignAndEncrypt"], default="None")
+    p.add_argument(
+        "--policy", choices=["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"], default=None
+    )
+    p.add_argument("--cert-dir", help="client certificate folder (default: .nexus/opcua/pki)")
+    p.add_argument(
+        "--trust", action="append", default=[], metavar="CERT", help="trusted server certificate (repeatable)"
+    )
+    p.add_argument("--root", default="i=85", help="node id to start from (default: i=85, the Objects folder)")
+    p.add_argument("--depth", type=int, default=8, help="levels to descend (default: 8)")
+    p.add_argument("--max-variables", type=int, default=10_000, help="stop after this many (default: 10000)")
+    p.add_argument("--timeout", type=float, default=4.0, help="request timeout in seconds (default: 4)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--yaml", action="store_true", help="print a `tags:` section for a flow spec")
+    p.set_defaults(func=cmd_browse)
 
     p = sub.add_parser(
         "validate",

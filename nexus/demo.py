@@ -11,7 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -19,19 +22,56 @@ import psycopg
 from connectors.modbus.config import ModbusConnection
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
 from connectors.mqtt.url import parse_mqtt_url
+from connectors.opcua.config import parse_node_id
+from connectors.opcua.simulator import OpcUaSimulator, SimVariable
+from connectors.s7.address import S7Address
+from connectors.s7.simulator import S7Simulator
+from connectors.signals import Signal
 from core.settings import Settings
-from dataflows.spec import FlowSpec, ModbusDeviceSpec, load_spec
+from dataflows.spec import FlowSpec, ModbusDeviceSpec, OpcUaDeviceSpec, S7DeviceSpec, load_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+OPCUA_SIM_PKI = Path(".nexus/opcua/sim-pki")
+"""Where a simulated secure OPC UA server keeps its certificate (the client trusts it unless the
+spec lists ``trusted_server_certs``)."""
 
 
-def simulators_for(spec: FlowSpec) -> list[ModbusSimulator]:
-    """One simulator per loopback host:port of the spec's devices; devices share it by unit id."""
+class Simulator(Protocol):
+    """What every protocol's simulator offers the demo: start serving, stop serving."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+def simulators_for(spec: FlowSpec, *, opcua_cert_dir: Path = OPCUA_SIM_PKI) -> list[Simulator]:
+    """Simulated servers for the spec's loopback devices, with the signals of the tags' ``simulate:``.
+
+    - Modbus TCP: one :class:`ModbusSimulator` per port; devices share it by unit id.
+    - OPC UA: one :class:`OpcUaSimulator` per host:port, serving exactly the node ids the tags
+      name (``ns=2;s=Zone1``, also numeric ones; see the simulator for namespace indexes). A
+      variable's browse name is the node id's string identifier (the tag name for other kinds);
+      it is a Double, an Int32 for a ``counter`` signal, writable for a ``read_write`` tag. The
+      endpoint path, security mode/policy and username/password come from the device's connection.
+    - S7: one :class:`S7Simulator` per host:port; each DB is as large as the spec's addresses need
+      (rounded up to 16 bytes), M/I/Q at least their defaults.
+
+    Devices that share a server share its address space: the same node id (address) on two of
+    them is one variable (the first tag's signal drives it). Tags without ``simulate`` hold 0.
+    """
+    sims: list[Simulator] = []
+    sims += _modbus_simulators(spec)
+    sims += _opcua_simulators(spec, opcua_cert_dir)
+    sims += _s7_simulators(spec)
+    return sims
+
+
+def _modbus_simulators(spec: FlowSpec) -> list[ModbusSimulator]:
     by_port: dict[int, list[SimulatedDevice]] = {}
     for device in spec.devices:
         if not isinstance(device, ModbusDeviceSpec) or not isinstance(device.connection, ModbusConnection):
-            continue  # the demo simulates Modbus TCP devices
+            continue  # Modbus TCP only: an RTU line has no loopback port to serve
         conn = device.connection
         if conn.host not in LOOPBACK or conn.transport != "tcp":
             continue
@@ -40,6 +80,115 @@ def simulators_for(spec: FlowSpec) -> list[ModbusSimulator]:
     return [
         ModbusSimulator(host="127.0.0.1", port=port, devices=devs) for port, devs in sorted(by_port.items())
     ]
+
+
+@dataclass
+class _OpcUaServer:
+    host: str
+    port: int
+    path: str
+    variables: dict[str, SimVariable] = field(default_factory=dict)
+    """By node id."""
+    security: list[str] = field(default_factory=list)
+    users: dict[str, str] = field(default_factory=dict)
+
+
+def _opcua_simulators(spec: FlowSpec, cert_dir: Path) -> list[OpcUaSimulator]:
+    servers: dict[tuple[str, int], _OpcUaServer] = {}
+    for device in spec.devices:
+        if not isinstance(device, OpcUaDeviceSpec):
+            continue
+        conn = device.connection
+        url = urlsplit(conn.endpoint)
+        host = url.hostname or ""
+        if host not in LOOPBACK:
+            continue
+        port = url.port or 4840
+        server = servers.setdefault((host, port), _OpcUaServer(host, port, url.path or "/"))
+        policy = (
+            "NoSecurity" if conn.security_mode == "None" else f"{conn.security_policy}_{conn.security_mode}"
+        )
+        if policy not in server.security:
+            server.security.append(policy)
+        if conn.username is not None and conn.password is not None:
+            server.users[conn.username] = conn.password.get_secret_value()
+        taken = {v.name for v in server.variables.values()}
+        for tag in device.tags:
+            if tag.node_id in server.variables:
+                continue  # another device of this server names it too
+            nid = parse_node_id(tag.node_id)
+            name = nid.Identifier if isinstance(nid.Identifier, str) else tag.name
+            base, k = name, 1
+            while name in taken:  # e.g. ns=2;s=X and ns=3;s=X
+                k += 1
+                name = f"{base}~{k}"
+            taken.add(name)
+            sig = tag.simulate
+            server.variables[tag.node_id] = SimVariable(
+                name=name,
+                data_type="Int32" if sig is not None and sig.kind == "counter" else "Double",
+                initial=sig.value_at(0.0, None) if sig is not None else 0.0,
+                signal=sig.sampler(device.id, tag.node_id) if sig is not None else None,
+                writable=tag.access == "read_write",
+                node_id=tag.node_id,
+            )
+    return [
+        OpcUaSimulator(
+            list(s.variables.values()),
+            host=s.host,
+            port=s.port,
+            path=s.path,
+            security=s.security,
+            users=s.users or None,
+            cert_dir=cert_dir if s.security != ["NoSecurity"] else None,
+        )
+        for _, s in sorted(servers.items())
+    ]
+
+
+def _s7_simulators(spec: FlowSpec) -> list[S7Simulator]:
+    tags_by_server: dict[tuple[str, int], list[tuple[S7Address, Signal | None]]] = {}
+    for device in spec.devices:
+        if not isinstance(device, S7DeviceSpec) or device.connection.host not in LOOPBACK:
+            continue
+        server = tags_by_server.setdefault((device.connection.host, device.connection.port), [])
+        server += [(t.s7_address().parsed, t.simulate) for t in device.tags]
+    sims = []
+    for (host, port), tags in sorted(tags_by_server.items()):
+        need: dict[tuple[str, int], int] = {}
+        for addr, _ in tags:
+            key = (addr.area, addr.db or 0)
+            need[key] = max(need.get(key, 0), addr.byte + addr.size)
+        dbs = {db: -(-size // 16) * 16 for (area, db), size in need.items() if area == "DB"}
+        sim = S7Simulator(
+            host,
+            port,
+            dbs=dbs or None,
+            m_size=max(256, need.get(("M", 0), 0)),
+            i_size=max(64, need.get(("I", 0), 0)),
+            q_size=max(64, need.get(("Q", 0), 0)),
+        )
+        driven: set[str] = set()
+        for addr, sig in tags:
+            if sig is not None and addr.notation() not in driven:
+                driven.add(addr.notation())
+                sim.add_signal(addr.notation(), sig, addr.data_type, length=addr.length)
+        sims.append(sim)
+    return sims
+
+
+def describe(sim: Simulator) -> str:
+    """One line saying what a simulator serves, and where."""
+    if isinstance(sim, ModbusSimulator):
+        units = ", ".join(f"{d.device_id} (unit {d.unit_id})" for d in sim.devices)
+        return f"Modbus TCP  127.0.0.1:{sim.port}  {units}"
+    if isinstance(sim, OpcUaSimulator):
+        nodes = ", ".join(sim.node_id(name) for name in sim.variables)
+        return f"OPC UA      {sim.endpoint}  {len(sim.variables)} variables: {nodes}"
+    if isinstance(sim, S7Simulator):
+        dbs = ", ".join(f"DB{n} ({len(sim.raw('DB', n))} B)" for n in sim.db_numbers)
+        return f"S7          {sim.host}:{sim.port}  {dbs or 'no DBs'}, M/I/Q areas"
+    return repr(sim)
 
 
 @contextmanager
@@ -64,7 +213,8 @@ def services(settings: Settings) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def simulated_devices(spec: FlowSpec) -> Iterator[list[ModbusSimulator]]:
+def simulated_devices(spec: FlowSpec) -> Iterator[list[Simulator]]:
+    """Start every simulator of :func:`simulators_for`; stop them all on the way out."""
     sims = simulators_for(spec)
     with ExitStack() as stack:
         for sim in sims:
@@ -215,8 +365,11 @@ def run_services(settings: Settings) -> int:
 
 def run_simulators(spec: FlowSpec) -> int:
     with simulated_devices(spec) as sims:
+        if not sims:
+            print("nothing to simulate: no device of the spec is on a loopback address")
+            return 1
         for sim in sims:
-            print(f"simulating {', '.join(d.device_id for d in sim.devices)} on 127.0.0.1:{sim.port}")
+            print(f"simulating {describe(sim)}")
         print("Press Ctrl-C to stop.")
         with suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -5,7 +5,7 @@ One :class:`ModbusSimulator` listens on one port and serves several devices, tol
 id (the way a gateway does). It runs in its own thread and event loop, so tests and the demo
 drive it from plain synchronous code:
 
-- signals (:class:`Signal`) refresh tag values every ``update_interval_s`` in raw register units,
+- signals (:class:`~connectors.signals.Signal`, shared by every protocol's simulator) refresh tag values every ``update_interval_s`` in raw register units,
   encoded with the tag's data type and word order and clamped to the type's range;
 - :meth:`ModbusSimulator.set_value` / :meth:`~ModbusSimulator.set_registers` write known values;
 - faults: :meth:`~ModbusSimulator.set_exception` (exception responses for an address),
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -41,8 +40,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -51,12 +48,22 @@ from pymodbus.simulator import SimData, SimDevice
 
 from connectors.modbus.codec import encode_tag, int_range, value_range
 from connectors.modbus.config import BIT_TABLES, MAX_ADDRESS, ModbusTagAddress, RegisterTable
+from connectors.signals import Signal, SignalKind
+
+__all__ = [
+    "ModbusSimulator",
+    "Signal",
+    "SignalKind",
+    "SimTag",
+    "SimTransport",
+    "SimulatedDevice",
+    "pty_link",
+    "to_raw",
+]
 
 SimTransport = Literal["tcp", "rtu_over_tcp", "rtu"]
 
 log = logging.getLogger(__name__)
-
-SignalKind = Literal["sine", "ramp", "noise", "step", "constant", "counter"]
 
 _FC_TABLE: dict[int, RegisterTable] = {
     1: "coil", 5: "coil", 15: "coil",
@@ -65,55 +72,6 @@ _FC_TABLE: dict[int, RegisterTable] = {
     4: "input",
 }  # fmt: skip
 _TABLES: tuple[RegisterTable, ...] = ("coil", "discrete", "holding", "input")  # SimDevice block order
-
-
-class Signal(BaseModel):
-    """A synthetic raw value over time ``t`` (seconds since the simulator started).
-
-    - ``sine``: ``offset + amplitude * sin(2 pi t / period_s)``
-    - ``ramp``: ``offset + amplitude * (t mod period_s) / period_s`` (sawtooth)
-    - ``noise``: ``offset`` (plus the noise below)
-    - ``step``: ``step_values[k mod len]`` for the ``k``-th period
-    - ``constant``: ``offset``
-    - ``counter``: ``offset + amplitude * floor(t / period_s)``; integer types wrap around
-      instead of clamping, like a real counter.
-
-    Every kind adds Gaussian noise with standard deviation ``noise``, drawn from a generator
-    seeded with ``seed`` (or a stable seed derived from the device and address).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: SignalKind = "constant"
-    amplitude: float = 1.0
-    offset: float = 0.0
-    period_s: float = Field(default=10.0, gt=0)
-    noise: float = Field(default=0.0, ge=0)
-    step_values: list[float] = Field(default_factory=list)
-    seed: int | None = None
-
-    @model_validator(mode="after")
-    def _steps(self) -> Signal:
-        if self.kind == "step" and not self.step_values:
-            raise ValueError("step_values must not be empty for kind 'step'")
-        return self
-
-    def value_at(self, t: float, rng: np.random.Generator | None) -> float:
-        """The signal's value at ``t`` seconds; ``rng`` supplies the noise (``None``: no noise)."""
-        phase = t / self.period_s
-        if self.kind == "sine":
-            v = self.offset + self.amplitude * math.sin(2.0 * math.pi * phase)
-        elif self.kind == "ramp":
-            v = self.offset + self.amplitude * (phase - math.floor(phase))
-        elif self.kind == "step":
-            v = float(self.step_values[math.floor(phase) % len(self.step_values)])
-        elif self.kind == "counter":
-            v = self.offset + self.amplitude * math.floor(phase)
-        else:  # noise, constant
-            v = self.offset
-        if self.noise and rng is not None:
-            v += float(rng.normal(0.0, self.noise))
-        return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +139,6 @@ def to_raw(value: float | str, address: ModbusTagAddress, *, wrap: bool = False)
     return encode_tag(v, address)
 
 
-def _stable_seed(*parts: object) -> int:
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
-
-
 @dataclass
 class _Faults:
     exceptions: dict[tuple[str, int], ExcCodes] = field(default_factory=dict)
@@ -219,12 +172,10 @@ class _DeviceState:
         for table, address in device.holes:
             self.faults.exceptions[(table, address)] = ExcCodes.ILLEGAL_ADDRESS
         self.signals = [
-            (t.address, t.signal, np.random.default_rng(
-                t.signal.seed if t.signal.seed is not None
-                else _stable_seed(device.device_id, t.address.table, t.address.address)))
+            (t.address, t.signal, t.signal.rng(device.device_id, t.address.table, t.address.address))
             for t in device.tags
             if t.signal is not None
-        ]  # fmt: skip
+        ]
 
     def write(self, table: str, address: int, raw: Sequence[int]) -> None:
         size = self.sizes[table]

@@ -2,7 +2,11 @@
 
 :class:`OpcUaSimulator` runs the server in its own thread and event loop, so tests and the demo
 drive it from plain synchronous code. Every variable lives under one object (``object_name``) in
-one namespace, with a string node id ``ns=<idx>;s=<name>``.
+one namespace, with a string node id ``ns=<idx>;s=<name>`` — or with the exact node id it is given
+(``SimVariable.node_id``, e.g. ``ns=2;s=Line1.Temp`` or ``ns=3;i=1001``, as a flow spec names it):
+namespaces are registered until every index such a node id uses exists (the simulator's own
+namespace is index 2, the first one after OPC UA's and the server's; higher indexes get filler
+namespaces ``<namespace>:ns<k>``). Namespace 0 belongs to the OPC UA standard and is refused.
 
 - values: :meth:`~OpcUaSimulator.set_value` (optionally with a SourceTimestamp),
   :meth:`~OpcUaSimulator.get_value`; a variable with a ``signal`` is refreshed every
@@ -70,19 +74,32 @@ def counter(period_s: float = 1.0, start: int = 0) -> Callable[[float], int]:
 
 @dataclass(frozen=True, slots=True)
 class SimVariable:
-    """One simulated variable: its browse name (also its string node id), type and behaviour."""
+    """One simulated variable: its browse name, type and behaviour.
+
+    Its node id is ``node_id`` when given (served exactly), else ``ns=<simulator's index>;s=<name>``.
+    """
 
     name: str
     data_type: SimDataType = "Double"
     initial: SimValue = 0
     signal: Callable[[float], SimValue] | None = None
     writable: bool = False
+    node_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("SimVariable name must not be empty")
         if not hasattr(ua.VariantType, self.data_type):
             raise ValueError(f"data_type {self.data_type!r} is not an OPC UA built-in type")
+        if self.node_id is not None:
+            try:
+                nid = ua.NodeId.from_string(self.node_id)
+            except Exception:
+                raise ValueError(f"node_id {self.node_id!r} is not an OPC UA node id") from None
+            if nid.NamespaceIndex == 0:
+                raise ValueError(
+                    f"node_id {self.node_id!r}: namespace 0 is the OPC UA standard's; use ns=1 or above"
+                )
 
 
 class _PasswordUsers:
@@ -105,15 +122,25 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+_INT_BITS = {"SByte": (8, True), "Byte": (8, False), "Int16": (16, True), "UInt16": (16, False),
+             "Int32": (32, True), "UInt32": (32, False), "Int64": (64, True), "UInt64": (64, False)}  # fmt: skip
+
+
 def _variant(value: SimValue, data_type: str) -> ua.Variant:
+    """``value`` fitted to ``data_type``: a float signal is rounded and clamped for an integer type,
+    true from 0.5 for a Boolean, formatted for a String."""
     vt = getattr(ua.VariantType, data_type)
     if vt == ua.VariantType.Boolean:
-        return ua.Variant(bool(value), vt)
+        return ua.Variant(value >= 0.5 if isinstance(value, float) else bool(value), vt)
     if vt in (ua.VariantType.Float, ua.VariantType.Double):
         return ua.Variant(float(value), vt)
     if vt == ua.VariantType.String:
-        return ua.Variant(str(value), vt)
-    return ua.Variant(int(value), vt)
+        return ua.Variant(f"{value:g}" if isinstance(value, float) else str(value), vt)
+    bits, signed = _INT_BITS[data_type]
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if isinstance(value, float):
+        value = round(value) if math.isfinite(value) else 0
+    return ua.Variant(min(max(int(value), low), high), vt)
 
 
 class OpcUaSimulator:
@@ -132,10 +159,16 @@ class OpcUaSimulator:
         cert_dir: str | Path | None = None,
         application_uri: str = "urn:nexus-edge:simulator",
         update_interval_s: float = 0.5,
+        path: str = "/nexus/sim",
     ) -> None:
         names = [v.name for v in variables]
         if len(set(names)) != len(names):
             raise ValueError("SimVariable names must be unique")
+        explicit = [v.node_id for v in variables if v.node_id is not None]
+        if len(set(explicit)) != len(explicit):
+            raise ValueError("SimVariable node ids must be unique")
+        if path and not path.startswith("/"):
+            raise ValueError(f"`path` must start with '/', got {path!r}")
         policies = []
         for name in security:
             if not hasattr(ua.SecurityPolicyType, name):
@@ -152,6 +185,7 @@ class OpcUaSimulator:
         self.object_name = object_name
         self.application_uri = application_uri
         self.update_interval_s = update_interval_s
+        self.path = path
         self._policies = policies
         self._users = dict(users) if users else None
         self._cert_dir = Path(cert_dir) if cert_dir is not None else None
@@ -168,12 +202,15 @@ class OpcUaSimulator:
 
     @property
     def endpoint(self) -> str:
-        return f"opc.tcp://{self.host}:{self.port}/nexus/sim"
+        return f"opc.tcp://{self.host}:{self.port}{self.path}"
 
     def node_id(self, name: str) -> str:
-        """The node id string of a variable (``ns=<idx>;s=<name>``)."""
+        """The node id string of a variable (its ``node_id``, else ``ns=<idx>;s=<name>``)."""
         if name not in self.variables:
             raise KeyError(f"no simulated variable {name!r}")
+        given = self.variables[name].node_id
+        if given is not None:
+            return given
         return f"ns={self._ns};s={name}" if self._ns else self._nodes[name].to_string()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -277,13 +314,24 @@ class OpcUaSimulator:
             server.iserver.set_user_manager(_PasswordUsers(self._users))  # type: ignore[arg-type]
             server.set_identity_tokens([ua.UserNameIdentityToken])
         self._ns = await server.register_namespace(self.namespace)
-        obj = await server.nodes.objects.add_object(
-            ua.NodeId(ua.String(self.object_name), ua.Int16(self._ns)), self.object_name
-        )
+        nids = {
+            v.name: ua.NodeId.from_string(v.node_id)
+            if v.node_id is not None
+            else ua.NodeId(ua.String(v.name), ua.Int16(self._ns))
+            for v in self.variables.values()
+        }
+        top = max((n.NamespaceIndex for n in nids.values()), default=self._ns)
+        index = self._ns
+        while index < top:  # filler namespaces so the node ids' indexes exist
+            index = await server.register_namespace(f"{self.namespace}:ns{index + 1}")
+        obj_nid = ua.NodeId(ua.String(self.object_name), ua.Int16(self._ns))
+        if obj_nid in nids.values():
+            obj_nid = ua.NodeId(ua.String(f"{self.object_name}.Folder"), ua.Int16(self._ns))
+        obj = await server.nodes.objects.add_object(obj_nid, self.object_name)
         for v in self.variables.values():
-            nid = ua.NodeId(ua.String(v.name), ua.Int16(self._ns))
+            nid = nids[v.name]
             node = await obj.add_variable(
-                nid, ua.QualifiedName(v.name, self._ns), _variant(v.initial, v.data_type).Value,
+                nid, ua.QualifiedName(v.name, nid.NamespaceIndex), _variant(v.initial, v.data_type).Value,
                 varianttype=getattr(ua.VariantType, v.data_type),
             )  # fmt: skip
             if v.writable:

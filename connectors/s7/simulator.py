@@ -1,8 +1,8 @@
 """A simulated S7 CPU: python-snap7's own server on a loopback port, with memory set by address.
 
 DB, M (``MK``), I (``PE``) and Q (``PA``) areas are bytearrays registered with the server; values
-are set and read back in S7 notation. Optional signals (sine, ramp, counter) are refreshed by a
-thread; faults are injected by stopping/starting the server (it comes back on the same port) and by
+are set and read back in S7 notation. Optional signals (any :class:`~connectors.signals.Signal`: sine, ramp, noise, step, constant,
+counter — the same model as the Modbus and OPC UA simulators) are refreshed by a thread; faults are injected by stopping/starting the server (it comes back on the same port) and by
 unregistering a DB so reads of it are answered with an item error.
 
 >>> sim = S7Simulator(dbs={1: 64})
@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,31 +29,23 @@ from snap7.type import SrvArea
 
 from connectors.s7.address import S7Address, parse_address
 from connectors.s7.codec import decode_value, encode_value
+from connectors.signals import Signal
 
 log = logging.getLogger(__name__)
 
 _SRV_AREA = {"DB": SrvArea.DB, "M": SrvArea.MK, "I": SrvArea.PE, "Q": SrvArea.PA}
 SignalKind = Literal["sine", "ramp", "counter"]
+"""The kinds :meth:`S7Simulator.add_signal` takes by name (any :class:`Signal` may be given instead)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Signal:
-    """A value the simulator refreshes: ``sine`` (offset + amplitude * sin), ``ramp`` (offset +
-    amplitude * phase, a sawtooth), ``counter`` (offset + one per ``period_s``)."""
+class _Driven:
+    """An address the simulator refreshes from a signal."""
 
     address: S7Address
-    kind: SignalKind
-    period_s: float = 10.0
-    amplitude: float = 1.0
-    offset: float = 0.0
-
-    def value(self, t: float) -> float:
-        phase = (t / self.period_s) % 1.0
-        if self.kind == "sine":
-            return self.offset + self.amplitude * math.sin(2 * math.pi * phase)
-        if self.kind == "ramp":
-            return self.offset + self.amplitude * phase
-        return self.offset + math.floor(t / self.period_s)
+    sample: Callable[[float], float]
+    wrap: bool
+    """Integer types wrap around (a counter) instead of clamping."""
 
 
 class S7Simulator:
@@ -85,7 +77,7 @@ class S7Simulator:
         self._registered: set[tuple[str, int]] = set(self._memory)
         self._lock = threading.RLock()
         self._server: Server | None = None
-        self._signals: list[Signal] = []
+        self._signals: list[_Driven] = []
         self._stop_signals = threading.Event()
         self._signal_thread: threading.Thread | None = None
         self._t0 = time.monotonic()
@@ -162,6 +154,11 @@ class S7Simulator:
             mem = self._area(addr)
             return decode_value(bytes(mem[addr.byte : addr.byte + addr.size]), addr)
 
+    @property
+    def db_numbers(self) -> list[int]:
+        """The numbers of the simulated DBs, ascending."""
+        return sorted(n for area, n in self._memory if area == "DB")
+
     def raw(self, area: str, index: int = 0) -> bytearray:
         """The live bytearray of an area (``DB`` with its number, or ``M``/``I``/``Q``)."""
         return self._memory[(area, index)]
@@ -192,17 +189,34 @@ class S7Simulator:
     def add_signal(
         self,
         address: str,
-        kind: SignalKind,
+        kind: SignalKind | Signal,
         data_type: str = "REAL",
         *,
         period_s: float = 10.0,
         amplitude: float = 1.0,
         offset: float = 0.0,
+        length: int | None = None,
     ) -> None:
-        """Refresh ``address`` every ``signal_interval_s`` with a sine, a ramp or a counter."""
-        if not period_s > 0:
-            raise ValueError(f"`period_s` must be > 0, got {period_s}")
-        self._signals.append(Signal(parse_address(address, data_type), kind, period_s, amplitude, offset))
+        """Refresh ``address`` every ``signal_interval_s`` from a :class:`Signal`, or by name with a
+        sine, a ramp or a counter (``offset`` + one per ``period_s``) of the given shape.
+
+        Values are fitted to ``data_type``: rounded and clamped for integers (a ``counter`` wraps
+        around instead), ``>= 0.5`` is true for BOOL, formatted text for STRING (``length``).
+        """
+        if isinstance(kind, Signal):
+            signal = kind
+        else:
+            if kind not in ("sine", "ramp", "counter"):
+                raise ValueError(f"`kind` must be 'sine', 'ramp', 'counter' or a Signal, got {kind!r}")
+            if not period_s > 0:
+                raise ValueError(f"`period_s` must be > 0, got {period_s}")
+            signal = Signal(
+                kind=kind, period_s=period_s, amplitude=1.0 if kind == "counter" else amplitude, offset=offset
+            )
+        addr = parse_address(address, data_type, length)
+        self._area(addr)  # refuse an address outside the simulated memory now, not in the thread
+        sample = signal.sampler(self.host, self.port, addr.notation())
+        self._signals.append(_Driven(addr, sample, wrap=signal.kind == "counter"))
         if self._server is not None and self._signal_thread is None:
             self._start_signals()
 
@@ -210,11 +224,23 @@ class S7Simulator:
         """Write every signal's value at ``t`` (seconds since the simulator was created)."""
         t = time.monotonic() - self._t0 if t is None else t
         for s in self._signals:
-            v = s.value(t)
-            if s.address.data_type not in ("REAL", "LREAL"):
-                low, high = _int_bounds(s.address.data_type)
-                v = float(min(max(round(v), low), high))
-            self.set_value(s.address.notation(), v, s.address.data_type)
+            self._write_signal(s.address, s.sample(t), s.wrap)
+
+    def _write_signal(self, addr: S7Address, v: float, wrap: bool) -> None:
+        value: float | bool | str
+        if addr.data_type == "STRING":
+            value = f"{v:g}"[: addr.length or 0]
+        elif addr.data_type == "BOOL":
+            value = v >= 0.5
+        elif addr.data_type in ("REAL", "LREAL"):
+            value = v
+        else:
+            low, high = _int_bounds(addr.data_type)
+            iv = round(v) if math.isfinite(v) else low
+            if wrap:
+                iv = (iv - low) % (high - low + 1) + low
+            value = float(min(max(iv, low), high))
+        self.set_value(addr.notation(), value, addr.data_type, length=addr.length)
 
     def _start_signals(self) -> None:
         stop = self._stop_signals
