@@ -543,6 +543,9 @@ class FlowSpec(_Model):
         for kind in set(kinds):
             if kinds.count(kind) > 1:
                 raise ValueError(f"operators: {kind!r} appears {kinds.count(kind)} times; use it once")
+        taps = {"window", "anomaly", "oee"}
+        if not self.sinks and not any(n.type in taps for n in self.operators):
+            raise ValueError("sinks: a flow needs at least one sink (or a window, anomaly or oee node)")
         self._check_machines()
         mqtt_connections = {d.connection for d in self.devices if isinstance(d, MqttDeviceSpec)}
         if len(mqtt_connections) > 1:

@@ -150,3 +150,11 @@ def test_yaml_and_json_files_load_alike(tmp_path: Path) -> None:
 def test_published_schema_is_current() -> None:
     published = json.loads(SCHEMA_FILE.read_text())
     assert published == json_schema(), "run `just schema` to regenerate dataflows/schema/flow-spec-v1.json"
+
+
+def test_a_flow_without_sinks_is_refused() -> None:
+    data = base_spec()
+    data["sinks"] = []
+    assert "a flow needs at least one sink" in str(refused(data))
+    data["operators"].append({"id": "agg", "type": "window", "windows": ["1m"]})
+    parse_spec(data)  # a tap publishes and stores what it derives
