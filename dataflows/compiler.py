@@ -31,7 +31,6 @@ from connectors.opcua.config import OpcUaDevicePlan
 from connectors.polling import AdaptivePolling, WriteRegistry
 from connectors.s7.config import S7DevicePlan
 from core.batch import PointBatch, tag_id_for
-from core.settings import Settings
 from core.uns import uns_topic
 from dataflows.spec import (
     AnomalyNode,
@@ -91,10 +90,6 @@ class Runtime:
     """Counts what the source read, for the status topic."""
     write_registry: WriteRegistry | None = None
     """The process's command router: polled devices register so write commands reach them."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> Runtime:
-        return cls(database_url=settings.database_url, mqtt_url=settings.mqtt_url, **overrides)
 
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
