@@ -8,9 +8,12 @@ embedded amqtt broker are started once and stopped at the end.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -40,18 +43,22 @@ def wait_for_fixture() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """URL of a PostgreSQL database on a server that lives for the session."""
     url = os.environ.get("NEXUS_TEST_DATABASE_URL", "").strip()
     if url:
         yield url
         return
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), port=free_port())
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever a pytest
+    # session starts, and as root the server runs as another user who must reach its folder.
+    folder = Path(tempfile.mkdtemp(prefix="nexus-test-pg-"))
+    pg = EmbeddedPostgres(folder, port=free_port())
     pg.start()
     try:
         yield pg.url
     finally:
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
