@@ -448,6 +448,28 @@ def _build_params(checks: Mapping[int, TagChecks]) -> _Params:
     )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _FastParams:
+    """Parameters aligned to a state's rows, with the enabled-check masks precomputed."""
+
+    p: _Params
+    has_high: npt.NDArray[np.bool_]
+    has_low: npt.NDArray[np.bool_]
+    has_rate: npt.NDArray[np.bool_]
+
+
+_MAX = np.maximum.reduce
+_MINIMUM = np.minimum
+_COUNT = np.count_nonzero
+_ISFINITE = np.isfinite
+_ABS = np.abs
+_SEARCH = np.searchsorted
+
+
+def _event_key(e: tuple[int, int, Alert]) -> tuple[int, int]:
+    return e[0], e[1]
+
+
 def _lookup(
     sorted_ids: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
@@ -496,6 +518,10 @@ class AnomalyDetector:
         self.checks: Mapping[int, TagChecks] = MappingProxyType({int(t): c for t, c in checks.items()})
         self._params = _build_params(self.checks)
         self._cache: dict[bytes, tuple[_Params, bool]] = {}
+        self._fast: dict[int, tuple[npt.NDArray[np.int64], _FastParams | None]] = {}
+        self._hst_tags = frozenset(
+            t for t, c in self.checks.items() if c.ml is not None and c.ml.model == "hst"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"checks": dict(self.checks)}
@@ -527,8 +553,7 @@ class AnomalyDetector:
             return state
         _, still = _lookup(self._params.tag_ids, state.tag_ids)
         tags = np.union1d(state.tag_ids[still], batch_tags[missing])
-        hst = {t for t, c in self.checks.items() if c.ml is not None and c.ml.model == "hst"}
-        return state.realigned(tags, hst)
+        return state.realigned(tags, set(self._hst_tags))
 
     def process(self, state: AnomalyState | None, batch: PointBatch) -> tuple[AnomalyState, list[Alert]]:
         """Run every check on ``batch``; returns the state to keep and the alerts."""
@@ -536,6 +561,9 @@ class AnomalyDetector:
             state = AnomalyState.empty()
         if len(batch) == 0:
             return state, []
+        fast = self._process_fast(state, batch)
+        if fast is not None:
+            return state, fast
         state = self._align(state, batch.tag_ids)
         sidx, known = _lookup(state.tag_ids, batch.tag_ids)
         usable = known & (batch.quality < _BAD_QUALITY) & np.isfinite(batch.values)
@@ -565,6 +593,123 @@ class AnomalyDetector:
             )
         events.sort(key=lambda e: (e[0], e[1]))
         return state, [e[2] for e in events]
+
+    def _fast_params(self, tag_ids: npt.NDArray[np.int64]) -> _FastParams | None:
+        """Parameters aligned to a state's rows, cached while the state keeps its ``tag_ids``
+        array; ``None`` when the fast path does not apply (ML checks, unconfigured rows)."""
+        hit = self._fast.get(id(tag_ids))
+        if hit is not None and hit[0] is tag_ids:
+            return hit[1]
+        idx, found = _lookup(self._params.tag_ids, tag_ids)
+        fp: _FastParams | None = None
+        if len(tag_ids) and found.all():
+            p = self._params.take(idx)
+            if not p.ml_kind.any():
+                fp = _FastParams(
+                    p=p,
+                    has_high=~np.isnan(p.high),
+                    has_low=~np.isnan(p.low),
+                    has_rate=~np.isnan(p.rate_max),
+                )
+        if len(self._fast) >= 4096:
+            self._fast.clear()
+        self._fast[id(tag_ids)] = (tag_ids, fp)
+        return fp
+
+    def _process_fast(self, st: AnomalyState, batch: PointBatch) -> list[Alert] | None:
+        """The common case, or ``None`` (nothing touched) when the general path is needed.
+
+        Applies when every point is usable, each tag occurs once and already has a state row, no
+        tag has an ML check, and every point advances its tag's rate clock (so the rate check
+        needs no special cases). The checks are the same elementwise expressions as in
+        :meth:`_round`, on the batch in its own order.
+        """
+        sids = st.tag_ids
+        tags = batch.tag_ids
+        m, n = len(sids), len(tags)
+        if m < n:
+            return None
+        fp = self._fast_params(sids)
+        if fp is None:
+            return None
+        v = batch.values
+        if _MAX(batch.quality) >= _BAD_QUALITY or _COUNT(_ISFINITE(v)) != n:
+            return None
+        s = _SEARCH(sids, tags)
+        _MINIMUM(s, m - 1, out=s)
+        if _COUNT(sids[s] != tags):
+            return None
+        mark = np.zeros(m, np.bool_)
+        mark[s] = True
+        if _COUNT(mark) != n:
+            return None
+        t = batch.ts_ns
+        last_ns = st.rate_ns[s]
+        if _COUNT(t > last_ns) != n or _COUNT(last_ns == _NO_TS):
+            return None
+        p = fp.p
+        pos = np.arange(n)
+        events: list[tuple[int, int, Alert]] = []
+        emit = self._emit
+
+        # Range (same expressions as in _round).
+        old = st.high_on[s]
+        new = np.where(old, ~(v < p.high_clear[s]), v > p.high[s]) & fp.has_high[s]
+        if _COUNT(old != new):
+            emit(events, "high", old, new, tags, value=v, limit=p.high[s], pos=pos, batch=batch)
+            st.high_on[s] = new
+        old = st.low_on[s]
+        new = np.where(old, ~(v > p.low_clear[s]), v < p.low[s]) & fp.has_low[s]
+        if _COUNT(old != new):
+            emit(events, "low", old, new, tags, value=v, limit=p.low[s], pos=pos, batch=batch)
+            st.low_on[s] = new
+
+        # Stuck.
+        count = st.stuck_count[s]
+        ref = st.stuck_ref[s]
+        start = st.stuck_start_ns[s]
+        eps = p.stuck_eps[s]
+        changed = (count == 0) | ~(_ABS(v - ref) <= eps)
+        run_len = count + 1
+        run_ns = t - start
+        stuck_now = (run_len >= p.stuck_n[s]) | (run_ns >= p.stuck_ns[s])
+        old = st.stuck_on[s]
+        new = ~changed & (old | stuck_now) & p.has_stuck[s]
+        if _COUNT(old != new):
+            emit(
+                events,
+                "stuck",
+                old,
+                new,
+                tags,
+                value=v,
+                limit=eps,
+                pos=pos,
+                batch=batch,
+                run_len=run_len,
+                run_ns=run_ns,
+            )
+            st.stuck_on[s] = new
+        st.stuck_ref[s] = np.where(changed, v, ref)
+        st.stuck_start_ns[s] = np.where(changed, t, start)
+        st.stuck_count[s] = np.where(changed, 1, run_len)
+
+        # Rate: every point advances its clock and none is a tag's first (checked above).
+        with np.errstate(over="ignore"):
+            rate = _ABS(v - st.rate_value[s]) / ((t - last_ns) / 1e9)
+        old = st.rate_on[s]
+        limit = p.rate_max[s]
+        new = (rate > limit) & fp.has_rate[s]
+        if _COUNT(old != new):
+            emit(events, "rate", old, new, tags, value=rate, limit=limit, pos=pos, batch=batch)
+            st.rate_on[s] = new
+        st.rate_value[s] = v
+        st.rate_ns[s] = t
+        st.ml_on[s] = False
+        if not events:
+            return []
+        events.sort(key=_event_key)
+        return [e[2] for e in events]
 
     def _hst_scores(
         self,
@@ -608,12 +753,12 @@ class AnomalyDetector:
         # Range (NaN limits never compare true, so disabled checks stay off).
         old = st.high_on[s]
         new = np.where(old, ~(v < p.high_clear), v > p.high) & ~np.isnan(p.high)
-        self._emit(events, "high", old, new, p, value=v, limit=p.high, pos=pos, batch=batch)
+        self._emit(events, "high", old, new, p.tag_ids, value=v, limit=p.high, pos=pos, batch=batch)
         st.high_on[s] = new
 
         old = st.low_on[s]
         new = np.where(old, ~(v > p.low_clear), v < p.low) & ~np.isnan(p.low)
-        self._emit(events, "low", old, new, p, value=v, limit=p.low, pos=pos, batch=batch)
+        self._emit(events, "low", old, new, p.tag_ids, value=v, limit=p.low, pos=pos, batch=batch)
         st.low_on[s] = new
 
         # Stuck: a run is the consecutive samples within epsilon of the run's first value.
@@ -631,7 +776,7 @@ class AnomalyDetector:
             "stuck",
             old,
             new,
-            p,
+            p.tag_ids,
             value=v,
             limit=p.stuck_eps,
             pos=pos,
@@ -652,7 +797,7 @@ class AnomalyDetector:
             rate = np.abs(v - st.rate_value[s]) / ((t - last_ns) / 1e9)
         old = st.rate_on[s]
         new = np.where(advances & ~first, rate > p.rate_max, old) & ~np.isnan(p.rate_max)
-        self._emit(events, "rate", old, new, p, value=rate, limit=p.rate_max, pos=pos, batch=batch)
+        self._emit(events, "rate", old, new, p.tag_ids, value=rate, limit=p.rate_max, pos=pos, batch=batch)
         st.rate_on[s] = new
         st.rate_value[s] = np.where(advances, v, st.rate_value[s])
         st.rate_ns[s] = np.where(advances, t, last_ns)
@@ -670,7 +815,9 @@ class AnomalyDetector:
             score = np.where(kind == _ML_HST, hst_score, np.where(on, z, 0.0))
             old = st.ml_on[s]
             new = p.ml.classify(score, n) & on
-            self._emit(events, "ml", old, new, p, value=score, limit=p.ml.threshold, pos=pos, batch=batch)
+            self._emit(
+                events, "ml", old, new, p.tag_ids, value=score, limit=p.ml.threshold, pos=pos, batch=batch
+            )
             st.ml_on[s] = new
             n1 = n + on
             delta = np.where(on, v - mean, 0.0)
@@ -687,7 +834,7 @@ class AnomalyDetector:
         kind: str,
         old: npt.NDArray[np.bool_],
         new: npt.NDArray[np.bool_],
-        p: _Params,
+        tag_ids: npt.NDArray[np.int64],
         *,
         value: npt.NDArray[np.float64],
         limit: npt.NDArray[np.float64],
@@ -702,14 +849,24 @@ class AnomalyDetector:
             return
         flipped = np.flatnonzero(diff)
         order = _KINDS.index(kind)
-        for i in flipped.tolist():
-            tag = int(p.tag_ids[i])
-            raised = bool(new[i])
-            checks = self.checks[tag]
-            at = int(pos[i])
-            point = float(batch.values[at])
-            val = float(value[i])
-            lim: float | None = float(limit[i])
+        at_rows = pos[flipped]
+        # Convert the flipped rows to Python scalars in one go, not element by element.
+        rows = zip(
+            flipped.tolist(),
+            tag_ids[flipped].tolist(),
+            new[flipped].tolist(),
+            at_rows.tolist(),
+            batch.values[at_rows].tolist(),
+            batch.ts_ns[at_rows].tolist(),
+            np.asarray(value, dtype=np.float64)[flipped].tolist(),
+            np.asarray(limit, dtype=np.float64)[flipped].tolist(),
+            strict=True,
+        )
+        all_checks = self.checks
+        device = batch.device_id
+        for i, tag, raised, at, point, ts_ns, val, lim_f in rows:
+            checks = all_checks[tag]
+            lim: float | None = lim_f
             check: RangeCheck | StuckCheck | RateCheck | MlCheck | None
             if kind in ("high", "low"):
                 check = checks.range
@@ -747,14 +904,14 @@ class AnomalyDetector:
                 relation = "above" if raised else "back under"
                 msg = f"{check.model} score {val:.3g} {relation} threshold {lim:g} (value {point:g})"
             alert = Alert(
-                device_id=batch.device_id,
-                tag_id=tag,
-                kind=kind,
-                state="raised" if raised else "cleared",
-                severity=check.severity,
-                value=val,
-                limit=lim,
-                ts_ns=int(batch.ts_ns[at]),
-                message=msg,
+                device,
+                tag,
+                kind,
+                "raised" if raised else "cleared",
+                check.severity,
+                val,
+                lim,
+                ts_ns,
+                msg,
             )
             events.append((at, order, alert))

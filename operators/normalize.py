@@ -49,6 +49,11 @@ __all__ = ["NormalizeParams", "Normalizer"]
 _BAD = 128
 _GOOD_LIMIT = 64
 _CACHE_MAX_DEVICES = 4096
+_MAX = np.maximum.reduce
+_MINIMUM = np.minimum
+_MAXIMUM = np.maximum
+_COUNT = np.count_nonzero
+_ISFINITE = np.isfinite
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,7 @@ class _Aligned:
     tag_ids: npt.NDArray[np.int64]
     configured: npt.NDArray[np.bool_]
     any_configured: bool
+    all_configured: bool
     gain: npt.NDArray[np.float64]
     bias: npt.NDArray[np.float64]
     low: npt.NDArray[np.float64]
@@ -199,6 +205,7 @@ class Normalizer:
             tag_ids=tag_ids.copy(),  # a private copy: the cache key can never change under us
             configured=configured,
             any_configured=bool(configured.any()),
+            all_configured=bool(configured.all()),
             gain=gain,
             bias=bias,
             low=low,
@@ -209,6 +216,24 @@ class Normalizer:
         self._cache[device_id] = (tag_ids, aligned)
         return aligned
 
+    @staticmethod
+    def _apply_fast(batch: PointBatch, al: _Aligned) -> PointBatch | None:
+        """The common case, every point good, numeric and configured (``None`` otherwise): the
+        same arithmetic as :meth:`apply`, without the masks that are then all-true or all-false."""
+        q = batch.quality
+        if not al.all_configured or batch.text or _MAX(q) >= _GOOD_LIMIT:
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            scaled = batch.values * al.gain + al.bias
+        if _COUNT(_ISFINITE(scaled)) != len(scaled):
+            return None
+        clipped = _MINIMUM(_MAXIMUM(scaled, al.low), al.high)
+        was_clamped = clipped != scaled
+        if _COUNT(was_clamped):
+            q = q.copy()
+            q[was_clamped] = Quality.CLAMPED
+        return PointBatch(batch.device_id, batch.ts_ns, batch.tag_ids, clipped, q, batch.text)
+
     def apply(self, batch: PointBatch) -> PointBatch:
         """A new batch with engineering values and updated qualities (the input is not modified)."""
         if len(batch) == 0:
@@ -218,6 +243,9 @@ class Normalizer:
             return batch
         raw = batch.values
         q = batch.quality
+        fast = self._apply_fast(batch, al)
+        if fast is not None:
+            return fast
         active = al.configured & (q < _BAD)
         if batch.text:
             active = active.copy()

@@ -97,6 +97,16 @@ _WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
+_CACHE_MAX_DEVICES = 4096
+# Bound once: the fast path calls these a few times per batch.
+_MIN = np.minimum.reduce
+_MAX = np.maximum.reduce
+_MINIMUM = np.minimum
+_MAXIMUM = np.maximum
+_COUNT = np.count_nonzero
+_ISNAN = np.isnan
+_SEARCH = np.searchsorted
+
 
 def window_label(seconds: float) -> str:
     """The short label of a window length, using the largest unit that divides it.
@@ -358,6 +368,7 @@ class WindowAggregator:
         self._future_ns = round(self.max_future_s * SECOND)
         self._idle_ns = round((self.idle_close_s or 0.0) * SECOND)
         self._ttl_ns = round(self.tag_ttl_s * SECOND)
+        self._empty: dict[str, PointBatch] = {}
 
     def __repr__(self) -> str:
         return (
@@ -398,6 +409,9 @@ class WindowAggregator:
         n = len(batch)
         if n == 0:
             return st, [], batch
+        fast = self._process_fast(st, batch, now_ns)
+        if fast is not None:
+            return fast
         device = batch.device_id
         ts = batch.ts_ns
         future = ts > now_ns + self._future_ns
@@ -458,6 +472,110 @@ class WindowAggregator:
         )
         st, out, _ = self._close(st, device, threshold)
         return st, out, late_batch if late_batch is not None else PointBatch.empty(device)
+
+    def _process_fast(
+        self, st: WindowState, batch: PointBatch, now_ns: int
+    ) -> tuple[WindowState, list[AggBatch], PointBatch] | None:
+        """The common case of a device poll, or ``None`` when the general path is needed.
+
+        Applies when every point is usable (good or uncertain, not NaN), none is in the future or
+        late, all of them fall into one already open bucket per window length that holds each of
+        the batch's tags already, each tag occurs once, no timestamp is before the watermark (so
+        every sample appends: the twa stays exact) and no bucket closes. Then each column is
+        updated with one gather/scatter, with exactly the arithmetic of :func:`_merge`.
+        """
+        ts = batch.ts_ns
+        t_lo = int(_MIN(ts))
+        t_hi = int(_MAX(ts))
+        if t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
+            return None
+        values = batch.values
+        if _MAX(batch.quality) >= 128 or _COUNT(_ISNAN(values)):
+            return None
+        watermark = t_hi if t_hi > st.watermark_ns else st.watermark_ns
+        threshold = watermark - self._lateness_ns
+        closed = st.closed_ns
+        tags = batch.tag_ids
+        n = len(tags)
+        ts_new: Any = t_lo if t_lo == t_hi else ts
+        pos: npt.NDArray[np.intp] | None = None
+        ids_seen: I64 | None = None
+        new_windows = []
+        for wb, w in zip(st.windows, self._window_ns, strict=True):
+            b = t_lo // w * w
+            end = b + w
+            if t_hi >= end or end <= closed or len(wb.open) != 1 or threshold >= end:
+                return None
+            acc = wb.open[0]
+            if acc.bucket_ns != b:
+                return None
+            a_ids = acc.tag_ids
+            if a_ids is not ids_seen:
+                m = len(a_ids)
+                if m < n:
+                    return None
+                pos = _SEARCH(a_ids, tags)
+                _MINIMUM(pos, m - 1, out=pos)
+                if _COUNT(a_ids[pos] != tags):
+                    return None  # a tag new to the bucket
+                mark = np.zeros(m, np.bool_)
+                mark[pos] = True
+                if _COUNT(mark) != n:
+                    return None  # a tag occurs more than once
+                ids_seen = a_ids
+            assert pos is not None
+            count = acc.count.copy()
+            count[pos] += 1
+            total = acc.sum.copy()
+            total[pos] += values
+            lo = acc.min.copy()
+            lo[pos] = _MINIMUM(lo[pos], values)
+            hi = acc.max.copy()
+            hi[pos] = _MAXIMUM(hi[pos], values)
+            last_ts = acc.last_ts.copy()
+            last_ts[pos] = ts_new
+            last = acc.last.copy()
+            last[pos] = values
+            area = acc.area.copy()
+            area[pos] += acc.last[pos] * (ts_new - acc.last_ts[pos])
+            new_acc = Accumulators(
+                b, a_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
+            )
+            new_windows.append(
+                WindowBuckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
+            )
+        device = batch.device_id
+        new_st = WindowState(
+            tuple(new_windows),
+            device,
+            watermark,
+            closed if closed >= threshold else threshold,
+            now_ns,
+            st.late_points,
+            st.future_clamped,
+            st.bad_points,
+            st.nan_points,
+            st.twa_approx,
+        )
+        return new_st, [], self._empty_batch(device)
+
+    def _empty_batch(self, device: str) -> PointBatch:
+        """A shared empty batch per device (batches are never mutated)."""
+        empty = self._empty.get(device)
+        if empty is None:
+            if len(self._empty) >= _CACHE_MAX_DEVICES:
+                self._empty.clear()
+            empty = self._empty[device] = PointBatch.empty(device)
+        return empty
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_empty", None)  # derived data
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._empty = {}
 
     def close_idle(self, state: WindowState, now_ns: int) -> tuple[WindowState, list[AggBatch]]:
         """Close, by processing time, the buckets of a quiet device that are due (see the module doc)."""
