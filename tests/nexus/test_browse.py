@@ -85,7 +85,9 @@ def test_table_and_yaml_snippet_that_a_spec_accepts(
         "location": {"enterprise": "e", "site": "s", "area": "a", "line": "l"},
         "tags": tags,
     }
-    spec = parse_spec({"version": 1, "id": "f", "devices": [device]})
+    spec = parse_spec(
+        {"version": 1, "id": "f", "devices": [device], "sinks": [{"id": "uns", "type": "mqtt_uns"}]}
+    )
     by_name = {t.name: t for t in spec.devices[0].tags}
     assert by_name["Simulator.Setpoint"].access == "read_write"
     assert by_name["Simulator.Recipe"].node_id == "ns=3;i=1001"  # type: ignore[union-attr]
