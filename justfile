@@ -44,9 +44,9 @@ schema:
 bench *ARGS:
     {{python}} -m bench --devices 200 --tags 100 --interval 1 --duration 30 {{ARGS}}
 
-# the longer benchmark: 500 devices x 100 tags at 1 s for 2 minutes, larger baselines
+# the longer benchmark: 500 devices x 100 tags at 1 s for 2 minutes, larger baselines, the 100 ms ramp and the 100,000-tag memory stage
 bench-full *ARGS:
-    {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 3000000 {{ARGS}}
+    {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 3000000 --stages micro,sinks,modbus,e2e,ramp,memory,cluster {{ARGS}}
 
 # everything CI checks: lint, types, tests
 ci: lint typecheck test

@@ -3,7 +3,9 @@
 Stages: ``micro`` (operator chain from memory), ``sinks`` (bare COPY vs the historian writer, bare paho
 vs the UNS publisher), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
 bytewax.run`` polling the simulators into the broker and the historian), ``cluster`` (the chain as a
-1- and a 2-process Bytewax cluster).
+1- and a 2-process Bytewax cluster). Not run by default (``just bench-full`` runs them): ``ramp``
+(device counts stepped up at a 100 ms poll interval until polls are skipped) and ``memory`` (the RSS
+of a flow configured with 100,000 tags).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,12 @@ from bench.monitor import Monitor
 from dataflows.spec import parse_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, MosquittoBroker, free_port
 
-STAGES = ("micro", "sinks", "modbus", "e2e", "cluster")
+STAGES = ("micro", "sinks", "modbus", "e2e", "ramp", "memory", "cluster")
+DEFAULT_STAGES = ("micro", "sinks", "modbus", "e2e", "cluster")
+"""``ramp`` and ``memory`` take minutes of their own: ``just bench-full`` adds them."""
+RAMP_SKIP_LIMIT = 0.001
+"""A ramp step holds while at most this fraction of its poll slots is skipped (and of its polls fails)."""
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _say(msg: str) -> None:
@@ -57,7 +65,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-messages", type=int, default=100_000)
     p.add_argument("--micro-points", type=int, default=1_000_000)
     p.add_argument("--cluster-points", type=int, default=1_000_000)
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
+    p.add_argument("--ramp-interval", type=float, default=0.1, help="ramp: poll interval, s")
+    p.add_argument(
+        "--ramp-devices",
+        default="25,50,75,100,150,200,300,400,500",
+        help="ramp: device counts to step through",
+    )
+    p.add_argument("--ramp-warmup", type=float, default=8.0, help="ramp: warm-up of each step, s")
+    p.add_argument("--ramp-seconds", type=float, default=15.0, help="ramp: measuring window of each step, s")
+    p.add_argument("--ramp-budget", type=float, default=300.0, help="ramp: no new step after this many s")
+    p.add_argument(
+        "--ramp-flow",
+        choices=("e2e", "source"),
+        default="e2e",
+        help="ramp: the e2e flow (historian + UNS sinks) or the device source into a counting sink",
+    )
+    p.add_argument("--memory-devices", type=int, default=1000, help="memory: devices (x --tags tags)")
+    p.add_argument("--memory-interval", type=float, default=5.0, help="memory: poll interval, s")
+    p.add_argument("--memory-seconds", type=float, default=60.0, help="memory: running time after startup, s")
+    p.add_argument(
+        "--stages",
+        default=",".join(DEFAULT_STAGES),
+        help=f"comma list of {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})",
+    )
     p.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
     p.add_argument("--out", default="bench-results")
     a = p.parse_args(argv)
@@ -366,8 +396,213 @@ def stage_e2e(
         "poll_failures": delta("failures"),
         "latency_historian": historian_latency(pg_url, w0, w1 - 2),
         "latency_subscriber": {"samples": len(lat), "p50_ms": pct(0.5), "p99_ms": pct(0.99)},
+        "gc": {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k},
+        "gc_max_pause_ms": max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None),
         "resources": resources,
     }
+
+
+def start_sim(load: Load, update_s: float | None = None) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """The simulators of ``load`` in their own process (registers change every ``update_s``, default
+    the poll interval); the process and its ports."""
+    config: dict[str, Any] = {"load": load.as_dict()}
+    if update_s is not None:
+        config["update_s"] = update_s
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "bench.sim", json.dumps(config)], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    assert sim.stdout is not None
+    line = sim.stdout.readline().decode()
+    if not line.startswith("READY "):
+        sim.terminate()
+        sim.wait(10)
+        raise RuntimeError(f"the simulators did not start: {line!r}")
+    return sim, list(json.loads(line[6:])["ports"])
+
+
+def _stop_sim(sim: subprocess.Popen[bytes]) -> None:
+    sim.terminate()
+    try:
+        sim.wait(10)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+        sim.wait(5)
+
+
+def _flow_env(load: Load, ports: list[int], folder: Path, pg_url: str, mqtt_url: str) -> dict[str, str]:
+    """Environment of a ``bench.flow`` process polling ``load`` on ``ports``; counters go to ``folder/stats``."""
+    folder.mkdir()
+    spec_path = folder / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(load.spec({"modbus": ports})))
+    (folder / "stats").mkdir()
+    return {
+        **os.environ,
+        "NEXUS_SPEC": str(spec_path),
+        "NEXUS_DATABASE_URL": pg_url,
+        "NEXUS_MQTT_URL": mqtt_url,
+        "NEXUS_BENCH_STATS": str(folder / "stats"),
+        "NEXUS_LOG_LEVEL": "WARNING",
+    }
+
+
+def _poll_counts(s0: dict[str, Any], s1: dict[str, Any], seconds: float) -> dict[str, Any]:
+    polls = _get(s1, "polls") - _get(s0, "polls")
+    skipped = _get(s1, "skipped_polls") - _get(s0, "skipped_polls")
+    failures = _get(s1, "failures") - _get(s0, "failures")
+    slots = polls + skipped
+    return {
+        "seconds": round(seconds, 2),
+        "points_read_per_s": round((_get(s1, "points_read") - _get(s0, "points_read")) / seconds, 1),
+        "polls": polls,
+        "skipped_polls": skipped,
+        "poll_failures": failures,
+        "skipped_fraction": round(skipped / slots, 5) if slots else None,
+        "failed_fraction": round(failures / polls, 5) if polls else None,
+    }
+
+
+def stage_ramp(
+    args: argparse.Namespace, load: Load, *, pg_url: str, mqtt_url: str, work: Path, mon: Monitor
+) -> dict[str, Any]:
+    """Device counts x ``load.tags`` at ``--ramp-interval``, each as a fresh flow process; stops at the
+    first step that skips or fails more than ``RAMP_SKIP_LIMIT`` of its polls (or at the time budget)."""
+    steps = sorted({int(x) for x in args.ramp_devices.split(",") if x.strip()})
+    top = replace(load, devices=max(steps), poll_interval_s=args.ramp_interval, processes=1)
+    # registers change once a second: at 0.1 s the simulators' own updates would eat a core
+    sim, ports = start_sim(top, update_s=1.0)
+    mon.watch("ramp-simulators", sim.pid)
+    module = "bench.flow:flow" if args.ramp_flow == "e2e" else "bench.flow:source_only"
+    out: dict[str, Any] = {
+        "interval_s": args.ramp_interval,
+        "tags": load.tags,
+        "flow": args.ramp_flow,
+        "limit": RAMP_SKIP_LIMIT,
+        "steps": [],
+    }
+    started = time.monotonic()
+    try:
+        for n in steps:
+            if time.monotonic() - started > args.ramp_budget:
+                out["stopped"] = f"time budget ({args.ramp_budget:g} s) spent before {n} devices"
+                break
+            step = replace(top, devices=n)
+            env = _flow_env(step, ports, work / f"ramp-{n}", pg_url, mqtt_url)
+            stats = Path(env["NEXUS_BENCH_STATS"])
+            procs = start_flow(module, env, 1, work)
+            mon.watch("ramp-bytewax", procs[0].pid)
+            try:
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < args.ramp_warmup:
+                    _progress(
+                        f"  ramp {n} devices: warm-up {time.monotonic() - t0:3.0f}/{args.ramp_warmup:g} s"
+                    )
+                    if procs[0].poll() is not None:
+                        raise RuntimeError(f"the dataflow exited early; see {work}")
+                    time.sleep(0.5)
+                mon.mark()
+                s0, m0 = _flow_stats(stats), time.monotonic()
+                while (el := time.monotonic() - m0) < args.ramp_seconds:
+                    s = _flow_stats(stats)
+                    _progress(
+                        f"  ramp {n} devices x {load.tags} at {args.ramp_interval:g} s: {el:3.0f}/"
+                        f"{args.ramp_seconds:g} s  skipped {_get(s, 'skipped_polls') - _get(s0, 'skipped_polls'):,.0f}"
+                    )
+                    if procs[0].poll() is not None:
+                        raise RuntimeError(f"the dataflow exited early; see {work}")
+                    time.sleep(0.5)
+                s1, seconds = _flow_stats(stats), time.monotonic() - m0
+                res = mon.report()
+            finally:
+                stop_procs(procs)
+                mon.unwatch("ramp-bytewax")
+            r = {"devices": n, "offered_points_per_s": step.points_per_s, **_poll_counts(s0, s1, seconds)}
+            r["gc"] = {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k}
+            r["gc_max_pause_ms"] = max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None)
+            r["bytewax"] = res.get("ramp-bytewax")
+            r["simulators"] = res.get("ramp-simulators")
+            r["holds"] = bool(
+                r["polls"]
+                and (r["skipped_fraction"] or 0) <= RAMP_SKIP_LIMIT
+                and (r["failed_fraction"] or 0) <= RAMP_SKIP_LIMIT
+            )
+            out["steps"].append(r)
+            _say(
+                f"\r\033[K  ramp {n} devices: read {r['points_read_per_s']:,.0f} pts/s, skipped "
+                f"{r['skipped_polls']:,.0f} ({100 * (r['skipped_fraction'] or 0):.2f} %), "
+                f"failed {r['poll_failures']:,.0f} -> {'holds' if r['holds'] else 'does not hold'}"
+            )
+            if not r["holds"]:
+                break
+    finally:
+        mon.unwatch("ramp-simulators")
+        _stop_sim(sim)
+    held = [r["devices"] for r in out["steps"] if r["holds"]]
+    first_bad = next((r["devices"] for r in out["steps"] if not r["holds"]), None)
+    out["largest_holding_devices"] = max(held) if held else 0
+    out["first_failing_devices"] = first_bad
+    out["seconds"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def stage_memory(
+    args: argparse.Namespace, load: Load, *, pg_url: str, mqtt_url: str, work: Path, mon: Monitor
+) -> dict[str, Any]:
+    """The e2e flow configured with ``--memory-devices`` x ``load.tags`` tags: the Bytewax process's
+    peak RSS once every device has been polled (startup) and after ``--memory-seconds`` of running."""
+    mload = replace(load, devices=args.memory_devices, poll_interval_s=args.memory_interval, processes=1)
+    sim, ports = start_sim(mload)
+    out: dict[str, Any] = {
+        "devices": mload.devices,
+        "tags_configured": mload.devices * mload.tags,
+        "interval_s": mload.poll_interval_s,
+        "offered_points_per_s": mload.points_per_s,
+    }
+    try:
+        env = _flow_env(mload, ports, work / "memory", pg_url, mqtt_url)
+        stats = Path(env["NEXUS_BENCH_STATS"])
+        t0 = time.monotonic()
+        procs = start_flow("bench.flow:flow", env, 1, work)
+        proc = psutil.Process(procs[0].pid)
+        mon.watch("memory-bytewax", procs[0].pid)
+        try:
+            limit = 60.0 + 2 * mload.poll_interval_s
+            while True:  # startup: every device has handed over at least one poll
+                s = _flow_stats(stats)
+                done = s.get("devices", 0) >= mload.devices and s.get("completed", 0) >= mload.devices
+                el = time.monotonic() - t0
+                _progress(f"  memory: startup {el:4.0f} s  devices polled {s.get('completed', 0):,.0f}")
+                if done or el > limit:
+                    break
+                if procs[0].poll() is not None:
+                    raise RuntimeError(f"the dataflow exited early; see {work}")
+                time.sleep(0.5)
+            out["startup_s"] = round(time.monotonic() - t0, 1)
+            out["startup_complete"] = bool(done)
+            first = mon.report()["memory-bytewax"]
+            out["rss_after_startup_mb"] = round(proc.memory_info().rss / 2**20, 1)
+            out["peak_rss_after_startup_mb"] = first["peak_rss_mb"]
+            mon.mark()
+            s0, m0 = _flow_stats(stats), time.monotonic()
+            while (el := time.monotonic() - m0) < args.memory_seconds:
+                _progress(
+                    f"  memory: running {el:4.0f}/{args.memory_seconds:g} s  rss {proc.memory_info().rss / 2**20:,.0f} MB"
+                )
+                if procs[0].poll() is not None:
+                    raise RuntimeError(f"the dataflow exited early; see {work}")
+                time.sleep(1)
+            s1, seconds = _flow_stats(stats), time.monotonic() - m0
+            second = mon.report()["memory-bytewax"]
+            out["rss_after_running_mb"] = round(proc.memory_info().rss / 2**20, 1)
+            out["peak_rss_mb"] = max(first["peak_rss_mb"], second["peak_rss_mb"])
+            out["cpu_cores_running"] = second["cpu_cores"]
+            out["running"] = _poll_counts(s0, s1, seconds)
+            _say("")
+        finally:
+            stop_procs(procs)
+            mon.unwatch("memory-bytewax")
+    finally:
+        _stop_sim(sim)
+    return out
 
 
 def stage_cluster(load: Load, points: int, work: Path, mon: Monitor) -> dict[str, Any]:
@@ -476,6 +711,28 @@ def table(r: dict[str, Any]) -> str:
             rows.append(
                 (f"  {name}", f"{res['cpu_cores']:.2f} cores, {res['peak_rss_mb']:.0f} MB peak", "", "")
             )
+    rp = r.get("ramp")
+    if rp:
+        for st in rp["steps"]:
+            rows.append(
+                (
+                    f"ramp @ {rp['interval_s']:g} s, {st['devices']} devices ({rp['flow']}): read pts/s, skipped",
+                    f"{st['points_read_per_s']:,.0f}, {100 * (st['skipped_fraction'] or 0):.2f} %",
+                    f"{st['offered_points_per_s']:,.0f}",
+                    _ratio(st["points_read_per_s"], st["offered_points_per_s"]),
+                )
+            )
+        add(f"ramp @ {rp['interval_s']:g} s: largest device count holding", rp["largest_holding_devices"])
+    mm = r.get("memory")
+    if mm:
+        rows.append(
+            (
+                f"memory, {mm['tags_configured']:,} tags: bytewax peak RSS startup / +{mm['running']['seconds']:.0f} s",
+                f"{mm['peak_rss_after_startup_mb']:,.0f} / {mm['peak_rss_mb']:,.0f} MB",
+                "600",
+                _ratio(mm["peak_rss_mb"], 600),
+            )
+        )
     c = r.get("cluster")
     if c:
         add("cluster, 1 process (pts/s)", c["processes_1"]["points_per_s"])
@@ -540,7 +797,9 @@ def main(argv: list[str] | None = None) -> int:
         if "micro" in stages:
             _say("micro: operator chain from memory ...")
             result["micro"] = stage_micro(load, args.micro_points)
-        need_services = {"sinks", "e2e"} & set(stages)
+        need_services = {"sinks", "e2e", "memory"} & set(stages) or (
+            "ramp" in stages and args.ramp_flow == "e2e"
+        )
         pg = broker = sim = None
         try:
             if need_services:
@@ -568,16 +827,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if {"modbus", "e2e"} & set(stages):
                 _say(f"starting Modbus simulators for {load.devices} devices x {load.tags} tags ...")
-                sim = subprocess.Popen(
-                    [sys.executable, "-m", "bench.sim", json.dumps({"load": load.as_dict()})],
-                    stdout=subprocess.PIPE,
-                    cwd=Path(__file__).resolve().parent.parent,
-                )
-                assert sim.stdout is not None
-                line = sim.stdout.readline().decode()
-                if not line.startswith("READY "):
-                    raise RuntimeError(f"the simulators did not start: {line!r}")
-                ports = json.loads(line[6:])["ports"]
+                sim, ports = start_sim(load)
                 mon.watch("simulators", sim.pid)
                 if "modbus" in stages:
                     _say("modbus: bare pymodbus read loop ...")
@@ -588,13 +838,24 @@ def main(argv: list[str] | None = None) -> int:
                     result["e2e"] = stage_e2e(
                         args, load, pg_url=pg.url, mqtt_url=broker.url, ports=ports, work=work, mon=mon
                     )
+                mon.unwatch("simulators")
+                _stop_sim(sim)
+                sim = None
+            urls = {"pg_url": pg.url if pg else "", "mqtt_url": broker.url if broker else ""}
+            if "ramp" in stages:
+                _say(
+                    f"ramp: {load.tags}-tag devices at {args.ramp_interval:g} s, devices {args.ramp_devices} ..."
+                )
+                result["ramp"] = stage_ramp(args, load, work=work, mon=mon, **urls)
+            if "memory" in stages:
+                _say(f"memory: {args.memory_devices * load.tags:,} tags configured ...")
+                result["memory"] = stage_memory(args, load, work=work, mon=mon, **urls)
             if "cluster" in stages:
                 _say("cluster: the chain as 1 and 2 Bytewax processes ...")
                 result["cluster"] = stage_cluster(load, args.cluster_points, work, mon)
         finally:
             if sim is not None:
-                sim.terminate()
-                sim.wait(10)
+                _stop_sim(sim)
             if broker is not None:
                 broker.stop()
             if pg is not None:

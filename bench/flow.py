@@ -2,18 +2,24 @@
 
 - ``bench.flow:flow`` — the telemetry flow compiled from ``NEXUS_SPEC`` (the project's compiler, Modbus
   source and sinks), with the sinks wrapped to count what they are handed;
+- ``bench.flow:source_only`` — the spec's device source straight into a counting sink (no operators,
+  database or broker): what polling alone sustains (the ``ramp`` stage with ``--ramp-flow source``);
 - ``bench.flow:synthetic`` — device polls from memory through the micro-benchmark's operator chain
   into a counting sink (the multi-process scale-out stage); ``NEXUS_BENCH_SYNTH`` holds its load.
 
 Every process writes its counters as JSON to ``$NEXUS_BENCH_STATS/flow-<pid>.json`` twice a second.
+``NEXUS_BENCH_SWITCH_INTERVAL`` (seconds) sets the interpreter's GIL switch interval (an experiment knob;
+default: Python's 5 ms).
 SIGTERM / SIGUSR1 drain the telemetry flow (sources stop, sinks flush, exit 0).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +40,30 @@ from connectors.mqtt.sink import UnsSink
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, device_plans
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
+
+
+class _GcPauses:
+    """Garbage-collector pauses of this process (all threads stop while one runs), by generation."""
+
+    def __init__(self) -> None:
+        self.stats = {f"gen{g}_{k}": 0.0 for g in range(3) for k in ("count", "total_ms", "max_ms")}
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._t0) * 1000
+        g = info.get("generation", 0)
+        self.stats[f"gen{g}_count"] += 1
+        self.stats[f"gen{g}_total_ms"] += ms
+        self.stats[f"gen{g}_max_ms"] = max(self.stats[f"gen{g}_max_ms"], ms)
+
+
+def _switch_interval() -> None:
+    if os.environ.get("NEXUS_BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["NEXUS_BENCH_SWITCH_INTERVAL"]))
 
 
 class _Reporter:
@@ -90,6 +120,7 @@ class _CountedPart(StatelessSinkPartition[Any]):
 
 
 def build() -> Dataflow:
+    _switch_interval()
     settings = Settings.from_env()
     spec = load_spec(os.environ["NEXUS_SPEC"])
     stop = threading.Event()
@@ -131,7 +162,12 @@ def build() -> Dataflow:
             out[node_id] = entry
         return out
 
-    reporter = _Reporter(collect)
+    pauses = _GcPauses()
+
+    def collect_all() -> dict[str, Any]:
+        return {**collect(), "gc": dict(pauses.stats)}
+
+    reporter = _Reporter(collect_all)
     import atexit
 
     atexit.register(lambda: reporter.write(final=True))
@@ -143,6 +179,48 @@ def build() -> Dataflow:
         stop_event=stop,
     )
     return compile_flow(spec, runtime)
+
+
+def _device_source(spec: Any) -> tuple[DeviceSource, Callable[[], dict[str, Any]]]:
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda *_: stop.set())
+    source = DeviceSource(device_plans(spec), stop_event=stop)
+    tags_per_device = {d.id: len(d.tags) for d in spec.devices}
+
+    def collect() -> dict[str, Any]:
+        parts = source.stats()
+        return {
+            "devices": len(parts),
+            "polls": sum(p.polls for p in parts.values()),
+            "completed": sum(p.completed for p in parts.values()),
+            "skipped_polls": sum(p.skipped_polls for p in parts.values()),
+            "failures": sum(p.failures for p in parts.values()),
+            "points_read": sum(p.completed * tags_per_device[d] for d, p in parts.items()),
+        }
+
+    return source, collect
+
+
+def build_source_only() -> Dataflow:
+    _switch_interval()
+    spec = load_spec(os.environ["NEXUS_SPEC"])
+    source, collect_source = _device_source(spec)
+    sink = CountingSink()
+
+    pauses = _GcPauses()
+
+    def collect() -> dict[str, Any]:
+        return {**collect_source(), "sink": dict(sink.counts), "gc": dict(pauses.stats)}
+
+    reporter = _Reporter(collect)
+    import atexit
+
+    atexit.register(lambda: reporter.write(final=True))
+    flow = Dataflow("bench_source_only")
+    op.output("count", op.input("devices", flow, source), sink)
+    return flow
 
 
 def build_synthetic() -> Dataflow:
@@ -170,4 +248,6 @@ def __getattr__(name: str) -> Dataflow:
         return build()
     if name == "synthetic":
         return build_synthetic()
+    if name == "source_only":
+        return build_source_only()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

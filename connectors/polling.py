@@ -1,7 +1,11 @@
-"""The polling source every protocol shares: one Bytewax partition per device, its own event loop.
+"""The polling source every protocol shares: one Bytewax partition per device, one event loop per source.
 
-Each partition owns a daemon thread running an asyncio event loop with the device's
-:class:`DeviceClient`. ``next_batch`` never blocks: it hands a finished poll's
+The partitions a :class:`PollingSource` builds in a process share one daemon thread running an
+asyncio event loop (started with the first partition, stopped when the last one closes); each
+device's :class:`DeviceClient` runs its awaits there. One loop instead of one thread per device:
+with hundreds of devices, hundreds of threads each waking from ``epoll`` and queueing for the GIL
+delayed every poll and the worker thread (profiled: 500 devices at 1 s skipped 2-5 % of their polls
+at half a core). ``next_batch`` never blocks: it hands a finished poll's
 :class:`~core.batch.PointBatch` to the dataflow and submits the next poll when its slot is due.
 Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never drifts; a slot
 that comes while the previous poll is still running is skipped and counted (at most one poll per
@@ -24,6 +28,8 @@ partitions stop submitting polls, return what is in flight, then raise ``StopIte
 
 A protocol supplies a client (``poll()`` never raises: failures are bad-quality points) and a
 :class:`PollingSource` subclass that lists its devices and builds their clients.
+
+A partition built on its own (not by a source) gets a loop thread of its own.
 
 Writes go through the same client and event loop as the polls: :meth:`PollingPartition.submit_write`
 (thread-safe) returns a :class:`concurrent.futures.Future` that resolves to ``None`` or raises
@@ -277,6 +283,64 @@ class PollSchedule:
         self.next_deadline = anchor + self.next_slot * interval
 
 
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread, shared by the partitions that :meth:`acquire` it.
+
+    The first :meth:`acquire` starts the thread; the :meth:`release` of the last user stops the loop
+    (cancelling what is still pending) and waits for the thread up to a deadline. A later
+    :meth:`acquire` starts a new one. Thread-safe (Bytewax workers of a process may build partitions
+    concurrently).
+    """
+
+    __slots__ = ("_lock", "_users", "loop", "name", "thread")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._users = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def acquire(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+        with self._lock:
+            if self.loop is None or self.thread is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=_run_loop, args=(loop,), name=self.name, daemon=True)
+                thread.start()
+                self.loop, self.thread = loop, thread
+            self._users += 1
+            return self.loop, self.thread
+
+    def release(self, timeout_s: float) -> bool:
+        """Drop one user; the last one stops the loop. False if the thread outlived ``timeout_s``."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return True
+            loop, thread = self.loop, self.thread
+            self.loop = self.thread = None
+        if loop is None or thread is None:
+            return True
+        with contextlib.suppress(RuntimeError):  # already closed
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(max(0.0, timeout_s))
+        return not thread.is_alive()
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionStats:
     """Counters of one device's partition."""
@@ -306,7 +370,10 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         wake_slack_s: float,
         close_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        loop_thread: _LoopThread | None = None,
     ) -> None:
+        """``loop_thread``: the event loop thread shared with other partitions (a source passes its
+        own); ``None``: a loop thread for this partition alone."""
         self.device_id = device.device_id
         self.protocol = protocol
         self._stop_event = stop_event
@@ -331,25 +398,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._m_skipped = SKIPPED_POLLS.labels(protocol, device.device_id)
         self._m_interval = POLL_INTERVAL.labels(protocol, device.device_id)
         self._m_interval.set(self._schedule.interval)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._run_loop, name=f"{protocol}:{device.device_id}", daemon=True
-        )
-        self._thread.start()
-
-    def _run_loop(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        self._loop_thread = loop_thread or _LoopThread(f"{protocol}:{device.device_id}")
+        self._loop, self._thread = self._loop_thread.acquire()
 
     # -- the Bytewax contract ------------------------------------------------------------------
 
@@ -399,15 +449,14 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._inflight is not None:
             self._inflight.cancel()
             self._inflight = None
-        if self._loop.is_running():
+        if self._thread.is_alive() and not self._loop.is_closed():
             fut = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
             try:
                 fut.result(max(0.0, deadline - time.monotonic()))
-            except Exception:  # timeout or a closing error: the loop is stopped anyway
+            except Exception:  # timeout or a closing error: the loop moves on anyway
+                fut.cancel()
                 log.warning("%s client did not close in time device=%s", self.protocol, self.device_id)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
+        if not self._loop_thread.release(deadline - time.monotonic()):
             log.warning("%s poll thread did not stop in time device=%s", self.protocol, self.device_id)
 
     # -- writes --------------------------------------------------------------------------------
@@ -418,7 +467,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         The future raises :class:`WriteRejected` / :class:`WriteFailed` from the client, or
         :class:`WriteFailed` when the partition is closed.
         """
-        if self._closed or not self._loop.is_running():
+        if self._closed or self._loop.is_closed():
             fut: concurrent.futures.Future[None] = concurrent.futures.Future()
             fut.set_exception(WriteFailed(self.device_id, tag_id, "the device's partition is closed"))
             return fut
@@ -490,6 +539,8 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         self.wake_slack_s = wake_slack_s
         self.close_timeout_s = close_timeout_s
         self._parts: dict[str, PollingPartition] = {}
+        self._loop_thread: _LoopThread | None = None
+        """The event loop thread the partitions built in this process share (made by ``build_part``)."""
 
     def set_adaptive(self, device_id: str, adaptive: AdaptivePolling | None) -> None:
         """Turn adaptive polling on (or off, with ``None``) for a device, before its partition is built."""
@@ -512,6 +563,8 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> PollingPartition:
         device = self._devices[for_part]
+        if self._loop_thread is None:
+            self._loop_thread = _LoopThread(f"{self.protocol}:poll-loop")
         part = PollingPartition(
             device,
             self.make_client(device.device_id),
@@ -519,6 +572,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             stop_event=self.stop_event,
             wake_slack_s=self.wake_slack_s,
             close_timeout_s=self.close_timeout_s,
+            loop_thread=self._loop_thread,
         )
         self._parts[for_part] = part
         if self.write_registry is not None:

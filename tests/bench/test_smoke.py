@@ -52,3 +52,27 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
     assert e2e["latency_historian"]["rows"] > 0
     assert {"bytewax-0", "postgres", "simulators"} <= e2e["resources"].keys()
     assert r["cluster"]["processes_1"]["points_out"] > 0 and r["cluster"]["processes_2"]["points_out"] > 0
+
+
+def test_ramp_and_memory_stages_with_a_tiny_load(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench",
+        "--tags", "5", "--stages", "ramp,memory",
+        "--ramp-devices", "2,3", "--ramp-warmup", "2", "--ramp-seconds", "3", "--ramp-flow", "source",
+        "--memory-devices", "3", "--memory-interval", "0.5", "--memory-seconds", "3",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "largest device count holding" in proc.stdout and "peak RSS" in proc.stdout
+    (file,) = out.glob("*.json")
+    r = json.loads(file.read_text())
+    assert {"ramp", "memory"} <= r.keys() and not {"micro", "e2e", "cluster"} & r.keys()
+    steps = r["ramp"]["steps"]
+    assert [s["devices"] for s in steps][:1] == [2] and all(s["polls"] > 0 for s in steps)
+    assert r["ramp"]["flow"] == "source" and "largest_holding_devices" in r["ramp"]
+    mem = r["memory"]
+    assert mem["tags_configured"] == 15 and mem["startup_complete"]
+    assert mem["peak_rss_mb"] >= mem["peak_rss_after_startup_mb"] > 0
+    assert mem["running"]["polls"] > 0

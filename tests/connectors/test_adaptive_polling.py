@@ -159,10 +159,11 @@ def test_spec_adaptive_option_is_checked_and_reaches_the_source() -> None:
         "adaptive": {"min_interval_s": 0.2, "max_interval_s": 10},
         "tags": [{"name": "t", "table": "holding", "address": 0}],
     }
-    spec = parse_spec({"version": 1, "id": "f", "devices": [device]})
+    sinks = [{"id": "uns", "type": "mqtt_uns"}]  # a flow needs a sink
+    spec = parse_spec({"version": 1, "id": "f", "devices": [device], "sinks": sinks})
     assert adaptive_polling(spec) == {"press": AdaptivePolling(0.2, 10.0)}
     with pytest.raises(SpecError, match=r"poll_interval_s \(20.0\) must be within adaptive"):
-        parse_spec({"version": 1, "id": "f", "devices": [{**device, "poll_interval_s": 20}]})
+        parse_spec({"version": 1, "id": "f", "devices": [{**device, "poll_interval_s": 20}], "sinks": sinks})
     bad = {**device, "adaptive": {"min_interval_s": 5, "max_interval_s": 1}}
     with pytest.raises(SpecError, match=r"min_interval_s \(5.0\) must be <= max_interval_s"):
-        parse_spec({"version": 1, "id": "f", "devices": [bad]})
+        parse_spec({"version": 1, "id": "f", "devices": [bad], "sinks": sinks})
