@@ -40,6 +40,7 @@ from connectors.mqtt.sink import UnsSink
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, device_plans
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
+from dataflows.telemetry import tune_interpreter
 
 
 class _GcPauses:
@@ -62,6 +63,7 @@ class _GcPauses:
 
 
 def _switch_interval() -> None:
+    tune_interpreter()  # what dataflows.telemetry does for a production flow
     if os.environ.get("NEXUS_BENCH_SWITCH_INTERVAL"):
         sys.setswitchinterval(float(os.environ["NEXUS_BENCH_SWITCH_INTERVAL"]))
 
