@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 
+from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.url import parse_mqtt_url
 from core.uns import STATUS_PREFIX
 
@@ -66,15 +67,10 @@ class FlowStatus:
         if self._thread is not None:
             return
         url = parse_mqtt_url(self.mqtt_url)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"nexus-status-{os.getpid()}")
-        if url.username:
-            client.username_pw_set(url.username, url.password)
-        if url.tls:
-            client.tls_set()
+        client = make_client(url, unique_client_id("nexus-status"), reconnect_max_s=10)
         client.will_set(
             self.topic, json.dumps({"flow": self.flow_id, "state": "offline"}), qos=1, retain=True
         )
-        client.reconnect_delay_set(1, 10)
         client.connect_async(url.host, url.port, keepalive=30)
         client.loop_start()
         self._client = client

@@ -21,6 +21,7 @@ import psycopg
 
 from connectors.modbus.config import ModbusConnection
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
+from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.url import parse_mqtt_url
 from connectors.opcua.config import parse_node_id
 from connectors.opcua.simulator import OpcUaSimulator, SimVariable
@@ -236,9 +237,7 @@ class Progress:
         self._lock = threading.Lock()
         self._since = time.time()
         url = parse_mqtt_url(mqtt_url)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"nexus-demo-{os.getpid()}")
-        if url.username:
-            self._client.username_pw_set(url.username, url.password)
+        self._client = make_client(url, unique_client_id("nexus-demo"))
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.connect_async(url.host, url.port)
