@@ -50,7 +50,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -248,9 +248,9 @@ class _Extractor:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MqttSourceStats:
-    """Counters of one device's partition (a snapshot)."""
+    """Counters of one device's partition; :meth:`stats` hands out copies."""
 
     device_id: str
     connected: bool = False
@@ -270,21 +270,6 @@ class MqttSourceStats:
     """Payload timestamps that could not be read or lay in the future (receive time used)."""
     refused_level_tags: int = 0
     """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
-    batches: int = 0
-
-
-@dataclass(slots=True)
-class _Counters:
-    connected: bool = False
-    subscribed: bool = False
-    connects: int = 0
-    received: int = 0
-    dropped: int = 0
-    unmatched: int = 0
-    points: int = 0
-    bad_points: int = 0
-    timestamp_errors: int = 0
-    refused_level_tags: int = 0
     batches: int = 0
 
 
@@ -349,7 +334,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         self._warnings = _RateLimitedWarnings(config.warn_interval_s)
         self._lock = threading.Lock()
         self._queue: deque[tuple[str, bytes, int]] = deque(maxlen=config.max_queue)
-        self._c = _Counters()
+        self._c = MqttSourceStats(device_id=device_id)
         self._granted: dict[int | None, bool] = {}
         self._closed = False
         m = _metrics()
@@ -611,7 +596,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
     @property
     def stats(self) -> MqttSourceStats:
         with self._lock:
-            return MqttSourceStats(device_id=self.device_id, **asdict(self._c))
+            return replace(self._c)
 
 
 def _lookup_optional(doc: Any, path: tuple[PathPart, ...]) -> Any:
