@@ -34,7 +34,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
+from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
@@ -73,37 +74,18 @@ AnyModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 
 @dataclass(slots=True)
-class ClientStats:
-    """Counters of one device client (a snapshot is returned by :attr:`ModbusDeviceClient.stats`)."""
+class ClientStats(DeviceClientStats):
+    """Counters of one device client (a snapshot is returned by :attr:`ModbusDeviceClient.stats`).
 
-    polls: int = 0
-    """Polls answered (including those answered without I/O during backoff or with the breaker open)."""
-    failures: int = 0
-    """Polls where at least one tag was not read (transport error, exception response, backoff)."""
-    comm_errors: int = 0
-    """Requests not read because of the link: transport error, timeout, not attempted after one,
-    connect failure, backoff or open breaker."""
+    ``comm_errors`` counts requests not read because of the link: transport error, timeout, not
+    attempted after one, connect failure, backoff or open breaker. ``writes`` counts writes that
+    succeeded; ``write_failures`` those that raised WriteFailed (WriteRejected is not counted here).
+    """
+
     device_exceptions: int = 0
     """Requests answered with a Modbus exception response."""
-    connects: int = 0
-    """Successful connects, the first one included."""
-    reconnects: int = 0
-    """Successful connects after the first one."""
-    connect_failures: int = 0
-    backoff_polls: int = 0
-    """Polls answered with COMM_ERROR without I/O because a reconnect was not due yet."""
-    breaker_open_polls: int = 0
-    """Polls answered with COMM_ERROR without I/O because the circuit breaker was open."""
-    breaker_state: str = "closed"
-    breaker_opened: int = 0
-    """Times the breaker opened."""
     split_requests: int = 0
     """Planned requests currently read in pieces because the device rejected an address."""
-    writes: int = 0
-    write_failures: int = 0
-    """Writes that raised WriteFailed (WriteRejected is not counted here)."""
-    last_latency_s: float = math.nan
-    """Wall time of the last poll, connect included."""
 
 
 @dataclass(slots=True)
@@ -127,12 +109,16 @@ class _PollState:
         self.transport_error: BaseException | None = None
 
 
-class ModbusDeviceClient:
+class ModbusDeviceClient(DeviceClientBase[ClientStats]):
     """Polls and writes one device: connect (with backoff), breaker, read plan, decode, qualities.
 
     ``clock`` (monotonic seconds) and ``rng`` are injectable for tests; ``metrics=False`` keeps this
     client out of the process's Prometheus registry.
     """
+
+    protocol = PROTOCOL
+    _log = log
+    plan: ModbusDevicePlan
 
     def __init__(
         self,
@@ -157,7 +143,7 @@ class ModbusDeviceClient:
         self._addresses: dict[int, ModbusTagAddress] = dict(plan.wire_tags)
         self._splits: dict[int, _Split] = {}
         self._io_lock = asyncio.Lock()
-        self.breaker = CircuitBreaker(c.breaker_failures, c.breaker_reset_s, clock=clock)
+        self._breaker = CircuitBreaker(c.breaker_failures, c.breaker_reset_s, clock=clock)
         self._metrics = metrics
         dev = plan.device_id
         self._m_latency = POLL_LATENCY.labels(PROTOCOL, dev) if metrics else None
@@ -170,15 +156,14 @@ class ModbusDeviceClient:
             self._m_breaker.set(0)
 
     @property
-    def device_id(self) -> str:
-        return self.plan.device_id
+    def breaker(self) -> CircuitBreaker:
+        """This device's circuit breaker."""
+        return self._breaker
 
     @property
     def stats(self) -> ClientStats:
         """A copy of the counters."""
-        s = replace(self._stats)
-        s.breaker_state = self.breaker.state
-        s.breaker_opened = self.breaker.times_opened
+        s = super().stats
         s.split_requests = len(self._splits)
         return s
 
@@ -195,13 +180,13 @@ class ModbusDeviceClient:
         """Read every tag once. Never raises (except on cancellation)."""
         started = self._clock()
         ts_ns = time.time_ns()
-        was = self.breaker.state
-        if not self.breaker.allow():
+        was = self._breaker.state
+        if not self._breaker.allow():
             self._stats.breaker_open_polls += 1
             batch = self._uniform(ts_ns, Quality.COMM_ERROR)
             result = "breaker_open"
         else:
-            probe = self.breaker.state == "half_open"
+            probe = self._breaker.state == "half_open"
             try:
                 batch, link_ok = await self._poll(force_connect=probe)
             except Exception:  # a bug or an unexpected library error must not kill the source
@@ -209,18 +194,14 @@ class ModbusDeviceClient:
                 await self._drop_connection()
                 batch, link_ok = self._uniform(ts_ns, Quality.COMM_ERROR), False
             if link_ok:
-                self.breaker.record_success()
+                self._breaker.record_success()
                 result = "ok" if not np.any(batch.quality >= Quality.BAD) else "bad_points"
             else:
-                self.breaker.record_failure()
+                self._breaker.record_failure()
                 result = "comm_error"
         self._breaker_changed(was)
         latency = self._clock() - started
-        s = self._stats
-        s.polls += 1
-        s.last_latency_s = latency
-        if result != "ok":
-            s.failures += 1
+        self._count_poll(latency, result != "ok")
         if self._metrics:
             POLLS.labels(PROTOCOL, self.device_id, result).inc()
             assert self._m_latency is not None
@@ -278,9 +259,8 @@ class ModbusDeviceClient:
         if outcome.transport_error is not None:
             self._report_unhealthy(f"transport error: {outcome.transport_error!r}")
             await self._drop_connection()
-        elif not self._healthy:
-            self._healthy = True
-            log.info("modbus device reachable again device=%s", self.device_id)
+        else:
+            self._report_healthy()
         values = rp.decode(words, bits)
         bad = quality != Quality.GOOD
         values[bad] = np.nan
@@ -384,7 +364,7 @@ class ModbusDeviceClient:
             regs = encode_tag(value, address)
         except ValueError as exc:
             raise WriteRejected(self.device_id, tag_id, str(exc)) from None
-        if not self.breaker.allow():
+        if not self._breaker.allow():
             raise WriteFailed(self.device_id, tag_id, "circuit breaker open: the device is unreachable")
         if not await self._ensure_connected(count_backoff=False):
             raise WriteFailed(self.device_id, tag_id, "device unreachable (not connected)")
@@ -465,11 +445,8 @@ class ModbusDeviceClient:
             self._schedule_retry()
             return False
         self._client = client
-        if self._stats.connects:
-            self._stats.reconnects += 1
-            if self._m_reconnects is not None:
-                self._m_reconnects.inc()
-        self._stats.connects += 1
+        if self._count_connect() and self._m_reconnects is not None:
+            self._m_reconnects.inc()
         log.debug("modbus connected device=%s endpoint=%s", self.device_id, c.endpoint)
         return True
 
@@ -487,19 +464,12 @@ class ModbusDeviceClient:
                 self._schedule_retry()
 
     def _breaker_changed(self, was: str) -> None:
-        now = self.breaker.state
+        now = self._breaker.state
         if now != was:
             level = logging.WARNING if now == "open" else logging.INFO
             log.log(level, "modbus circuit breaker %s -> %s device=%s", was, now, self.device_id)
         if self._m_breaker is not None:
             self._m_breaker.set(BREAKER_STATE_VALUE[now])
-
-    def _report_unhealthy(self, reason: str) -> None:
-        if self._healthy:
-            self._healthy = False
-            log.warning("modbus device unreachable device=%s reason=%s", self.device_id, reason)
-        else:
-            log.debug("modbus device still unreachable device=%s reason=%s", self.device_id, reason)
 
     def _count_error(self, name: str, n: int = 1) -> None:
         setattr(self._stats, name, getattr(self._stats, name) + n)
@@ -511,16 +481,9 @@ class ModbusDeviceClient:
         return self._uniform(ts_ns, quality)
 
     def _uniform(self, ts_ns: int, quality: Quality) -> PointBatch:
-        n = len(self.read_plan)
         if quality == Quality.COMM_ERROR:
             self._count_error("comm_errors", len(self.read_plan.requests))
-        return PointBatch(
-            device_id=self.device_id,
-            ts_ns=np.full(n, ts_ns, dtype=np.int64),
-            tag_ids=self._tag_ids,
-            values=np.full(n, np.nan),
-            quality=np.full(n, quality, dtype=QUALITY_DTYPE),
-        )
+        return self._nan_batch(ts_ns, quality)
 
 
 def _read(client: AnyModbusClient, req: ReadRequest, unit: int) -> Awaitable[Any]:

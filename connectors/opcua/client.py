@@ -36,7 +36,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from cryptography import x509
 from prometheus_client import Counter
 
+from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.opcua.certs import ensure_application_certificate
 from connectors.opcua.config import OpcUaConnection, OpcUaDevicePlan, parse_node_id
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
@@ -266,35 +267,22 @@ class _NodeMeta:
 
 
 @dataclass(slots=True)
-class ClientStats:
-    """Counters of one device client (a snapshot is returned by :attr:`OpcUaDeviceClient.stats`)."""
+class ClientStats(DeviceClientStats):
+    """Counters of one device client (a snapshot is returned by :attr:`OpcUaDeviceClient.stats`).
 
-    polls: int = 0
-    failures: int = 0
-    """Polls with at least one bad point."""
-    comm_errors: int = 0
-    """Polls answered with COMM_ERROR for every tag (no session, transport error, breaker open)."""
+    ``comm_errors`` counts polls answered with COMM_ERROR for every tag (no session, transport
+    error, breaker open). ``writes`` counts writes attempted, ``write_failures`` those that raised.
+    """
+
     device_exceptions: int = 0
     """Points with a Bad status from the server."""
     config_errors: int = 0
     """Points whose node is misconfigured (unknown node id, not readable, ...)."""
-    connects: int = 0
-    reconnects: int = 0
-    connect_failures: int = 0
-    backoff_polls: int = 0
-    """Polls answered without I/O because a reconnect was not due yet."""
-    breaker_open_polls: int = 0
-    """Polls answered without I/O because the circuit breaker was open."""
     changes: int = 0
     """Subscribe mode: data changes received."""
     dropped_changes: int = 0
     """Subscribe mode: changes dropped because the buffer was full."""
     subscriptions_created: int = 0
-    writes: int = 0
-    write_failures: int = 0
-    breaker_state: str = "closed"
-    breaker_opened: int = 0
-    last_latency_s: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,12 +528,16 @@ async def browse_server(
 # -- the device client -----------------------------------------------------------------------------
 
 
-class OpcUaDeviceClient:
+class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
     """Reads one OPC UA server for a :class:`~connectors.opcua.config.OpcUaDevicePlan`; see the module docstring.
 
     ``clock`` (monotonic seconds) and ``rng`` are injectable for tests; ``metrics=False`` keeps
     this client out of the process's Prometheus registry.
     """
+
+    protocol = PROTOCOL
+    _log = log
+    plan: OpcUaDevicePlan
 
     def __init__(
         self,
@@ -589,18 +581,6 @@ class OpcUaDeviceClient:
             }
 
     # -- public ------------------------------------------------------------------------------------
-
-    @property
-    def device_id(self) -> str:
-        return self.plan.device_id
-
-    @property
-    def stats(self) -> ClientStats:
-        """A copy of the counters."""
-        s = replace(self._stats)
-        s.breaker_state = self._breaker.state
-        s.breaker_opened = self._breaker.times_opened
-        return s
 
     @property
     def connected(self) -> bool:
@@ -712,14 +692,7 @@ class OpcUaDeviceClient:
 
     def error_batch(self, quality: Quality, ts_ns: int) -> PointBatch:
         """Every tag with NaN and ``quality`` (a poll that could not complete)."""
-        n = len(self._tag_ids)
-        return PointBatch(
-            device_id=self.device_id,
-            ts_ns=np.full(n, ts_ns, dtype=np.int64),
-            tag_ids=self._tag_ids,
-            values=np.full(n, np.nan),
-            quality=np.full(n, quality, dtype=QUALITY_DTYPE),
-        )
+        return self._nan_batch(ts_ns, quality)
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -763,11 +736,8 @@ class OpcUaDeviceClient:
             self._report_unhealthy(f"cannot create the subscription: {_explain(exc, c)}")
             await self._drop_session()
             return False
-        if self._stats.connects:
-            self._stats.reconnects += 1
-            if self._m is not None:
-                self._m["reconnects"].inc()
-        self._stats.connects += 1
+        if self._count_connect() and self._m is not None:
+            self._m["reconnects"].inc()
         self._backoff.reset()
         self._retry_at = -math.inf
         self._meta.clear()  # the server may have changed while we were away
@@ -798,13 +768,6 @@ class OpcUaDeviceClient:
             await close_session(client, min(1.0, self.plan.connection.timeout_s))
             if schedule_retry:
                 self._schedule_retry()
-
-    def _report_unhealthy(self, reason: str) -> None:
-        if self._healthy:
-            self._healthy = False
-            log.warning("opcua device unreachable device=%s reason=%s", self.device_id, reason)
-        else:
-            log.debug("opcua device still unreachable device=%s reason=%s", self.device_id, reason)
 
     # -- poll mode -----------------------------------------------------------------------------------
 
@@ -1043,13 +1006,10 @@ class OpcUaDeviceClient:
     # -- accounting ----------------------------------------------------------------------------------
 
     def _account(self, batch: PointBatch, link_failed: bool, latency: float) -> None:
-        s = self._stats
-        s.polls += 1
-        s.last_latency_s = latency
         q = batch.quality
         failed = bool(np.any(q >= Quality.BAD))
-        if failed:
-            s.failures += 1
+        self._count_poll(latency, failed)
+        s = self._stats
         if link_failed:
             s.comm_errors += 1
         else:

@@ -34,7 +34,7 @@ import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -48,6 +48,7 @@ from snap7.error import (
 )
 from snap7.type import Area, Parameter
 
+from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import (
     BREAKER_STATE,
@@ -55,7 +56,6 @@ from connectors.resilience import (
     POLL_LATENCY,
     POLLS,
     Backoff,
-    BreakerState,
     CircuitBreaker,
 )
 from connectors.s7.address import S7Address
@@ -77,44 +77,34 @@ __all__ = ["ClientStats", "S7DeviceClient", "WriteFailed", "WriteRejected"]
 
 
 @dataclass(slots=True)
-class ClientStats:
-    """Counters of one device client (:attr:`S7DeviceClient.stats` returns a copy)."""
+class ClientStats(DeviceClientStats):
+    """Counters of one device client (:attr:`S7DeviceClient.stats` returns a copy).
 
-    polls: int = 0
-    failures: int = 0
-    """Polls with at least one tag not read."""
+    ``comm_errors`` counts polls (or requests) lost to the link: transport error, timeout, not
+    attempted, connect failure, backoff or open breaker. ``writes`` counts writes that succeeded.
+    """
+
     requests: int = 0
     """Read requests sent."""
-    comm_errors: int = 0
-    """Polls (or requests) lost to the link: transport error, timeout, not attempted, connect failure,
-    backoff or open breaker."""
     device_errors: int = 0
     """Items (or whole requests) the CPU answered with an error code."""
-    connects: int = 0
-    reconnects: int = 0
-    connect_failures: int = 0
-    backoff_polls: int = 0
-    """Polls answered without I/O because a reconnect was not due yet."""
-    breaker_open_polls: int = 0
-    """Polls answered without I/O because the circuit breaker was open."""
-    breaker_state: BreakerState = "closed"
-    breaker_opened: int = 0
     pdu_size: int = 0
     """PDU size negotiated at the last connect."""
     max_request_bytes: int = 0
     max_response_bytes: int = 0
     """Largest read request / response PDU seen (never above ``pdu_size``)."""
-    writes: int = 0
-    write_failures: int = 0
-    last_latency_s: float = math.nan
 
 
-class S7DeviceClient:
+class S7DeviceClient(DeviceClientBase[ClientStats]):
     """Polls and writes one S7 device; see the module docstring for the error mapping.
 
     ``clock`` (monotonic seconds) and ``rng`` are injectable; ``metrics=False`` keeps the client out
     of the process's Prometheus registry.
     """
+
+    protocol = PROTOCOL
+    _log = log
+    plan: S7DevicePlan
 
     def __init__(
         self,
@@ -157,18 +147,6 @@ class S7DeviceClient:
     # -- public --------------------------------------------------------------------------------
 
     @property
-    def device_id(self) -> str:
-        return self.plan.device_id
-
-    @property
-    def stats(self) -> ClientStats:
-        """A copy of the counters."""
-        s = replace(self._stats)
-        s.breaker_state = self._breaker.state
-        s.breaker_opened = self._breaker.times_opened
-        return s
-
-    @property
     def connected(self) -> bool:
         return self._client is not None
 
@@ -184,12 +162,8 @@ class S7DeviceClient:
                 await self._drop_connection(failure=True)
                 batch = self._uniform(ts_ns, Quality.COMM_ERROR)
         latency = self._clock() - started
-        s = self._stats
-        s.polls += 1
-        s.last_latency_s = latency
         bad = int(np.count_nonzero(batch.quality >= Quality.BAD))
-        if bad:
-            s.failures += 1
+        self._count_poll(latency, bad > 0)
         if self._m is not None:
             self._m["latency"].observe(latency)
             self._m["ok" if bad == 0 else "failed" if bad == len(batch) else "partial"].inc()
@@ -288,9 +262,7 @@ class S7DeviceClient:
         elif answered:
             self._breaker.record_success()
             self._backoff.reset()
-            if not self._healthy:
-                self._healthy = True
-                log.info("s7 device reachable again device=%s", self.device_id)
+            self._report_healthy()
         values, quality, text = rp.decode(buf, item_q)
         return PointBatch(
             device_id=self.device_id,
@@ -411,9 +383,7 @@ class S7DeviceClient:
         pdu = int(client.get_pdu_length())
         self._stats.pdu_size = pdu
         self.read_plan = self._plan_for(pdu)
-        if self._stats.connects:
-            self._stats.reconnects += 1
-        self._stats.connects += 1
+        self._count_connect()
         log.debug("s7 connected device=%s host=%s port=%d pdu=%d", self.device_id, c.host, c.port, pdu)
         return True
 
@@ -448,24 +418,10 @@ class S7DeviceClient:
         if failure:
             self._fail()
 
-    def _report_unhealthy(self, reason: str) -> None:
-        if self._healthy:
-            self._healthy = False
-            log.warning("s7 device unreachable device=%s reason=%s", self.device_id, reason)
-        else:
-            log.debug("s7 device still unreachable device=%s reason=%s", self.device_id, reason)
-
     def _uniform(self, ts_ns: int, quality: Quality) -> PointBatch:
-        n = len(self._tag_ids)
         if quality == Quality.COMM_ERROR:
             self._stats.comm_errors += 1
-        return PointBatch(
-            device_id=self.device_id,
-            ts_ns=np.full(n, ts_ns, dtype=np.int64),
-            tag_ids=self._tag_ids,
-            values=np.full(n, np.nan),
-            quality=np.full(n, quality, dtype=QUALITY_DTYPE),
-        )
+        return self._nan_batch(ts_ns, quality)
 
 
 # -- blocking helpers (run in the worker threads) ------------------------------------------------

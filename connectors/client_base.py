@@ -1,0 +1,129 @@
+"""What the polled device clients (Modbus, OPC UA, S7) share: their core counters and the
+bookkeeping around them.
+
+Each protocol's ``ClientStats`` extends :class:`DeviceClientStats` with its own counters, and each
+client derives from :class:`DeviceClientBase`, which owns the stats snapshot (with the circuit
+breaker's state), connect and poll accounting, "unreachable" logging and the all-NaN batch.
+Connecting, backoff, metrics and the I/O itself stay in each client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from connectors.resilience import BreakerState, CircuitBreaker
+from core.batch import PointBatch
+from core.quality import QUALITY_DTYPE, Quality
+
+__all__ = ["DeviceClientBase", "DeviceClientStats"]
+
+
+@dataclass(slots=True)
+class DeviceClientStats:
+    """Counters every device client keeps (a snapshot is returned by its ``stats``)."""
+
+    polls: int = 0
+    """Polls answered (including those answered without I/O during backoff or with the breaker open)."""
+    failures: int = 0
+    """Polls where at least one tag was not read."""
+    comm_errors: int = 0
+    """Reads lost to the link; each protocol's ``ClientStats`` says whether it counts requests or polls."""
+    connects: int = 0
+    """Successful connects, the first one included."""
+    reconnects: int = 0
+    """Successful connects after the first one."""
+    connect_failures: int = 0
+    backoff_polls: int = 0
+    """Polls answered with COMM_ERROR without I/O because a reconnect was not due yet."""
+    breaker_open_polls: int = 0
+    """Polls answered with COMM_ERROR without I/O because the circuit breaker was open."""
+    breaker_state: BreakerState = "closed"
+    breaker_opened: int = 0
+    """Times the breaker opened."""
+    writes: int = 0
+    write_failures: int = 0
+    last_latency_s: float = math.nan
+    """Wall time of the last poll, connect included."""
+
+
+class _Plan(Protocol):
+    @property
+    def device_id(self) -> str: ...
+
+
+StatsT = TypeVar("StatsT", bound=DeviceClientStats)
+
+
+class DeviceClientBase(Generic[StatsT]):
+    """The bookkeeping of a device client. A subclass sets ``protocol`` and ``_log`` (its module's
+    logger, so records keep their logger name) and, in ``__init__``, ``plan``, ``_stats``,
+    ``_breaker``, ``_tag_ids`` and ``_healthy = True``."""
+
+    protocol: ClassVar[str]
+    _log: ClassVar[logging.Logger]
+    plan: _Plan
+    _stats: StatsT
+    _breaker: CircuitBreaker
+    _tag_ids: npt.NDArray[np.int64]
+    _healthy: bool
+
+    @property
+    def device_id(self) -> str:
+        return self.plan.device_id
+
+    @property
+    def stats(self) -> StatsT:
+        """A copy of the counters."""
+        s = replace(self._stats)
+        s.breaker_state = self._breaker.state
+        s.breaker_opened = self._breaker.times_opened
+        return s
+
+    def _count_poll(self, latency: float, failed: bool) -> None:
+        s = self._stats
+        s.polls += 1
+        s.last_latency_s = latency
+        if failed:
+            s.failures += 1
+
+    def _count_connect(self) -> bool:
+        """Count a successful connect; whether it was a reconnect."""
+        s = self._stats
+        again = s.connects > 0
+        if again:
+            s.reconnects += 1
+        s.connects += 1
+        return again
+
+    def _report_unhealthy(self, reason: str) -> None:
+        if self._healthy:
+            self._healthy = False
+            self._log.warning(
+                "%s device unreachable device=%s reason=%s", self.protocol, self.device_id, reason
+            )
+        else:
+            self._log.debug(
+                "%s device still unreachable device=%s reason=%s", self.protocol, self.device_id, reason
+            )
+
+    def _report_healthy(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            self._log.info("%s device reachable again device=%s", self.protocol, self.device_id)
+
+    def _nan_batch(self, ts_ns: int, quality: Quality) -> PointBatch:
+        """Every tag with NaN and ``quality``."""
+        n = len(self._tag_ids)
+        return PointBatch(
+            device_id=self.device_id,
+            ts_ns=np.full(n, ts_ns, dtype=np.int64),
+            tag_ids=self._tag_ids,
+            values=np.full(n, np.nan),
+            quality=np.full(n, quality, dtype=QUALITY_DTYPE),
+        )
