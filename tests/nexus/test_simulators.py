@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import threading
 from typing import Any
 
@@ -18,16 +17,11 @@ from core.quality import Quality
 from dataflows.compiler import Runtime, compile_flow
 from dataflows.spec import SpecError, parse_spec
 from nexus.demo import describe, simulated_devices, simulators_for
+from nexus.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
 LOCATION = {"enterprise": "acme", "site": "s1", "area": "a1", "line": "l1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Collect(DynamicSink[PointBatch]):

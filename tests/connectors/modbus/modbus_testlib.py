@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 from connectors.modbus.config import ModbusConnection, ModbusDevicePlan, ModbusTagAddress
+from nexus.embedded import free_port  # noqa: F401 - re-exported for the tests
 
 A = ModbusTagAddress
 
@@ -40,12 +40,6 @@ MIXED_VALUES: tuple[float, ...] = (
     1,
     1,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plan_for(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 from connectors.s7.config import S7Connection, S7DevicePlan, S7TagAddress
+from nexus.embedded import free_port  # noqa: F401 - re-exported for the tests
 
 
 def T(address: str, data_type: str, length: int | None = None) -> S7TagAddress:  # noqa: N802
@@ -51,12 +51,6 @@ MIXED_VALUES: tuple[float | str, ...] = (
     4242,
     1,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plan_for(
