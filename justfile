@@ -4,7 +4,7 @@ python := env("PYTHON", "python")
 
 # list the recipes
 default:
-    @just --list
+    @{{just_executable()}} --list
 
 # install the project with its development tools into the current Python environment
 setup:
