@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Generic, Protocol, TypeVar
 
@@ -21,7 +22,28 @@ from connectors.resilience import BreakerState, CircuitBreaker
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
-__all__ = ["DeviceClientBase", "DeviceClientStats"]
+__all__ = ["DeviceClientBase", "DeviceClientStats", "check_plan"]
+
+
+def check_plan(device_id: str, poll_interval_s: float, tag_ids: Iterable[int]) -> set[int]:
+    """The checks every device plan makes at construction; returns the plan's tag ids.
+
+    >>> check_plan("d1", 1.0, [1, 2])
+    {1, 2}
+    >>> check_plan("d1", 1.0, [1, 1])
+    Traceback (most recent call last):
+    ValueError: device 'd1': tag id 1 appears twice in `tags`
+    """
+    if not device_id:
+        raise ValueError("device_id must not be empty")
+    if not poll_interval_s > 0:
+        raise ValueError(f"`poll_interval_s` must be > 0, got {poll_interval_s!r}")
+    seen: set[int] = set()
+    for tag_id in tag_ids:
+        if tag_id in seen:
+            raise ValueError(f"device {device_id!r}: tag id {tag_id} appears twice in `tags`")
+        seen.add(tag_id)
+    return seen
 
 
 @dataclass(slots=True)

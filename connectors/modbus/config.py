@@ -52,6 +52,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from connectors.client_base import check_plan
+
 RegisterTable = Literal["holding", "input", "coil", "discrete"]
 """Modbus table: holding registers (fc 3), input registers (fc 4), coils (fc 1), discrete inputs (fc 2)."""
 
@@ -306,17 +308,10 @@ class ModbusDevicePlan:
     wire_tags: tuple[tuple[int, ModbusTagAddress], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.device_id:
-            raise ValueError("device_id must not be empty")
-        if not self.poll_interval_s > 0:
-            raise ValueError(f"`poll_interval_s` must be > 0, got {self.poll_interval_s!r}")
-        seen: set[int] = set()
+        check_plan(self.device_id, self.poll_interval_s, (tag_id for tag_id, _ in self.tags))
         base = self.connection.address_base
         wire: list[tuple[int, ModbusTagAddress]] = []
         for tag_id, address in self.tags:
-            if tag_id in seen:
-                raise ValueError(f"device {self.device_id!r}: tag id {tag_id} appears twice in `tags`")
-            seen.add(tag_id)
             if address.data_type != "bool" and address.register_count > self.connection.max_registers:
                 raise ValueError(
                     f"device {self.device_id!r}: tag {tag_id} ({address.data_type}) needs "

@@ -28,6 +28,8 @@ from typing import Literal
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from connectors.client_base import check_plan
+
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 SecurityPolicyName = Literal["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
 Mode = Literal["poll", "subscribe"]
@@ -164,15 +166,7 @@ class OpcUaDevicePlan:
     writable: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
-        if not self.device_id:
-            raise ValueError("device_id must not be empty")
-        if not self.poll_interval_s > 0:
-            raise ValueError(f"`poll_interval_s` must be > 0, got {self.poll_interval_s!r}")
-        seen: set[int] = set()
-        for tag_id, _address in self.tags:
-            if tag_id in seen:
-                raise ValueError(f"device {self.device_id!r}: tag id {tag_id} appears twice in `tags`")
-            seen.add(tag_id)
+        seen = check_plan(self.device_id, self.poll_interval_s, (tag_id for tag_id, _ in self.tags))
         unknown = set(self.writable) - seen
         if unknown:
             raise ValueError(

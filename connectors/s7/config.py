@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from connectors.client_base import check_plan
 from connectors.s7.address import DataType, S7Address, parse_address
 
 _TSAP_RE = re.compile(r"^(?:0x)?([0-9a-f]{1,4})$|^([0-9a-f]{1,2})\.([0-9a-f]{1,2})$", re.IGNORECASE)
@@ -155,12 +156,4 @@ class S7DevicePlan:
     tags: tuple[tuple[int, S7TagAddress], ...]
 
     def __post_init__(self) -> None:
-        if not self.device_id:
-            raise ValueError("device_id must not be empty")
-        if not self.poll_interval_s > 0:
-            raise ValueError(f"`poll_interval_s` must be > 0, got {self.poll_interval_s!r}")
-        seen: set[int] = set()
-        for tag_id, _ in self.tags:
-            if tag_id in seen:
-                raise ValueError(f"device {self.device_id!r}: tag id {tag_id} appears twice in `tags`")
-            seen.add(tag_id)
+        check_plan(self.device_id, self.poll_interval_s, (tag_id for tag_id, _ in self.tags))
