@@ -1,1 +1,11 @@
-"""Flow specs: schema and validation for the designer."""
+"""Flows: specs, versions, deploys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def route_handlers() -> list[Any]:
+    from api.flows.controllers import FlowSpecController
+
+    return [FlowSpecController]
