@@ -39,6 +39,13 @@ class HistorianConfig(BaseModel):
     """TimescaleDB only: compress chunks older than this (``None``: no compression policy)."""
     retention: str | None = None
     """TimescaleDB only: drop chunks older than this (``None``: keep everything)."""
+    partition_past_s: float = Field(default=8 * 86_400.0, ge=0, allow_inf_nan=False)
+    """Native partitioning: partitions are created for rows at most this far behind the clock (and
+    ``partition_future_s`` ahead); older or later rows go to the DEFAULT partition. The sources
+    already refuse such timestamps (:mod:`core.timestamps`); this bounds what any other writer
+    (a replay, a test, a tool) can make the writer create — one partition per distinct day of 1950
+    otherwise."""
+    partition_future_s: float = Field(default=2 * 86_400.0, ge=0, allow_inf_nan=False)
     use_timescaledb: bool = True
     """Use TimescaleDB when the server offers it; ``False`` forces native partitioning."""
     retry_initial_s: float = Field(default=0.2, gt=0)

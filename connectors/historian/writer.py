@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,9 +127,15 @@ class HistorianWriter:
     """Writes point batches to ``nexus_points`` from a background thread; see the module docstring."""
 
     def __init__(
-        self, config: HistorianConfig, tags: Mapping[int, TagInfo], *, name: str = "historian"
+        self,
+        config: HistorianConfig,
+        tags: Mapping[int, TagInfo],
+        *,
+        name: str = "historian",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self._clock = clock
         self._tags = list(tags.values())
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_batches)
         self._interval_us = INTERVAL_SECONDS[config.partition_interval] * 1_000_000
@@ -344,7 +350,11 @@ class HistorianWriter:
         # partitions are aligned on the Unix epoch, in UTC
         unix_us = time_us + PG_EPOCH_US
         starts = (np.unique(unix_us // self._interval_us) * self._interval_us).tolist()
-        missing = [s for s in starts if s not in self._partitions]
+        # bounded: only ranges near the clock get their own partition, the rest go to DEFAULT
+        now_us = self._clock() * 1e6
+        lo = now_us - self.config.partition_past_s * 1e6 - self._interval_us
+        hi = now_us + self.config.partition_future_s * 1e6
+        missing = [s for s in starts if lo <= s <= hi and s not in self._partitions]
         if missing:
             self._partitions.update(ensure_partitions(conn, missing, self._interval_us // 1_000_000))
 

@@ -21,8 +21,9 @@ rate-limited warning names the topic and the path:
 - malformed JSON, a path that is not in the payload, an object or list where a value should be:
   ``CONFIG_ERROR``;
 - a value that is not a number for a ``number`` tag, ``null``, NaN or infinity: ``OUT_OF_RANGE``;
-- a timestamp that cannot be read, or lies more than ``max_clock_skew_s`` in the future: the
-  receive time is used instead and the point is ``UNCERTAIN``.
+- a timestamp that cannot be read, lies more than ``max_clock_skew_s`` in the future or more than
+  ``max_past_s`` in the past (:mod:`core.timestamps`, the rule of every source): the receive time
+  is used instead, the point is ``UNCERTAIN`` and ``nexus_timestamps_replaced`` counts it.
 
 Timestamps come from the payload when the tag has a ``timestamp_path`` (ISO-8601, naive taken as
 UTC, or epoch s/ms/µs/ns by magnitude, see :mod:`connectors.mqtt.source_config`), else they are
@@ -67,6 +68,7 @@ from connectors.mqtt.source_config import (
 )
 from core.batch import PointBatch, tag_id_for
 from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
+from core.timestamps import TimestampWindow, count_replaced
 
 __all__ = [
     "MqttSource",
@@ -94,6 +96,12 @@ class PayloadError(ValueError):
 
 
 _MISSING = object()
+
+
+def _short(raw: Any, limit: int = 80) -> str:
+    """``repr(raw)`` cut to ``limit`` characters: a payload value goes into a log line."""
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def lookup(doc: Any, path: Sequence[PathPart]) -> Any:
@@ -267,7 +275,7 @@ class MqttSourceStats:
     bad_points: int = 0
     """Points marked bad because of the payload (malformed JSON, missing path, not a number, ...)."""
     timestamp_errors: int = 0
-    """Payload timestamps that could not be read or lay in the future (receive time used)."""
+    """Payload timestamps that could not be read or lay outside the accepted window (receive time used)."""
     refused_level_tags: int = 0
     """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
     batches: int = 0
@@ -325,7 +333,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         self._subs = list(subscriptions)
         self._stop_event = stop_event
         self._idle = timedelta(seconds=config.idle_wake_s)
-        self._skew_ns = round(config.max_clock_skew_s * _NS_PER_S)
+        self._window = TimestampWindow(max_past_s=config.max_past_s, max_future_s=config.max_clock_skew_s)
         self._explicit: list[list[tuple[str | None, _Extractor]]] = [
             [(m.topic, _Extractor.build(device_id, m.name, m)) for m in sub.tags] for sub in self._subs
         ]
@@ -573,16 +581,26 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         return batch
 
     def _stamp(self, doc: Any, path: tuple[PathPart, ...], recv_ns: int) -> tuple[int, str | None]:
+        """The point's timestamp under the rule of :mod:`core.timestamps`, and the problem if any."""
         raw = _lookup_optional(doc, path)
+        problem: str | None = None
+        stamp: int | None = None
         if raw is _MISSING:
-            return recv_ns, "timestamp missing"
-        try:
-            stamp = decode_timestamp(raw)
-        except (ValueError, OverflowError) as exc:
-            return recv_ns, str(exc)
-        if stamp > recv_ns + self._skew_ns:
-            return recv_ns, f"timestamp {raw!r} is more than {self.config.max_clock_skew_s:g} s in the future"
-        return stamp, None
+            problem = "timestamp missing"
+        else:
+            try:
+                stamp = decode_timestamp(raw)
+            except (ValueError, OverflowError) as exc:
+                problem = _short(str(exc), 200)
+        used, reason = self._window.check(stamp, recv_ns)
+        if reason is None:
+            return used, None
+        count_replaced(f"mqtt:{self.device_id}", reason)
+        if reason == "future":
+            problem = f"timestamp {_short(raw)} is more than {self._window.max_future_s:g} s in the future"
+        elif reason == "too_old":
+            problem = f"timestamp {_short(raw)} is more than {self._window.max_past_s:g} s in the past"
+        return used, problem
 
     def _report_metrics(self, received: int, dropped: int, bad: int) -> None:
         for name, now in (("received", received), ("dropped", dropped)):

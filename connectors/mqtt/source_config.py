@@ -35,6 +35,7 @@ from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from connectors.mqtt.url import MqttUrl, parse_mqtt_url
+from core.timestamps import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_PAST_S
 
 __all__ = [
     "MqttPayload",
@@ -240,9 +241,12 @@ class MqttSourceConfig(_Frozen):
     keepalive_s: int = Field(default=30, gt=0)
     reconnect_min_s: int = Field(default=1, gt=0)
     reconnect_max_s: int = Field(default=30, gt=0)
-    max_clock_skew_s: float = Field(default=60.0, gt=0)
+    max_clock_skew_s: float = Field(default=DEFAULT_MAX_FUTURE_S, gt=0, allow_inf_nan=False)
     """Payload timestamps further than this in the future are replaced by the receive time
     (quality ``uncertain``): one future-stamped reading would make every later one 'late'."""
+    max_past_s: float = Field(default=DEFAULT_MAX_PAST_S, gt=0, allow_inf_nan=False)
+    """Payload timestamps older than this are replaced by the receive time (quality ``uncertain``):
+    see :mod:`core.timestamps`."""
     warn_interval_s: float = Field(default=60.0, gt=0)
     """At most one warning per tag and problem per interval (the rest are counted)."""
 

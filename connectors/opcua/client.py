@@ -9,7 +9,8 @@
   dropped and counted) and :meth:`~OpcUaDeviceClient.poll` drains the buffer, one point per change.
 
 Either way a point's timestamp is the value's SourceTimestamp (else ServerTimestamp, else the
-time of the poll), UTC nanoseconds, and its quality comes from the StatusCode: Good → ``GOOD``,
+time of the poll), UTC nanoseconds — replaced by the receive time (quality ``uncertain``, counted)
+when it lies outside the plan's ``timestamps`` window (:mod:`core.timestamps`) — and its quality comes from the StatusCode: Good → ``GOOD``,
 Uncertain → ``UNCERTAIN``, Bad → ``DEVICE_EXCEPTION``, except the codes that mean the tag is
 misconfigured (``BadNodeIdUnknown``, ``BadNotReadable``, ...) → ``CONFIG_ERROR``. Strings go to
 the batch's ``text`` side channel, booleans become 0/1.
@@ -64,6 +65,7 @@ from connectors.resilience import (
 )
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
+from core.timestamps import TimestampWindow, count_replaced
 
 __all__ = [
     "BrowsedVariable",
@@ -172,11 +174,22 @@ def datetime_ns(value: dt.datetime | None) -> int | None:
     return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
 
 
-def _convert(dv: ua.DataValue, fallback_ts: int) -> tuple[float, int, int, str | None]:
-    """(value, quality, ts_ns, text) of one DataValue."""
+def _convert(
+    dv: ua.DataValue, fallback_ts: int, window: TimestampWindow, source: str = "opcua"
+) -> tuple[float, int, int, str | None]:
+    """(value, quality, ts_ns, text) of one DataValue.
+
+    A Source/ServerTimestamp outside ``window`` of the receive time ``fallback_ts`` is replaced by
+    it and the point is at best ``uncertain`` (:mod:`core.timestamps`): a server whose clock says
+    1900 or 9999 would otherwise crash the batch (int64 overflow) or flood the historian.
+    """
     status = dv.StatusCode.value if dv.StatusCode is not None else 0
     q = status_quality(status)
-    ts = datetime_ns(dv.SourceTimestamp) or datetime_ns(dv.ServerTimestamp) or fallback_ts
+    stamp = datetime_ns(dv.SourceTimestamp) or datetime_ns(dv.ServerTimestamp)
+    ts, reason = window.check(stamp, fallback_ts) if stamp is not None else (fallback_ts, None)
+    if reason is not None:
+        count_replaced(source, reason)
+        q = max(q, Quality.UNCERTAIN)
     if q >= Quality.BAD:
         return math.nan, q, ts, None
     v = dv.Value.Value if dv.Value is not None else None
@@ -548,6 +561,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         metrics: bool = True,
     ) -> None:
         self.plan = plan
+        self._ts_source = f"opcua:{plan.device_id}"
         c = plan.connection
         self._clock = clock
         self._stats = ClientStats()
@@ -814,7 +828,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
                 continue
             for k, dv in enumerate(results):
                 i = start + k
-                v, q, t, s = _convert(dv, now_ns)
+                v, q, t, s = _convert(dv, now_ns, self.plan.timestamps, self._ts_source)
                 values[i], quality[i], ts[i] = v, q, t
                 if s is not None:
                     text[i] = s
@@ -883,7 +897,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
                 item = ev.data.monitored_item
                 i = item.ClientHandle - 1
                 if 0 <= i < len(self._tag_ids) and item.Value is not None:
-                    v, q, t, s = _convert(item.Value, time.time_ns())
+                    v, q, t, s = _convert(item.Value, time.time_ns(), self.plan.timestamps, self._ts_source)
                     self._push(i, v, q, t, s)
             elif isinstance(ev, StatusChangeEvent):
                 status = ev.notification.Status

@@ -29,6 +29,7 @@ from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.client_base import check_plan
+from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 SecurityPolicyName = Literal["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
@@ -164,6 +165,9 @@ class OpcUaDevicePlan:
     poll_interval_s: float
     tags: tuple[tuple[int, OpcUaTagAddress], ...]
     writable: frozenset[int] = frozenset()
+    timestamps: TimestampWindow = DEFAULT_WINDOW
+    """Source/server timestamps outside this window of the receive time are replaced by it
+    (quality ``uncertain``, counted): the rule of every source, :mod:`core.timestamps`."""
 
     def __post_init__(self) -> None:
         seen = check_plan(self.device_id, self.poll_interval_s, (tag_id for tag_id, _ in self.tags))

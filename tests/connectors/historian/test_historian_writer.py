@@ -61,7 +61,7 @@ def test_round_trip_values_time_quality_nan(db: str) -> None:
         ts_ns=np.array([T0, T0, T0 + 1_000], dtype=np.int64),
         quality=np.array([Quality.GOOD, Quality.COMM_ERROR, Quality.CLAMPED], dtype=np.uint8),
     )
-    with HistorianWriter(HistorianConfig(url=db), TAGS) as w:
+    with HistorianWriter(HistorianConfig(url=db), TAGS, clock=lambda: T0 / 1e9) as w:
         w.write(b)
         w.flush(10)
         assert w.stats()["rows_written"] == 3
@@ -78,7 +78,7 @@ def test_round_trip_values_time_quality_nan(db: str) -> None:
 
 def test_rows_on_several_days_go_to_their_partitions(db: str) -> None:
     day = 86_400 * 10**9
-    with HistorianWriter(HistorianConfig(url=db), TAGS) as w:
+    with HistorianWriter(HistorianConfig(url=db), TAGS, clock=lambda: (T0 + 2 * day) / 1e9) as w:
         w.write(batch(4, t0=T0, step_ns=day))
         w.flush(10)
     with psycopg.connect(db) as conn:
@@ -86,6 +86,26 @@ def test_rows_on_several_days_go_to_their_partitions(db: str) -> None:
             "SELECT tableoid::regclass::text, count(*) FROM nexus_points GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert parts == [(f"nexus_points_p202311{d}", 1) for d in (14, 15, 16, 17)]
+
+
+def test_partition_creation_is_bounded_by_the_clock(db: str) -> None:
+    """Issue 12.1: 30 rows dated on 30 days of 1950 created 30 partitions; now they go to DEFAULT."""
+    day = 86_400 * 10**9
+    t1950 = -631_152_000 * 10**9  # 1950-01-01
+    with HistorianWriter(HistorianConfig(url=db), TAGS, clock=lambda: T0 / 1e9) as w:
+        w.write(batch(30, t0=t1950, step_ns=day))
+        w.write(batch(2, t0=T0 + 30 * day, step_ns=day))  # a month ahead of the clock: DEFAULT too
+        w.write(batch(1, t0=T0))
+        w.flush(10)
+    with psycopg.connect(db) as conn:
+        parts = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM nexus_points GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        n_partitions = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'nexus_points'::regclass"
+        ).fetchone()
+    assert parts == [("nexus_points_default", 32), ("nexus_points_p20231114", 1)]
+    assert n_partitions == (2,)
 
 
 def test_replay_is_idempotent(db: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from connectors.opcua.config import OpcUaConnection, OpcUaDevicePlan, OpcUaTagAddress
 from connectors.opcua.simulator import SimVariable
+from core.timestamps import TimestampWindow
 
 T = TypeVar("T")
 
@@ -28,6 +29,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+HISTORIC = TimestampWindow(max_past_s=100 * 365 * 86_400.0)
+"""The tests set fixed source timestamps in 2023/2024: accept them (the default keeps a week)."""
+
+
 def plan(
     device_id: str,
     endpoint: str,
@@ -35,6 +40,7 @@ def plan(
     *,
     poll_interval_s: float = 0.1,
     writable: Sequence[int] = (),
+    timestamps: TimestampWindow = HISTORIC,
     **conn: Any,
 ) -> OpcUaDevicePlan:
     """A plan whose tag ids are 1, 2, 3, ... in the order of ``node_ids``."""
@@ -44,5 +50,10 @@ def plan(
         for i, a in enumerate(node_ids)
     )
     return OpcUaDevicePlan(
-        device_id, OpcUaConnection(endpoint=endpoint, **conn), poll_interval_s, tags, frozenset(writable)
+        device_id,
+        OpcUaConnection(endpoint=endpoint, **conn),
+        poll_interval_s,
+        tags,
+        frozenset(writable),
+        timestamps,
     )
