@@ -362,7 +362,7 @@ def oee_calculator_for(spec: FlowSpec, node: OeeNode) -> OeeCalculator:
         else None
     )
     window_s = parse_window(node.window) if node.window else None
-    return OeeCalculator(machines, window_s=window_s, calendar=calendar)
+    return OeeCalculator(machines, window_s=window_s, calendar=calendar, max_hold_s=node.max_hold_s)
 
 
 def machine_topics(spec: FlowSpec) -> dict[str, str]:

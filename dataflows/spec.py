@@ -487,6 +487,9 @@ class OeeNode(_Model):
     id: Name
     type: Literal["oee"]
     window: Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")] | None = "5m"
+    max_hold_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 86_400)
+    """The longest a machine state holds without a point; after a longer gap the machine starts
+    over (the periods in the gap are not filled with one result per window)."""
 
 
 OperatorNode = Annotated[

@@ -50,6 +50,7 @@ with reason ``"unknown state <value>"``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -341,6 +342,8 @@ class MachineState:
     open: dict[tuple[str, int], _Period] = field(default_factory=dict)
     late_points: int = 0
     future_points: int = 0
+    resets: int = 0
+    """Gaps longer than ``max_hold_s`` after which the machine started over (see :meth:`OeeCalculator.process`)."""
 
     def copy(self) -> MachineState:
         return MachineState(
@@ -350,6 +353,7 @@ class MachineState:
             {k: p.copy() for k, p in self.open.items()},
             self.late_points,
             self.future_points,
+            self.resets,
         )
 
 
@@ -367,7 +371,13 @@ class OeeCalculator:
     """OEE of ``machines`` per window (``window_s``) and/or per shift (``calendar``).
 
     ``lateness_s``: how long after a period's end the clock waits before closing it for a quiet
-    machine; ``max_future_s``: how far ahead of the clock a point may be stamped.
+    machine; ``max_future_s``: how far ahead of the clock a point may be stamped; ``max_hold_s``:
+    the longest a machine state is held without a point. A longer gap (between the event time and
+    the next point, inside a batch, or of a quiet machine before the clock) is not accounted: the
+    state holds for ``max_hold_s``, the periods that ended by then close, the others are emitted as
+    they stand (partial), and the machine starts over (unknown state, counter baselines reset,
+    ``MachineState.resets`` counted). Without this bound one point stamped years back made the
+    calculator emit one period per window across the whole gap (525,600 one-minute periods a year).
     """
 
     def __init__(
@@ -378,12 +388,16 @@ class OeeCalculator:
         *,
         lateness_s: float = 5.0,
         max_future_s: float = 60.0,
+        max_hold_s: float = 8 * 3600.0,
     ) -> None:
         self.machines: tuple[OeeMachine, ...] = tuple(machines)
         self.window_s = window_s
         self.calendar = calendar
         self.lateness_s = lateness_s
         self.max_future_s = max_future_s
+        self.max_hold_s = max_hold_s
+        if not (isinstance(max_hold_s, int | float) and math.isfinite(max_hold_s) and max_hold_s > 0):
+            raise ValueError(f"`max_hold_s` must be > 0, got {max_hold_s!r}")
         if window_s is None and calendar is None:
             raise ValueError("give `window_s`, `calendar` or both")
         if window_s is not None and not (math.isfinite(window_s) and window_s > 0):
@@ -402,6 +416,7 @@ class OeeCalculator:
         self._w_label = None if self.window_s is None else f"window:{_window_label(self.window_s)}"
         self._late_ns = round(self.lateness_s * SECOND)
         self._future_ns = round(self.max_future_s * SECOND)
+        self._hold_ns = round(self.max_hold_s * SECOND)
         by_device: dict[str, list[tuple[OeeMachine, npt.NDArray[np.int64]]]] = {}
         for m in self.machines:
             tags = [t for t in (m.state_tag, m.counter_tag, m.good_tag, m.reject_tag) if t is not None]
@@ -411,10 +426,12 @@ class OeeCalculator:
 
     def __getstate__(self) -> dict[str, Any]:
         return {
-            k: getattr(self, k) for k in ("machines", "window_s", "calendar", "lateness_s", "max_future_s")
+            k: getattr(self, k)
+            for k in ("machines", "window_s", "calendar", "lateness_s", "max_future_s", "max_hold_s")
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("max_hold_s", 8 * 3600.0)  # snapshots taken before the setting existed
         self.__dict__.update(state)
         self._compile()
 
@@ -501,6 +518,37 @@ class OeeCalculator:
                 ts = np.maximum(ts, ms.until_ns)
         order = np.argsort(ts, kind="stable")
         ts, tags, values = ts[order], tags[order], values[order]
+        # gaps longer than max_hold_s split the points; the machine starts over after each
+        bounds = [0, *(np.flatnonzero(np.diff(ts) > self._hold_ns) + 1).tolist(), len(ts)]
+        for a, b in itertools.pairwise(bounds):
+            if ms.until_ns is not None and int(ts[a]) - ms.until_ns > self._hold_ns:
+                self._reset(m, ms, out)
+            self._feed_sorted(m, ms, ts[a:b], tags[a:b], values[a:b], out=out)
+
+    def _reset(self, m: OeeMachine, ms: MachineState, out: list[OeeResult]) -> None:
+        """After a gap longer than ``max_hold_s``: hold the state that long, close what ended by
+        then, emit the rest as it stands, and forget the machine's state and counter baselines."""
+        assert ms.until_ns is not None
+        self._advance(m, ms, ms.until_ns + self._hold_ns)
+        self._close(m, ms, out)
+        out.extend(self._result(m, p) for p in ms.open.values())
+        ms.open.clear()
+        ms.until_ns = None
+        ms.state_value = None
+        ms.counters.clear()
+        ms.resets += 1
+
+    def _feed_sorted(
+        self,
+        m: OeeMachine,
+        ms: MachineState,
+        ts: npt.NDArray[np.int64],
+        tags: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        *,
+        out: list[OeeResult],
+    ) -> None:
+        """Account time-ordered points with no gap longer than ``max_hold_s``."""
         if ms.until_ns is None:
             ms.until_ns = int(ts[0])
 
@@ -622,6 +670,12 @@ class OeeCalculator:
         for name, old in state.machines.items():
             m = self._by_name.get(name)
             if m is None or old.until_ns is None or cutoff <= old.until_ns:
+                continue
+            if cutoff - old.until_ns > self._hold_ns:  # quiet for too long: start over
+                if machines is None:
+                    machines = dict(state.machines)
+                ms = machines[name] = old.copy()
+                self._reset(m, ms, results)
                 continue
             ends = [e for _, _, e in self._instances(old.until_ns, cutoff) if e <= cutoff]
             if not ends:
