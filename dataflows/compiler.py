@@ -7,7 +7,7 @@ they stay stable across edits and Bytewax recovery resumes the state of unchange
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
+from pydantic import ValidationError
 
 from connectors.commands import WritableTag, WriteDataType
 from connectors.derived import DerivedSink, DerivedTargets
@@ -47,6 +48,7 @@ from dataflows.spec import (
     NormalizeNode,
     OeeNode,
     OpcUaDeviceSpec,
+    S7DeviceSpec,
     S7TagSpec,
     SinkNode,
     TagBase,
@@ -72,6 +74,7 @@ DERIVED_STEP = "derived"
 """Sink step of what the taps derive (aggregates, alerts, OEE); override it in ``Runtime.sinks``."""
 
 X = TypeVar("X")
+DeviceSpecAny = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec | MqttDeviceSpec
 
 
 @dataclass
@@ -94,39 +97,105 @@ class Runtime:
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
     """The polling plan of every device, in spec order."""
-    plans: list[DevicePlan] = []
-    for d in spec.devices:
-        if isinstance(d, MqttDeviceSpec):
-            continue  # subscribed, not polled: see mqtt_source_config
-        if isinstance(d, ModbusDeviceSpec):
-            plans.append(
-                ModbusDevicePlan(
-                    d.id,
-                    d.connection,
-                    d.poll_interval_s,
-                    tuple((tag_id_for(d.id, t.name), t.modbus_address()) for t in d.tags),
-                )
-            )
-        elif isinstance(d, OpcUaDeviceSpec):
-            plans.append(
-                OpcUaDevicePlan(
-                    d.id,
-                    d.connection,
-                    d.poll_interval_s,
-                    tuple((tag_id_for(d.id, t.name), t.opcua_address()) for t in d.tags),
-                    writable=frozenset(tag_id_for(d.id, t.name) for t in d.tags if t.access == "read_write"),
-                )
-            )
+    return [p for d in spec.devices if (p := device_plan(d)) is not None]
+
+
+def device_plan(d: DeviceSpecAny) -> DevicePlan | None:
+    """The polling plan of one device; ``None`` for an MQTT device (subscribed, see mqtt_source_config)."""
+    if isinstance(d, MqttDeviceSpec):
+        return None
+    if isinstance(d, ModbusDeviceSpec):
+        return ModbusDevicePlan(
+            d.id,
+            d.connection,
+            d.poll_interval_s,
+            tuple((tag_id_for(d.id, t.name), t.modbus_address()) for t in d.tags),
+        )
+    if isinstance(d, OpcUaDeviceSpec):
+        return OpcUaDevicePlan(
+            d.id,
+            d.connection,
+            d.poll_interval_s,
+            tuple((tag_id_for(d.id, t.name), t.opcua_address()) for t in d.tags),
+            writable=frozenset(tag_id_for(d.id, t.name) for t in d.tags if t.access == "read_write"),
+        )
+    return S7DevicePlan(
+        d.id,
+        d.connection,
+        d.poll_interval_s,
+        tuple((tag_id_for(d.id, t.name), t.s7_address()) for t in d.tags),
+    )
+
+
+_PLACEHOLDER_MQTT = "mqtt://127.0.0.1"
+_PLACEHOLDER_DB = "postgresql://127.0.0.1/nexus"
+
+
+def check_compiles(spec: FlowSpec) -> list[tuple[str, str]]:
+    """Build every part :func:`compile_flow` builds from the spec alone (device plans, the MQTT
+    subscriptions, write checks, each operator's core, the sinks' settings) and return what any of
+    them refused, as ``(field path, message)``. No I/O: service URLs are placeholders.
+
+    :func:`dataflows.spec.parse_spec` calls this, so the validator refuses whatever the compiler
+    would: "what the validator accepts must run".
+    """
+    problems: list[tuple[str, str]] = []
+
+    def attempt(path: str, build: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        try:
+            build(*args, **kwargs)
+        except (ValueError, TypeError, ArithmeticError) as exc:  # pydantic's ValidationError is a ValueError
+            problems.append((path, _exc_message(exc)))
+
+    for i, d in enumerate(spec.devices):
+        attempt(f"devices[{i}]", device_plan, d)
+    attempt("devices", mqtt_source_config, spec, _PLACEHOLDER_MQTT)
+    attempt("devices", writable_tags, spec)
+    for i, node in enumerate(spec.operators):
+        where = f"operators[{i}]"
+        if isinstance(node, NormalizeNode):
+            attempt(where, normalizer_for, spec)
+        elif isinstance(node, DeadbandNode):
+            attempt(where, deadband_for, spec)
+        elif isinstance(node, CompressNode):
+            attempt(where, swinging_door_for, spec)
+        elif isinstance(node, CalculateNode):
+            attempt(where, calculated_for, spec)
+        elif isinstance(node, WindowNode):
+            attempt(where, _window_aggregator, node)
+        elif isinstance(node, AnomalyNode):
+            attempt(where, anomaly_detector_for, spec)
         else:
-            plans.append(
-                S7DevicePlan(
-                    d.id,
-                    d.connection,
-                    d.poll_interval_s,
-                    tuple((tag_id_for(d.id, t.name), t.s7_address()) for t in d.tags),
-                )
+            attempt(where, oee_calculator_for, spec, node)
+    for i, sink in enumerate(spec.sinks):
+        if isinstance(sink, MqttUnsNode):
+            attempt(f"sinks[{i}]", MqttSinkConfig, url=_PLACEHOLDER_MQTT, qos=sink.qos, retain=sink.retain)
+        else:
+            attempt(
+                f"sinks[{i}]",
+                HistorianConfig,
+                url=_PLACEHOLDER_DB,
+                batch_rows=sink.batch_rows,
+                max_delay_s=sink.max_delay_s,
             )
-    return plans
+    return problems
+
+
+def _window_aggregator(node: WindowNode) -> WindowAggregator:
+    return WindowAggregator(
+        [parse_window(w) for w in node.windows], lateness_s=node.lateness_s, max_future_s=node.max_future_s
+    )
+
+
+def _exc_message(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+    return str(exc)
 
 
 def adaptive_polling(spec: FlowSpec) -> dict[str, AdaptivePolling]:
@@ -457,11 +526,7 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
         elif isinstance(node, CalculateNode):
             keyed = calculated_tags(node.id, keyed, calculated_for(spec))
         elif isinstance(node, WindowNode):
-            aggregator = WindowAggregator(
-                [parse_window(w) for w in node.windows],
-                lateness_s=node.lateness_s,
-                max_future_s=node.max_future_s,
-            )
+            aggregator = _window_aggregator(node)
             aggs, late = tumbling_aggregate(node.id, keyed, aggregator)
             derived.append(op.map(f"{node.id}_out", aggs, _unkey))
             if status is not None:

@@ -20,16 +20,28 @@ flow spec is invalid (2 problems):
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connectors.modbus.config import ModbusConnectionConfig, ModbusTagAddress
 from connectors.mqtt.source_config import MqttTagMapping
+from connectors.mqtt.url import parse_mqtt_url
 from connectors.opcua.config import OpcUaConnection, OpcUaTagAddress
 from connectors.s7.config import S7Connection, S7TagAddress
 from connectors.signals import Signal
@@ -37,13 +49,24 @@ from core.batch import tag_id_for
 from core.tags import TagInfo
 from core.uns import IsaPath, uns_topic
 from operators.expressions import Expression, ExpressionError
+from operators.oee import Shift
 from operators.units import UnitError, conversion
+from operators.window import parse_window
 
 SPEC_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 """Ids and names: they become MQTT topic levels, step ids and SQL values."""
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _window_length(text: str) -> str:
+    parse_window(text)  # a ValueError names the window ("0s" is no length)
+    return text
+
+
+WindowLength = Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$"), AfterValidator(_window_length)]
+"""A window length such as ``10s``, ``5m``, ``1h``, ``1d``: a positive whole number of a unit."""
 
 
 class SpecError(ValueError):
@@ -59,7 +82,9 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are refused everywhere: no limit, scale, band or interval means them, and
+    # every one of them crashed the flow at start (or poisoned every value) when accepted.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Location(_Model):
@@ -132,7 +157,7 @@ class MlSpec(_Model):
     threshold: float | None = Field(default=None, gt=0)
     """z-score above which the value is anomalous (default 3), or HST score (default 0.9)."""
     warm_up: int = Field(default=100, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     severity: Severity = "warning"
 
 
@@ -363,11 +388,18 @@ class S7DeviceSpec(PolledDeviceBase):
 class MqttConnectionSpec(_Model):
     """The broker an MQTT device publishes to. All MQTT devices of a flow share one connection."""
 
-    url: str | None = None
+    url: str | None = Field(default=None, repr=False)
     """Default: the flow's broker (``NEXUS_MQTT_URL``)."""
     client_id: str | None = None
     qos: Literal[0, 1, 2] = 1
     clean_session: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mqtt_url(value)  # mqtt:// or mqtts:// with a host; the message never shows a password
+        return value
 
 
 class MqttDeviceSpec(DeviceBase):
@@ -422,15 +454,25 @@ class MachineSpec(_Model):
     ideal_cycle_s: float = Field(gt=0)
     good_tag: Name | None = None
     reject_tag: Name | None = None
-    counter_max: int = Field(default=2**32, gt=1)
+    counter_max: int = Field(default=2**32, gt=1, le=2**63)
     """Where the counters wrap (``2**16`` for a 16-bit register)."""
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
 class ShiftSpec(_Model):
+    """A shift from ``start`` to ``end`` (local ``HH:MM``, 00:00 to 23:59); ``end <= start`` crosses midnight."""
+
     name: Name
-    start: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
-    end: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    start: str = Field(pattern=_HHMM)
+    end: str = Field(pattern=_HHMM)
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ShiftSpec:
+        Shift(self.name, self.start, self.end, self.days)  # the calendar's own checks, first
+        return self
 
 
 class NormalizeNode(_Model):
@@ -465,12 +507,22 @@ class WindowNode(_Model):
 
     id: Name
     type: Literal["window"]
-    windows: list[Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")]] = Field(min_length=1)
+    windows: list[WindowLength] = Field(min_length=1)
     """Window lengths, e.g. ``["10s", "1m", "5m"]``."""
     lateness_s: float = Field(default=2.0, ge=0)
     """How long a bucket stays open for late points; later ones are counted and set aside."""
     max_future_s: float = Field(default=5.0, ge=0)
     """Device timestamps further ahead of the clock are clamped to it (and counted)."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> WindowNode:
+        seconds: dict[float, str] = {}
+        for i, w in enumerate(self.windows):
+            s = parse_window(w)
+            if s in seconds:
+                raise ValueError(f"windows[{i}]: {w!r} is the same length as {seconds[s]!r}")
+            seconds[s] = w
+        return self
 
 
 class AnomalyNode(_Model):
@@ -486,7 +538,7 @@ class OeeNode(_Model):
 
     id: Name
     type: Literal["oee"]
-    window: Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")] | None = "5m"
+    window: WindowLength | None = "5m"
     max_hold_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 86_400)
     """The longest a machine state holds without a point; after a longer gap the machine starts
     over (the periods in the gap are not filled with one result per window)."""
@@ -550,6 +602,7 @@ class FlowSpec(_Model):
         if not self.sinks and not any(n.type in taps for n in self.operators):
             raise ValueError("sinks: a flow needs at least one sink (or a window, anomaly or oee node)")
         self._check_machines()
+        self._check_operator_order()
         mqtt_connections = {d.connection for d in self.devices if isinstance(d, MqttDeviceSpec)}
         if len(mqtt_connections) > 1:
             raise ValueError(
@@ -565,6 +618,32 @@ class FlowSpec(_Model):
                     f"(operators: {sorted(operator_ids) or 'none'})"
                 )
         return self
+
+    def _check_operator_order(self) -> None:
+        """Operators that compare values with limits or label them with a unit work in engineering
+        units; before ``normalize`` they would see raw register values. Refused unless no tag needs
+        normalizing (every scale 1, offset 0, no conversion or clamp)."""
+        needs = [
+            f"{d.id}/{t.name}"
+            for d in self.devices
+            for t in d.tags
+            if t.scale != 1 or t.offset != 0 or t.convert_to is not None or t.clamp is not None
+        ]
+        if not needs:
+            return
+        seen_normalize = False
+        for i, node in enumerate(self.operators):
+            if node.type == "normalize":
+                seen_normalize = True
+            elif node.type in _ENGINEERING_NODES and not seen_normalize:
+                where = "comes before the `normalize` node" if any(
+                    n.type == "normalize" for n in self.operators
+                ) else "has no `normalize` node before it"
+                raise ValueError(
+                    f"operators[{i}]: {node.type} node {node.id!r} {where}: it would compare raw register "
+                    f"values with limits and units in engineering units (tag {needs[0]!r} is scaled, "
+                    "converted or clamped); put a `normalize` node first"
+                )
 
     def _check_machines(self) -> None:
         devices = {d.id: d for d in self.devices}
@@ -601,6 +680,9 @@ class FlowSpec(_Model):
         return infos
 
 
+_ENGINEERING_NODES = frozenset({"deadband", "swinging_door", "window", "anomaly"})
+"""Operators whose settings (bands, deviations, alarm limits) or outputs (aggregates labelled with
+the unit) are in engineering units."""
 _PROTOCOL_TAGS = {"modbus", "opcua", "s7", "mqtt", "tcp", "rtu"}
 _NODE_TYPES = {
     "normalize",
@@ -623,16 +705,59 @@ def _refuse_duplicates(names: list[str], what: str, where: str) -> None:
         seen[name] = i
 
 
+def _is_union_tag(loc: tuple[int | str, ...], i: int) -> bool:
+    """Whether ``loc[i]`` names the member of a union pydantic tried (not a field of the spec)."""
+    part = loc[i]
+    if not isinstance(part, str):
+        return False
+    if part.startswith(("function-", "constrained-")) or "[" in part:
+        return True  # validator wrappers: function-after[...], constrained-str
+    if i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in ("operators", "sinks", "devices"):
+        return part in _NODE_TYPES or part in _PROTOCOL_TAGS
+    return i >= 1 and loc[i - 1] == "connection" and part in _PROTOCOL_TAGS
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _NODE_TYPES or part in _PROTOCOL_TAGS or part == "function-after":
+        elif _is_union_tag(loc, i):
             continue  # discriminator tags and validator wrappers add no information
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+"""A spec file (or API body) larger than this is refused before parsing: 4 MiB holds tens of
+thousands of tags, and a 50 MB document took minutes to parse."""
+MAX_DEPTH = 32
+"""Nesting levels of a spec document; the deepest real spec has about 8."""
+MAX_NODES = 1_000_000
+"""Values (mappings, lists, scalars) in a spec document *after* YAML aliases are expanded: the
+"billion laughs" document is a few hundred bytes that expand to 10^9 values."""
+MAX_ECHO_CHARS = 80
+"""How much of a refused value an error message repeats (the ``(got ...)`` part)."""
+
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = _ECHO.maxlong = MAX_ECHO_CHARS
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 4
+_ECHO.maxlevel = 2
+
+
+def echo(value: Any) -> str:
+    """A bounded ``repr`` for error messages: work and length do not grow with the value.
+
+    >>> echo("x" * 1000)[:20], len(echo("x" * 1000)) <= MAX_ECHO_CHARS
+    ("'xxxxxxxxxxxxxxxxxxx", True)
+    >>> echo(10**5000)
+    'an integer of 16610 bits'
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"  # str() of a huge int is slow (and limited)
+    text = _ECHO.repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -640,36 +765,169 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     for err in exc.errors(include_url=False):
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("missing", "value_error", "extra_forbidden") and "input" in err:
-            message += f" (got {err['input']!r})"
-        problems.append((_path(tuple(err["loc"])), message))
+            message += f" (got {echo(err['input'])})"
+        problems.append((_path(tuple(err["loc"])), _cap(message)))
     return problems
 
 
+def _cap(message: str, limit: int = 400) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def check_document_limits(data: Any, source: str | None = None) -> None:
+    """Refuse a document nested deeper than ``MAX_DEPTH`` or holding more than ``MAX_NODES`` values
+    once aliases are expanded; linear in the document's *stored* size (shared parts counted once
+    per reference, by memo), iterative (no recursion to overflow)."""
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    # post-order walk: (node, depth, path, children visited?)
+    stack: list[tuple[Any, int, str, bool]] = [(data, 1, "", False)]
+    while stack:
+        node, depth, where, done = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise SpecError([(where, f"nested deeper than {MAX_DEPTH} levels")], source)
+        key = id(node)
+        if done:
+            children = list(node.values() if isinstance(node, dict) else node)
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            height = 1 + max((heights.get(id(c), 0) for c in children), default=0)
+            if total > MAX_NODES:
+                raise SpecError(
+                    [(where, f"more than {MAX_NODES:,} values once YAML aliases are expanded")], source
+                )
+            sizes[key], heights[key] = total, height
+            continue
+        if key in sizes:
+            if depth - 1 + heights[key] > MAX_DEPTH:  # a shared part reused deeper down
+                raise SpecError([(where, f"nested deeper than {MAX_DEPTH} levels")], source)
+            continue
+        stack.append((node, depth, where, True))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, child in items:
+            if isinstance(child, dict | list):
+                sub = f"{where}[{k}]" if isinstance(k, int) else (f"{where}.{k}" if where else str(k))
+                stack.append((child, depth + 1, sub, False))
+
+
 def parse_spec(data: Mapping[str, Any], source: str | None = None) -> FlowSpec:
-    """Validate a spec document (already parsed from YAML/JSON)."""
+    """Validate a spec document (already parsed from YAML/JSON).
+
+    What this accepts compiles: after the models' own checks, the operator cores and device plans
+    are built once (:func:`dataflows.compiler.check_compiles`), so a spec the compiler would refuse
+    at start is refused here, with the field path.
+    """
     if not isinstance(data, Mapping):
         raise SpecError([("", f"a spec is a mapping, got {type(data).__name__}")], source)
+    check_document_limits(data, source)
     version = data.get("version")
     if version != SPEC_VERSION:
-        raise SpecError([("version", f"unsupported spec version {version!r}; this build reads 1")], source)
+        raise SpecError(
+            [("version", f"unsupported spec version {echo(version)}; this build reads 1")], source
+        )
     try:
-        return FlowSpec.model_validate(data)
+        spec = FlowSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_problems(exc), source) from None
+    from dataflows.compiler import check_compiles  # the compiler imports this module
+
+    problems = check_compiles(spec)
+    if problems:
+        raise SpecError([(path, _cap(msg)) for path, msg in problems], source)
+    return spec
+
+
+class _SpecLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc,name-defined]
+    """The safe loader, refusing duplicate keys (YAML takes the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping names it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"duplicate key {echo(key)} (first on line {first.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _json_object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {echo(key)}")
+        out[key] = value
+    return out
+
+
+def parse_document(text: str, kind: Literal["yaml", "json"], source: str | None = None) -> Any:
+    """Parse a spec document's text, within the limits above; :class:`SpecError` naming ``source``.
+
+    Duplicate keys are refused, YAML aliases may not expand beyond ``MAX_NODES`` values, nesting
+    beyond ``MAX_DEPTH`` levels is refused before the (recursive) composer sees it.
+    """
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(
+            [("", f"the document is {len(text):,} characters; the limit is {MAX_SPEC_BYTES:,}")], source
+        )
+    label = kind.upper()
+    try:
+        if kind == "json":
+            return json.loads(text, object_pairs_hook=_json_object_without_duplicates)
+        _check_yaml_depth(text, source)
+        return yaml.load(text, Loader=_SpecLoader)
+    except SpecError:
+        raise
+    except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError is a ValueError; so are huge ints
+        raise SpecError([("", _cap(f"not valid {label}: {exc}"))], source) from None
+    except RecursionError:
+        raise SpecError([("", f"not valid {label}: nested too deeply")], source) from None
+
+
+def _check_yaml_depth(text: str, source: str | None) -> None:
+    """Walk the YAML event stream (iterative, cheap) and refuse deep nesting before composing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_SpecLoader):  # type: ignore[arg-type]
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+                raise SpecError([("", f"nested deeper than {MAX_DEPTH} levels (line {line})")], source)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def load_spec(path: str | Path) -> FlowSpec:
-    """Read and validate a YAML or JSON spec file."""
+    """Read and validate a YAML or JSON spec file (at most ``MAX_SPEC_BYTES``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError([("", f"the file is {size:,} bytes; the limit is {MAX_SPEC_BYTES:,}")], str(path))
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([("", f"cannot read spec file: {exc.strerror}")], str(path)) from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise SpecError([("", f"not valid {kind}: {exc}")], str(path)) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [("", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (a binary file?)")],
+            str(path),
+        ) from None
+    data = parse_document(text, "json" if path.suffix == ".json" else "yaml", str(path))
     return parse_spec(data, str(path))
 
 

@@ -169,12 +169,22 @@ class Expression:
     def parse(cls, text: str, names: Collection[str]) -> Expression:
         """Parse and compile ``text``; ``names`` are the names it may use."""
         known = frozenset(names)
+        if len(text) > MAX_EXPRESSION_CHARS:
+            raise ExpressionError(
+                f"expression is {len(text)} characters long; the limit is {MAX_EXPRESSION_CHARS}"
+            )
         try:
             tree = ast.parse(text.strip(), mode="eval")
+            _check_depth(tree.body)
+            used: set[str] = set()
+            fn = _Compiler(text.strip(), known, used).compile(tree.body)
         except SyntaxError as exc:
             raise ExpressionError(f"syntax error at column {exc.offset}: {exc.msg}", exc.offset) from None
-        used: set[str] = set()
-        fn = _Compiler(text.strip(), known, used).compile(tree.body)
+        except (RecursionError, MemoryError):
+            # CPython's parser and the compiler below recurse per nesting level
+            raise ExpressionError(
+                f"expression is nested too deeply (the limit is {MAX_EXPRESSION_DEPTH} levels)"
+            ) from None
         return cls(text=text, names=tuple(sorted(used)), _fn=fn)
 
     def evaluate(self, env: Mapping[str, npt.ArrayLike]) -> _F64:
@@ -189,6 +199,24 @@ class Expression:
         if out.shape != shape:
             out = np.broadcast_to(out, shape).copy()
         return out
+
+
+MAX_EXPRESSION_CHARS = 10_000
+"""A calculated tag is a formula, not a program: longer text is refused before parsing."""
+MAX_EXPRESSION_DEPTH = 200
+"""Nesting levels of an expression (operators, calls, parentheses); the evaluator recurses per level."""
+
+
+def _check_depth(root: ast.AST) -> None:
+    """:class:`ExpressionError` when the tree is nested deeper than ``MAX_EXPRESSION_DEPTH`` (iterative)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ExpressionError(
+                f"expression is nested too deeply (the limit is {MAX_EXPRESSION_DEPTH} levels)"
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 def _reparse(text: str, names: tuple[str, ...]) -> Expression:
