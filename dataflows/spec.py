@@ -636,9 +636,11 @@ class FlowSpec(_Model):
             if node.type == "normalize":
                 seen_normalize = True
             elif node.type in _ENGINEERING_NODES and not seen_normalize:
-                where = "comes before the `normalize` node" if any(
-                    n.type == "normalize" for n in self.operators
-                ) else "has no `normalize` node before it"
+                where = (
+                    "comes before the `normalize` node"
+                    if any(n.type == "normalize" for n in self.operators)
+                    else "has no `normalize` node before it"
+                )
                 raise ValueError(
                     f"operators[{i}]: {node.type} node {node.id!r} {where}: it would compare raw register "
                     f"values with limits and units in engineering units (tag {needs[0]!r} is scaled, "
