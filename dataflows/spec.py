@@ -58,6 +58,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 """Ids and names: they become MQTT topic levels, step ids and SQL values."""
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+STEP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$"
+"""The flow id and node ids: they become Bytewax step ids, which may not contain a period."""
+StepName = Annotated[str, Field(pattern=STEP_PATTERN)]
 
 
 def _window_length(text: str) -> str:
@@ -476,26 +479,26 @@ class ShiftSpec(_Model):
 
 
 class NormalizeNode(_Model):
-    id: Name
+    id: StepName
     type: Literal["normalize"]
 
 
 class DeadbandNode(_Model):
-    id: Name
+    id: StepName
     type: Literal["deadband"]
 
 
 class CompressNode(_Model):
     """Swinging-door compression of the tags that have a ``compression`` setting."""
 
-    id: Name
+    id: StepName
     type: Literal["swinging_door"]
 
 
 class CalculateNode(_Model):
     """Add each device's ``calculated`` tags, evaluated from the latest values of their inputs."""
 
-    id: Name
+    id: StepName
     type: Literal["calculate"]
 
 
@@ -505,7 +508,7 @@ class WindowNode(_Model):
 
     A tap: the points flow on unchanged to the next node."""
 
-    id: Name
+    id: StepName
     type: Literal["window"]
     windows: list[WindowLength] = Field(min_length=1)
     """Window lengths, e.g. ``["10s", "1m", "5m"]``."""
@@ -528,7 +531,7 @@ class WindowNode(_Model):
 class AnomalyNode(_Model):
     """Check the tags' ``alarms``; alerts go to ``{device topic}/_alerts`` and ``nexus_alerts``. A tap."""
 
-    id: Name
+    id: StepName
     type: Literal["anomaly"]
 
 
@@ -536,7 +539,7 @@ class OeeNode(_Model):
     """OEE of the spec's ``machines`` per window and per shift; on ``.../{machine}/_oee`` and in
     ``nexus_oee``. A tap."""
 
-    id: Name
+    id: StepName
     type: Literal["oee"]
     window: WindowLength | None = "5m"
     max_hold_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 86_400)
@@ -553,9 +556,9 @@ OperatorNode = Annotated[
 class MqttUnsNode(_Model):
     """Publish one JSON message per point on the device's UNS topics."""
 
-    id: Name
+    id: StepName
     type: Literal["mqtt_uns"]
-    input: Name | None = None
+    input: StepName | None = None
     """Operator node to take points from; default: the last operator."""
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
@@ -564,9 +567,9 @@ class MqttUnsNode(_Model):
 class HistorianNode(_Model):
     """Store raw points in the historian (binary COPY, batched by size and time)."""
 
-    id: Name
+    id: StepName
     type: Literal["historian"]
-    input: Name | None = None
+    input: StepName | None = None
     batch_rows: int = Field(default=50_000, gt=0)
     max_delay_s: float = Field(default=1.0, gt=0)
 
@@ -576,7 +579,7 @@ SinkNode = Annotated[MqttUnsNode | HistorianNode, Field(discriminator="type")]
 
 class FlowSpec(_Model):
     version: Literal[1]
-    id: Name
+    id: StepName
     """Flow id; with the node ids it forms the Bytewax step ids (keep both stable)."""
     description: str = ""
     devices: list[DeviceSpec] = Field(min_length=1)
