@@ -517,15 +517,16 @@ class WindowNode(_Model):
     max_future_s: float = Field(default=5.0, ge=0)
     """Device timestamps further ahead of the clock are clamped to it (and counted)."""
 
-    @model_validator(mode="after")
-    def _distinct(self) -> WindowNode:
+    @field_validator("windows")
+    @classmethod
+    def _distinct(cls, windows: list[str]) -> list[str]:
         seconds: dict[float, str] = {}
-        for i, w in enumerate(self.windows):
+        for w in windows:
             s = parse_window(w)
             if s in seconds:
-                raise ValueError(f"windows[{i}]: {w!r} is the same length as {seconds[s]!r}")
+                raise ValueError(f"{w!r} is the same length as {seconds[s]!r}")
             seconds[s] = w
-        return self
+        return windows
 
 
 class AnomalyNode(_Model):
