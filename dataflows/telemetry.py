@@ -24,7 +24,7 @@ from bytewax.dataflow import Dataflow
 from connectors.commands import CommandRouter
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, writable_tags
-from dataflows.spec import DEMO_SPEC, FlowSpec, load_spec
+from dataflows.spec import DEMO_SPEC, FlowSpec, SpecError, load_spec
 from dataflows.status import FlowStatus
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 def build(spec_path: str | Path | None = None, settings: Settings | None = None) -> Dataflow:
     """Load and check the spec, then compile it against the configured services."""
     settings = settings or Settings.from_env()
-    spec = load_spec(spec_path or settings.spec or DEMO_SPEC)
+    try:
+        spec = load_spec(spec_path or settings.spec or DEMO_SPEC)
+    except SpecError as exc:
+        if not _run_by_bytewax():
+            raise
+        # `python -m bytewax.run` would print a traceback before the field errors: a person
+        # reading it wants the field errors only (exit status 2, as for a bad command line)
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -51,6 +59,13 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     flow = compile_flow(spec, runtime)
     tune_interpreter()
     return flow
+
+
+def _run_by_bytewax() -> bool:
+    """Whether this process is ``python -m bytewax.run`` (its ``__main__``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) == "bytewax.run"
 
 
 SWITCH_INTERVAL_S = 0.001
