@@ -12,6 +12,10 @@ retained)::
     {"request_id": "abc", "ok": false, "error": "tag 'temp' of device 'press-01' is read-only",
      "value": 42.5, "timestamp": "2024-05-01T12:00:00.123Z"}
 
+The ack echoes the command's ``value`` only while its JSON stays within ``MAX_ACK_VALUE_BYTES``
+(256); a larger one (a 1 MB string sent to a tag) is answered with ``"value": null`` and
+``"value_omitted": "string of 1048576 characters"`` — an ack is a receipt, not a mirror.
+
 The validation is a pure function, :func:`check_value`:
 
 >>> t = WritableTag("press-01", "setpoint", 7, "int16", writable=True, low=0, high=500, scale=0.1)
@@ -222,6 +226,8 @@ def parse_command(payload: bytes) -> tuple[object, str | int | None]:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CommandRefused(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise CommandRefused("malformed JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         if isinstance(doc, list):
             raise CommandRefused('a command is a JSON object {"value": ...} or a bare value, not an array')
@@ -240,10 +246,26 @@ def _request_id_of(payload: bytes) -> str | int | None:
     """The request id of a payload that is otherwise refused, if one can be found (for the ack)."""
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     rid = doc.get("request_id") if isinstance(doc, dict) else None
     return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+
+MAX_ACK_VALUE_BYTES = 256
+"""The largest command value (as JSON) an ack repeats; see the module docstring."""
+
+
+def _ack_value(value: object) -> tuple[object, str | None]:
+    """``(value to echo, why it was left out or None)``."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):  # NaN in a refused command, or too deep
+        return None, None
+    if len(text) <= MAX_ACK_VALUE_BYTES:
+        return value, None
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} bytes of JSON"
+    return None, f"{_kind(value)} of {size}"
 
 
 def _now_iso() -> str:
@@ -602,12 +624,11 @@ class CommandRouter:
         error: str | None,
         value: object,
     ) -> None:
-        body = {"request_id": request_id, "ok": ok, "error": error, "value": value, "timestamp": _now_iso()}
-        try:
-            payload = json.dumps(body, allow_nan=False)
-        except ValueError:  # a NaN value in a refused command
-            body["value"] = None
-            payload = json.dumps(body)
+        echo, omitted = _ack_value(value)
+        body = {"request_id": request_id, "ok": ok, "error": error, "value": echo, "timestamp": _now_iso()}
+        if omitted is not None:
+            body["value_omitted"] = omitted
+        payload = json.dumps(body)
         if not ok:
             log.info("command %s/%s refused or failed: %s", device_id, tag_name, error)
         self._client.publish(f"{CMD_PREFIX}/{device_id}/{tag_name}/ack", payload, qos=1, retain=False)
