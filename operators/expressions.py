@@ -13,6 +13,17 @@ Semantics (IEEE, no exceptions while evaluating): division by zero gives ``±inf
 ``where(c, a, b)`` is ``a`` where ``c`` is non-zero, ``b`` where it is zero, NaN where ``c`` is NaN;
 ``min``/``max`` propagate NaN; ``round`` rounds half to even (like Python's ``round``).
 
+Signed zeros follow IEEE 754 as numpy computes it, because they decide the sign of ``x / 0``:
+``-(0.0)`` is ``-0.0``, ``floor(-0.0)`` and ``ceil(-0.5)`` are ``-0.0`` (Python's ``math.floor``
+returns the *integer* 0 and loses the sign; this evaluator does not), so ``1 / -(floor(-(a)))`` at
+``a = 0`` is ``+inf``. ``min``/``max``/``clip`` order ``-0.0`` below ``+0.0`` (IEEE 754-2019
+``minimum``/``maximum``), whatever the argument order.
+
+>>> Expression.parse("1 / -(floor(-(a)))", ["a"]).evaluate({"a": np.array([0.0])}).tolist()
+[inf]
+>>> Expression.parse("1 / min(a, -a)", ["a"]).evaluate({"a": np.array([0.0, -0.0])}).tolist()
+[-inf, -inf]
+
 >>> e = Expression.parse("voltage * current * 0.5", ["voltage", "current"])
 >>> e.evaluate({"voltage": np.array([230.0, 400.0]), "current": np.array([10.0, 5.0])}).tolist()
 [1150.0, 1000.0]
@@ -71,8 +82,23 @@ def _round(x: Any, ndigits: Any = 0) -> Any:
     return np.round(x, int(ndigits))
 
 
+def _minimum(a: Any, b: Any) -> Any:
+    """``np.minimum`` with IEEE 754-2019's order of zeros (-0.0 below +0.0); numpy returns its
+    second argument for equal zeros, so ``min(0.0, -0.0)`` and ``min(-0.0, 0.0)`` would differ."""
+    zeros = (a == 0) & (b == 0)
+    out = np.minimum(a, b)
+    return np.where(zeros, np.where(np.signbit(a), a, b), out) if np.any(zeros) else out
+
+
+def _maximum(a: Any, b: Any) -> Any:
+    """``np.maximum`` with +0.0 above -0.0 (see :func:`_minimum`)."""
+    zeros = (a == 0) & (b == 0)
+    out = np.maximum(a, b)
+    return np.where(zeros, np.where(np.signbit(a), b, a), out) if np.any(zeros) else out
+
+
 def _clip(x: Any, lo: Any, hi: Any) -> Any:
-    return np.minimum(np.maximum(x, lo), hi)
+    return _minimum(_maximum(x, lo), hi)
 
 
 def _reduce(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
@@ -88,8 +114,8 @@ def _reduce(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
 _FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     # name: (implementation, min args, max args)
     "abs": (np.abs, 1, 1),
-    "min": (_reduce(np.minimum), 2, 64),
-    "max": (_reduce(np.maximum), 2, 64),
+    "min": (_reduce(_minimum), 2, 64),
+    "max": (_reduce(_maximum), 2, 64),
     "sqrt": (np.sqrt, 1, 1),
     "exp": (np.exp, 1, 1),
     "log": (np.log, 1, 1),

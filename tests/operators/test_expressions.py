@@ -112,7 +112,10 @@ def _py_cmp(op: ast.cmpop, a: float, b: float) -> float:
 
 
 def _py_minmax(pick, args: list[float]) -> float:  # type: ignore[no-untyped-def]
-    return math.nan if any(math.isnan(a) for a in args) else pick(args)
+    # -0.0 orders below +0.0 (IEEE 754-2019 minimum/maximum), the evaluator's documented rule
+    return (
+        math.nan if any(math.isnan(a) for a in args) else pick(args, key=lambda x: (x, math.copysign(1, x)))
+    )
 
 
 def py_eval(node: ast.AST, env: dict[str, float]) -> float:
@@ -151,8 +154,14 @@ def py_eval(node: ast.AST, env: dict[str, float]) -> float:
         return _py_minmax(min, args)
     if name == "max":
         return _py_minmax(max, args)
-    if name == "floor":
-        return float(math.floor(args[0])) if math.isfinite(args[0]) else args[0]
+    if name in ("floor", "ceil"):
+        # IEEE floor/ceil keep the sign of a zero result (floor(-0.0) == ceil(-0.5) == -0.0);
+        # math.floor and math.ceil return an int, which has no sign of zero
+        x = args[0]
+        if not math.isfinite(x):
+            return x
+        r = float(math.floor(x) if name == "floor" else math.ceil(x))
+        return math.copysign(r, x) if r == 0 else r
     if name == "clip":
         x, lo, hi = args
         return _py_minmax(min, [_py_minmax(max, [x, lo]), hi])
@@ -172,7 +181,7 @@ def _extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         binary.map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
         children.map(lambda x: f"-({x})"),
-        st.tuples(st.sampled_from(["abs", "floor"]), children).map(lambda t: f"{t[0]}({t[1]})"),
+        st.tuples(st.sampled_from(["abs", "floor", "ceil"]), children).map(lambda t: f"{t[0]}({t[1]})"),
         st.tuples(st.sampled_from(["min", "max"]), st.lists(children, min_size=2, max_size=3)).map(
             lambda t: f"{t[0]}({', '.join(t[1])})"
         ),
@@ -199,6 +208,27 @@ def test_vectorized_equals_per_point_python(text: str, rows: list[tuple[float, f
             text,
             row,
         )
+        if want == 0:  # signed zeros decide the sign of a later x / 0: they must agree too
+            assert math.copysign(1, want) == math.copysign(1, got[i]), (text, row, want, got[i])
+
+
+@pytest.mark.parametrize(
+    ("text", "a", "want"),
+    [
+        ("1 / -(floor(-(a)))", 0.0, math.inf),  # hypothesis found it: the reference said -inf
+        ("1 / floor(-(a))", 0.0, -math.inf),
+        ("1 / ceil(a)", -0.5, -math.inf),
+        ("1 / min(a, -(a))", 0.0, -math.inf),
+        ("1 / min(-(a), a)", 0.0, -math.inf),
+        ("1 / max(a, -(a))", 0.0, math.inf),
+        ("1 / max(-(a), a)", 0.0, math.inf),
+        ("1 / clip(-(a), a, 1)", 0.0, math.inf),
+    ],
+)
+def test_signed_zeros_follow_ieee(text: str, a: float, want: float) -> None:
+    got = Expression.parse(text, ["a"]).evaluate({"a": np.array([a])})
+    assert got.tolist() == [want]
+    assert py_eval(ast.parse(text, mode="eval"), {"a": a}) == want
 
 
 # -- calculated tags ----------------------------------------------------------------------------------
