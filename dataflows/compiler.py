@@ -32,6 +32,7 @@ from connectors.opcua.config import OpcUaDevicePlan
 from connectors.polling import AdaptivePolling, WriteRegistry
 from connectors.s7.config import S7DevicePlan
 from core.batch import PointBatch, tag_id_for
+from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 from core.uns import uns_topic
 from dataflows.spec import (
     AnomalyNode,
@@ -97,11 +98,15 @@ class Runtime:
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
     """The polling plan of every device, in spec order."""
-    return [p for d in spec.devices if (p := device_plan(d)) is not None]
+    window = spec.timestamps.window()
+    return [p for d in spec.devices if (p := device_plan(d, window)) is not None]
 
 
-def device_plan(d: DeviceSpecAny) -> DevicePlan | None:
-    """The polling plan of one device; ``None`` for an MQTT device (subscribed, see mqtt_source_config)."""
+def device_plan(d: DeviceSpecAny, timestamps: TimestampWindow = DEFAULT_WINDOW) -> DevicePlan | None:
+    """The polling plan of one device; ``None`` for an MQTT device (subscribed, see mqtt_source_config).
+
+    ``timestamps``: the accepted window of the device's own timestamps (OPC UA source timestamps;
+    Modbus and S7 points are stamped with the poll time)."""
     if isinstance(d, MqttDeviceSpec):
         return None
     if isinstance(d, ModbusDeviceSpec):
@@ -118,6 +123,7 @@ def device_plan(d: DeviceSpecAny) -> DevicePlan | None:
             d.poll_interval_s,
             tuple((tag_id_for(d.id, t.name), t.opcua_address()) for t in d.tags),
             writable=frozenset(tag_id_for(d.id, t.name) for t in d.tags if t.access == "read_write"),
+            timestamps=timestamps,
         )
     return S7DevicePlan(
         d.id,
@@ -148,7 +154,7 @@ def check_compiles(spec: FlowSpec) -> list[tuple[str, str]]:
             problems.append((path, _exc_message(exc)))
 
     for i, d in enumerate(spec.devices):
-        attempt(f"devices[{i}]", device_plan, d)
+        attempt(f"devices[{i}]", device_plan, d, spec.timestamps.window())
     attempt("devices", mqtt_source_config, spec, _PLACEHOLDER_MQTT)
     attempt("devices", writable_tags, spec)
     for i, node in enumerate(spec.operators):
@@ -234,6 +240,8 @@ def mqtt_source_config(spec: FlowSpec, default_url: str | None) -> MqttSourceCon
         qos=conn.qos,
         clean_session=conn.clean_session,
         subscriptions=subscriptions,
+        max_past_s=spec.timestamps.max_past_s,
+        max_clock_skew_s=spec.timestamps.max_future_s,
     )
 
 
@@ -462,11 +470,19 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
             raise ValueError(f"sink {node.id!r} (historian) needs a database: set NEXUS_DATABASE_URL")
         return HistorianSink(
             HistorianConfig(
-                url=runtime.database_url, batch_rows=node.batch_rows, max_delay_s=node.max_delay_s
+                url=runtime.database_url,
+                batch_rows=node.batch_rows,
+                max_delay_s=node.max_delay_s,
+                partition_past_s=_partition_past_s(spec),
             ),
             tags,
         )
     raise TypeError(f"unknown sink node {node!r}")
+
+
+def _partition_past_s(spec: FlowSpec) -> float:
+    """Partitions for every day the sources accept, plus a day (see HistorianConfig)."""
+    return max(HistorianConfig.model_fields["partition_past_s"].default, spec.timestamps.max_past_s + 86_400)
 
 
 def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:

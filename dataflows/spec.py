@@ -47,6 +47,7 @@ from connectors.s7.config import S7Connection, S7TagAddress
 from connectors.signals import Signal
 from core.batch import tag_id_for
 from core.tags import TagInfo
+from core.timestamps import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_PAST_S, TimestampWindow
 from core.uns import IsaPath, uns_topic
 from operators.expressions import Expression, ExpressionError
 from operators.oee import Shift
@@ -578,6 +579,20 @@ class HistorianNode(_Model):
 SinkNode = Annotated[MqttUnsNode | HistorianNode, Field(discriminator="type")]
 
 
+class TimestampsSpec(_Model):
+    """How far a device's own timestamp (an MQTT payload's ``timestamp_path``, an OPC UA
+    SourceTimestamp) may lie from the time it was received. Outside, the receive time is used, the
+    point is ``uncertain`` and ``nexus_timestamps_replaced`` counts it (:mod:`core.timestamps`)."""
+
+    max_past_s: float = Field(default=DEFAULT_MAX_PAST_S, gt=0, le=366 * 86_400)
+    """Older stamps are replaced: a week by default (a device's store-and-forward backlog)."""
+    max_future_s: float = Field(default=DEFAULT_MAX_FUTURE_S, gt=0, le=86_400)
+    """Stamps further ahead (clock skew) are replaced: a minute by default."""
+
+    def window(self) -> TimestampWindow:
+        return TimestampWindow(max_past_s=self.max_past_s, max_future_s=self.max_future_s)
+
+
 class FlowSpec(_Model):
     version: Literal[1]
     id: StepName
@@ -589,6 +604,8 @@ class FlowSpec(_Model):
     machines: list[MachineSpec] = Field(default_factory=list)
     shifts: list[ShiftSpec] = Field(default_factory=list)
     shift_timezone: str = "UTC"
+    timestamps: TimestampsSpec = TimestampsSpec()
+    """The accepted window of device timestamps, for every source of the flow."""
 
     @model_validator(mode="after")
     def _references(self) -> FlowSpec:

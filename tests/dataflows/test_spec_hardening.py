@@ -238,3 +238,38 @@ def test_the_echo_of_a_refused_value_is_capped() -> None:
         parse_spec(doc)
     assert len(info.value.problems) == 2
     assert all(len(message) < 500 for _, message in info.value.problems), info.value
+
+
+# -- the timestamp window reaches every source (12.1) ----------------------------------------------
+
+
+def test_the_flow_timestamp_window_reaches_every_source() -> None:
+    from connectors.opcua.config import OpcUaDevicePlan
+    from core.timestamps import TimestampWindow
+    from dataflows.compiler import device_plans, mqtt_source_config
+
+    doc = copy.deepcopy(DEMO)
+    doc["timestamps"] = {"max_past_s": 3600, "max_future_s": 5}
+    doc["devices"].append({**MQTT_DEVICE, "connection": {"url": "mqtt://127.0.0.1"}})
+    doc["devices"].append(
+        {
+            "id": "ua1",
+            "protocol": "opcua",
+            "connection": {"endpoint": "opc.tcp://127.0.0.1:4840"},
+            "location": MQTT_DEVICE["location"],
+            "tags": [{"name": "t", "node_id": "ns=2;s=T"}],
+        }
+    )
+    spec = parse_spec(doc)
+    mqtt = mqtt_source_config(spec, None)
+    assert mqtt is not None and (mqtt.max_past_s, mqtt.max_clock_skew_s) == (3600, 5)
+    (ua,) = [p for p in device_plans(spec) if isinstance(p, OpcUaDevicePlan)]
+    assert ua.timestamps == TimestampWindow(max_past_s=3600, max_future_s=5)
+    compile_flow(spec, RUNTIME)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), 10**9])
+def test_the_timestamp_window_is_checked(bad: float) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(demo_with(lambda d: d.update(timestamps={"max_past_s": bad})))
+    assert [p for p, _ in info.value.problems] == ["timestamps.max_past_s"]
