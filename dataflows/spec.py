@@ -914,10 +914,21 @@ def parse_document(text: str, kind: Literal["yaml", "json"], source: str | None 
         return yaml.load(text, Loader=_SpecLoader)
     except SpecError:
         raise
+    except yaml.MarkedYAMLError as exc:
+        raise SpecError([("", _cap(f"not valid YAML: {_yaml_problem(exc)}"))], source) from None
     except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError is a ValueError; so are huge ints
         raise SpecError([("", _cap(f"not valid {label}: {exc}"))], source) from None
     except RecursionError:
         raise SpecError([("", f"not valid {label}: nested too deeply")], source) from None
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """``line 3, column 1: duplicate key 'id' (first on line 2)`` instead of PyYAML's five lines."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = exc.problem or exc.context or "unreadable"
+    context = f" ({exc.context})" if exc.context and exc.problem else ""
+    return f"{where}{problem}{context}"
 
 
 def _check_yaml_depth(text: str, source: str | None) -> None:
