@@ -273,3 +273,14 @@ def test_the_timestamp_window_is_checked(bad: float) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(demo_with(lambda d: d.update(timestamps={"max_past_s": bad})))
     assert [p for p, _ in info.value.problems] == ["timestamps.max_past_s"]
+
+
+def test_echo_of_an_alias_bomb_is_bounded_even_without_the_limits() -> None:
+    """The 80 s / 5 GB MemoryError came from repr() of the expanded document in the message."""
+    from dataflows.spec import MAX_ECHO_CHARS, echo
+
+    bomb: Any = ["lol"] * 9
+    for _ in range(9):
+        bomb = [bomb] * 9  # 9**10 strings once expanded, a few hundred objects in memory
+    text = echo(bomb)
+    assert len(text) <= MAX_ECHO_CHARS and text.startswith("[[")

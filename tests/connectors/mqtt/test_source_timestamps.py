@@ -9,14 +9,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from connectors.mqtt.source import MqttSource
+from connectors.mqtt.source import MqttSource, decode_timestamp
 from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from core.quality import Quality
+from core.timestamps import TimestampWindow
 from tests.connectors.mqtt.test_mqtt_source import Publisher, collect
 
 pytestmark = pytest.mark.integration
@@ -71,3 +76,29 @@ def test_out_of_range_payload_timestamps_become_receive_time(
     finally:
         pub.close()
         part.close()
+
+
+json_scalars = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat()),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(json_scalars)
+def test_any_payload_timestamp_decodes_to_a_stamp_inside_the_window_or_a_named_problem(raw: object) -> None:
+    """The decode + rule pair behind ``_MqttPartition._stamp``: never an exception, never a stamp
+    outside the window (before: OverflowError for year 1 once it reached the int64 array)."""
+    window = TimestampWindow(max_past_s=86_400, max_future_s=60)
+    now = time.time_ns()
+    try:
+        stamp: int | None = decode_timestamp(raw)
+    except (ValueError, OverflowError):
+        stamp = None
+    used, reason = window.check(stamp, now)
+    assert now - 86_400 * 10**9 <= used <= now + 60 * 10**9
+    assert reason in (None, "unreadable", "too_old", "future")
+    assert np.array([used], dtype=np.int64)[0] == used
