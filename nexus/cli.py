@@ -53,7 +53,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from dataflows.spec import load_spec
     from nexus.demo import run_simulators
 
-    return run_simulators(load_spec(_spec_path(args.spec, settings)))
+    path = _spec_path(args.spec, settings)
+    return run_simulators(load_spec(path), str(path))
 
 
 def cmd_browse(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dataflows.spec import SpecError
+    from nexus.embedded import EmbeddedServiceError
 
     try:
         settings = Settings.from_env()
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             for noisy in ("amqtt", "transitions", "pymodbus", "asyncua"):
                 logging.getLogger(noisy).setLevel(logging.WARNING)
         return int(args.func(args, settings))
-    except (SpecError, ValueError) as exc:
+    except (SpecError, ValueError, EmbeddedServiceError) as exc:
         print(f"nexus {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

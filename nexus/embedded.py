@@ -37,6 +37,7 @@ __all__ = [
     "MqttUrl",
     "free_port",
     "parse_mqtt_url",
+    "port_is_free",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -277,7 +278,7 @@ class EmbeddedPostgres:
             self._ensure_database(timeout)
 
     def _pg_ctl_start(self, timeout: float) -> None:
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(
                 f"cannot start PostgreSQL: port {self.port} on {self.host} is already in use "
                 "(set NEXUS_PG_PORT to another port)"
@@ -431,9 +432,10 @@ class EmbeddedBroker:
         """Start the broker and wait until its port accepts connections."""
         if self._thread is not None and self._thread.is_alive():
             return
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(
-                f"cannot start the MQTT broker: port {self.port} on {self.host} is in use"
+                f"cannot start the MQTT broker: port {self.port} on {self.host} is in use "
+                "(set NEXUS_MQTT_PORT to another port)"
             )
         deadline = time.monotonic() + timeout
         self._ready.clear()
@@ -497,7 +499,7 @@ class MosquittoBroker:
         exe = shutil.which("mosquitto")
         if exe is None:
             raise EmbeddedServiceError("mosquitto is not installed (apt-get install mosquitto)")
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(f"cannot start mosquitto: port {self.port} on {self.host} is in use")
         self._dir = Path(tempfile.mkdtemp(prefix="nexus-mosquitto-"))
         self._dir.chmod(0o755)
