@@ -46,7 +46,7 @@ from snap7.error import (
     S7StalePacketError,
     S7TimeoutError,
 )
-from snap7.type import Area, Parameter
+from snap7.type import Area, Parameter, WordLen
 
 from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
@@ -175,8 +175,8 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
 
         Raises :class:`WriteRejected` (unknown tag, input area, value does not fit the data type)
         without touching the device, or :class:`WriteFailed` when the CPU or the link fails it.
-        ``BOOL`` is written by read-modify-write of its byte, under this client's lock (a PLC
-        program writing other bits of the same byte between the two calls would be overwritten).
+        ``BOOL`` is written with one bit-level request (transport size BIT): the CPU changes that
+        bit alone, so bits of the same byte that the PLC program changes are never overwritten.
         """
         addr = self._tags.get(tag_id)
         if addr is None:
@@ -340,9 +340,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         try:
             if addr.data_type == "BOOL":
                 assert addr.bit is not None
-                await self._call(
-                    2 * timeout, _write_bit, client, area, db, (addr.byte, addr.bit), bool(value)
-                )
+                await self._call(timeout, _write_bit, client, area, db, (addr.byte, addr.bit), bool(value))
             elif addr.data_type == "STRING":  # keep the CPU's max-length byte; write length + chars
                 await self._call(timeout, client.write_area, area, db, addr.byte + 1, bytearray(data[1:]))
             else:
@@ -460,11 +458,10 @@ def _item_code(message: str) -> int | None:
 
 
 def _write_bit(client: snap7.client.Client, area: Area, db: int, where: tuple[int, int], value: bool) -> None:
+    """One bit-level write: with ``WordLen.Bit`` snap7 takes ``start`` as a bit address
+    (byte * 8 + bit) and sends one data byte, 0 or 1; the CPU changes that bit only."""
     byte, bit = where
-    current = client.read_area(area, db, byte, 1)
-    mask = 1 << bit
-    new = (current[0] | mask) if value else (current[0] & ~mask & 0xFF)
-    client.write_area(area, db, byte, bytearray([new]))
+    client.write_area(area, db, byte * 8 + bit, bytearray([1 if value else 0]), WordLen.Bit)
 
 
 def _disconnect(client: snap7.client.Client) -> None:
