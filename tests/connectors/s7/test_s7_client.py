@@ -108,17 +108,17 @@ def test_writes_change_the_server_memory_and_read_back(mixed_sim: S7Simulator) -
 
 def test_a_bool_write_keeps_bits_the_plc_changes_at_the_same_time(mixed_sim: S7Simulator) -> None:
     """A BOOL write is one bit-level request. With read-modify-write of the byte, a bit the PLC
-    program set between the client's read and its write was lost: here the "PLC" sets DB1.DBX0.5
-    whenever the byte is read, which is exactly that window."""
+    program changed between the client's read and its write was lost: here the "PLC" flips
+    DB1.DBX0.5 whenever the byte is read, which is exactly that window."""
     server = mixed_sim._server
     assert server is not None
     serve_read = server._read_from_memory_area
-    reads: list[tuple[Any, ...]] = []
+    plc_bit5 = [False]  # what the PLC program last wrote to DB1.DBX0.5
 
     def plc_reacts(*args: Any) -> Any:
         answer = serve_read(*args)
-        reads.append(args)
-        mixed_sim.set_value("DB1.DBX0.5", True)  # the PLC program, right after the read is served
+        plc_bit5[0] = not plc_bit5[0]
+        mixed_sim.set_value("DB1.DBX0.5", plc_bit5[0])  # the PLC, right after the read is served
         return answer
 
     server._read_from_memory_area = plc_reacts  # type: ignore[method-assign]
@@ -129,18 +129,14 @@ def test_a_bool_write_keeps_bits_the_plc_changes_at_the_same_time(mixed_sim: S7S
         client = S7DeviceClient(plan, metrics=False)
         ids = {t.address: tag_id for tag_id, t in plan.tags}
         try:
-            await client.write(ids["DB1.DBX0.4"], True)
-            assert mixed_sim.get_value("DB1.DBX0.5", "BOOL") == 1.0  # the PLC's bit survived
-            assert mixed_sim.get_value("DB1.DBX0.4", "BOOL") == 1.0
-            mixed_sim.set_value("DB1.DBX0.5", False)  # the PLC clears it again
-            await client.write(ids["DB1.DBX0.3"], False)
-            assert mixed_sim.get_value("DB1.DBX0.3", "BOOL") == 0.0
-            assert mixed_sim.get_value("DB1.DBX0.4", "BOOL") == 1.0
+            for address, value in [("DB1.DBX0.4", True), ("DB1.DBX0.3", False), ("DB1.DBX0.4", False)]:
+                await client.write(ids[address], value)
+                assert mixed_sim.get_value(address, "BOOL") == float(value), address
+                assert mixed_sim.get_value("DB1.DBX0.5", "BOOL") == float(plc_bit5[0]), "PLC's bit lost"
         finally:
             await client.close()
 
     run(main())
-    assert reads == []  # no read at all: nothing to go stale
 
 
 def test_invalid_writes_are_rejected_without_touching_the_device(mixed_sim: S7Simulator) -> None:
