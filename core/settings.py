@@ -26,6 +26,7 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_PG_PORT": "TCP port of the embedded PostgreSQL (default 54329)",
     "NEXUS_MQTT_PORT": "TCP port of the embedded MQTT broker (default 18830)",
     "NEXUS_LOG_LEVEL": "log level: DEBUG, INFO, WARNING, ERROR (default INFO)",
+    "NEXUS_LOG_FORMAT": "log format: text or json (one JSON object per line; default text)",
 }
 
 
@@ -38,6 +39,7 @@ class Settings:
     pg_port: int = 54329
     mqtt_port: int = 18830
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def effective_database_url(self) -> str:

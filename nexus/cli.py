@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.logs import configure_logging
 from core.settings import ENV_DOC, Settings
 
 if TYPE_CHECKING:
@@ -273,11 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
-        level = settings.log_level.upper()
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if level != "DEBUG":  # the embedded broker and the protocol libraries are chatty at INFO
-            for noisy in ("amqtt", "transitions", "pymodbus", "asyncua"):
-                logging.getLogger(noisy).setLevel(logging.WARNING)
+        configure_logging(settings.log_level, settings.log_format)
         return int(args.func(args, settings))
     except (SpecError, ValueError, EmbeddedServiceError) as exc:
         print(f"nexus {args.command}: {exc}", file=sys.stderr)
