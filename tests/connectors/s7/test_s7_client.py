@@ -121,7 +121,7 @@ def test_a_bool_write_keeps_bits_the_plc_changes_at_the_same_time(mixed_sim: S7S
         mixed_sim.set_value("DB1.DBX0.5", plc_bit5[0])  # the PLC, right after the read is served
         return answer
 
-    server._read_from_memory_area = plc_reacts  # type: ignore[method-assign]
+    server._read_from_memory_area = plc_reacts  # type: ignore[method-assign,assignment]
     mixed_sim.set_value("DB1.DBX0.5", False)
 
     async def main() -> None:
