@@ -47,7 +47,7 @@ from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
-from connectors.resilience import CircuitBreaker, DeviceMetrics, WriteResult, poll_result
+from connectors.resilience import CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
@@ -197,17 +197,13 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         for an exception response (``code`` = the Modbus exception code), a transport error, an
         unreachable device or an open breaker.
         """
-        try:
-            await self._write(tag_id, value)
-        except WriteRejected:
-            self._count_write("rejected")
-            raise
-        except WriteFailed:
-            self._stats.write_failures += 1
-            self._count_write("failed")
-            raise
-        self._stats.writes += 1
-        self._count_write("ok")
+        with self._counted_write():
+            try:
+                await self._write(tag_id, value)
+            except WriteFailed:
+                self._stats.write_failures += 1
+                raise
+            self._stats.writes += 1
 
     async def close(self) -> None:
         """Close the connection (a later poll would open a new one)."""
@@ -376,10 +372,6 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             code = int(getattr(rr, "exception_code", 0))
             raise WriteFailed(self.device_id, tag_id, f"device answered exception code {code}", code=code)
         log.debug("modbus write device=%s tag=%d value=%r", self.device_id, tag_id, value)
-
-    def _count_write(self, result: WriteResult) -> None:
-        if self._m is not None:
-            self._m.write(result)
 
     # -- connection ----------------------------------------------------------------------------
 

@@ -614,7 +614,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         a Bad status (``code`` is the StatusCode).
         """
         dev = self.device_id
-        try:
+        with self._counted_write():
             i = self._index.get(tag_id)
             if i is None:
                 raise WriteRejected(dev, tag_id, "the device has no such tag")
@@ -630,16 +630,6 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
             except (WriteRejected, WriteFailed):
                 self._stats.write_failures += 1
                 raise
-        except WriteRejected:
-            if self._m is not None:
-                self._m.write("rejected")
-            raise
-        except WriteFailed:
-            if self._m is not None:
-                self._m.write("failed")
-            raise
-        if self._m is not None:
-            self._m.write("ok")
         log.info("opcua write device=%s tag=%d node=%s", dev, tag_id, self.plan.tags[i][1].node_id)
 
     async def _write(self, i: int, tag_id: int, value: WriteValue) -> None:

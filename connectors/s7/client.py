@@ -168,7 +168,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         ``BOOL`` is written with one bit-level request (transport size BIT): the CPU changes that
         bit alone, so bits of the same byte that the PLC program changes are never overwritten.
         """
-        try:
+        with self._counted_write():
             addr = self._tags.get(tag_id)
             if addr is None:
                 raise WriteRejected(self.device_id, tag_id, "no such tag on this device")
@@ -180,21 +180,13 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
                 data = encode_value(value, addr)
             except ValueError as e:
                 raise WriteRejected(self.device_id, tag_id, str(e)) from None
-        except WriteRejected:
-            if self._m is not None:
-                self._m.write("rejected")
-            raise
-        async with self._lock:
-            try:
-                await self._write(tag_id, addr, value, data)
-            except WriteFailed:
-                self._stats.write_failures += 1
-                if self._m is not None:
-                    self._m.write("failed")
-                raise
-        self._stats.writes += 1
-        if self._m is not None:
-            self._m.write("ok")
+            async with self._lock:
+                try:
+                    await self._write(tag_id, addr, value, data)
+                except WriteFailed:
+                    self._stats.write_failures += 1
+                    raise
+            self._stats.writes += 1
 
     async def close(self) -> None:
         """Disconnect (a later poll would reconnect) and release the worker threads."""
