@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.mqtt_probe import collect
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,8 @@ def test_nexus_run_logs_as_configured_and_ctrl_c_drains(tmp_path: Path, mqtt_url
             what="the flow's INFO log line that its MQTT source connected",
         )
         assert proc.poll() is None, out.text()
+        running = wait_for(lambda: _retained_status(mqtt_url), timeout=30, what="the flow's retained status")
+        assert list(running) == ["$nexus/status/flows/sigtest/0"]  # keyed by flow and process id
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         code = proc.wait(timeout=60)
     finally:
@@ -89,6 +92,12 @@ def test_nexus_run_logs_as_configured_and_ctrl_c_drains(tmp_path: Path, mqtt_url
     assert {r["level"] for r in records} <= {"INFO", "WARNING", "ERROR"}
     assert any(r["logger"] == "connectors.mqtt.source" and r["level"] == "INFO" for r in records)
     assert any("draining" in r["message"] for r in records)
+    assert _retained_status(mqtt_url) == {}  # a clean stop leaves nothing retained
+
+
+def _retained_status(mqtt_url: str) -> dict[str, bytes]:
+    got = collect(mqtt_url, "$nexus/status/flows/sigtest/#", "$nexus/status/flows/sigtest/marker")
+    return {m.topic: m.payload for m in got if m.retain}
 
 
 HANDLER_SCRIPT = textwrap.dedent(
