@@ -358,6 +358,8 @@ def run_demo(settings: Settings, spec_path: Path, *, duration_s: float | None = 
             "NEXUS_DATABASE_URL": db_url,
             "NEXUS_MQTT_URL": mqtt_url,
             "NEXUS_SPEC": str(spec_path.resolve()),
+            # the progress lines are the demo's display: the flow logs warnings unless asked for more
+            "NEXUS_LOG_LEVEL": os.environ.get("NEXUS_LOG_LEVEL") or "WARNING",
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow"],
