@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -26,9 +27,17 @@ class Received:
 
 
 def collect(
-    mqtt_url: str, topic_filter: str, marker_topic: str | None = None, timeout: float = 15.0
+    mqtt_url: str,
+    topic_filter: str,
+    marker_topic: str | None = None,
+    timeout: float = 15.0,
+    *,
+    publish_first: Sequence[tuple[str, bytes]] = (),
 ) -> list[Received]:
-    """Messages (retained first) that a new subscriber to ``topic_filter`` receives before a marker."""
+    """Messages (retained first) that a new subscriber to ``topic_filter`` receives before a marker.
+
+    ``publish_first`` is published (not retained) by the same client just before the marker, so
+    whatever of it the broker delivers to the subscription arrives before the marker too."""
     url = parse_mqtt_url(mqtt_url)
     marker = f"marker-{uuid.uuid4().hex}".encode()
     marker_topic = marker_topic or f"nexus-probe/{uuid.uuid4().hex}"
@@ -59,6 +68,8 @@ def collect(
     try:
         if not subscribed.wait(timeout):
             raise TimeoutError(f"no SUBACK for {filters} within {timeout} s")
+        for topic, payload in publish_first:
+            client.publish(topic, payload, qos=1)
         client.publish(marker_topic, marker, qos=1)
         if not done.wait(timeout):
             raise TimeoutError(f"the marker on {marker_topic!r} did not come back within {timeout} s")

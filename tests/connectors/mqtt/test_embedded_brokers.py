@@ -101,3 +101,13 @@ def test_a_client_receives_only_what_it_subscribed_to(kind: str) -> None:
         assert got("plant/#", "plant/marker") == [("plant/a/b", b"p1")]
         assert got("#", "x/marker") == [("plant/a/b", b"p1")]
         assert got("$nexus/status/flows/f/0", "$nexus/status/marker") == status
+        # live messages too: only those the subscription matches
+        live = [("$nexus/status/flows/f/1", b"live"), ("plant/a/c", b"live"), ("nothing", b"live")]
+        seen = [(m.topic, m.payload, m.retain) for m in collect(url, "#", "x/marker2", publish_first=live)]
+        assert seen == [
+            ("plant/a/b", b"p1", True),
+            ("plant/a/c", b"live", False),
+            ("nothing", b"live", False),
+        ]
+        seen = [(m.topic, m.payload) for m in collect(url, "nothing/#", "nothing/m", publish_first=live)]
+        assert seen == [("nothing", b"live")]  # 'nothing/#' also matches its parent level 'nothing'
