@@ -32,7 +32,12 @@ from tests.connectors.s7.s7_testlib import plan_for as s7_plan
 
 pytestmark = pytest.mark.integration
 
-FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.1, "breaker_failures": 2, "breaker_reset_s": 0.5}
+FAST: dict[str, Any] = {
+    "reconnect_min_s": 0.05,
+    "reconnect_max_s": 0.1,
+    "breaker_failures": 2,
+    "breaker_reset_s": 0.5,
+}
 
 
 @dataclass
@@ -56,7 +61,11 @@ def _opcua(device: str) -> Rig:
     client = OpcUaDeviceClient(
         opcua_plan(device, sim.endpoint, [sim.node_id("M.Count")], writable=[1], timeout_s=1.0, **FAST)
     )
-    return Rig(client, sim.stop, sim.start, (1, 5))
+
+    def start() -> None:
+        sim.start()
+
+    return Rig(client, sim.stop, start, (1, 5))
 
 
 def _s7(device: str) -> Rig:
