@@ -491,6 +491,10 @@ def stage_ramp(
             procs = start_flow(module, env, 1, work)
             mon.watch("ramp-bytewax", procs[0].pid)
             try:
+                # the warm-up starts at the flow's first poll, not at its spawn: on a loaded machine
+                # the start-up alone can outlast a short warm-up and leave a step with no polls
+                _progress(f"  ramp {n} devices: waiting for the first poll")
+                _wait_json(stats / f"flow-{procs[0].pid}.json", "polls", 120)
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < args.ramp_warmup:
                     _progress(
