@@ -336,6 +336,12 @@ def stage_e2e(
     for i, p in enumerate(procs):
         mon.watch(f"bytewax-{i}", p.pid)
     try:
+        # the warm-up starts at the flow's first poll (see the ramp stage)
+        deadline = time.monotonic() + 120
+        while not _flow_stats(stats).get("polls"):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"the dataflow did not poll; see {work}")
+            time.sleep(0.2)
         t_start = time.monotonic()
         while time.monotonic() - t_start < args.warmup:
             s = _flow_stats(stats)
