@@ -336,6 +336,12 @@ def stage_e2e(
     for i, p in enumerate(procs):
         mon.watch(f"bytewax-{i}", p.pid)
     try:
+        # the warm-up starts at the flow's first poll (see the ramp stage)
+        deadline = time.monotonic() + 120
+        while not _flow_stats(stats).get("polls"):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"the dataflow did not poll; see {work}")
+            time.sleep(0.2)
         t_start = time.monotonic()
         while time.monotonic() - t_start < args.warmup:
             s = _flow_stats(stats)
@@ -491,6 +497,10 @@ def stage_ramp(
             procs = start_flow(module, env, 1, work)
             mon.watch("ramp-bytewax", procs[0].pid)
             try:
+                # the warm-up starts at the flow's first poll, not at its spawn: on a loaded machine
+                # the start-up alone can outlast a short warm-up and leave a step with no polls
+                _progress(f"  ramp {n} devices: waiting for the first poll")
+                _wait_json(stats / f"flow-{procs[0].pid}.json", "polls", 120)
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < args.ramp_warmup:
                     _progress(

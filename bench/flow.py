@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,13 @@ def _switch_interval() -> None:
 
 
 class _Reporter:
-    """Writes ``collect()`` to the stats folder every ``interval_s`` (atomically) until stopped."""
+    """Writes ``collect()`` to the stats folder every ``interval_s`` (atomically) until closed.
+
+    The ticking thread and :meth:`close` (at exit) may write at the same moment: each write goes
+    to its own temporary file and is renamed over the report under a lock, and nothing is written
+    after the final report. (Both used to share one ``.tmp`` file, which could interleave into
+    invalid JSON: ``Extra data``.)
+    """
 
     def __init__(self, collect: Callable[[], dict[str, Any]], interval_s: float = 0.5) -> None:
         folder = Path(os.environ.get("NEXUS_BENCH_STATS", ".")).absolute()
@@ -78,13 +85,29 @@ class _Reporter:
         self.collect = collect
         self.interval_s = interval_s
         self.stopped = threading.Event()
-        threading.Thread(target=self._run, name="bench-reporter", daemon=True).start()
+        self._lock = threading.Lock()
+        self._final = False
+        self._thread = threading.Thread(target=self._run, name="bench-reporter", daemon=True)
+        self._thread.start()
 
     def write(self, final: bool = False) -> None:
         data = {"pid": os.getpid(), "time": time.time(), "final": final, **self.collect()}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        text = json.dumps(data)
+        with self._lock:
+            if self._final:
+                return
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
+            self._final = final
+
+    def close(self) -> None:
+        """Stop ticking and write the final report (idempotent)."""
+        self.stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self.write(final=True)
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval_s):
@@ -172,7 +195,7 @@ def build() -> Dataflow:
     reporter = _Reporter(collect_all)
     import atexit
 
-    atexit.register(lambda: reporter.write(final=True))
+    atexit.register(reporter.close)
     runtime = Runtime(
         database_url=settings.effective_database_url,
         mqtt_url=settings.effective_mqtt_url,
@@ -219,7 +242,7 @@ def build_source_only() -> Dataflow:
     reporter = _Reporter(collect)
     import atexit
 
-    atexit.register(lambda: reporter.write(final=True))
+    atexit.register(reporter.close)
     flow = Dataflow("bench_source_only")
     op.output("count", op.input("devices", flow, source), sink)
     return flow
@@ -238,7 +261,7 @@ def build_synthetic() -> Dataflow:
     reporter = _Reporter(collect)
     import atexit
 
-    atexit.register(lambda: reporter.write(final=True))
+    atexit.register(reporter.close)
     flow = Dataflow("bench_synthetic")
     batches = op.input("devices", flow, source)
     chain.build_flow(flow, batches, sink)

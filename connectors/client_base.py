@@ -9,16 +9,18 @@ Connecting, backoff, metrics and the I/O itself stay in each client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from connectors.resilience import BreakerState, CircuitBreaker
+from connectors.polling import WriteFailed, WriteRejected
+from connectors.resilience import BreakerState, CircuitBreaker, DeviceMetrics
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
@@ -85,7 +87,8 @@ StatsT = TypeVar("StatsT", bound=DeviceClientStats)
 class DeviceClientBase(Generic[StatsT]):
     """The bookkeeping of a device client. A subclass sets ``protocol`` and ``_log`` (its module's
     logger, so records keep their logger name) and, in ``__init__``, ``plan``, ``_stats``,
-    ``_breaker``, ``_tag_ids`` and ``_healthy = True``."""
+    ``_breaker``, ``_tag_ids``, ``_healthy = True`` and ``_m`` (its :class:`DeviceMetrics`, or
+    None without metrics)."""
 
     protocol: ClassVar[str]
     _log: ClassVar[logging.Logger]
@@ -94,6 +97,7 @@ class DeviceClientBase(Generic[StatsT]):
     _breaker: CircuitBreaker
     _tag_ids: npt.NDArray[np.int64]
     _healthy: bool
+    _m: DeviceMetrics | None
 
     @property
     def device_id(self) -> str:
@@ -106,6 +110,23 @@ class DeviceClientBase(Generic[StatsT]):
         s.breaker_state = self._breaker.state
         s.breaker_opened = self._breaker.times_opened
         return s
+
+    @contextlib.contextmanager
+    def _counted_write(self) -> Iterator[None]:
+        """Count the write done inside in ``nexus_device_writes`` by how it ended: ``rejected``
+        (WriteRejected), ``failed`` (WriteFailed) or ``ok``."""
+        try:
+            yield
+        except WriteRejected:
+            if self._m is not None:
+                self._m.write("rejected")
+            raise
+        except WriteFailed:
+            if self._m is not None:
+                self._m.write("failed")
+            raise
+        if self._m is not None:
+            self._m.write("ok")
 
     def _count_poll(self, latency: float, failed: bool) -> None:
         s = self._stats

@@ -61,7 +61,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
@@ -119,8 +119,7 @@ class WritableTag:
     """What the router needs to know to accept a value for a tag.
 
     ``low``/``high`` are limits in engineering units; ``scale``/``offset`` are the tag's read
-    conversion (``eng = raw * scale + offset``), inverted for writes. ``roles`` is reserved for
-    the API's role checks (not enforced here yet). ``max_length`` bounds strings (characters).
+    conversion (``eng = raw * scale + offset``), inverted for writes. ``max_length`` bounds strings (characters).
     """
 
     device_id: str
@@ -133,7 +132,6 @@ class WritableTag:
     scale: float = 1.0
     offset: float = 0.0
     max_length: int | None = None
-    roles: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if self.scale == 0 or not math.isfinite(self.scale):

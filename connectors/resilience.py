@@ -109,8 +109,18 @@ class CircuitBreaker:
             self.opened_at = self._clock()
 
 
-# Process-wide Prometheus metrics, labelled by protocol and device. prometheus_client keeps one
+# Process-wide Prometheus metrics, labelled by protocol and device: one vocabulary for every polled
+# protocol (Modbus, OPC UA, S7), recorded through DeviceMetrics below. prometheus_client keeps one
 # registry per process, which is what a Bytewax process exports on /metrics.
+POLL_RESULTS = ("ok", "bad_points", "comm_error", "breaker_open")
+"""``result`` of ``nexus_device_polls``."""
+WRITE_RESULTS = ("ok", "rejected", "failed")
+"""``result`` of ``nexus_device_writes``."""
+REQUEST_ERROR_KINDS = ("comm", "device")
+"""``kind`` of ``nexus_device_request_errors``."""
+PollResult = Literal["ok", "bad_points", "comm_error", "breaker_open"]
+WriteResult = Literal["ok", "rejected", "failed"]
+
 POLL_LATENCY = Histogram(
     "nexus_device_poll_seconds",
     "Time to poll a device once",
@@ -120,7 +130,8 @@ POLL_LATENCY = Histogram(
 POLLS = Counter(
     "nexus_device_polls",
     "Device polls by result: ok (every point good), bad_points (the device answered, some points bad), "
-    "comm_error (transport failure) or breaker_open (answered without I/O while the breaker is open)",
+    "comm_error (transport failure, timeout, not connected or waiting to reconnect) or breaker_open "
+    "(answered without I/O while the breaker is open)",
     ["protocol", "device", "result"],
 )
 SKIPPED_POLLS = Counter(
@@ -141,7 +152,7 @@ RECONNECTS = Counter(
 REQUEST_ERRORS = Counter(
     "nexus_device_request_errors",
     "Device requests that failed, by kind: comm (transport, timeout, not attempted) or device "
-    "(an error the device reported)",
+    "(an error the device reported for a request or one of its items)",
     ["protocol", "device", "kind"],
 )
 WRITES = Counter(
@@ -149,3 +160,49 @@ WRITES = Counter(
     "Writes to a device by result: ok, rejected (refused before any I/O) or failed",
     ["protocol", "device", "result"],
 )
+
+
+def poll_result(*, bad_points: bool, comm_error: bool, breaker_open: bool) -> PollResult:
+    """The ``result`` label of one poll; the most serious condition wins.
+
+    >>> poll_result(bad_points=True, comm_error=True, breaker_open=False)
+    'comm_error'
+    """
+    if breaker_open:
+        return "breaker_open"
+    if comm_error:
+        return "comm_error"
+    return "bad_points" if bad_points else "ok"
+
+
+class DeviceMetrics:
+    """The Prometheus series of one device, with the same names, labels and label values for every
+    protocol. Every ``result``/``kind`` series exists from the start (at 0), so a dashboard or an
+    alert sees ``comm_error`` before the first one happens."""
+
+    def __init__(self, protocol: str, device_id: str) -> None:
+        self.latency = POLL_LATENCY.labels(protocol, device_id)
+        self._polls = {r: POLLS.labels(protocol, device_id, r) for r in POLL_RESULTS}
+        self._writes = {r: WRITES.labels(protocol, device_id, r) for r in WRITE_RESULTS}
+        self._errors = {k: REQUEST_ERRORS.labels(protocol, device_id, k) for k in REQUEST_ERROR_KINDS}
+        self._reconnects = RECONNECTS.labels(protocol, device_id)
+        self._breaker = BREAKER_STATE.labels(protocol, device_id)
+        self._breaker.set(0)
+
+    def poll(self, result: PollResult, latency_s: float, breaker: BreakerState) -> None:
+        self._polls[result].inc()
+        self.latency.observe(latency_s)
+        self._breaker.set(BREAKER_STATE_VALUE[breaker])
+
+    def breaker(self, state: BreakerState) -> None:
+        self._breaker.set(BREAKER_STATE_VALUE[state])
+
+    def write(self, result: WriteResult) -> None:
+        self._writes[result].inc()
+
+    def request_errors(self, kind: Literal["comm", "device"], n: int = 1) -> None:
+        if n:
+            self._errors[kind].inc(n)
+
+    def reconnect(self) -> None:
+        self._reconnects.inc()

@@ -5,14 +5,18 @@ Nothing here starts anything: an empty setting means "use the embedded default".
 >>> s = Settings.from_env({"NEXUS_DATABASE_URL": "postgresql://u@db/nexus"})
 >>> s.database_url, s.mqtt_url
 ('postgresql://u@db/nexus', None)
+>>> redact_url("postgresql://nexus:s3cret@db:5432/nexus?sslmode=require&password=s3cret")
+'postgresql://nexus:***@db:5432/nexus?sslmode=require&password=***'
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ENV_DOC: dict[str, str] = {
     "NEXUS_DATABASE_URL": "PostgreSQL/TimescaleDB URL for the historian; empty starts the embedded PostgreSQL",
@@ -22,6 +26,7 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_PG_PORT": "TCP port of the embedded PostgreSQL (default 54329)",
     "NEXUS_MQTT_PORT": "TCP port of the embedded MQTT broker (default 18830)",
     "NEXUS_LOG_LEVEL": "log level: DEBUG, INFO, WARNING, ERROR (default INFO)",
+    "NEXUS_LOG_FORMAT": "log format: text or json (one JSON object per line; default text)",
 }
 
 
@@ -34,6 +39,7 @@ class Settings:
     pg_port: int = 54329
     mqtt_port: int = 18830
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def effective_database_url(self) -> str:
@@ -67,3 +73,40 @@ class Settings:
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]
+
+
+_SECRET_QUERY = re.compile(r"(?i)(^|[?&;])(password|passwd|pwd|secret|token)=[^&;#]*")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (userinfo and ``password=`` query parameters) masked as ``***``:
+    what may be printed, logged or put in a status message. Works for any scheme (PostgreSQL DSN
+    URLs, MQTT, HTTP); a string that is not a URL comes back with only its query secrets masked."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. an invalid port: mask everything between :// and @
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostport}"
+    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_without_password(url: str) -> str:
+    """The URL with its password removed (not masked), for a command a person copies: ``psql``
+    then asks for the password instead of receiving a wrong one.
+
+    >>> url_without_password("postgresql://nexus:s3cret@db:5432/nexus")
+    'postgresql://nexus@db:5432/nexus'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}@{hostport}"
+    query = _SECRET_QUERY.sub("", parts.query).lstrip("&;")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

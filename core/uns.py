@@ -15,7 +15,6 @@ from dataclasses import dataclass
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 CMD_PREFIX = "$nexus/cmd"
-CONFIG_PREFIX = "$nexus/config"
 STATUS_PREFIX = "$nexus/status"
 
 

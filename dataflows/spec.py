@@ -276,9 +276,6 @@ class MqttTagSpec(TagBase, MqttTagMapping):
     topic: str = Field(min_length=1)  # type: ignore[assignment]
 
 
-TagSpec = ModbusTagSpec | OpcUaTagSpec | S7TagSpec | MqttTagSpec
-
-
 class CalculatedTagSpec(_Model):
     """A tag computed from other tags of the same device, e.g. ``voltage * current * 0.001``.
 
@@ -433,7 +430,6 @@ DeviceSpec = Annotated[
     ),
 ]
 """A device of any protocol, told apart by ``protocol`` (``modbus`` when absent)."""
-AnyDeviceSpec = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec | MqttDeviceSpec
 
 
 StateCategory = Literal["running", "planned_stop", "unplanned_stop"]

@@ -2,6 +2,21 @@
 
 Each dataflow process counts the points it read and publishes its counters once a second, so the
 demo, the API and an operator with ``mosquitto_sub`` see that a flow is alive and how fast it runs.
+
+The topic (what the control plane subscribes to, ``$nexus/status/flows/+/+``):
+
+- ``{flow}`` is the spec's ``id``; ``{process}`` is the Bytewax process id (``BYTEWAX_PROCESS_ID``,
+  else the ordinal at the end of ``BYTEWAX_POD_NAME`` in a StatefulSet, else ``0``). A restart
+  therefore publishes on the same topic and replaces its predecessor's retained message: the
+  broker holds at most one retained status per flow process, however often flows restart.
+- The payload is JSON: ``flow``, ``process`` (the id above, an int), ``state`` (``running``),
+  ``host``, ``pid``, ``started`` and ``time`` (ISO-8601 UTC), the counters (``points_read``,
+  ``batches_read``, ...) and, under ``NEXUS_FLOW_VERSION``, ``version``.
+- Clean stop (the process ends through :meth:`FlowStatus.stop`, e.g. a drain): one last
+  ``{"state": "stopped", ...}`` is published *not* retained (live subscribers see it), then the
+  retained message is cleared (an empty retained payload), so nothing is left on the broker.
+- Crash or lost connection: the broker publishes the last will, ``{"flow", "process",
+  "state": "offline"}``, retained, on the same topic; it stays until the process runs again.
 """
 
 from __future__ import annotations
@@ -9,9 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
@@ -23,18 +40,47 @@ from core.uns import STATUS_PREFIX
 log = logging.getLogger(__name__)
 
 
-def status_topic(flow_id: str, process: str | None = None) -> str:
-    return f"{STATUS_PREFIX}/flows/{flow_id}/{process or f'{socket.gethostname()}-{os.getpid()}'}"
+def bytewax_process_id(env: Mapping[str, str] | None = None) -> int:
+    """This process's Bytewax process id, as ``bytewax.run`` derives it.
+
+    >>> bytewax_process_id({}), bytewax_process_id({"BYTEWAX_PROCESS_ID": "2"})
+    (0, 2)
+    >>> bytewax_process_id({"BYTEWAX_POD_NAME": "flow-3", "BYTEWAX_STATEFULSET_NAME": "flow"})
+    3
+    """
+    env = os.environ if env is None else env
+    raw = (env.get("BYTEWAX_PROCESS_ID") or "").strip()
+    if raw:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"BYTEWAX_PROCESS_ID must be an integer, got {raw!r}") from None
+    pod = (env.get("BYTEWAX_POD_NAME") or "").strip()
+    m = re.search(r"-(\d+)$", pod)
+    return int(m.group(1)) if m else 0
+
+
+def status_topic(flow_id: str, process: int | None = None) -> str:
+    """``$nexus/status/flows/{flow}/{process}`` (see the module docstring).
+
+    >>> status_topic("telemetry", 0)
+    '$nexus/status/flows/telemetry/0'
+    """
+    return f"{STATUS_PREFIX}/flows/{flow_id}/{bytewax_process_id() if process is None else process}"
 
 
 class FlowStatus:
     """Per-process counters of one flow, published on the status topic every ``interval_s``."""
 
-    def __init__(self, flow_id: str, mqtt_url: str, *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, flow_id: str, mqtt_url: str, *, interval_s: float = 1.0, process: int | None = None
+    ) -> None:
         self.flow_id = flow_id
         self.mqtt_url = mqtt_url
         self.interval_s = interval_s
-        self.topic = status_topic(flow_id)
+        self.process = bytewax_process_id() if process is None else process
+        self.topic = status_topic(flow_id, self.process)
+        self.version = os.environ.get("NEXUS_FLOW_VERSION") or None
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {"points_read": 0, "batches_read": 0}
         self._started = time.time()
@@ -54,14 +100,19 @@ class FlowStatus:
     def snapshot(self, state: str = "running") -> dict[str, object]:
         with self._lock:
             counts = dict(self._counts)
-        return {
+        out: dict[str, object] = {
             "flow": self.flow_id,
+            "process": self.process,
             "state": state,
+            "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": datetime.fromtimestamp(self._started, UTC).isoformat(),
             "time": datetime.now(UTC).isoformat(),
             **counts,
         }
+        if self.version is not None:
+            out["version"] = self.version
+        return out
 
     def start(self) -> None:
         if self._thread is not None:
@@ -69,7 +120,10 @@ class FlowStatus:
         url = parse_mqtt_url(self.mqtt_url)
         client = make_client(url, unique_client_id("nexus-status"), reconnect_max_s=10)
         client.will_set(
-            self.topic, json.dumps({"flow": self.flow_id, "state": "offline"}), qos=1, retain=True
+            self.topic,
+            json.dumps({"flow": self.flow_id, "process": self.process, "state": "offline"}),
+            qos=1,
+            retain=True,
         )
         client.connect_async(url.host, url.port, keepalive=30)
         client.loop_start()
@@ -86,19 +140,24 @@ class FlowStatus:
             self._client.publish(self.topic, json.dumps(self.snapshot(state)), qos=1, retain=True)
 
     def stop(self) -> None:
+        """Clean stop: a last ``stopped`` message (not retained), then the retained status is
+        cleared and the connection closed normally (so the broker does not send the will).
+        Idempotent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._client is not None:
-            info = None
-            if self._client.is_connected():
-                info = self._client.publish(
-                    self.topic, json.dumps(self.snapshot("stopped")), qos=1, retain=True
-                )
-            if info is not None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if client.is_connected():
+            infos = [
+                client.publish(self.topic, json.dumps(self.snapshot("stopped")), qos=1, retain=False),
+                client.publish(self.topic, b"", qos=1, retain=True),  # clears the retained status
+            ]
+            for info in infos:
                 try:
                     info.wait_for_publish(timeout=2)
-                except RuntimeError:
+                except (RuntimeError, ValueError):
                     log.warning("flow status: final publish not confirmed")
-            self._client.disconnect()
-            self._client.loop_stop()
+        client.disconnect()
+        client.loop_stop()

@@ -5,7 +5,10 @@ The spec comes from ``NEXUS_SPEC`` (default: the demo spec), the services from
 or ``nexus services`` start). Another spec can be named in the import string:
 ``python -m bytewax.run "dataflows.telemetry:build('plant.yaml')"``.
 
-Signals: SIGTERM and SIGUSR1 drain the flow (sources stop, sinks flush, exit 0); SIGINT aborts.
+Signals: SIGTERM, SIGUSR1 and a first SIGINT (Ctrl-C) drain the flow (sources stop, sinks flush,
+exit 0); a SIGINT while a drain is under way (a second Ctrl-C, or the SIGINT step of a
+supervisor's TERM -> INT -> KILL ladder) aborts at once with exit code 130: no flush, no final
+snapshot (recovery resumes from the last one), and no Rust panic backtrace.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 
 from connectors.commands import CommandRouter
+from core.logs import configure_logging
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, writable_tags
 from dataflows.spec import DEMO_SPEC, FlowSpec, SpecError, load_spec
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 def build(spec_path: str | Path | None = None, settings: Settings | None = None) -> Dataflow:
     """Load and check the spec, then compile it against the configured services."""
     settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)  # bytewax.run configures none
     try:
         spec = load_spec(spec_path or settings.spec or DEMO_SPEC)
     except SpecError as exc:
@@ -44,8 +49,7 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
         raise SystemExit(2) from None
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, lambda *_: stop.set())
+        install_stop_handlers(stop)
     status = FlowStatus(spec.id, settings.effective_mqtt_url)
     status.start()
     atexit.register(status.stop)
@@ -66,6 +70,37 @@ def _run_by_bytewax() -> bool:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return getattr(spec, "name", None) == "bytewax.run"
+
+
+ABORT_EXIT_CODE = 130
+"""Exit code of an abort (a SIGINT during a drain), as a shell reports a process ended by Ctrl-C."""
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGUSR1 drain; SIGINT drains the first time and aborts when a drain is under way.
+
+    Bytewax's own SIGINT handling raises inside the Rust runtime, which prints a panic backtrace
+    and a Python traceback and exits 1; the handlers here make Ctrl-C behave as a person expects.
+    The abort is ``os._exit``: the broker then publishes the flow's last will (``offline``).
+    """
+
+    def drain(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            log.info("stopping: draining the flow (%s)", signal.Signals(signum).name)
+        stop.set()
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            stop.set()
+            log.warning("stopping: draining the flow (sources stop, sinks flush); Ctrl-C again aborts")
+            return
+        sys.stderr.write("aborted: the flow was stopped without flushing (second Ctrl-C / SIGINT)\n")
+        sys.stderr.flush()
+        os._exit(ABORT_EXIT_CODE)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, drain)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 SWITCH_INTERVAL_S = 0.001

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.logs import configure_logging
 from core.settings import ENV_DOC, Settings
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from dataflows.spec import load_spec
     from nexus.demo import run_simulators
 
-    return run_simulators(load_spec(_spec_path(args.spec, settings)))
+    path = _spec_path(args.spec, settings)
+    return run_simulators(load_spec(path), str(path))
 
 
 def cmd_browse(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,16 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dataflows.spec import SpecError
+    from nexus.embedded import EmbeddedServiceError
 
     try:
         settings = Settings.from_env()
-        level = settings.log_level.upper()
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if level != "DEBUG":  # the embedded broker and the protocol libraries are chatty at INFO
-            for noisy in ("amqtt", "transitions", "pymodbus", "asyncua"):
-                logging.getLogger(noisy).setLevel(logging.WARNING)
+        configure_logging(settings.log_level, settings.log_format)
         return int(args.func(args, settings))
-    except (SpecError, ValueError) as exc:
+    except (SpecError, ValueError, EmbeddedServiceError) as exc:
         print(f"nexus {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,9 +28,9 @@ from connectors.opcua.simulator import OpcUaSimulator, SimVariable
 from connectors.s7.address import S7Address
 from connectors.s7.simulator import S7Simulator
 from connectors.signals import Signal
-from core.settings import Settings
+from core.settings import Settings, redact_url, url_without_password
 from dataflows.spec import FlowSpec, ModbusDeviceSpec, OpcUaDeviceSpec, S7DeviceSpec, load_spec
-from nexus.embedded import EmbeddedBroker, EmbeddedPostgres
+from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, port_is_free
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 OPCUA_SIM_PKI = Path(".nexus/opcua/sim-pki")
@@ -213,10 +213,50 @@ def services(settings: Settings) -> Iterator[tuple[str, str]]:
         yield db_url, mqtt_url
 
 
+class SimulatorPortBusyError(ValueError):
+    """A simulated device's port is taken by another program: the message is one line naming the
+    port, the devices and the spec fields that set it (``nexus`` prints it without a traceback)."""
+
+
+def _port_fields(spec: FlowSpec, host: str, port: int) -> list[str]:
+    """``devices[i].connection.port`` (``.endpoint`` for OPC UA) of the loopback devices on ``port``."""
+    found = []
+    for i, device in enumerate(spec.devices):
+        conn = device.connection
+        if isinstance(device, OpcUaDeviceSpec):
+            url = urlsplit(device.connection.endpoint)
+            if url.hostname in LOOPBACK and (url.port or 4840) == port:
+                found.append(f"devices[{i}].connection.endpoint ({device.id})")
+        elif (
+            isinstance(device, ModbusDeviceSpec | S7DeviceSpec)
+            and getattr(conn, "host", None) in LOOPBACK
+            and getattr(conn, "port", None) == port
+        ):
+            found.append(f"devices[{i}].connection.port ({device.id})")
+    return found
+
+
+def check_simulator_ports(spec: FlowSpec, sims: list[Simulator], where: str = "the spec") -> None:
+    """Raise :class:`SimulatorPortBusyError` when a simulator's port is already taken, before any starts."""
+    for sim in sims:
+        host, port = getattr(sim, "host", "127.0.0.1"), getattr(sim, "port", 0)
+        if port and not port_is_free(host, port):
+            fields = ", ".join(_port_fields(spec, port=port, host=host)) or "the device's port"
+            raise SimulatorPortBusyError(
+                f"cannot simulate on {host}:{port}: the port is in use by another program; "
+                f"choose a free port in {fields} of {where}"
+            )
+
+
 @contextmanager
-def simulated_devices(spec: FlowSpec) -> Iterator[list[Simulator]]:
-    """Start every simulator of :func:`simulators_for`; stop them all on the way out."""
+def simulated_devices(spec: FlowSpec, where: str = "the spec") -> Iterator[list[Simulator]]:
+    """Start every simulator of :func:`simulators_for`; stop them all on the way out.
+
+    A port already in use ends in :class:`SimulatorPortBusyError` (naming the spec field to change)
+    before any simulator starts, instead of a library traceback from deep inside the server.
+    """
     sims = simulators_for(spec)
+    check_simulator_ports(spec, sims, where)
     with ExitStack() as stack:
         for sim in sims:
             sim.start()
@@ -281,15 +321,17 @@ def _banner(spec: FlowSpec, spec_path: Path, db_url: str, mqtt_url: str) -> str:
     enterprise = spec.devices[0].location.enterprise
     auth = f" -u {url.username} -P '***'" if url.username else ""
     tags = sum(len(d.tags) for d in spec.devices)
+    # The password never reaches the terminal: psql asks for it when the URL needs one.
+    psql_url = url_without_password(db_url)
     return f"""
 NEXUS Edge demo is running: flow {spec.id!r} from {spec_path}
   {len(spec.devices)} devices, {tags} tags
-  database  {db_url}
+  database  {redact_url(db_url)}
   broker    {url.redacted()}
 
 Look at the data:
   mosquitto_sub -h {url.host} -p {url.port}{auth} -t '{enterprise}/#' -v
-  psql '{db_url}' -c "SELECT p.time, t.uns_path, p.value, p.quality FROM nexus_points p JOIN nexus_tags t USING (tag_id) ORDER BY p.time DESC LIMIT 20"
+  psql '{psql_url}' -c "SELECT p.time, t.uns_path, p.value, p.quality FROM nexus_points p JOIN nexus_tags t USING (tag_id) ORDER BY p.time DESC LIMIT 20"
 Flow status: mosquitto_sub -h {url.host} -p {url.port}{auth} -t '$nexus/status/#' -v
 Press Ctrl-C to stop.
 """
@@ -310,12 +352,14 @@ def _stop_flow(proc: subprocess.Popen[bytes]) -> int:
 
 def run_demo(settings: Settings, spec_path: Path, *, duration_s: float | None = None) -> int:
     spec = load_spec(spec_path)  # refuse a bad spec before anything starts
-    with services(settings) as (db_url, mqtt_url), simulated_devices(spec):
+    with services(settings) as (db_url, mqtt_url), simulated_devices(spec, str(spec_path)):
         env = {
             **os.environ,
             "NEXUS_DATABASE_URL": db_url,
             "NEXUS_MQTT_URL": mqtt_url,
             "NEXUS_SPEC": str(spec_path.resolve()),
+            # the progress lines are the demo's display: the flow logs warnings unless asked for more
+            "NEXUS_LOG_LEVEL": os.environ.get("NEXUS_LOG_LEVEL") or "WARNING",
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow"],
@@ -354,16 +398,21 @@ def run_demo(settings: Settings, spec_path: Path, *, duration_s: float | None = 
         return code
 
 
+def services_banner(db_url: str, mqtt_url: str) -> str:
+    """What ``nexus services`` prints: where the services are, passwords masked."""
+    return f"database  {redact_url(db_url)}\nbroker    {parse_mqtt_url(mqtt_url).redacted()}\nPress Ctrl-C to stop."
+
+
 def run_services(settings: Settings) -> int:
     with services(settings) as (db_url, mqtt_url):
-        print(f"database  {db_url}\nbroker    {parse_mqtt_url(mqtt_url).redacted()}\nPress Ctrl-C to stop.")
+        print(services_banner(db_url, mqtt_url), flush=True)
         with suppress(KeyboardInterrupt):
             threading.Event().wait()
     return 0
 
 
-def run_simulators(spec: FlowSpec) -> int:
-    with simulated_devices(spec) as sims:
+def run_simulators(spec: FlowSpec, where: str = "the spec") -> int:
+    with simulated_devices(spec, where) as sims:
         if not sims:
             print("nothing to simulate: no device of the spec is on a loopback address")
             return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import shlex
@@ -37,6 +38,7 @@ __all__ = [
     "MqttUrl",
     "free_port",
     "parse_mqtt_url",
+    "port_is_free",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -277,7 +279,7 @@ class EmbeddedPostgres:
             self._ensure_database(timeout)
 
     def _pg_ctl_start(self, timeout: float) -> None:
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(
                 f"cannot start PostgreSQL: port {self.port} on {self.host} is already in use "
                 "(set NEXUS_PG_PORT to another port)"
@@ -356,17 +358,42 @@ class EmbeddedPostgres:
 # --------------------------------------------------------------------------------------------- MQTT brokers
 
 
-def _nexus_broker_class() -> type[Any]:
-    """amqtt's Broker, letting clients publish on NEXUS control topics (``$nexus/...``).
+_SUBSCRIBING: contextvars.ContextVar[bool] = contextvars.ContextVar("nexus_amqtt_subscribing", default=False)
+"""True while the embedded broker answers a SUBSCRIBE (the only time retained messages are sent)."""
 
-    amqtt refuses every PUBLISH to a ``$`` topic (MQTT-4.7.2-1 only reserves them for the broker) and
-    drops the client; Mosquitto and EMQX accept them, and NEXUS uses ``$nexus/cmd``, ``$nexus/config``
-    and ``$nexus/status``. Those messages are delivered and retained directly; the rest goes the usual
-    way. Relies on amqtt 0.12's ``_handle_message_delivery`` (the dependency is pinned below 0.13).
+
+def _nexus_broker_class() -> type[Any]:
+    """amqtt's Broker with two fixes for NEXUS.
+
+    - Clients may publish on NEXUS control topics (``$nexus/...``). amqtt refuses every PUBLISH to
+      a ``$`` topic (MQTT-4.7.2-1 only reserves them for the broker) and drops the client; Mosquitto
+      and EMQX accept them, and NEXUS uses ``$nexus/cmd``, ``$nexus/config`` and ``$nexus/status``.
+      Those messages are delivered and retained directly; the rest goes the usual way.
+    - Retained messages go to a client only in answer to its own SUBSCRIBE (MQTT-3.3.1-6), for the
+      filters it subscribed to. amqtt 0.12 also replays, on every CONNECT, the retained messages of
+      *every* filter any session ever subscribed to: a client subscribed to ``nothing/#`` received
+      ``$nexus/status/...`` and a ``$nexus/status/#`` subscriber got the first message twice.
+
+    Relies on amqtt 0.12's ``_handle_message_delivery``, ``_handle_subscription`` and
+    ``_publish_retained_messages_for_subscription`` (pinned below 0.13; their signatures are
+    checked by ``tests/connectors/mqtt/test_embedded_brokers.py``).
     """
     from amqtt.broker import Broker
 
     class NexusBroker(Broker):  # type: ignore[misc]
+        async def _handle_subscription(self, session: Any, handler: Any, subscribe_waiter: Any) -> None:
+            token = _SUBSCRIBING.set(True)
+            try:
+                await super()._handle_subscription(session, handler, subscribe_waiter)
+            finally:
+                _SUBSCRIBING.reset(token)
+
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            if _SUBSCRIBING.get():  # not the replay of all filters at CONNECT
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
         async def _handle_message_delivery(self, session: Any, handler: Any, wait_deliver: Any) -> bool:
             message = wait_deliver.result()
             if message is not None and message.topic.startswith(CONTROL_TOPIC_PREFIX):
@@ -431,9 +458,10 @@ class EmbeddedBroker:
         """Start the broker and wait until its port accepts connections."""
         if self._thread is not None and self._thread.is_alive():
             return
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(
-                f"cannot start the MQTT broker: port {self.port} on {self.host} is in use"
+                f"cannot start the MQTT broker: port {self.port} on {self.host} is in use "
+                "(set NEXUS_MQTT_PORT to another port)"
             )
         deadline = time.monotonic() + timeout
         self._ready.clear()
@@ -497,7 +525,7 @@ class MosquittoBroker:
         exe = shutil.which("mosquitto")
         if exe is None:
             raise EmbeddedServiceError("mosquitto is not installed (apt-get install mosquitto)")
-        if not _port_is_free(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise EmbeddedServiceError(f"cannot start mosquitto: port {self.port} on {self.host} is in use")
         self._dir = Path(tempfile.mkdtemp(prefix="nexus-mosquitto-"))
         self._dir.chmod(0o755)

@@ -1,9 +1,10 @@
 """Bytewax 0.21 adapter for :class:`operators.window.WindowAggregator`.
 
 ``op.stateful`` with our own :class:`WindowLogic`, not ``stateful_map`` (it deep-copies state every
-epoch) and not bytewax's windowing (``EventClock`` busy-loops, BYTEWAX.md gotcha 1). An idle flow
-sleeps until the next bucket is due (``notify_at``); EOF flushes the open buckets; the snapshot is
-the state object itself, which the core never mutates, so snapshotting costs nothing.
+epoch) and not bytewax's windowing (``EventClock`` busy-loops at 100 % CPU when
+``wait_for_system_duration > 0`` or event time lags arrival: bytewax issue #578). An idle flow sleeps
+until the next bucket is due (``notify_at``); EOF flushes the open buckets; the snapshot is the state
+object itself, which the core never mutates, so snapshotting costs nothing.
 
 The stateful step id carries the window labels (``<step_id>_1s_1m``): a changed window set starts
 from fresh state on recovery while the rest of the flow resumes.

@@ -47,16 +47,7 @@ from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
-from connectors.resilience import (
-    BREAKER_STATE,
-    BREAKER_STATE_VALUE,
-    POLL_LATENCY,
-    POLLS,
-    RECONNECTS,
-    REQUEST_ERRORS,
-    WRITES,
-    CircuitBreaker,
-)
+from connectors.resilience import CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
@@ -144,16 +135,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         self._splits: dict[int, _Split] = {}
         self._io_lock = asyncio.Lock()
         self._breaker = CircuitBreaker(c.breaker_failures, c.breaker_reset_s, clock=clock)
-        self._metrics = metrics
-        dev = plan.device_id
-        self._m_latency = POLL_LATENCY.labels(PROTOCOL, dev) if metrics else None
-        self._m_breaker = BREAKER_STATE.labels(PROTOCOL, dev) if metrics else None
-        self._m_reconnects = RECONNECTS.labels(PROTOCOL, dev) if metrics else None
-        self._m_errors = (
-            {k: REQUEST_ERRORS.labels(PROTOCOL, dev, k) for k in ("comm", "device")} if metrics else None
-        )
-        if self._m_breaker is not None:
-            self._m_breaker.set(0)
+        self._m = DeviceMetrics(PROTOCOL, plan.device_id) if metrics else None
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -184,8 +166,9 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if not self._breaker.allow():
             self._stats.breaker_open_polls += 1
             batch = self._uniform(ts_ns, Quality.COMM_ERROR)
-            result = "breaker_open"
+            link_ok, open_ = False, True
         else:
+            open_ = False
             probe = self._breaker.state == "half_open"
             try:
                 batch, link_ok = await self._poll(force_connect=probe)
@@ -195,17 +178,15 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 batch, link_ok = self._uniform(ts_ns, Quality.COMM_ERROR), False
             if link_ok:
                 self._breaker.record_success()
-                result = "ok" if not np.any(batch.quality >= Quality.BAD) else "bad_points"
             else:
                 self._breaker.record_failure()
-                result = "comm_error"
         self._breaker_changed(was)
         latency = self._clock() - started
+        bad = bool(np.any(batch.quality >= Quality.BAD))
+        result = poll_result(bad_points=bad, comm_error=not link_ok, breaker_open=open_)
         self._count_poll(latency, result != "ok")
-        if self._metrics:
-            POLLS.labels(PROTOCOL, self.device_id, result).inc()
-            assert self._m_latency is not None
-            self._m_latency.observe(latency)
+        if self._m is not None:
+            self._m.poll(result, latency, self._breaker.state)
         return batch
 
     async def write(self, tag_id: int, value: WriteValue) -> None:
@@ -216,17 +197,13 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         for an exception response (``code`` = the Modbus exception code), a transport error, an
         unreachable device or an open breaker.
         """
-        try:
-            await self._write(tag_id, value)
-        except WriteRejected:
-            self._count_write("rejected")
-            raise
-        except WriteFailed:
-            self._stats.write_failures += 1
-            self._count_write("failed")
-            raise
-        self._stats.writes += 1
-        self._count_write("ok")
+        with self._counted_write():
+            try:
+                await self._write(tag_id, value)
+            except WriteFailed:
+                self._stats.write_failures += 1
+                raise
+            self._stats.writes += 1
 
     async def close(self) -> None:
         """Close the connection (a later poll would open a new one)."""
@@ -396,10 +373,6 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             raise WriteFailed(self.device_id, tag_id, f"device answered exception code {code}", code=code)
         log.debug("modbus write device=%s tag=%d value=%r", self.device_id, tag_id, value)
 
-    def _count_write(self, result: str) -> None:
-        if self._metrics:
-            WRITES.labels(PROTOCOL, self.device_id, result).inc()
-
     # -- connection ----------------------------------------------------------------------------
 
     def _new_client(self) -> AnyModbusClient:
@@ -445,8 +418,8 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             self._schedule_retry()
             return False
         self._client = client
-        if self._count_connect() and self._m_reconnects is not None:
-            self._m_reconnects.inc()
+        if self._count_connect() and self._m is not None:
+            self._m.reconnect()
         log.debug("modbus connected device=%s endpoint=%s", self.device_id, c.endpoint)
         return True
 
@@ -468,13 +441,13 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if now != was:
             level = logging.WARNING if now == "open" else logging.INFO
             log.log(level, "modbus circuit breaker %s -> %s device=%s", was, now, self.device_id)
-        if self._m_breaker is not None:
-            self._m_breaker.set(BREAKER_STATE_VALUE[now])
+        if self._m is not None:
+            self._m.breaker(now)
 
     def _count_error(self, name: str, n: int = 1) -> None:
         setattr(self._stats, name, getattr(self._stats, name) + n)
-        if self._m_errors is not None:
-            self._m_errors["comm" if name == "comm_errors" else "device"].inc(n)
+        if self._m is not None:
+            self._m.request_errors("comm" if name == "comm_errors" else "device", n)
 
     def error_batch(self, quality: Quality, ts_ns: int) -> PointBatch:
         """Every tag with NaN and ``quality`` (a poll that could not complete)."""

@@ -169,6 +169,8 @@ class _DeviceState:
         self.pending: dict[str, dict[int, int]] = {t: {} for t in _TABLES}
         """Values set but not yet copied into the server's registers."""
         self.faults = _Faults()
+        self.requests = 0
+        """Register/bit accesses served (one per read or write request); tests count I/O with it."""
         for table, address in device.holes:
             self.faults.exceptions[(table, address)] = ExcCodes.ILLEGAL_ADDRESS
         self.signals = [
@@ -231,6 +233,7 @@ class _DeviceState:
             return None
         bits = table in BIT_TABLES
         with self.lock:
+            self.requests += 1
             stall = self.faults.stall_s
             fail = self.faults.fail_next.popleft() if self.faults.fail_next else None
             pending, self.pending[table] = self.pending[table], {}
@@ -495,6 +498,12 @@ class ModbusSimulator:
         code = _exc_code(exception_code)
         with state.lock:
             state.faults.fail_next.extend([code] * count)
+
+    def request_count(self, device_id: str) -> int:
+        """Requests the device has received so far (a stalled one counts when it arrives)."""
+        state = self._state(device_id)
+        with state.lock:
+            return state.requests
 
     def set_stall(self, device_id: str, seconds: float | None) -> None:
         """Delay every answer of the device by ``seconds`` (None: answer at once)."""

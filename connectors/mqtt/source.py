@@ -310,7 +310,7 @@ class _RateLimitedWarnings:
         if now - last < self.interval_s:
             self._last[key] = (last, suppressed + 1)
             return
-        if len(self._last) > 10_000:  # keys are (tag, problem): bounded by the level-tag limit anyway
+        if len(self._last) > 10_000:  # keys are (tag, problem): bounded by the declared tags anyway
             self._last.clear()
         self._last[key] = (now, 0)
         if suppressed:
@@ -337,7 +337,6 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         self._explicit: list[list[tuple[str | None, _Extractor]]] = [
             [(m.topic, _Extractor.build(device_id, m.name, m)) for m in sub.tags] for sub in self._subs
         ]
-        self._level_tags: list[dict[str, _Extractor]] = [{} for _ in self._subs]
         self._routes: dict[str, tuple[_Extractor, ...]] = {}
         self._warnings = _RateLimitedWarnings(config.warn_interval_s)
         self._lock = threading.Lock()
@@ -453,41 +452,18 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         if route is not None:
             return route
         found: list[_Extractor] = []
-        refused = False
         for i, sub in enumerate(self._subs):
             if not mqtt.topic_matches_sub(sub.topic_filter, topic):
                 continue
-            explicit = [
+            found.extend(
                 ex
                 for t, ex in self._explicit[i]
                 if t is None or t == topic or (("+" in t or "#" in t) and mqtt.topic_matches_sub(t, topic))
-            ]
-            if explicit:
-                found.extend(explicit)
-                continue
-            level = sub.tag_from_level
-            if level is None:
-                continue
-            levels = topic.split("/")
-            name = levels[level] if level < len(levels) else ""
-            if not name:
-                continue
-            tags = self._level_tags[i]
-            ex = tags.get(name)
-            if ex is None:
-                if len(tags) >= sub.max_level_tags:
-                    refused = True
-                    continue
-                ex = tags[name] = _Extractor.build(self.device_id, name, sub.level_payload)
-            found.append(ex)
+            )
         route = tuple(dict.fromkeys(found))  # overlapping subscriptions: each tag once
-        if not refused:  # a refused topic is not cached, so every such message is counted
-            if len(self._routes) >= _ROUTE_CACHE_MAX:
-                self._routes.clear()
-            self._routes[topic] = route
-        elif not route:
-            with self._lock:
-                self._c.refused_level_tags += 1
+        if len(self._routes) >= _ROUTE_CACHE_MAX:
+            self._routes.clear()
+        self._routes[topic] = route
         return route
 
     def _decode(self, items: deque[tuple[str, bytes, int]]) -> PointBatch:

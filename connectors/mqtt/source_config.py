@@ -2,13 +2,13 @@
 
 A :class:`MqttSubscription` subscribes to one topic filter on behalf of one device. Its ``tags``
 say which tag each message feeds and where the value sits in the payload; one device may have
-several subscriptions, one message may feed several tags (a JSON object carrying temperature and
-pressure), and a wildcard subscription may name its tags after a topic level (``tag_from_level``):
+several subscriptions, and one message may feed several tags (a JSON object carrying temperature
+and pressure):
 
->>> sub = MqttSubscription(topic_filter="sensors/+/temp", device_id="hall-1", tag_from_level=1,
-...                        level_payload=MqttPayload(value_path="data.temp"))
->>> sub.tag_from_level, sub.level_payload.value_path
-(1, 'data.temp')
+>>> sub = MqttSubscription(topic_filter="sensors/+/temp", device_id="hall-1",
+...                        tags=[MqttTagMapping(name="temp", value_path="data.temp")])
+>>> sub.tags[0].value_path
+'data.temp'
 >>> MqttTagMapping(name="t", value_path="values[2].v").compiled_value_path()
 ('values', 2, 'v')
 >>> try:
@@ -157,21 +157,12 @@ class MqttTagMapping(MqttPayload):
 
 
 class MqttSubscription(_Frozen):
-    """One topic filter subscribed to for one device.
-
-    With ``tag_from_level`` (0-based level index), a message that no entry of ``tags`` matches
-    feeds the tag named by that level of its topic (``sensors/+/temp`` with level 1:
-    ``sensors/boiler/temp`` feeds tag ``boiler``), extracted with ``level_payload``. At most
-    ``max_level_tags`` distinct names are accepted per subscription (a runaway publisher cannot
-    grow the tag set without bound); further names are counted and ignored.
-    """
+    """One topic filter subscribed to for one device; ``tags`` say which messages feed which tag
+    (every tag is declared, so the historian and the UNS know it before its first message)."""
 
     topic_filter: str
     device_id: Name
     tags: list[MqttTagMapping] = Field(default_factory=list)
-    tag_from_level: int | None = Field(default=None, ge=0)
-    level_payload: MqttPayload = MqttPayload()
-    max_level_tags: int = Field(default=1000, gt=0)
     qos: Literal[0, 1, 2] | None = None
     """Overrides the source's ``qos`` for this filter."""
 
@@ -182,25 +173,10 @@ class MqttSubscription(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttSubscription:
-        if not self.tags and self.tag_from_level is None:
+        if not self.tags:
             raise ValueError(
-                f"subscription {self.topic_filter!r} of device {self.device_id!r} maps no tag: "
-                "give `tags` or `tag_from_level`"
+                f"subscription {self.topic_filter!r} of device {self.device_id!r} maps no tag: give `tags`"
             )
-        levels = self.topic_filter.split("/")
-        if self.tag_from_level is not None:
-            lvl = self.tag_from_level
-            multi = levels[-1] == "#"
-            if lvl < len(levels) - (1 if multi else 0):
-                if levels[lvl] != "+":
-                    raise ValueError(
-                        f"`tag_from_level` {lvl} points at the fixed level {levels[lvl]!r} of "
-                        f"{self.topic_filter!r}: every message would feed the same tag (use `tags`)"
-                    )
-            elif not multi:
-                raise ValueError(
-                    f"`tag_from_level` {lvl} is beyond the {len(levels)} levels of {self.topic_filter!r}"
-                )
         seen: set[tuple[str, str | None, str | None]] = set()
         for tag in self.tags:
             topic = tag.topic or ""

@@ -39,7 +39,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from asyncua import Client, ua
@@ -55,14 +54,7 @@ from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.opcua.certs import ensure_application_certificate
 from connectors.opcua.config import OpcUaConnection, OpcUaDevicePlan, parse_node_id
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
-from connectors.resilience import (
-    BREAKER_STATE,
-    BREAKER_STATE_VALUE,
-    POLL_LATENCY,
-    POLLS,
-    Backoff,
-    CircuitBreaker,
-)
+from connectors.resilience import Backoff, CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 from core.timestamps import TimestampWindow, count_replaced
@@ -88,7 +80,6 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NULL_TS = dt.datetime(1601, 1, 2, tzinfo=dt.UTC)
 """OPC UA's zero DateTime is 1601-01-01: anything before this means "no timestamp"."""
 
-RECONNECTS = Counter("nexus_opcua_reconnects", "OPC UA sessions re-established", ["device"])
 DROPPED_CHANGES = Counter(
     "nexus_opcua_dropped_changes", "Subscription changes dropped because the buffer was full", ["device"]
 )
@@ -581,18 +572,8 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         self._trust_store: TrustStore | None = None
         self._meta: dict[int, _NodeMeta] = {}
         self._changes: deque[tuple[int, float, int, int, str | None]] = deque()
-        self._m: dict[str, Any] | None = None
-        if metrics:
-            dev = plan.device_id
-            self._m = {
-                "latency": POLL_LATENCY.labels(PROTOCOL, dev),
-                "ok": POLLS.labels(PROTOCOL, dev, "ok"),
-                "bad": POLLS.labels(PROTOCOL, dev, "bad"),
-                "comm_error": POLLS.labels(PROTOCOL, dev, "comm_error"),
-                "breaker": BREAKER_STATE.labels(PROTOCOL, dev),
-                "reconnects": RECONNECTS.labels(dev),
-                "dropped": DROPPED_CHANGES.labels(dev),
-            }
+        self._m = DeviceMetrics(PROTOCOL, plan.device_id) if metrics else None
+        self._m_dropped = DROPPED_CHANGES.labels(plan.device_id) if metrics else None
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -610,10 +591,11 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         started = self._clock()
         now_ns = time.time_ns()
         outcome = "ok"  # "ok" | "io_failed" (counts for the breaker) | "no_io" (backoff, breaker open)
+        breaker_open = False
         try:
             if not self._breaker.allow():
                 self._stats.breaker_open_polls += 1
-                batch, outcome = self._drain_then_error(now_ns), "no_io"
+                batch, outcome, breaker_open = self._drain_then_error(now_ns), "no_io", True
             else:
                 state = await self._ensure_connected()
                 if state != "connected":
@@ -633,7 +615,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
             self._breaker.record_success()
         elif outcome == "io_failed":
             self._breaker.record_failure()
-        self._account(batch, outcome != "ok", self._clock() - started)
+        self._account(batch, outcome != "ok", self._clock() - started, breaker_open)
         return batch
 
     async def write(self, tag_id: int, value: WriteValue) -> None:
@@ -646,19 +628,22 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         a Bad status (``code`` is the StatusCode).
         """
         dev = self.device_id
-        i = self._index.get(tag_id)
-        if i is None:
-            raise WriteRejected(dev, tag_id, "the device has no such tag")
-        if tag_id not in self.plan.writable:
-            raise WriteRejected(dev, tag_id, "the tag is not writable")
-        if not isinstance(value, bool | int | float | str):
-            raise WriteRejected(dev, tag_id, f"value {value!r} is neither a number, a boolean nor a string")
-        self._stats.writes += 1
-        try:
-            await self._write(i, tag_id, value)
-        except (WriteRejected, WriteFailed):
-            self._stats.write_failures += 1
-            raise
+        with self._counted_write():
+            i = self._index.get(tag_id)
+            if i is None:
+                raise WriteRejected(dev, tag_id, "the device has no such tag")
+            if tag_id not in self.plan.writable:
+                raise WriteRejected(dev, tag_id, "the tag is not writable")
+            if not isinstance(value, bool | int | float | str):
+                raise WriteRejected(
+                    dev, tag_id, f"value {value!r} is neither a number, a boolean nor a string"
+                )
+            self._stats.writes += 1
+            try:
+                await self._write(i, tag_id, value)
+            except (WriteRejected, WriteFailed):
+                self._stats.write_failures += 1
+                raise
         log.info("opcua write device=%s tag=%d node=%s", dev, tag_id, self.plan.tags[i][1].node_id)
 
     async def _write(self, i: int, tag_id: int, value: WriteValue) -> None:
@@ -751,7 +736,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
             await self._drop_session()
             return False
         if self._count_connect() and self._m is not None:
-            self._m["reconnects"].inc()
+            self._m.reconnect()
         self._backoff.reset()
         self._retry_at = -math.inf
         self._meta.clear()  # the server may have changed while we were away
@@ -910,8 +895,8 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
         if len(buf) >= self.plan.connection.max_buffered_changes:
             buf.popleft()
             self._stats.dropped_changes += 1
-            if self._m is not None:
-                self._m["dropped"].inc()
+            if self._m_dropped is not None:
+                self._m_dropped.inc()
         buf.append((i, v, q, t, s))
         self._stats.changes += 1
 
@@ -1019,7 +1004,7 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
 
     # -- accounting ----------------------------------------------------------------------------------
 
-    def _account(self, batch: PointBatch, link_failed: bool, latency: float) -> None:
+    def _account(self, batch: PointBatch, link_failed: bool, latency: float, breaker_open: bool) -> None:
         q = batch.quality
         failed = bool(np.any(q >= Quality.BAD))
         self._count_poll(latency, failed)
@@ -1030,6 +1015,9 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
             s.device_exceptions += int(np.count_nonzero(q == Quality.DEVICE_EXCEPTION))
             s.config_errors += int(np.count_nonzero(q == Quality.CONFIG_ERROR))
         if self._m is not None:
-            self._m["latency"].observe(latency)
-            self._m["comm_error" if link_failed else "bad" if failed else "ok"].inc()
-            self._m["breaker"].set(BREAKER_STATE_VALUE[self._breaker.state])
+            result = poll_result(bad_points=failed, comm_error=link_failed, breaker_open=breaker_open)
+            self._m.poll(result, latency, self._breaker.state)
+            if link_failed:
+                self._m.request_errors("comm")
+            else:
+                self._m.request_errors("device", int(np.count_nonzero(q == Quality.DEVICE_EXCEPTION)))

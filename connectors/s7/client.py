@@ -34,7 +34,7 @@ import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,18 +46,11 @@ from snap7.error import (
     S7StalePacketError,
     S7TimeoutError,
 )
-from snap7.type import Area, Parameter
+from snap7.type import Area, Parameter, WordLen
 
 from connectors.client_base import DeviceClientBase, DeviceClientStats
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
-from connectors.resilience import (
-    BREAKER_STATE,
-    BREAKER_STATE_VALUE,
-    POLL_LATENCY,
-    POLLS,
-    Backoff,
-    CircuitBreaker,
-)
+from connectors.resilience import Backoff, CircuitBreaker, DeviceMetrics, poll_result
 from connectors.s7.address import S7Address
 from connectors.s7.codec import ReadPlan, encode_value
 from connectors.s7.config import S7DevicePlan
@@ -132,17 +125,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         )
         self._stats = ClientStats()
         self._healthy = True
-        self._m: dict[str, Any] | None = None
-        if metrics:
-            d = plan.device_id
-            self._m = {
-                "latency": POLL_LATENCY.labels(PROTOCOL, d),
-                "ok": POLLS.labels(PROTOCOL, d, "ok"),
-                "partial": POLLS.labels(PROTOCOL, d, "partial"),
-                "failed": POLLS.labels(PROTOCOL, d, "failed"),
-                "breaker": BREAKER_STATE.labels(PROTOCOL, d),
-            }
-            self._m["breaker"].set(0)
+        self._m = DeviceMetrics(PROTOCOL, plan.device_id) if metrics else None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -154,6 +137,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         """Read every tag once. Never raises (except on cancellation)."""
         started = self._clock()
         ts_ns = time.time_ns()
+        before = replace(self._stats)
         async with self._lock:
             try:
                 batch = await self._poll()
@@ -162,12 +146,18 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
                 await self._drop_connection(failure=True)
                 batch = self._uniform(ts_ns, Quality.COMM_ERROR)
         latency = self._clock() - started
-        bad = int(np.count_nonzero(batch.quality >= Quality.BAD))
-        self._count_poll(latency, bad > 0)
+        s = self._stats
+        bad = bool(np.any(batch.quality >= Quality.BAD))
+        self._count_poll(latency, bad)
         if self._m is not None:
-            self._m["latency"].observe(latency)
-            self._m["ok" if bad == 0 else "failed" if bad == len(batch) else "partial"].inc()
-            self._m["breaker"].set(BREAKER_STATE_VALUE[self._breaker.state])
+            result = poll_result(
+                bad_points=bad,
+                comm_error=s.comm_errors > before.comm_errors,
+                breaker_open=s.breaker_open_polls > before.breaker_open_polls,
+            )
+            self._m.poll(result, latency, self._breaker.state)
+            self._m.request_errors("comm", s.comm_errors - before.comm_errors)
+            self._m.request_errors("device", s.device_errors - before.device_errors)
         return batch
 
     async def write(self, tag_id: int, value: WriteValue) -> None:
@@ -175,25 +165,28 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
 
         Raises :class:`WriteRejected` (unknown tag, input area, value does not fit the data type)
         without touching the device, or :class:`WriteFailed` when the CPU or the link fails it.
-        ``BOOL`` is written by read-modify-write of its byte, under this client's lock (a PLC
-        program writing other bits of the same byte between the two calls would be overwritten).
+        ``BOOL`` is written with one bit-level request (transport size BIT): the CPU changes that
+        bit alone, so bits of the same byte that the PLC program changes are never overwritten.
         """
-        addr = self._tags.get(tag_id)
-        if addr is None:
-            raise WriteRejected(self.device_id, tag_id, "no such tag on this device")
-        if addr.area == "I":
-            raise WriteRejected(self.device_id, tag_id, f"{addr.notation()}: inputs (I/E area) are read-only")
-        try:
-            data = encode_value(value, addr)
-        except ValueError as e:
-            raise WriteRejected(self.device_id, tag_id, str(e)) from None
-        async with self._lock:
+        with self._counted_write():
+            addr = self._tags.get(tag_id)
+            if addr is None:
+                raise WriteRejected(self.device_id, tag_id, "no such tag on this device")
+            if addr.area == "I":
+                raise WriteRejected(
+                    self.device_id, tag_id, f"{addr.notation()}: inputs (I/E area) are read-only"
+                )
             try:
-                await self._write(tag_id, addr, value, data)
-            except WriteFailed:
-                self._stats.write_failures += 1
-                raise
-        self._stats.writes += 1
+                data = encode_value(value, addr)
+            except ValueError as e:
+                raise WriteRejected(self.device_id, tag_id, str(e)) from None
+            async with self._lock:
+                try:
+                    await self._write(tag_id, addr, value, data)
+                except WriteFailed:
+                    self._stats.write_failures += 1
+                    raise
+            self._stats.writes += 1
 
     async def close(self) -> None:
         """Disconnect (a later poll would reconnect) and release the worker threads."""
@@ -340,9 +333,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         try:
             if addr.data_type == "BOOL":
                 assert addr.bit is not None
-                await self._call(
-                    2 * timeout, _write_bit, client, area, db, (addr.byte, addr.bit), bool(value)
-                )
+                await self._call(timeout, _write_bit, client, area, db, (addr.byte, addr.bit), bool(value))
             elif addr.data_type == "STRING":  # keep the CPU's max-length byte; write length + chars
                 await self._call(timeout, client.write_area, area, db, addr.byte + 1, bytearray(data[1:]))
             else:
@@ -383,7 +374,8 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         pdu = int(client.get_pdu_length())
         self._stats.pdu_size = pdu
         self.read_plan = self._plan_for(pdu)
-        self._count_connect()
+        if self._count_connect() and self._m is not None:
+            self._m.reconnect()
         log.debug("s7 connected device=%s host=%s port=%d pdu=%d", self.device_id, c.host, c.port, pdu)
         return True
 
@@ -409,7 +401,7 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
         self._breaker.record_failure()
         self._retry_at = self._clock() + self._backoff.next_delay()
         if self._m is not None:
-            self._m["breaker"].set(BREAKER_STATE_VALUE[self._breaker.state])
+            self._m.breaker(self._breaker.state)
 
     async def _drop_connection(self, *, failure: bool) -> None:
         client, self._client = self._client, None
@@ -460,11 +452,10 @@ def _item_code(message: str) -> int | None:
 
 
 def _write_bit(client: snap7.client.Client, area: Area, db: int, where: tuple[int, int], value: bool) -> None:
+    """One bit-level write: with ``WordLen.Bit`` snap7 takes ``start`` as a bit address
+    (byte * 8 + bit) and sends one data byte, 0 or 1; the CPU changes that bit only."""
     byte, bit = where
-    current = client.read_area(area, db, byte, 1)
-    mask = 1 << bit
-    new = (current[0] | mask) if value else (current[0] & ~mask & 0xFF)
-    client.write_area(area, db, byte, bytearray([new]))
+    client.write_area(area, db, byte * 8 + bit, bytearray([1 if value else 0]), WordLen.Bit)
 
 
 def _disconnect(client: snap7.client.Client) -> None:

@@ -22,8 +22,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from snap7.datatypes import S7WordLen
 from snap7.server import Server
 from snap7.type import SrvArea
 
@@ -46,6 +47,55 @@ class _Driven:
     sample: Callable[[float], float]
     wrap: bool
     """Integer types wrap around (a counter) instead of clamping."""
+
+
+class _BitWrite(bytearray):
+    """The data of a bit-level write (one byte, 0 or 1) with the bit it targets."""
+
+    bit: int = 0
+
+
+class BitWriteServer(Server):
+    """snap7's server, writing bit-level requests (transport size BIT) as a real CPU does.
+
+    snap7 3.3's server turns the bit address of a write into its byte and stores the request's
+    data byte (``0x01``) over the whole byte, clearing the neighbouring bits. A CPU changes only the
+    addressed bit, and the client relies on that (it writes a BOOL with one bit-level request, so
+    bits the PLC program changes meanwhile are kept). Hooks two private methods of the server;
+    ``tests/connectors/s7/test_s7_simulator.py`` checks their shape for the pinned snap7 range.
+    """
+
+    def _parse_address_specification(self, addr_spec: bytes) -> dict[str, Any]:
+        parsed: dict[str, Any] = super()._parse_address_specification(addr_spec)
+        if parsed and parsed.get("word_len") == S7WordLen.BIT and len(addr_spec) >= 12:
+            parsed["bit"] = addr_spec[11] & 0x07  # the low three bits of the 24-bit bit address
+        return parsed
+
+    def _parse_write_address(self, request: dict[str, Any]) -> Any:
+        found = super()._parse_write_address(request)
+        spec = request.get("parameters", {}).get("address_spec", {})
+        if found is not None and spec.get("word_len") == S7WordLen.BIT:
+            area, db, start, count, data = found
+            if len(data) != 1 or count != 1:
+                return None  # one bit per request (what the client sends); refused as an invalid address
+            bit_data = _BitWrite(data)
+            bit_data.bit = int(spec.get("bit", 0))
+            return area, db, start, count, bit_data
+        return found
+
+    def _write_to_memory_area(self, area: Any, db_number: int, start: int, write_data: bytearray) -> bool:
+        if not isinstance(write_data, _BitWrite):
+            return bool(super()._write_to_memory_area(area, db_number, start, write_data))
+        key = (area, db_number)
+        if key not in self.memory_areas:
+            return False
+        with self.area_locks[key]:
+            mem = self.memory_areas[key]
+            if start >= len(mem):
+                return False
+            mask = 1 << write_data.bit
+            mem[start] = (mem[start] | mask) if write_data[0] & 1 else (mem[start] & ~mask & 0xFF)
+        return True
 
 
 class S7Simulator:
@@ -93,7 +143,7 @@ class S7Simulator:
         with self._lock:
             if self._server is not None:
                 return
-            server = Server(log=False)
+            server = BitWriteServer(log=False)
             server.host = self.host
             for (area, index), data in self._memory.items():
                 if (area, index) in self._registered:

@@ -1,4 +1,4 @@
-"""The shared operator contract (STYLE.md 12) for the telemetry cores: Normalizer and Deadband.
+"""The shared operator contract for the telemetry cores: Normalizer and Deadband.
 
 Every core: pickles to the same behaviour, keeps immutable defaults, never mutates its input,
 copes with tags that appear and disappear, and repeats itself on the same input.

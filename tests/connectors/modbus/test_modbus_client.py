@@ -147,13 +147,16 @@ def test_stalled_device_times_out_as_comm_error(mixed_sim: ModbusSimulator) -> N
 
     async def go() -> None:
         client = ModbusDeviceClient(plan, metrics=False)
+        assert all_good(await client.poll())  # connected: the next poll sends requests at once
+        requests = len(client.read_plan.requests)
+        assert requests > 1
         mixed_sim.set_stall("plc", 1.0)
-        t0 = time.monotonic()
+        before = mixed_sim.request_count("plc")
         batch = await client.poll()
-        elapsed = time.monotonic() - t0
         # the first request times out; the rest of the poll is not attempted
         assert batch.quality.tolist() == [Quality.COMM_ERROR] * len(MIXED_TAGS)
-        assert 0.15 < elapsed < 0.2 + 0.5
+        assert mixed_sim.request_count("plc") == before + 1
+        assert client.stats.comm_errors == requests  # the timed-out one and those not attempted
         mixed_sim.set_stall("plc", None)
         await poll_until(client, all_good)
         await client.close()
@@ -170,9 +173,7 @@ def test_connection_refused_backs_off_without_io() -> None:
         first = await client.poll()
         assert first.quality.tolist() == [Quality.COMM_ERROR] * 2
         assert client.stats.connect_failures == 1
-        t0 = time.monotonic()
         second = await client.poll()  # inside the backoff window: answered at once, no connect attempt
-        assert time.monotonic() - t0 < 0.05
         assert second.quality.tolist() == [Quality.COMM_ERROR] * 2
         stats = client.stats
         assert (stats.connect_failures, stats.backoff_polls, stats.polls, stats.failures) == (1, 1, 2, 2)

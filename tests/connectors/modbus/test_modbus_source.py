@@ -85,12 +85,18 @@ def test_partition_never_blocks_and_skips_slots_while_a_poll_is_in_flight(
     got: list[PointBatch] = []
     try:
         mixed_sim.set_stall("plc", 0.3)  # each request answers after 0.3 s: 4 requests, 1.2 s per poll
-        durations = drive(
-            lambda: got.extend(part.next_batch()) or [],
-            part.next_awake,
-            lambda: part.stats.skipped_polls >= 5 and len(got) >= 1,
-        )
-        assert max(durations) < 0.05, max(durations)  # next_batch returns at once even while polls stall
+        in_flight_returns = 0
+
+        def next_batch() -> list[PointBatch]:
+            nonlocal in_flight_returns
+            got.extend(part.next_batch())
+            s = part.stats
+            in_flight_returns += s.polls > s.completed  # returned while a poll is still running
+            return []
+
+        drive(next_batch, part.next_awake, lambda: part.stats.skipped_polls >= 5 and len(got) >= 1)
+        # next_batch returns without waiting for the stalled poll: many calls came back with a poll in flight
+        assert in_flight_returns >= 5, in_flight_returns
         assert part.stats.polls == part.stats.completed + 1 or part.stats.polls == part.stats.completed
         mixed_sim.set_stall("plc", None)
         drive(
@@ -100,9 +106,7 @@ def test_partition_never_blocks_and_skips_slots_while_a_poll_is_in_flight(
         )
         assert got[-1].values.tolist() == [float(v) for v in MIXED_VALUES]
     finally:
-        t0 = time.monotonic()
         part.close()
-        assert time.monotonic() - t0 < 3.0
     assert not part._thread.is_alive()
 
 

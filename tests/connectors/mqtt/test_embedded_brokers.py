@@ -70,3 +70,44 @@ def test_mosquitto_broker() -> None:
         assert broker.url == f"mqtt://127.0.0.1:{port}"
         assert _round_trip(port) == b"hello"
     assert not mqtt_answers("127.0.0.1", port)
+
+
+def _brokers() -> list[str]:
+    return ["embedded", *(["mosquitto"] if MosquittoBroker.available() else [])]
+
+
+@pytest.mark.parametrize("kind", _brokers())
+def test_a_client_receives_only_what_it_subscribed_to(kind: str) -> None:
+    """Retained messages go to a subscription that matches them, once, and never to another
+    client's filters; ``#`` does not match ``$`` topics (MQTT-4.7.2-1). amqtt 0.12 alone replayed
+    every filter any session had subscribed to on each CONNECT."""
+    from paho.mqtt import publish
+
+    from tests.mqtt_probe import collect
+
+    broker = EmbeddedBroker(port=free_port()) if kind == "embedded" else MosquittoBroker(free_port())
+    with broker:
+        for topic, payload in [("$nexus/status/flows/f/0", b"s1"), ("plant/a/b", b"p1")]:
+            publish.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
+        url = broker.url
+
+        def got(topic_filter: str, marker: str) -> list[tuple[str, bytes]]:
+            return [(m.topic, m.payload) for m in collect(url, topic_filter, marker)]
+
+        status = [("$nexus/status/flows/f/0", b"s1")]
+        assert got("$nexus/status/#", "$nexus/status/marker") == status  # once, not twice
+        assert got("$nexus/status/#", "$nexus/status/marker") == status  # and again for a new client
+        assert got("nothing/#", "nothing/marker") == []
+        assert got("plant/#", "plant/marker") == [("plant/a/b", b"p1")]
+        assert got("#", "x/marker") == [("plant/a/b", b"p1")]
+        assert got("$nexus/status/flows/f/0", "$nexus/status/marker") == status
+        # live messages too: only those the subscription matches
+        live = [("$nexus/status/flows/f/1", b"live"), ("plant/a/c", b"live"), ("nothing", b"live")]
+        seen = [(m.topic, m.payload, m.retain) for m in collect(url, "#", "x/marker2", publish_first=live)]
+        assert seen == [
+            ("plant/a/b", b"p1", True),
+            ("plant/a/c", b"live", False),
+            ("nothing", b"live", False),
+        ]
+        only = [(m.topic, m.payload) for m in collect(url, "nothing/#", "nothing/m", publish_first=live)]
+        assert only == [("nothing", b"live")]  # 'nothing/#' also matches its parent level 'nothing'

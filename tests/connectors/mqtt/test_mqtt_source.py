@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.source import MqttSource, _MqttPartition, decode_timestamp
-from connectors.mqtt.source_config import MqttPayload, MqttSourceConfig, MqttSubscription, MqttTagMapping
+from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from connectors.mqtt.url import parse_mqtt_url
 from core.batch import PointBatch, tag_id_for
 from core.quality import Quality
@@ -109,10 +109,6 @@ def test_config_refuses_bad_settings() -> None:
         MqttSourceConfig(url="mqtt://b", clean_session=False, subscriptions=[sub])
     with pytest.raises(ValidationError, match=r"path 'a\.\.b' is not valid"):
         MqttTagMapping(name="x", value_path="a..b")
-    with pytest.raises(ValidationError, match="fixed level 'sensors'"):
-        MqttSubscription(topic_filter="sensors/+/temp", device_id=DEV, tag_from_level=0)
-    with pytest.raises(ValidationError, match="beyond the 3 levels"):
-        MqttSubscription(topic_filter="sensors/+/temp", device_id=DEV, tag_from_level=3)
     with pytest.raises(ValidationError, match="is not matched by the subscription's filter"):
         MqttSubscription(topic_filter="a/+", device_id=DEV, tags=[MqttTagMapping(name="x", topic="b/c")])
     with pytest.raises(ValidationError, match="maps no tag"):
@@ -122,8 +118,8 @@ def test_config_refuses_bad_settings() -> None:
     with pytest.raises(ValidationError) as exc:
         MqttSourceConfig(url="mqtt://u:s3cret@b:99999", subscriptions=[sub])
     assert "s3cret" not in str(exc.value)
-    ok = MqttSubscription(topic_filter="a/#", device_id=DEV, tag_from_level=3)  # inside '#'
-    assert ok.tag_from_level == 3
+    with pytest.raises(ValidationError, match="tag_from_level"):  # removed: the spec never used it
+        MqttSubscription(topic_filter="a/#", device_id=DEV, tag_from_level=3, tags=[MqttTagMapping(name="x")])
 
 
 def test_timestamp_magnitudes() -> None:
@@ -292,32 +288,6 @@ def test_quality_from_payload(
         part.close()
 
 
-def test_wildcard_levels_name_tags(
-    mqtt_url: str, pub: Publisher, prefix: str, wait_for: Callable[..., Any]
-) -> None:
-    sub = MqttSubscription(
-        topic_filter=f"{prefix}/sensors/+/temp",
-        device_id=DEV,
-        tag_from_level=2,
-        level_payload=MqttPayload(value_path="value"),
-        max_level_tags=2,
-        tags=[MqttTagMapping(name="special", topic=f"{prefix}/sensors/boiler9/temp")],  # an override
-    )
-    part = make_part(config(mqtt_url, sub), wait_for)
-    try:
-        pub.send(f"{prefix}/sensors/boiler/temp", '{"value": 80}')
-        pub.send(f"{prefix}/sensors/tank/temp", '{"value": 20}')
-        pub.send(f"{prefix}/sensors/pump/temp", '{"value": 30}')  # a third name: refused
-        pub.send(f"{prefix}/sensors/boiler9/temp", "99")  # explicit mapping wins, plain payload
-        pub.send(f"{prefix}/sensors/boiler/temp", '{"value": 81}')
-        b = collect(part, 4)
-        assert b.tag_ids.tolist() == [tid("boiler"), tid("tank"), tid("special"), tid("boiler")]
-        assert b.values.tolist() == [80, 20, 99, 81]
-        assert part.stats.refused_level_tags == 1
-    finally:
-        part.close()
-
-
 def test_queue_is_bounded_and_drops_oldest(
     mqtt_url: str, pub: Publisher, prefix: str, wait_for: Callable[..., Any]
 ) -> None:
@@ -404,7 +374,11 @@ def test_in_a_dataflow(mqtt_url: str, prefix: str) -> None:
         MqttSubscription(
             topic_filter=f"{prefix}/a/+", device_id="dev-a", tags=[MqttTagMapping(name="x", value_path="x")]
         ),
-        MqttSubscription(topic_filter=f"{prefix}/b/#", device_id="dev-b", tag_from_level=2),
+        MqttSubscription(
+            topic_filter=f"{prefix}/b/#",
+            device_id="dev-b",
+            tags=[MqttTagMapping(name="y", topic=f"{prefix}/b/y")],
+        ),
     ]
     source = MqttSource(config(mqtt_url, *subs), stop_event=stop)
     assert source.list_parts() == ["mqtt:dev-a", "mqtt:dev-b"]

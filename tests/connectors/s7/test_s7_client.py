@@ -106,6 +106,39 @@ def test_writes_change_the_server_memory_and_read_back(mixed_sim: S7Simulator) -
     run(main())
 
 
+def test_a_bool_write_keeps_bits_the_plc_changes_at_the_same_time(mixed_sim: S7Simulator) -> None:
+    """A BOOL write is one bit-level request. With read-modify-write of the byte, a bit the PLC
+    program changed between the client's read and its write was lost: here the "PLC" flips
+    DB1.DBX0.5 whenever the byte is read, which is exactly that window."""
+    server = mixed_sim._server
+    assert server is not None
+    serve_read = server._read_from_memory_area
+    plc_bit5 = [False]  # what the PLC program last wrote to DB1.DBX0.5
+
+    def plc_reacts(*args: Any) -> Any:
+        answer = serve_read(*args)
+        plc_bit5[0] = not plc_bit5[0]
+        mixed_sim.set_value("DB1.DBX0.5", plc_bit5[0])  # the PLC, right after the read is served
+        return answer
+
+    server._read_from_memory_area = plc_reacts  # type: ignore[method-assign,assignment]
+    mixed_sim.set_value("DB1.DBX0.5", False)
+
+    async def main() -> None:
+        plan = plan_for("plc", mixed_sim.port, MIXED_TAGS)
+        client = S7DeviceClient(plan, metrics=False)
+        ids = {t.address: tag_id for tag_id, t in plan.tags}
+        try:
+            for address, value in [("DB1.DBX0.4", True), ("DB1.DBX0.3", False), ("DB1.DBX0.4", False)]:
+                await client.write(ids[address], value)
+                assert mixed_sim.get_value(address, "BOOL") == float(value), address
+                assert mixed_sim.get_value("DB1.DBX0.5", "BOOL") == float(plc_bit5[0]), "PLC's bit lost"
+        finally:
+            await client.close()
+
+    run(main())
+
+
 def test_invalid_writes_are_rejected_without_touching_the_device(mixed_sim: S7Simulator) -> None:
     async def main() -> None:
         plan = plan_for("plc", mixed_sim.port, MIXED_TAGS)
@@ -181,10 +214,17 @@ def test_server_stop_gives_comm_error_opens_the_breaker_and_restart_recovers(mix
             b = await poll_until(client, lambda b: bool(np.all(b.quality == Quality.COMM_ERROR)))
             assert np.all(np.isnan(b.values))
             await poll_until(client, lambda _: client.stats.breaker_state == "open")
-            t0 = time.monotonic()
-            b = await client.poll()  # open breaker: no I/O, answered at once
-            assert time.monotonic() - t0 < 0.05 and np.all(b.quality == Quality.COMM_ERROR)
-            assert client.stats.breaker_open_polls >= 1
+            # a poll answered by the open breaker does no I/O (on a slow machine the breaker may
+            # already be half-open again: then poll until one is answered while it is open)
+            for _ in range(100):
+                before = client.stats
+                b = await client.poll()
+                after = client.stats
+                if after.breaker_open_polls > before.breaker_open_polls:
+                    break
+            assert after.breaker_open_polls == before.breaker_open_polls + 1
+            assert np.all(b.quality == Quality.COMM_ERROR)
+            assert (after.requests, after.connect_failures) == (before.requests, before.connect_failures)
             mixed_sim.start()
             b = await poll_until(client, lambda b: bool(np.all(b.quality == Quality.GOOD)))
             values, _ = expected_values()
@@ -204,9 +244,7 @@ def test_server_stop_gives_comm_error_opens_the_breaker_and_restart_recovers(mix
 def test_nothing_listening_is_comm_error_at_once() -> None:
     async def main() -> None:
         client = S7DeviceClient(plan_for("gone", free_port(), MIXED_TAGS[:3]), metrics=False)
-        t0 = time.monotonic()
         b = await client.poll()
-        assert time.monotonic() - t0 < 1.0
         assert b.quality.tolist() == [Quality.COMM_ERROR] * 3
         assert client.stats.connect_failures == 1
         await client.close()

@@ -3,7 +3,7 @@
 Simulators run in separate processes (one per port, devices spread over unit ids); this process runs
 the dataflow with a counting sink and reports polls, skipped polls, poll latency and its own CPU::
 
-    python -m connectors.modbus.loadtest --devices 200 --tags 50 --interval 1 --duration 60
+    python -m bench.modbus_loadtest --devices 200 --tags 50 --interval 1 --duration 60
 
 Every device has ``--tags`` int16 holding registers (coalesced into one read per poll unless the
 tags exceed 125 registers); a few of them follow a sine signal so the values move.

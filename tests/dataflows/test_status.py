@@ -1,0 +1,61 @@
+"""The flow status topic: one retained message per flow process, gone after a clean stop."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from dataflows.status import FlowStatus, bytewax_process_id, status_topic
+from tests.conftest import wait_for
+from tests.mqtt_probe import collect
+
+pytestmark = pytest.mark.integration
+
+
+def _retained(mqtt_url: str, flow: str) -> dict[str, bytes]:
+    return {
+        m.topic: m.payload
+        for m in collect(mqtt_url, f"$nexus/status/flows/{flow}/#", f"$nexus/status/flows/{flow}/marker")
+        if m.retain
+    }
+
+
+def test_the_topic_is_keyed_by_flow_and_bytewax_process_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYTEWAX_PROCESS_ID", "3")
+    assert status_topic("line1") == "$nexus/status/flows/line1/3"
+    assert bytewax_process_id({"BYTEWAX_POD_NAME": "nexus-flow-2"}) == 2
+    with pytest.raises(ValueError, match="BYTEWAX_PROCESS_ID"):
+        bytewax_process_id({"BYTEWAX_PROCESS_ID": "x"})
+
+
+def test_restarts_leave_no_retained_status_behind(mqtt_url: str) -> None:
+    flow = f"f{uuid.uuid4().hex[:8]}"
+    for _restart in range(3):
+        status = FlowStatus(flow, mqtt_url, interval_s=0.05, process=0)
+        status.start()
+        try:
+            status.count_read(5)
+            running = wait_for(lambda: _retained(mqtt_url, flow), what="a retained running status")
+            assert list(running) == [f"$nexus/status/flows/{flow}/0"]  # one message per process
+            report = json.loads(running[f"$nexus/status/flows/{flow}/0"])
+            assert report["state"] == "running" and report["process"] == 0 and report["flow"] == flow
+            assert report["points_read"] == 5
+        finally:
+            status.stop()
+        assert _retained(mqtt_url, flow) == {}  # a clean stop clears it
+    status.stop()  # idempotent
+
+
+def test_two_processes_of_a_flow_each_have_their_own_status(mqtt_url: str) -> None:
+    flow = f"f{uuid.uuid4().hex[:8]}"
+    statuses = [FlowStatus(flow, mqtt_url, interval_s=0.05, process=p) for p in (0, 1)]
+    for s in statuses:
+        s.start()
+    try:
+        both = wait_for(lambda: len(r := _retained(mqtt_url, flow)) == 2 and r, what="two statuses")
+        assert sorted(both) == [f"$nexus/status/flows/{flow}/0", f"$nexus/status/flows/{flow}/1"]
+    finally:
+        for s in statuses:
+            s.stop()
