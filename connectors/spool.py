@@ -313,7 +313,7 @@ class Spool:
 
     def _current(self, size: int) -> _Segment:
         seg = self._segments[-1] if self._segments else None
-        if seg is None or self._file is None or seg.size + size > self.segment_bytes and seg.size > 0:
+        if seg is None or self._file is None or (seg.size + size > self.segment_bytes and seg.size > 0):
             if self._file is not None:
                 self._file.flush()
                 os.fsync(self._file.fileno())
