@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bytewax.operators as op
@@ -90,6 +91,9 @@ class Runtime:
     """Counts what the source read, for the status topic."""
     write_registry: WriteRegistry | None = None
     """The process's command router: polled devices register so write commands reach them."""
+    spool_dir: Path | None = None
+    """Base folder of the sinks' disk spools (``{spool_dir}/{flow id}/{sink id}/w{worker}``); ``None``:
+    each sink spools to a temporary folder that does not survive the process."""
 
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
@@ -378,6 +382,10 @@ def _unkey(item: tuple[str, X]) -> X:
     return item[1]
 
 
+def _spool_dir(runtime: Runtime, spec: FlowSpec, sink_id: str) -> str | None:
+    return None if runtime.spool_dir is None else str(runtime.spool_dir / spec.id / sink_id)
+
+
 def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     if node.id in runtime.sinks:
         return runtime.sinks[node.id]
@@ -386,14 +394,24 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
         if not runtime.mqtt_url:
             raise ValueError(f"sink {node.id!r} (mqtt_uns) needs a broker: set NEXUS_MQTT_URL")
         return UnsSink(
-            MqttSinkConfig(url=runtime.mqtt_url, qos=node.qos, retain=node.retain, client_id=None), tags
+            MqttSinkConfig(
+                url=runtime.mqtt_url,
+                qos=node.qos,
+                retain=node.retain,
+                client_id=None,
+                spool_dir=_spool_dir(runtime, spec, node.id),
+            ),
+            tags,
         )
     if isinstance(node, HistorianNode):
         if not runtime.database_url:
             raise ValueError(f"sink {node.id!r} (historian) needs a database: set NEXUS_DATABASE_URL")
         return HistorianSink(
             HistorianConfig(
-                url=runtime.database_url, batch_rows=node.batch_rows, max_delay_s=node.max_delay_s
+                url=runtime.database_url,
+                batch_rows=node.batch_rows,
+                max_delay_s=node.max_delay_s,
+                spool_dir=_spool_dir(runtime, spec, node.id),
             ),
             tags,
         )
@@ -406,7 +424,12 @@ def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     windows = [w for n in spec.operators if isinstance(n, WindowNode) for w in n.windows]
     return DerivedSink(
         DerivedTargets(
-            mqtt=MqttSinkConfig(url=runtime.mqtt_url) if runtime.mqtt_url else None,
+            mqtt=MqttSinkConfig(
+                url=runtime.mqtt_url, spool_dir=_spool_dir(runtime, spec, f"{DERIVED_STEP}-uns")
+            )
+            if runtime.mqtt_url
+            else None,
+            spool_dir=_spool_dir(runtime, spec, f"{DERIVED_STEP}-db"),
             database_url=runtime.database_url,
             windows=windows,
             tags=spec.tag_infos(),
