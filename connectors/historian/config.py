@@ -42,7 +42,8 @@ class HistorianConfig(BaseModel):
     use_timescaledb: bool = True
     """Use TimescaleDB when the server offers it; ``False`` forces native partitioning."""
     retry_initial_s: float = Field(default=0.2, gt=0)
-    retry_max_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
+    """Backoff cap while the database is away: short, since rows wait in the spool, not in memory."""
     connect_timeout_s: int = Field(default=5, gt=0)
     spool_dir: str | None = None
     """Folder of this sink's disk spool (``None``: a private temporary folder, removed at close)."""

@@ -38,6 +38,8 @@ class MqttSinkConfig(BaseModel):
     publish_timeout_s: float = Field(default=10.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     keepalive_s: int = Field(default=30, gt=0)
+    reconnect_max_s: int = Field(default=5, gt=0)
+    """paho's reconnect delay doubles from 1 s up to this: short, so a returning broker is found soon."""
     policy: Literal["live_first", "in_order"] = "live_first"
     """After an outage: ``live_first`` publishes live messages at once and replays the spool beside
     them, marked ``"historical": true``; ``in_order`` keeps spooling live messages until the backlog

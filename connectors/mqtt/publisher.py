@@ -265,7 +265,11 @@ class UnsPublisher:
             on_drop=self._on_spool_drop,
         )
 
-        client = make_client(self._broker, config.client_id or unique_client_id("nexus-uns"))
+        client = make_client(
+            self._broker,
+            config.client_id or unique_client_id("nexus-uns"),
+            reconnect_max_s=config.reconnect_max_s,
+        )
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
         client.on_connect = self._on_connect
