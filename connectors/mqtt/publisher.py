@@ -109,6 +109,33 @@ def pack_publish_qos0(
     return blobs
 
 
+def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
+    """The ``(topic, payload)`` pairs of a blob made by :func:`pack_publish_qos0`.
+
+    >>> msgs = [("a/b", b"1"), ("c", b"x" * 300)]
+    >>> [unpack_publish_qos0(b) for b, _n in pack_publish_qos0(msgs, retain=False)] == [msgs]
+    True
+    """
+    out: list[tuple[str, bytes]] = []
+    pos, end = 0, len(blob)
+    while pos < end:
+        pos += 1  # fixed header
+        length, mult = 0, 1
+        while True:
+            byte = blob[pos]
+            pos += 1
+            length += (byte & 0x7F) * mult
+            mult *= 128
+            if not byte & 0x80:
+                break
+        tlen = int.from_bytes(blob[pos : pos + 2], "big")
+        out.append(
+            (bytes(blob[pos + 2 : pos + 2 + tlen]).decode(), bytes(blob[pos + 2 + tlen : pos + length]))
+        )
+        pos += length
+    return out
+
+
 class MqttPublishError(RuntimeError):
     """Base of the UNS publisher's errors."""
 
@@ -242,7 +269,7 @@ class UnsPublisher:
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
-        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent)."""
+        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent; re-spooled)."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -250,8 +277,11 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo]] = {}
-        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count and info."""
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
+        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
+        bytes (paho holds them anyway until they are written)."""
+        self.respooled = 0
+        """Of ``lost``: messages put back into the spool (all of them), replayed later."""
         self._tmp_spool: str | None = None
         spool_dir = config.spool_dir
         if spool_dir is None:
@@ -330,9 +360,22 @@ class UnsPublisher:
         messages are counted as lost here, so the outstanding count returns to zero.
         """
         # (``info.is_published()`` raises for a lost message, so look at ``rc`` first)
-        lost = [mid for mid, (_n, info) in self._blobs.items() if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST]
+        lost = [
+            mid for mid, (_n, info, _b) in self._blobs.items() if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST
+        ]
+        if not lost:
+            return
+        records: list[bytes] = []
+        n = 0
         for mid in lost:
-            self.lost += self._blobs.pop(mid)[0]
+            count, _info, blob = self._blobs.pop(mid)
+            n += count
+            records.append(encode_messages(unpack_publish_qos0(blob)))
+        # never sent: they go to the spool and are replayed (marked historical) like any other outage
+        self.spool.append_many(records)
+        self.lost += n
+        self.spooled += n
+        self.respooled += n
 
     def _on_spool_drop(self, drop: SpoolDrop) -> None:
         """The platform alert for a spool bound: published (best effort) on ``$nexus/alerts/spool/{name}``."""
@@ -474,7 +517,7 @@ class UnsPublisher:
                     break
                 mid = client._mid_generate()
                 info = mqtt.MQTTMessageInfo(mid)
-                self._blobs[mid] = (count, info)
+                self._blobs[mid] = (count, info, blob)
                 self.published += count
                 client._packet_queue(_PUBLISH, blob, mid, 0, info)
             sent += count
@@ -615,7 +658,8 @@ class UnsPublisher:
                 "published": self.published,
                 "acked": self.acked,
                 "lost": self.lost,
-                "dropped": self.lost,
+                "respooled": self.respooled,
+                "dropped": self.lost - self.respooled,
                 "spooled": self.spooled,
                 "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,
