@@ -174,7 +174,8 @@ class Spool:
         self._durable_cond = threading.Condition(self._lock)
         self._closed = False
         self._segments: list[_Segment] = []
-        self._file: Any = None
+        self._fd: int | None = None
+        """The newest segment, open for appending (unbuffered: what ``append`` returned is in the page cache)."""
         self._acked = 0
         self._next_seq = 1
         self._durable_seq = 0
@@ -268,6 +269,7 @@ class Spool:
                 raise RuntimeError(f"spool {self.name!r} is closed")
             last: int | None = None
             now_ns = int(self.clock() * 1e9)
+            self._expire(now_ns)
             for payload in payloads:
                 n = len(payload)
                 if n > _MAX_RECORD:
@@ -285,13 +287,18 @@ class Spool:
     def _write(self, header: bytes, payload: bytes | bytearray | memoryview, seq: int, now_ns: int) -> bool:
         size = _HEAD + len(payload)
         for attempt in range(2):
+            seg: _Segment | None = None
             try:
                 seg = self._current(size)
-                self._file.write(header)
-                self._file.write(payload)
+                assert self._fd is not None
+                written = os.writev(self._fd, (header, payload))
+                if written != size:
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {size} bytes)")
             except OSError as exc:
                 self.write_errors += 1
-                self._abandon_current()
+                if seg is not None and self._fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, seg.size)  # never leave half a record behind
                 if (
                     exc.errno in (errno.ENOSPC, errno.EDQUOT)
                     and attempt == 0
@@ -313,37 +320,39 @@ class Spool:
 
     def _current(self, size: int) -> _Segment:
         seg = self._segments[-1] if self._segments else None
-        if seg is None or self._file is None or (seg.size + size > self.segment_bytes and seg.size > 0):
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
-                self._mark_durable(self._segments[-1].last_seq)
+        if seg is None or self._fd is None or (seg.size + size > self.segment_bytes and seg.size > 0):
+            self._close_current()
             path = self.dir / f"{self._next_seq:020d}.seg"
-            self._file = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - kept open across calls
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             seg = _Segment(path, self._next_seq, self._next_seq - 1, 0, 0)
             self._segments.append(seg)
         return seg
 
-    def _abandon_current(self) -> None:
-        """After a failed write: close the segment, cut it back to its last whole record."""
-        if self._file is None:
+    def _close_current(self) -> None:
+        """fsync and close the open segment (it is never appended to again)."""
+        if self._fd is None:
             return
-        f, self._file = self._file, None
-        with contextlib.suppress(OSError):
-            f.close()
-        seg = self._segments[-1]
+        fd, self._fd = self._fd, None
         try:
-            last, good, _t = self._verify(seg.path, seg.first_seq)
-            with open(seg.path, "r+b") as fh:
-                fh.truncate(good)
-            seg.last_seq, seg.size = last, good
-        except OSError:
-            pass
-        if seg.size == 0:
-            self._segments.pop()
-            seg.path.unlink(missing_ok=True)
+            os.fsync(fd)
+            if self._segments:
+                self._mark_durable(self._segments[-1].last_seq)
+        except OSError as exc:
+            self.write_errors += 1
+            log.error("spool %s: fsync failed: %s", self.name, exc)
+        finally:
+            os.close(fd)
+        if self._segments and self._segments[-1].size == 0:
+            self._segments.pop().path.unlink(missing_ok=True)
+
+    def _expire(self, now_ns: int) -> None:
+        """Drop segments whose newest record is older than ``max_age_s`` (the open one too)."""
+        limit_ns = now_ns - int(self.max_age_s * 1e9)
+        segs = self._segments
+        if segs and self._fd is not None and segs[-1].size and segs[-1].last_time_ns < limit_ns:
+            self._close_current()  # all of it is too old: close it so it can go
+        while segs and segs[0].last_time_ns < limit_ns and not (len(segs) == 1 and self._fd is not None):
+            self._drop_oldest("max_age")
 
     # ------------------------------------------------------------------ bounds
 
@@ -353,12 +362,10 @@ class Spool:
         while total > self.max_bytes and len(self._segments) > 1:
             total -= self._segments[0].size
             self._drop_oldest("max_bytes")
-        limit_ns = int((self.clock() - self.max_age_s) * 1e9)
-        while len(self._segments) > 1 and self._segments[0].last_time_ns < limit_ns:
-            self._drop_oldest("max_age")
+        self._expire(int(self.clock() * 1e9))
 
     def _drop_oldest(self, reason: str) -> bool:
-        if not self._segments or (len(self._segments) == 1 and self._file is not None):
+        if not self._segments or (len(self._segments) == 1 and self._fd is not None):
             return False
         seg = self._segments.pop(0)
         seg.path.unlink(missing_ok=True)
@@ -398,8 +405,6 @@ class Spool:
             start = max(self._acked if after is None else after, self._acked) + 1
             if start >= self._next_seq:
                 return out
-            if self._file is not None:
-                self._file.flush()
             total = 0
             for seg in list(self._segments):
                 if seg.last_seq < start:
@@ -474,12 +479,11 @@ class Spool:
 
     def _trim_acked(self) -> None:
         while self._segments and self._segments[0].last_seq <= self._acked:
-            if len(self._segments) == 1 and self._file is not None:
+            if len(self._segments) == 1 and self._fd is not None:
                 # the open segment is fully delivered: close it so the next append starts a new one
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
+                self._close_current()
+                if not self._segments:
+                    break
             seg = self._segments.pop(0)
             seg.path.unlink(missing_ok=True)
             self._read_pos = None
@@ -492,14 +496,12 @@ class Spool:
             return self._sync_locked()
 
     def _sync_locked(self) -> int:
-        if self._dirty and self._file is not None:
+        if self._dirty and self._fd is not None:
             try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            except OSError as exc:
+                os.fsync(self._fd)
+            except OSError as exc:  # the page cache still has the data; keep going, say so
                 self.write_errors += 1
                 log.error("spool %s: fsync failed: %s", self.name, exc)
-                self._abandon_current()
                 return self._durable_seq
         self._dirty = False
         self._mark_durable(self._next_seq - 1)
@@ -594,10 +596,10 @@ class Spool:
             self._sync_locked()
             self._closed = True
             self._durable_cond.notify_all()
-            if self._file is not None:
+            if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    self._file.close()
-                self._file = None
+                    os.close(self._fd)
+                self._fd = None
         self._flusher.join(timeout=self.sync_interval_s * 2 + 1)
 
     def __enter__(self) -> Spool:
