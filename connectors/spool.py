@@ -406,46 +406,53 @@ class Spool:
             if start >= self._next_seq:
                 return out
             total = 0
+            window = max_bytes + (4 << 20)
             for seg in list(self._segments):
                 if seg.last_seq < start:
                     continue
-                pos = 0
-                expect = seg.first_seq
+                pos, expect = 0, seg.first_seq
                 rp = self._read_pos
                 if rp is not None and rp[1] == seg.path and rp[0] <= start:
                     expect, pos = rp[0], rp[2]
-                try:
-                    with open(seg.path, "rb") as f:
-                        f.seek(pos)
-                        data = f.read(min(seg.size - pos, max(max_bytes - total, 0) + (4 << 20)))
-                        if len(data) >= _HEAD:  # make sure the first record is whole, however big
-                            need = _HEAD + _HEADER.unpack_from(data, 0)[1]
-                            if len(data) < need <= seg.size - pos:
-                                data += f.read(need - len(data))
-                except FileNotFoundError:
-                    continue
-                view = memoryview(data)
-                off = 0
-                while off + _HEAD <= len(data) and len(out) < max_records:
-                    magic, length, rseq, t, crc = _HEADER.unpack_from(data, off)
-                    end = off + _HEAD + length
-                    if magic != _MAGIC or rseq != expect or pos + end > seg.size:
+                # read the segment window by window until enough records, its end, or a bad record
+                while pos < seg.size and len(out) < max_records and total < max_bytes:
+                    try:
+                        with open(seg.path, "rb") as f:
+                            f.seek(pos)
+                            data = f.read(min(seg.size - pos, window))
+                            if len(data) >= _HEAD:  # make sure the first record is whole, however big
+                                need = _HEAD + _HEADER.unpack_from(data, 0)[1]
+                                if len(data) < need <= seg.size - pos:
+                                    data += f.read(need - len(data))
+                    except FileNotFoundError:
+                        break
+                    view = memoryview(data)
+                    off = 0
+                    bad = False
+                    while off + _HEAD <= len(data) and len(out) < max_records and total < max_bytes:
+                        magic, length, rseq, t, crc = _HEADER.unpack_from(data, off)
+                        end = off + _HEAD + length
+                        if magic != _MAGIC or rseq != expect or pos + end > seg.size:
+                            bad = True
+                            break
+                        if end > len(data):
+                            break  # the window ends inside this record: the next window starts with it
+                        body = view[off + _HEAD : end]
+                        if zlib.crc32(body, zlib.crc32(_SEQ_TIME.pack(rseq, t))) != crc:
+                            bad = True
+                            break
+                        if rseq >= start:
+                            out.append((rseq, body))
+                            total += length
+                        expect = rseq + 1
+                        off = end
+                    if bad:
                         self._corrupt(seg, pos + off)
                         break
-                    if end > len(data):
-                        break  # the read window ends inside this record: the next read continues here
-                    body = view[off + _HEAD : end]
-                    if zlib.crc32(body, zlib.crc32(_SEQ_TIME.pack(rseq, t))) != crc:
-                        self._corrupt(seg, pos + off)
-                        break
-                    if rseq >= start:
-                        out.append((rseq, body))
-                        total += length
-                    expect = rseq + 1
-                    off = end
-                    self._read_pos = (expect, seg.path, pos + off)
-                    if total >= max_bytes:
-                        break
+                    if off == 0 and pos + len(data) < seg.size and len(out) < max_records:
+                        break  # cannot happen with whole first records; never loop forever
+                    pos += off
+                    self._read_pos = (expect, seg.path, pos)
                 if len(out) >= max_records or total >= max_bytes:
                     break
         return out

@@ -198,3 +198,19 @@ def test_point_batches_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(d, col), getattr(b, col))
     with pytest.raises(ValueError, match="does not match"):
         decode_batch(encode_batch(b)[:-1])
+
+
+def test_reads_from_behind_the_last_read_never_skip_records(tmp_path: Path) -> None:
+    """The historian re-reads from where its last transaction ended, deep inside a large segment."""
+    rng = np.random.default_rng(5)
+    with Spool(tmp_path, segment_bytes=64 << 20) as s:
+        for _ in range(8000):
+            s.append(b"x" * 2500)  # 20 MB: more than one read window
+        after = 0
+        while True:
+            got = [seq for seq, _ in s.read(after, max_records=256, max_bytes=1 << 20)]
+            if not got:
+                break
+            assert got == list(range(after + 1, after + 1 + len(got)))
+            after = got[int(rng.integers(len(got)))]
+        assert after == 8000
