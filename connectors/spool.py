@@ -180,6 +180,7 @@ class Spool:
         self._next_seq = 1
         self._durable_seq = 0
         self._dirty = False
+        self._closed_sum: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._read_pos: tuple[int, Path, int] | None = None
         """Where the last read stopped: (next seq, segment path, byte offset) — saves rescanning."""
         self.appended = 0
@@ -281,7 +282,6 @@ class Spool:
                     continue
                 last = seq
             self._enforce_bounds()
-            self._update_gauges()
             return last
 
     def _write(self, header: bytes, payload: bytes | bytearray | memoryview, seq: int, now_ns: int) -> bool:
@@ -357,7 +357,7 @@ class Spool:
     # ------------------------------------------------------------------ bounds
 
     def _enforce_bounds(self) -> None:
-        total = sum(s.size for s in self._segments)
+        total = self._bytes()
         self.peak_bytes = max(self.peak_bytes, total)
         while total > self.max_bytes and len(self._segments) > 1:
             total -= self._segments[0].size
@@ -498,15 +498,40 @@ class Spool:
     # ------------------------------------------------------------------ durability
 
     def sync(self) -> int:
-        """Flush and fsync now; returns the durable sequence number."""
+        """fsync now; returns the durable sequence number.
+
+        The fsync itself runs outside the lock (on a duplicate of the segment's descriptor), so
+        appends go on while the disk works: a slow disk delays durability, not the sink.
+        """
         with self._lock:
-            return self._sync_locked()
+            if not self._dirty or self._fd is None:
+                self._dirty = False
+                self._mark_durable(self._next_seq - 1)
+                return self._durable_seq
+            fd = os.dup(self._fd)
+            seq = self._next_seq - 1
+            self._dirty = False
+        try:
+            os.fsync(fd)
+            ok = True
+        except OSError as exc:  # the page cache still has the data; keep going, say so
+            ok = False
+            log.error("spool %s: fsync failed: %s", self.name, exc)
+        finally:
+            os.close(fd)
+        with self._lock:
+            if ok:
+                self._mark_durable(seq)
+            else:
+                self.write_errors += 1
+                self._dirty = True
+            return self._durable_seq
 
     def _sync_locked(self) -> int:
         if self._dirty and self._fd is not None:
             try:
                 os.fsync(self._fd)
-            except OSError as exc:  # the page cache still has the data; keep going, say so
+            except OSError as exc:
                 self.write_errors += 1
                 log.error("spool %s: fsync failed: %s", self.name, exc)
                 return self._durable_seq
@@ -538,14 +563,16 @@ class Spool:
     def _flush_loop(self) -> None:
         while True:
             time.sleep(self.sync_interval_s)
+            if self._closed:
+                return
+            if self._dirty:
+                self.sync()
             with self._lock:
                 if self._closed:
                     return
-                if self._dirty:
-                    self._sync_locked()
                 if len(self._segments) > 1:
                     self._enforce_bounds()
-                    self._update_gauges()
+                self._update_gauges()
 
     # ------------------------------------------------------------------ state
 
@@ -575,6 +602,15 @@ class Spool:
 
     def __len__(self) -> int:
         return self.pending_records
+
+    def _bytes(self) -> int:
+        segs = self._segments
+        if len(segs) > 64:  # cache the closed segments' sum: only the open one changes
+            key = (len(segs), segs[0].first_seq)
+            if self._closed_sum[0] != key:
+                self._closed_sum = (key, sum(s.size for s in segs[:-1]))
+            return self._closed_sum[1] + segs[-1].size
+        return sum(s.size for s in segs)
 
     def _update_gauges(self) -> None:
         self._m["bytes"].set(sum(s.size for s in self._segments))
