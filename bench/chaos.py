@@ -695,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
         "outage_s": args.outage,
         "scenarios": {},
     }
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     with contextlib.ExitStack() as stack:
         if args.work:
             work = Path(args.work)
@@ -713,11 +716,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     result["scenarios"][name] = run_scenario(rig, name, args)
                     _say(json.dumps(result["scenarios"][name]))
+                path.write_text(json.dumps(result, indent=2))  # what is done survives an interrupted run
         finally:
             rig.stop()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(result, indent=2))
     if result["scenarios"]:
         print(table(result["scenarios"]))
