@@ -7,6 +7,8 @@
 - ``bench.flow:synthetic`` — device polls from memory through the micro-benchmark's operator chain
   into a counting sink (the multi-process scale-out stage); ``NEXUS_BENCH_SYNTH`` holds its load.
 
+Sinks spool to ``NEXUS_SPOOL_DIR`` (default ``{NEXUS_DATA_DIR}/spool``), bounded by
+``NEXUS_BENCH_SPOOL_MAX_BYTES`` per sink (default 1 GiB).
 Every process writes its counters as JSON to ``$NEXUS_BENCH_STATS/flow-<pid>.json`` twice a second.
 ``NEXUS_BENCH_SWITCH_INTERVAL`` (seconds) sets the interpreter's GIL switch interval (an experiment knob;
 default: Python's 5 ms).
@@ -155,13 +157,25 @@ def build() -> Dataflow:
     source = DeviceSource(device_plans(spec), stop_event=stop)
     tags = spec.tag_infos()
     sinks: dict[str, _Counted] = {}
+    spool = settings.effective_spool_dir / spec.id
+    spool_max = int(os.environ.get("NEXUS_BENCH_SPOOL_MAX_BYTES", str(1 << 30)))
     for node in spec.sinks:
         if isinstance(node, MqttUnsNode):
-            cfg = MqttSinkConfig(url=settings.effective_mqtt_url, qos=node.qos, retain=node.retain)
+            cfg = MqttSinkConfig(
+                url=settings.effective_mqtt_url,
+                qos=node.qos,
+                retain=node.retain,
+                spool_dir=str(spool / node.id),
+                spool_max_bytes=spool_max,
+            )
             sinks[node.id] = _Counted(UnsSink(cfg, tags))
         elif isinstance(node, HistorianNode):
             hcfg = HistorianConfig(
-                url=settings.effective_database_url, batch_rows=node.batch_rows, max_delay_s=node.max_delay_s
+                url=settings.effective_database_url,
+                batch_rows=node.batch_rows,
+                max_delay_s=node.max_delay_s,
+                spool_dir=str(spool / node.id),
+                spool_max_bytes=spool_max,
             )
             sinks[node.id] = _Counted(HistorianSink(hcfg, tags))
     tags_per_device = {d.id: len(d.tags) for d in spec.devices}

@@ -17,14 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
+import shutil
+import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.historian.derived import DerivedWriter
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.publisher import UnsPublisher
+from connectors.resilience import Backoff
+from connectors.spool import Spool
 from core.batch import ns_to_datetime
 from core.records import AggBatch, Alert, OeeResult
 from core.tags import TagInfo
@@ -135,23 +144,129 @@ class DerivedTargets:
     tags: Mapping[int, TagInfo] = field(default_factory=dict)
     machine_topics: Mapping[str, str] = field(default_factory=dict)
     """OEE topic prefix per machine: ``{enterprise}/{site}/{area}/{line}/{machine}``."""
+    spool_dir: str | None = None
+    """Disk spool of the database side (``None``: a temporary folder that does not survive the process)."""
+    spool_max_bytes: int = 1 << 30
+    spool_max_age_s: float = 7 * 86400.0
+
+
+class _DerivedStore:
+    """The database side: records go to a disk spool, a thread writes them in order and acknowledges.
+
+    Derived records are few (one aggregate row per tag and window, alerts, OEE periods), so they are
+    pickled whole. ``write`` never waits for the database; while it is away the spool grows, bounded
+    like every spool. A record the database refuses for another reason than the connection is
+    retried a few times, then skipped with an ERROR log (counted), so one bad record cannot block the
+    rest forever.
+    """
+
+    MAX_ATTEMPTS = 5
+
+    def __init__(self, targets: DerivedTargets, name: str) -> None:
+        assert targets.database_url is not None
+        self._writer = DerivedWriter(targets.database_url, targets.windows)
+        self._tmp: str | None = None
+        spool_dir = targets.spool_dir
+        if spool_dir is None:
+            spool_dir = self._tmp = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
+        self.spool = Spool(
+            spool_dir, name=name, max_bytes=targets.spool_max_bytes, max_age_s=targets.spool_max_age_s
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.records_written = 0
+        self.records_skipped = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, items: list[Derived]) -> None:
+        if items:
+            self.spool.append(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+            self._wake.set()
+
+    def _run(self) -> None:
+        backoff = Backoff(initial_s=0.2, max_s=30.0)
+        attempts = 0
+        while not self._stop.is_set():
+            records = self.spool.read(max_records=32)
+            if not records:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            seq, rec = records[0]
+            try:
+                items: list[Derived] = pickle.loads(rec)
+                self._writer.write_aggs([i for i in items if isinstance(i, AggBatch)])
+                self._writer.write_alerts([i for i in items if isinstance(i, Alert)])
+                self._writer.write_oee([i for i in items if isinstance(i, OeeResult)])
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self.errors += 1
+                attempts += 1
+                operational = isinstance(exc, psycopg.OperationalError)
+                if not operational and attempts >= self.MAX_ATTEMPTS:
+                    log.error("derived store: record %d refused %d times (%r); skipped", seq, attempts, exc)
+                    self.records_skipped += 1
+                    self.spool.ack(seq)
+                    attempts = 0
+                    continue
+                delay = backoff.next_delay()
+                log.warning(
+                    "derived store: write failed (%r); kept in the spool, retrying in %.1f s", exc, delay
+                )
+                self._stop.wait(delay)
+                continue
+            attempts = 0
+            backoff = Backoff(initial_s=0.2, max_s=30.0)
+            self.records_written += 1
+            self.spool.ack(seq)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.spool.pending_records:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        if not self.flush(timeout):
+            log.warning("derived store: %d records not written at close", self.spool.pending_records)
+        self._stop.set()
+        self._wake.set()
+        self._writer.close()
+        self._thread.join(timeout=5)
+        self.spool.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "records_written": self.records_written,
+            "records_skipped": self.records_skipped,
+            "errors": self.errors,
+            **self.spool.stats(),
+        }
 
 
 class _DerivedPartition(StatelessSinkPartition[Derived]):
-    def __init__(self, targets: DerivedTargets) -> None:
+    def __init__(self, targets: DerivedTargets, name: str = "derived") -> None:
         self.targets = targets
-        self._publisher = UnsPublisher(targets.mqtt, targets.tags) if targets.mqtt else None
-        self._writer = DerivedWriter(targets.database_url, targets.windows) if targets.database_url else None
+        self._publisher = (
+            UnsPublisher(targets.mqtt, targets.tags, name=f"{name}-uns") if targets.mqtt else None
+        )
+        self._store = _DerivedStore(targets, f"{name}-db") if targets.database_url else None
 
     def write_batch(self, items: list[Derived]) -> None:
-        aggs = [i for i in items if isinstance(i, AggBatch)]
-        alerts = [i for i in items if isinstance(i, Alert)]
-        oee = [i for i in items if isinstance(i, OeeResult)]
-        if self._writer is not None:
-            self._writer.write_aggs(aggs)
-            self._writer.write_alerts(alerts)
-            self._writer.write_oee(oee)
+        if self._store is not None:
+            self._store.write(items)
         if self._publisher is not None:
+            aggs = [i for i in items if isinstance(i, AggBatch)]
+            alerts = [i for i in items if isinstance(i, Alert)]
+            oee = [i for i in items if isinstance(i, OeeResult)]
             tags = self.targets.tags
             messages = [m for batch in aggs for m in agg_messages(batch, tags)]
             messages += [m for m in (alert_message(a, tags) for a in alerts) if m is not None]
@@ -160,18 +275,34 @@ class _DerivedPartition(StatelessSinkPartition[Derived]):
             ]
             self._publisher.publish_messages(messages)
 
-    def close(self) -> None:
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self._publisher is not None:
-            self._publisher.close()
-        if self._writer is not None:
-            self._writer.close()
+            out["uns"] = self._publisher.stats()
+        if self._store is not None:
+            out["db"] = self._store.stats()
+        return out
+
+    def close(self) -> None:
+        try:
+            if self._publisher is not None:
+                self._publisher.close()
+        finally:
+            if self._store is not None:
+                self._store.close()
 
 
 class DerivedSink(DynamicSink[Derived]):
-    """Bytewax sink for aggregates, alerts and OEE results: published and/or stored."""
+    """Bytewax sink for aggregates, alerts and OEE results: published and/or stored, through spools."""
 
     def __init__(self, targets: DerivedTargets) -> None:
         self.targets = targets
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DerivedPartition:
-        return _DerivedPartition(self.targets)
+        targets = self.targets
+        if targets.spool_dir is not None:
+            targets = replace(targets, spool_dir=f"{targets.spool_dir}/w{worker_index}")
+        if targets.mqtt is not None and targets.mqtt.spool_dir is not None:
+            mqtt = targets.mqtt.model_copy(update={"spool_dir": f"{targets.mqtt.spool_dir}/w{worker_index}"})
+            targets = replace(targets, mqtt=mqtt)
+        return _DerivedPartition(targets, f"{step_id}-{worker_index}")

@@ -25,6 +25,8 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_DATA_DIR": "folder for embedded PostgreSQL data and other local state (default .nexus)",
     "NEXUS_PG_PORT": "TCP port of the embedded PostgreSQL (default 54329)",
     "NEXUS_MQTT_PORT": "TCP port of the embedded MQTT broker (default 18830)",
+    "NEXUS_SPOOL_DIR": "folder of the sinks' disk spools (store-and-forward while the broker or the database "
+    "is away; default {NEXUS_DATA_DIR}/spool); one sub-folder per flow, sink and worker",
     "NEXUS_LOG_LEVEL": "log level: DEBUG, INFO, WARNING, ERROR (default INFO)",
     "NEXUS_LOG_FORMAT": "log format: text or json (one JSON object per line; default text)",
 }
@@ -40,6 +42,16 @@ class Settings:
     mqtt_port: int = 18830
     log_level: str = "INFO"
     log_format: str = "text"
+    spool_dir: Path | None = None
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        """The configured spool folder, else ``spool`` under the data folder.
+
+        >>> Settings().effective_spool_dir, Settings(spool_dir=Path("/var/spool/nexus")).effective_spool_dir
+        (PosixPath('.nexus/spool'), PosixPath('/var/spool/nexus'))
+        """
+        return self.spool_dir or self.data_dir / "spool"
 
     @property
     def effective_database_url(self) -> str:
@@ -68,7 +80,7 @@ class Settings:
                 if not 0 < port < 65536:
                     raise ValueError(f"{key} must be in 1..65535, got {port}")
                 values[f.name] = port
-            elif f.name == "data_dir":
+            elif f.name in ("data_dir", "spool_dir"):
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bytewax.operators as op
@@ -94,6 +95,9 @@ class Runtime:
     """Counts what the source read, for the status topic."""
     write_registry: WriteRegistry | None = None
     """The process's command router: polled devices register so write commands reach them."""
+    spool_dir: Path | None = None
+    """Base folder of the sinks' disk spools (``{spool_dir}/{flow id}/{sink id}/w{worker}``); ``None``:
+    each sink spools to a temporary folder that does not survive the process."""
 
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
@@ -455,6 +459,10 @@ def _unkey(item: tuple[str, X]) -> X:
     return item[1]
 
 
+def _spool_dir(runtime: Runtime, spec: FlowSpec, sink_id: str) -> str | None:
+    return None if runtime.spool_dir is None else str(runtime.spool_dir / spec.id / sink_id)
+
+
 def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     if node.id in runtime.sinks:
         return runtime.sinks[node.id]
@@ -463,7 +471,14 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
         if not runtime.mqtt_url:
             raise ValueError(f"sink {node.id!r} (mqtt_uns) needs a broker: set NEXUS_MQTT_URL")
         return UnsSink(
-            MqttSinkConfig(url=runtime.mqtt_url, qos=node.qos, retain=node.retain, client_id=None), tags
+            MqttSinkConfig(
+                url=runtime.mqtt_url,
+                qos=node.qos,
+                retain=node.retain,
+                client_id=None,
+                spool_dir=_spool_dir(runtime, spec, node.id),
+            ),
+            tags,
         )
     if isinstance(node, HistorianNode):
         if not runtime.database_url:
@@ -474,6 +489,7 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
                 batch_rows=node.batch_rows,
                 max_delay_s=node.max_delay_s,
                 partition_past_s=_partition_past_s(spec),
+                spool_dir=_spool_dir(runtime, spec, node.id),
             ),
             tags,
         )
@@ -491,7 +507,12 @@ def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
     windows = [w for n in spec.operators if isinstance(n, WindowNode) for w in n.windows]
     return DerivedSink(
         DerivedTargets(
-            mqtt=MqttSinkConfig(url=runtime.mqtt_url) if runtime.mqtt_url else None,
+            mqtt=MqttSinkConfig(
+                url=runtime.mqtt_url, spool_dir=_spool_dir(runtime, spec, f"{DERIVED_STEP}-uns")
+            )
+            if runtime.mqtt_url
+            else None,
+            spool_dir=_spool_dir(runtime, spec, f"{DERIVED_STEP}-db"),
             database_url=runtime.database_url,
             windows=windows,
             tags=spec.tag_infos(),
@@ -513,7 +534,17 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         streams.append(op.input(SOURCE_STEP, flow, polled))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
-        streams.append(op.input(MQTT_SOURCE_STEP, flow, MqttSource(mqtt, stop_event=runtime.stop_event)))
+        streams.append(
+            op.input(
+                MQTT_SOURCE_STEP,
+                flow,
+                MqttSource(
+                    mqtt,
+                    stop_event=runtime.stop_event,
+                    spool_dir=_spool_dir(runtime, spec, MQTT_SOURCE_STEP),
+                ),
+            )
+        )
     return streams[0] if len(streams) == 1 else op.merge(f"{SOURCE_STEP}_merge", *streams)
 
 

@@ -59,6 +59,7 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
         stop_event=stop,
         status=status,
         write_registry=_command_router(spec, settings),
+        spool_dir=settings.effective_spool_dir,
     )
     flow = compile_flow(spec, runtime)
     tune_interpreter()

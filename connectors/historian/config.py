@@ -49,5 +49,16 @@ class HistorianConfig(BaseModel):
     use_timescaledb: bool = True
     """Use TimescaleDB when the server offers it; ``False`` forces native partitioning."""
     retry_initial_s: float = Field(default=0.2, gt=0)
-    retry_max_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
+    """Backoff cap while the database is away: short, since rows wait in the spool, not in memory."""
     connect_timeout_s: int = Field(default=5, gt=0)
+    spool_dir: str | None = None
+    """Folder of this sink's disk spool (``None``: a private temporary folder, removed at close)."""
+    spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    """The spool's bound in bytes; beyond it the oldest segment is dropped (counted and alerted)."""
+    spool_max_age_s: float = Field(default=7 * 86400.0, gt=0)
+    """The spool's bound in age: segments older than this are dropped (counted and alerted)."""
+    spool_sync_interval_s: float = Field(default=0.1, gt=0)
+    """Group commit: the spool is fsynced at most this often."""
+    drain_rows_per_s: float = Field(default=200_000.0, gt=0)
+    """Pace of the catch-up after an outage (rows/s), so the database keeps room for live rows."""

@@ -34,4 +34,7 @@ class HistorianSink(DynamicSink[PointBatch]):
         self.tags = dict(tags)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistorianPartition:
-        return _HistorianPartition(HistorianWriter(self.config, self.tags, name=f"{step_id}-{worker_index}"))
+        config = self.config
+        if config.spool_dir is not None:  # each worker its own spool, found again after a restart
+            config = config.model_copy(update={"spool_dir": f"{config.spool_dir}/w{worker_index}"})
+        return _HistorianPartition(HistorianWriter(config, self.tags, name=f"{step_id}-{worker_index}"))

@@ -1,10 +1,16 @@
-"""The historian writer: a background thread that batches points and writes them by binary COPY.
+"""The historian writer: points go through a disk spool to PostgreSQL by binary COPY, in order.
 
-Rows are buffered until ``batch_rows`` are waiting or the oldest has waited ``max_delay_s``, then written
-in one transaction. A replayed chunk (unique violation on ``(tag_id, time)``) is rewritten through a
-staging table with ``ON CONFLICT DO NOTHING``, so replays never duplicate. Connection failures are
-retried with exponential backoff; meanwhile accepted rows stay in memory and :meth:`HistorianWriter.write`
-blocks once the bounded queue is full (back-pressure). There is no disk spool.
+:meth:`HistorianWriter.write` appends the batch to the sink's disk spool (:mod:`connectors.spool`,
+group commit) and hands it to the writer thread through a small in-memory queue; it never waits for
+the database, so polling and publishing go on while the database is away. The spool is the truth,
+the queue only a cache: when the queue is full, or the thread is retrying an outage, batches are read
+back from the spool. The thread writes records strictly in spool order (policy ``in_order``): rows
+are buffered until ``batch_rows`` are waiting or the oldest has waited ``max_delay_s``, written in one
+transaction, then acknowledged in the spool (whole segments behind the cursor are deleted). After an
+outage the backlog drains in chunks of ``batch_rows`` at most ``drain_rows_per_s``, so the database
+keeps room. A restart resumes after the spool's cursor: rows accepted before a crash (even a
+``kill -9``) are written then. A replayed chunk (unique violation on ``(tag_id, time)``) is
+rewritten through a staging table with ``ON CONFLICT DO NOTHING``, so replays never duplicate.
 
 >>> payload = encode_copy_binary(np.array([0]), np.array([7]), np.array([1.5]), np.array([0], np.uint8))
 >>> payload[:11], len(payload)
@@ -16,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +36,7 @@ import psycopg
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
+from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
 from core.tags import TagInfo
 
@@ -97,19 +106,11 @@ class HistorianError(RuntimeError):
 
 
 class HistorianTimeout(HistorianError):  # noqa: N818 - the name says what happened
-    """A flush or a blocked write did not finish within its deadline."""
+    """A flush did not finish within its deadline (the rows stay in the spool)."""
 
 
 class HistorianClosed(HistorianError):  # noqa: N818
     """The writer was closed."""
-
-
-@dataclass
-class _Flush:
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-_STOP = object()
 
 
 @dataclass
@@ -123,8 +124,12 @@ class _Chunk:
         return len(self.tag_ids)
 
 
+def _chunk(batch: PointBatch) -> _Chunk:
+    return _Chunk(batch.ts_ns // 1000 - PG_EPOCH_US, batch.tag_ids, batch.values, batch.quality)
+
+
 class HistorianWriter:
-    """Writes point batches to ``nexus_points`` from a background thread; see the module docstring."""
+    """Writes point batches to ``nexus_points`` through a disk spool; see the module docstring."""
 
     def __init__(
         self,
@@ -136,52 +141,98 @@ class HistorianWriter:
     ) -> None:
         self.config = config
         self._clock = clock
+        self.name = name
         self._tags = list(tags.values())
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_batches)
+        self._queue: queue.Queue[tuple[int, PointBatch] | None] = queue.Queue(maxsize=config.queue_batches)
         self._interval_us = INTERVAL_SECONDS[config.partition_interval] * 1_000_000
         self._lock = threading.Lock()
+        self._committed = threading.Condition(self._lock)
         self._abort = threading.Event()
         self._closed = False
         self._failure: BaseException | None = None
         self._conn: psycopg.Connection | None = None
         self._mode: str | None = None
         self._partitions: set[int] = set()
+        self._tmp_spool: str | None = None
+        spool_dir = config.spool_dir
+        if spool_dir is None:
+            spool_dir = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
+        self.spool = Spool(
+            spool_dir,
+            name=name,
+            max_bytes=config.spool_max_bytes,
+            max_age_s=config.spool_max_age_s,
+            sync_interval_s=config.spool_sync_interval_s,
+            on_drop=self._on_drop,
+        )
+        self._done_seq = self.spool.acked
+        self._flush_target = 0
+        """Every spool record up to here is committed to the database (or was dropped)."""
         self.rows_accepted = 0
         self.rows_written = 0
         self.duplicates_skipped = 0
+        self.rows_dropped = 0
+        self.records_dropped = 0
         self.batches_written = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.backlog_rows = 0
+        """Rows written from the spool because they were not in the in-memory queue (a catch-up)."""
+        self.recovered_records = self.spool.pending_records
+        """Records found in the spool at start (accepted before the last stop or crash)."""
+        if self.recovered_records:
+            log.warning(
+                "historian %s: %d batches from before the last stop are in the spool; writing them first",
+                name, self.recovered_records,
+            )  # fmt: skip
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ API (caller threads)
 
     def write(self, batch: PointBatch) -> None:
-        """Accept a batch; blocks while the queue is full (back-pressure)."""
+        """Accept a batch: spool it and hand it to the writer thread. Never waits for the database."""
+        self._check()
         if len(batch) == 0:
-            self._check()
             return
-        self._put(batch, None)
+        seq = self.spool.append(encode_batch(batch))
         with self._lock:
             self.rows_accepted += len(batch)
+        if seq is None:  # the volume is full: counted and alerted by the spool
+            with self._lock:
+                self.rows_dropped += len(batch)
+            return
+        with contextlib.suppress(queue.Full):  # full: the thread reads it back from the spool
+            self._queue.put_nowait((seq, batch))
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every row accepted so far is committed; ``HistorianTimeout`` after ``timeout``."""
+        """Wait until every row accepted so far is committed; ``HistorianTimeout`` after ``timeout``.
+
+        On a timeout the rows are not lost: they stay in the spool and are written when the
+        database is back (or after the next start).
+        """
         deadline = time.monotonic() + timeout
-        marker = _Flush()
-        self._put(marker, deadline)
-        while not marker.done.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-            self._check()
-            if time.monotonic() >= deadline:
-                raise HistorianTimeout(
-                    f"historian: {self.rows_pending} rows not committed within {timeout:g} s"
-                    f" (last error: {self.last_error})"
-                )
-        self._check()
+        target = self.spool.last_seq
+        with self._lock:
+            self._flush_target = max(self._flush_target, target)
+        self._wake()
+        with self._committed:
+            while self._done_seq < target:
+                self._check_locked()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HistorianTimeout(
+                        f"historian: {self._rows_pending_locked()} rows not committed within {timeout:g} s"
+                        f" (they stay in the spool; last error: {self.last_error})"
+                    )
+                self._committed.wait(min(remaining, 0.5))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, then stop the thread and disconnect. Raises if rows could not be committed in time."""
+        """Flush, then stop the thread and close the spool; ``HistorianTimeout`` if rows remain.
+
+        Rows still waiting stay in the spool folder for the next start (with a temporary spool
+        folder, used when ``spool_dir`` is not set, they are lost and the error says so).
+        """
         if self._closed:
             return
         try:
@@ -190,17 +241,27 @@ class HistorianWriter:
         finally:
             self._closed = True
             self._abort.set()
-            with contextlib.suppress(queue.Full):  # when full, the thread sees the abort flag
-                self._queue.put_nowait(_STOP)
+            self._wake()
             self._thread.join(timeout=10)
             pending = self.rows_pending
+            self.spool.close()
             if pending:
-                log.error("historian writer closed with %d accepted rows not written", pending)
+                where = "lost (temporary spool)" if self._tmp_spool else f"kept in {self.spool.dir}"
+                log.error("historian writer closed with %d accepted rows not written: %s", pending, where)
+            if self._tmp_spool is not None:
+                shutil.rmtree(self._tmp_spool, ignore_errors=True)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
 
     @property
     def rows_pending(self) -> int:
         with self._lock:
-            return self.rows_accepted - self.rows_written - self.duplicates_skipped
+            return self._rows_pending_locked()
+
+    def _rows_pending_locked(self) -> int:
+        return max(0, self.rows_accepted - self.rows_written - self.duplicates_skipped - self.rows_dropped)
 
     @property
     def mode(self) -> str | None:
@@ -208,18 +269,22 @@ class HistorianWriter:
         return self._mode
 
     def stats(self) -> dict[str, Any]:
+        spool = self.spool.stats()
         with self._lock:
             return {
                 "rows_accepted": self.rows_accepted,
                 "rows_written": self.rows_written,
                 "duplicates_skipped": self.duplicates_skipped,
-                "rows_pending": self.rows_accepted - self.rows_written - self.duplicates_skipped,
+                "rows_pending": self._rows_pending_locked(),
+                "rows_dropped": self.rows_dropped,
+                "backlog_rows": self.backlog_rows,
                 "batches_written": self.batches_written,
                 "errors": self.errors,
                 "last_error": self.last_error,
                 "queued_batches": self._queue.qsize(),
                 "connected": self._conn is not None and not self._conn.closed,
                 "mode": self._mode,
+                **spool,
             }
 
     def __enter__(self) -> HistorianWriter:
@@ -229,6 +294,10 @@ class HistorianWriter:
         self.close()
 
     def _check(self) -> None:
+        with self._lock:
+            self._check_locked()
+
+    def _check_locked(self) -> None:
         if self._failure is not None:
             raise HistorianError(f"historian writer failed: {self._failure!r}") from self._failure
         if self._closed:
@@ -236,47 +305,101 @@ class HistorianWriter:
         if not self._thread.is_alive():
             raise HistorianError("historian writer thread is not running")
 
-    def _put(self, item: object, deadline: float | None) -> None:
-        while True:
-            self._check()
-            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if wait <= 0:
-                raise HistorianTimeout("historian: the write queue stayed full until the deadline")
-            try:
-                self._queue.put(item, timeout=wait)
-                return
-            except queue.Full:
-                continue  # re-check the writer's health, then keep waiting
+    def _on_drop(self, drop: SpoolDrop) -> None:
+        # rows per dropped record are not kept in memory: estimate from the average batch size
+        with self._lock:
+            self.records_dropped += drop.records
+            per = self.rows_accepted / max(1, self.spool.appended)
+            self.rows_dropped += round(per * drop.records)
+            self._committed.notify_all()
 
     # ------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
+        cfg = self.config
+        cache: dict[int, PointBatch] = {}
         parts: list[_Chunk] = []
         rows = 0
         oldest = 0.0
-        cfg = self.config
+        next_seq = self._done_seq + 1
+        last_in_buffer = self._done_seq
         try:
-            while True:
-                timeout = None if not rows else max(0.0, oldest + cfg.max_delay_s - time.monotonic())
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if isinstance(item, PointBatch):
-                    if not rows:
-                        oldest = time.monotonic()
-                    parts.append(
-                        _Chunk(item.ts_ns // 1000 - PG_EPOCH_US, item.tag_ids, item.values, item.quality)
-                    )
-                    rows += len(item)
-                due = rows >= cfg.batch_rows or (rows and time.monotonic() - oldest >= cfg.max_delay_s)
-                if rows and (due or isinstance(item, _Flush) or item is _STOP):
+            while not self._abort.is_set():
+                backlog = self.spool.last_seq >= next_seq
+                timeout = max(0.0, oldest + cfg.max_delay_s - time.monotonic()) if rows else 0.5
+                if not backlog:
+                    try:
+                        item = self._queue.get(timeout=timeout)
+                    except queue.Empty:
+                        item = None
+                    if item is not None:
+                        cache[item[0]] = item[1]
+                # take whatever else is queued without waiting
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        cache[item[0]] = item[1]
+                next_seq = max(next_seq, self.spool.acked + 1)
+                for seq in [s for s in cache if s < next_seq]:
+                    del cache[seq]
+                # gather records in spool order: from the cache when there, else from the spool
+                from_spool = 0
+                while rows < cfg.batch_rows and next_seq <= self.spool.last_seq:
+                    got = cache.pop(next_seq, None)
+                    if got is not None:
+                        if not rows:
+                            oldest = time.monotonic()
+                        parts.append(_chunk(got))
+                        rows += len(got)
+                        last_in_buffer = next_seq
+                        next_seq += 1
+                        continue
+                    records = self.spool.read(next_seq - 1, max_records=max(1, cfg.queue_batches * 4))
+                    if not records:
+                        before, next_seq = next_seq, max(next_seq, self.spool.acked + 1)
+                        if next_seq == before and self._abort.wait(0.05):  # unreadable tail: don't spin
+                            raise _Aborted
+                        break
+                    for seq, rec in records:
+                        cached = cache.pop(seq, None)
+                        b = cached if cached is not None else _decode(seq, rec)
+                        next_seq = seq + 1
+                        last_in_buffer = seq
+                        if b is None or not len(b):
+                            continue
+                        if not rows:
+                            oldest = time.monotonic()
+                        parts.append(_chunk(b))
+                        rows += len(b)
+                        if cached is None:
+                            from_spool += len(b)
+                        if rows >= cfg.batch_rows:
+                            break
+                behind = next_seq <= self.spool.last_seq
+                due = (
+                    rows >= cfg.batch_rows
+                    or behind
+                    or (rows and time.monotonic() - oldest >= cfg.max_delay_s)
+                )
+                flush_wanted = self._flush_waiting()
+                if rows and (due or flush_wanted):
+                    started = time.monotonic()
                     self._write_with_retry(_concat(parts))
+                    with self._lock:
+                        self.backlog_rows += from_spool
+                    if behind:  # catching up: pace it so live rows and other clients keep room
+                        spare = rows / cfg.drain_rows_per_s - (time.monotonic() - started)
+                        if spare > 0 and self._abort.wait(spare):
+                            break
                     parts, rows = [], 0
-                if isinstance(item, _Flush):
-                    item.done.set()
-                if item is _STOP:
-                    break
+                if not rows and last_in_buffer > self._done_seq:
+                    self.spool.ack(last_in_buffer)
+                    with self._committed:
+                        self._done_seq = last_in_buffer
+                        self._committed.notify_all()
         except _Aborted:
             pass
         except BaseException as exc:
@@ -289,14 +412,11 @@ class HistorianWriter:
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
-            # wake anyone waiting on a flush marker; they will see the failure or the close
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, _Flush):
-                    item.done.set()
+            with self._committed:
+                self._committed.notify_all()
+
+    def _flush_waiting(self) -> bool:
+        return self._flush_target > self._done_seq
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
@@ -329,7 +449,7 @@ class HistorianWriter:
                 if outage_since is not None:
                     log.warning("historian: database back after %.1f s", time.monotonic() - outage_since)
                 return
-            except psycopg.OperationalError as exc:  # connection lost, server restarting, deadlock...
+            except psycopg.Error as exc:  # connection lost, server restarting, deadlock...
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
@@ -340,7 +460,12 @@ class HistorianWriter:
                     self.last_error = f"{type(exc).__name__}: {exc.sqlstate or 'connection'}"
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    log.warning("historian: write failed (%s); retrying with backoff", self.last_error)
+                    level = logging.WARNING if isinstance(exc, psycopg.OperationalError) else logging.ERROR
+                    log.log(
+                        level,
+                        "historian: write failed (%s); rows stay in the spool, retrying",
+                        self.last_error,
+                    )
                 else:
                     log.debug("historian: retry %d failed (%s)", attempt, self.last_error)
                 if self._abort.wait(delay):
@@ -389,6 +514,14 @@ class HistorianWriter:
 
 class _Aborted(Exception):  # noqa: N818
     """Internal: close() gave up while the database was unreachable."""
+
+
+def _decode(seq: int, record: memoryview) -> PointBatch | None:
+    try:
+        return decode_batch(record)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.error("historian: spool record %d is not a point batch (%s); skipped", seq, exc)
+        return None
 
 
 def _concat(parts: list[_Chunk]) -> _Chunk:

@@ -38,6 +38,20 @@ class MqttSinkConfig(BaseModel):
     publish_timeout_s: float = Field(default=10.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     keepalive_s: int = Field(default=30, gt=0)
+    reconnect_max_s: int = Field(default=5, gt=0)
+    """paho's reconnect delay doubles from 1 s up to this: short, so a returning broker is found soon."""
+    policy: Literal["live_first", "in_order"] = "live_first"
+    """After an outage: ``live_first`` publishes live messages at once and replays the spool beside
+    them, marked ``"historical": true``; ``in_order`` keeps spooling live messages until the backlog
+    is gone (per-tag order kept, live data late)."""
+    spool_dir: str | None = None
+    """Folder of this publisher's disk spool (``None``: a private temporary folder, removed at close)."""
+    spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    spool_max_age_s: float = Field(default=7 * 86400.0, gt=0)
+    spool_sync_interval_s: float = Field(default=0.1, gt=0)
+    drain_messages_per_s: float = Field(default=60_000.0, gt=0)
+    """Pace of the replay after an outage; it also only uses half of ``max_queue``, so live messages
+    keep room."""
 
     @field_validator("url")
     @classmethod

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import struct
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,11 +33,19 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
+from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
 from core.quality import QUALITY_NAMES
 from core.tags import TagInfo
 
-__all__ = ["BrokerUnavailable", "MqttPublishError", "PublishTimeout", "UnsPublisher", "format_batch"]
+__all__ = [
+    "BrokerUnavailable",
+    "MqttPublishError",
+    "PublishTimeout",
+    "UnsPublisher",
+    "format_batch",
+    "mark_historical",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +109,33 @@ def pack_publish_qos0(
     return blobs
 
 
+def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
+    """The ``(topic, payload)`` pairs of a blob made by :func:`pack_publish_qos0`.
+
+    >>> msgs = [("a/b", b"1"), ("c", b"x" * 300)]
+    >>> [unpack_publish_qos0(b) for b, _n in pack_publish_qos0(msgs, retain=False)] == [msgs]
+    True
+    """
+    out: list[tuple[str, bytes]] = []
+    pos, end = 0, len(blob)
+    while pos < end:
+        pos += 1  # fixed header
+        length, mult = 0, 1
+        while True:
+            byte = blob[pos]
+            pos += 1
+            length += (byte & 0x7F) * mult
+            mult *= 128
+            if not byte & 0x80:
+                break
+        tlen = int.from_bytes(blob[pos : pos + 2], "big")
+        out.append(
+            (bytes(blob[pos + 2 : pos + 2 + tlen]).decode(), bytes(blob[pos + 2 + tlen : pos + length]))
+        )
+        pos += length
+    return out
+
+
 class MqttPublishError(RuntimeError):
     """Base of the UNS publisher's errors."""
 
@@ -155,16 +193,70 @@ def format_batch(
     return out, unknown
 
 
-class UnsPublisher:
-    """One paho-mqtt client publishing point batches to the UNS; thread-safe and bounded.
+def mark_historical(payload: bytes) -> bytes:
+    """A replayed JSON object gets ``"historical":true`` (Sparkplug's ``is_historical`` idea).
 
-    Connects at construction (``BrokerUnavailable`` after ``connect_timeout_s``) and reconnects by
-    itself with backoff. At most ``max_queue`` messages are outstanding; beyond that
-    :meth:`publish_batch` waits for completions up to ``publish_timeout_s``, then raises ``PublishTimeout``.
+    >>> mark_historical(b'{"value":1}'), mark_historical(b'{}'), mark_historical(b'7')
+    (b'{"historical":true,"value":1}', b'{"historical":true}', b'7')
+    """
+    if not payload.startswith(b"{"):
+        return payload
+    rest = payload[1:].lstrip()
+    return b'{"historical":true' + (b"}" if rest.startswith(b"}") else b"," + payload[1:])
+
+
+_KIND_BATCH = b"B"
+_KIND_MESSAGES = b"M"
+_MSG = struct.Struct("<II")
+
+
+def encode_messages(messages: Sequence[tuple[str, str | bytes]]) -> bytes:
+    """Ready ``(topic, payload)`` pairs as one spool record.
+
+    >>> decode_messages(encode_messages([("a/b", "1"), ("c", b"{}")]))
+    [('a/b', b'1'), ('c', b'{}')]
+    """
+    parts = [_KIND_MESSAGES]
+    for topic, payload in messages:
+        t = topic.encode()
+        pl = payload.encode() if isinstance(payload, str) else payload
+        parts += (_MSG.pack(len(t), len(pl)), t, pl)
+    return b"".join(parts)
+
+
+def decode_messages(record: bytes | memoryview) -> list[tuple[str, bytes]]:
+    data = bytes(record)
+    if data[:1] != _KIND_MESSAGES:
+        raise ValueError(f"spool record kind {data[:1]!r} is not a message list")
+    out: list[tuple[str, bytes]] = []
+    pos = 1
+    while pos < len(data):
+        lt, lp = _MSG.unpack_from(data, pos)
+        pos += _MSG.size
+        if pos + lt + lp > len(data):
+            raise ValueError("spool message record is truncated")
+        out.append((data[pos : pos + lt].decode(), data[pos + lt : pos + lt + lp]))
+        pos += lt + lp
+    return out
+
+
+class UnsPublisher:
+    """One paho-mqtt client publishing point batches to the UNS; thread-safe, bounded, never stalls.
+
+    Connects at construction (waits up to ``connect_timeout_s``; ``BrokerUnavailable`` only when the
+    broker *refuses* the connection, e.g. bad credentials) and reconnects by itself with backoff.
+    What cannot be handed to the broker now — it is unreachable, or ``max_queue`` messages are
+    outstanding — goes to the publisher's disk spool (:mod:`connectors.spool`) instead of waiting:
+    a broker outage never stalls or crashes the dataflow. A drain thread replays the spool once the
+    broker is back, paced (``drain_messages_per_s``, and at most half of ``max_queue`` outstanding)
+    so live messages keep flowing, and acknowledges spool records only after the broker has
+    acknowledged their messages (at-least-once). Replayed messages carry ``"historical": true``.
+    With policy ``in_order`` live messages go to the spool too while it holds anything.
     """
 
-    def __init__(self, config: MqttSinkConfig, tags: Mapping[int, TagInfo]) -> None:
+    def __init__(self, config: MqttSinkConfig, tags: Mapping[int, TagInfo], *, name: str = "uns") -> None:
         self.config = config
+        self.name = name
         self._encoded = _encode_tags(tags)
         self._broker = config.broker
         self._where = f"{self._broker.host}:{self._broker.port}"
@@ -176,15 +268,38 @@ class UnsPublisher:
         """Messages handed to the client."""
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
-        self.dropped = 0
-        """QoS 0 messages dropped because the client was disconnected."""
+        self.lost = 0
+        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent; re-spooled)."""
+        self.spooled = 0
+        """Messages written to the disk spool instead of the broker."""
+        self.replayed = 0
+        """Spooled messages published again (``"historical": true``)."""
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, int] = {}
-        """QoS 0 fast path: messages in each packed blob handed to paho, by the blob's message id."""
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
+        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
+        bytes (paho holds them anyway until they are written)."""
+        self.respooled = 0
+        """Of ``lost``: messages put back into the spool (all of them), replayed later."""
+        self._tmp_spool: str | None = None
+        spool_dir = config.spool_dir
+        if spool_dir is None:
+            spool_dir = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
+        self.spool = Spool(
+            spool_dir,
+            name=name,
+            max_bytes=config.spool_max_bytes,
+            max_age_s=config.spool_max_age_s,
+            sync_interval_s=config.spool_sync_interval_s,
+            on_drop=self._on_spool_drop,
+        )
 
-        client = make_client(self._broker, config.client_id or unique_client_id("nexus-uns"))
+        client = make_client(
+            self._broker,
+            config.client_id or unique_client_id("nexus-uns"),
+            reconnect_max_s=config.reconnect_max_s,
+        )
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
         client.on_connect = self._on_connect
@@ -195,9 +310,17 @@ class UnsPublisher:
         client.loop_start()
         try:
             self._wait_connected(config.connect_timeout_s)
-        except BaseException:
-            client.loop_stop()
-            raise
+        except BrokerUnavailable:
+            if self._connect_error is not None:  # refused: a configuration error, say so now
+                client.loop_stop()
+                self.spool.close()
+                raise
+            log.warning(
+                "UNS publisher: MQTT broker %s not reachable yet; spooling to %s until it is",
+                self._where, self.spool.dir,
+            )  # fmt: skip
+        self._drainer = threading.Thread(target=self._drain_loop, name=f"{name}-drain", daemon=True)
+        self._drainer.start()
 
     # ---------------------------------------------------------------- paho callbacks (network thread)
 
@@ -207,6 +330,7 @@ class UnsPublisher:
                 self._connected = False
                 self._connect_error = str(reason)
             else:
+                self._sweep_blobs()  # blobs paho discarded at the reconnect
                 self._connected = True
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
@@ -218,18 +342,72 @@ class UnsPublisher:
             self._connected = False
             self._cond.notify_all()
         if was and not self._closed:
-            log.warning("disconnected from MQTT broker %s (%s); reconnecting", self._where, reason)
+            log.warning(
+                "disconnected from MQTT broker %s (%s); reconnecting, spooling meanwhile", self._where, reason
+            )
 
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, _reason: object, _p: object) -> None:
         with self._cond:
-            self.acked += self._blobs.pop(mid, 1)
+            blob = self._blobs.pop(mid, None)
+            self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
+
+    def _sweep_blobs(self) -> None:
+        """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
+
+        paho's ``reconnect()`` discards its queue of unsent packets and marks each QoS 0 packet's
+        info as published with ``rc = MQTT_ERR_CONN_LOST`` — without calling ``on_publish``. Those
+        messages are counted as lost here, so the outstanding count returns to zero.
+        """
+        # (``info.is_published()`` raises for a lost message, so look at ``rc`` first)
+        lost = [
+            mid for mid, (_n, info, _b) in self._blobs.items() if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST
+        ]
+        if not lost:
+            return
+        records: list[bytes] = []
+        n = 0
+        for mid in lost:
+            count, _info, blob = self._blobs.pop(mid)
+            n += count
+            records.append(encode_messages(unpack_publish_qos0(blob)))
+        # never sent: they go to the spool and are replayed (marked historical) like any other outage
+        self.spool.append_many(records)
+        self.lost += n
+        self.spooled += n
+        self.respooled += n
+
+    def _on_spool_drop(self, drop: SpoolDrop) -> None:
+        """The platform alert for a spool bound: published (best effort) on ``$nexus/alerts/spool/{name}``."""
+        if not self._connected:
+            return
+        payload = json.dumps(
+            {
+                "kind": "spool_drop",
+                "spool": drop.spool,
+                "reason": drop.reason,
+                "records": drop.records,
+                "bytes": drop.bytes,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        self._client.publish(f"$nexus/alerts/spool/{self.name}", payload, qos=1)
 
     # ---------------------------------------------------------------- API
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def outstanding(self) -> int:
+        with self._cond:
+            return self._outstanding_locked()
+
+    def _outstanding_locked(self) -> int:
+        if self._blobs:
+            self._sweep_blobs()
+        return self.published - self.acked - self.lost
 
     def _wait_connected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -242,53 +420,83 @@ class UnsPublisher:
                 self._cond.wait(remaining)
 
     def publish_batch(self, batch: PointBatch) -> int:
-        """Publish one message per point of a known tag; returns the number handed to the client."""
+        """Publish one message per point of a known tag (or spool them); returns the number published now."""
         if self._closed:
             raise MqttPublishError("the UNS publisher is closed")
+        if self._must_spool():
+            self._spool_records([_KIND_BATCH + encode_batch(batch)], self._known(batch))
+            return 0
         messages, unknown = format_batch(batch, self._encoded)
         if unknown:
             self._count_unknown(unknown, batch.device_id)
         return self.publish_messages(messages)
 
+    def _known(self, batch: PointBatch) -> int:
+        encoded = self._encoded
+        return sum(1 for t in batch.tag_ids.tolist() if t in encoded)
+
     def publish_messages(self, messages: Iterable[tuple[str, str | bytes]]) -> int:
-        """Publish ready ``(topic, payload)`` pairs with the configured QoS and retain flag.
+        """Publish ready ``(topic, payload)`` pairs (or spool them); returns the number published now.
 
         QoS 0 takes a fast path when the installed paho offers it: the batch's PUBLISH packets are
         packed into one buffer and handed to paho's network thread as a single write, instead of one
         queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1/2 go through
         ``paho.publish`` one by one (paho keeps each message for its acknowledgement and redelivery).
+        Whatever does not fit (disconnected, ``max_queue`` outstanding) goes to the spool.
         """
         if self._closed:
             raise MqttPublishError("the UNS publisher is closed")
-        cfg = self.config
-        if cfg.qos == 0 and self._fast_qos0:
-            return self._publish_packed(messages)
-        publish = self._client.publish
-        sent = 0
-        pending = 0  # handed over but not yet added to `published` (one lock per batch, not per message)
-        for topic, payload in messages:
-            if self.published + pending - self.acked >= cfg.max_queue:
-                pending = self._commit(pending)
-                self._wait_room(cfg.publish_timeout_s)
-            info = publish(topic, payload, cfg.qos, cfg.retain)
-            while info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                pending = self._commit(pending)
-                self._wait_room(cfg.publish_timeout_s, force=True)
-                info = publish(topic, payload, cfg.qos, cfg.retain)
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and cfg.qos == 0:
-                with self._cond:
-                    self.dropped += 1
-                continue
-            pending += 1
-            sent += 1
-        self._commit(pending)
+        messages = list(messages)
+        if not messages:
+            return 0
+        if self._must_spool():
+            self._spool_records([encode_messages(messages)], len(messages))
+            return 0
+        sent = self._publish_now(messages, self.config.max_queue)
+        if sent < len(messages):
+            rest = messages[sent:]
+            self._spool_records([encode_messages(rest)], len(rest))
         return sent
 
-    def _commit(self, pending: int) -> int:
-        if pending:
+    def _must_spool(self) -> bool:
+        if not self._connected:
+            return True
+        if self.config.policy == "in_order" and self.spool.pending_records:
+            return True
+        return self.outstanding >= self.config.max_queue
+
+    def _spool_records(self, records: list[bytes], messages: int) -> None:
+        self.spool.append_many(records)
+        with self._cond:
+            self.spooled += messages
+            self._cond.notify_all()  # wake the drainer
+
+    def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+        """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
+        cfg = self.config
+        if cfg.qos == 0 and self._fast_qos0:
+            return self._publish_packed(messages, limit)
+        publish = self._client.publish
+        sent = 0
+        with self._cond:
+            room = limit - self._outstanding_locked()
+        for topic, payload in messages:
+            if room <= 0 or not self._connected:
+                with self._cond:
+                    room = limit - self._outstanding_locked()
+                if room <= 0 or not self._connected:
+                    break
+            info = publish(topic, payload, cfg.qos, cfg.retain)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                break
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and cfg.qos == 0:
+                break  # paho did not keep it: spool it and the rest
+            # QoS 1/2 with NO_CONN: paho keeps the message and sends it after the reconnect
             with self._cond:
-                self.published += pending
-        return 0
+                self.published += 1
+            room -= 1
+            sent += 1
+        return sent
 
     @property
     def _fast_qos0(self) -> bool:
@@ -297,22 +505,21 @@ class UnsPublisher:
             hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
         )
 
-    def _publish_packed(self, messages: Iterable[tuple[str, str | bytes]]) -> int:
+    def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         cfg = self.config
         client: Any = self._client
         sent = 0
         for blob, count in pack_publish_qos0(messages, cfg.retain):
-            if self.published - self.acked >= cfg.max_queue:
-                self._wait_room(cfg.publish_timeout_s)
-            if client._sock is None:  # not connected: QoS 0 messages are dropped, as paho does
-                with self._cond:
-                    self.dropped += count
-                continue
-            mid = client._mid_generate()
             with self._cond:
-                self._blobs[mid] = count
+                # registered and queued under the lock that on_disconnect takes: a blob is either queued
+                # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
+                if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
+                    break
+                mid = client._mid_generate()
+                info = mqtt.MQTTMessageInfo(mid)
+                self._blobs[mid] = (count, info, blob)
                 self.published += count
-            client._packet_queue(_PUBLISH, blob, mid, 0, mqtt.MQTTMessageInfo(mid))
+                client._packet_queue(_PUBLISH, blob, mid, 0, info)
             sent += count
         return sent
 
@@ -324,57 +531,140 @@ class UnsPublisher:
         for tid in sorted(new):
             log.warning("UNS publisher: skipping points of unknown tag id %d (device %r)", tid, device_id)
 
-    def _wait_room(self, timeout: float, *, force: bool = False) -> None:
-        """Wait until fewer than ``max_queue`` messages are outstanding (or one completes, if ``force``)."""
+    # ---------------------------------------------------------------- the spool's drain (own thread)
+
+    def _drain_loop(self) -> None:
+        cfg = self.config
+        limit = max(1, cfg.max_queue // 2)
+        while not self._closed:
+            with self._cond:
+                if not (self._connected and self.spool.pending_records):
+                    self._cond.wait(0.5)
+                    continue
+            records = self.spool.read(max_records=64, max_bytes=4 << 20)
+            if not records:
+                time.sleep(0.05)
+                continue
+            started = time.monotonic()
+            with self._cond:
+                lost_before = self.lost
+            messages: list[tuple[str, bytes]] = []
+            for seq, rec in records:
+                try:
+                    if bytes(rec[:1]) == _KIND_BATCH:
+                        msgs, _unknown = format_batch(decode_batch(rec[1:]), self._encoded)
+                    else:
+                        msgs = decode_messages(rec)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    log.error("UNS spool %s: record %d unreadable (%s); skipped", self.name, seq, exc)
+                    continue
+                messages += [(t, mark_historical(p)) for t, p in msgs]
+            done = 0
+            while done < len(messages) and not self._closed:
+                n = self._publish_now(messages[done:], limit)
+                done += n
+                if done < len(messages):
+                    if not self._connected:
+                        break
+                    with self._cond:
+                        self._cond.wait(0.05)  # room comes back as the broker acknowledges
+            if done < len(messages):
+                continue  # not all handed over: read the same records again later (at-least-once)
+            with self._cond:
+                self.replayed += done
+                target = self.published
+            if not self._wait_acked(target, cfg.publish_timeout_s):
+                continue
+            with self._cond:
+                if self.lost != lost_before:
+                    continue  # some QoS 0 blob was discarded at a reconnect: replay these records again
+            self.spool.ack(records[-1][0])
+            spare = done / cfg.drain_messages_per_s - (time.monotonic() - started)
+            if spare > 0:
+                time.sleep(spare)
+
+    def _wait_acked(self, target: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
-            start_acked = self.acked
-            while True:
-                outstanding = self.published - self.acked
-                if (self.acked > start_acked) if force else outstanding < self.config.max_queue:
-                    return
+            while self.acked + self.lost < target:
+                self._outstanding_locked()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PublishTimeout(
-                        f"MQTT broker {self._where}: {outstanding} messages still outstanding after "
-                        f"{timeout:g} s (connected={self._connected})"
-                    )
-                self._cond.wait(remaining)
+                if remaining <= 0 or self._closed:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+            return True
+
+    # ---------------------------------------------------------------- shutdown and stats
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every message handed over so far is sent (QoS 0) or acknowledged (QoS 1/2)."""
+        """Wait until every message handed to paho so far is sent (QoS 0) or acknowledged (QoS 1/2).
+
+        Spooled messages are not waited for: they are on disk and replayed when the broker is back.
+        """
         timeout = self.config.publish_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self.published
-            while self.acked < target:
+            while self.acked + self.lost < target:
+                self._outstanding_locked()
+                if self.acked + self.lost >= target:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PublishTimeout(
-                        f"MQTT broker {self._where}: {target - self.acked} messages not acknowledged "
-                        f"within {timeout:g} s"
+                        f"MQTT broker {self._where}: {target - self.acked - self.lost} messages not "
+                        f"acknowledged within {timeout:g} s"
                     )
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.2))
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until the spool is empty (everything replayed and acknowledged); for tests and shutdown."""
+        deadline = time.monotonic() + timeout
+        while self.spool.pending_records:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, then disconnect and stop the network thread (also when the flush times out)."""
+        """Flush, then disconnect and stop the network thread (also when the flush times out).
+
+        Spooled messages stay in the spool folder for the next start (with a temporary spool folder,
+        used when ``spool_dir`` is not set, they are lost and logged).
+        """
         if self._closed:
             return
         try:
             self.flush(timeout)
         finally:
             self._closed = True
+            with self._cond:
+                self._cond.notify_all()
+            self._drainer.join(timeout=5)
             self._client.disconnect()
             self._client.loop_stop()
+            pending = self.spool.pending_records
+            self.spool.close()
+            if pending:
+                where = "lost (temporary spool)" if self._tmp_spool else f"kept in {self.spool.dir}"
+                log.warning("UNS publisher closed with %d spooled records not replayed: %s", pending, where)
+            if self._tmp_spool is not None:
+                shutil.rmtree(self._tmp_spool, ignore_errors=True)
 
     def stats(self) -> dict[str, int]:
+        spool = self.spool.stats()
         with self._cond:
             return {
                 "published": self.published,
                 "acked": self.acked,
-                "dropped": self.dropped,
+                "lost": self.lost,
+                "respooled": self.respooled,
+                "dropped": self.lost - self.respooled,
+                "spooled": self.spooled,
+                "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,
-                "outstanding": self.published - self.acked,
+                "outstanding": self._outstanding_locked(),
+                **spool,
             }
 
     def __enter__(self) -> UnsPublisher:

@@ -1,4 +1,8 @@
-"""Bytewax sink publishing point batches to the Unified Namespace."""
+"""Bytewax sink publishing point batches to the Unified Namespace.
+
+``write_batch`` never waits for the broker: what cannot be published now goes to the publisher's
+disk spool (see :class:`~connectors.mqtt.publisher.UnsPublisher`).
+"""
 
 from __future__ import annotations
 
@@ -37,4 +41,6 @@ class UnsSink(DynamicSink[PointBatch]):
         config = self.config
         if config.client_id is not None and worker_count > 1:
             config = config.model_copy(update={"client_id": f"{config.client_id}-{worker_index}"})
-        return _UnsPartition(UnsPublisher(config, self.tags))
+        if config.spool_dir is not None:  # each worker its own spool, found again after a restart
+            config = config.model_copy(update={"spool_dir": f"{config.spool_dir}/w{worker_index}"})
+        return _UnsPartition(UnsPublisher(config, self.tags, name=f"{step_id}-{worker_index}"))

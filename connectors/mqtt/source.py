@@ -29,9 +29,18 @@ Timestamps come from the payload when the tag has a ``timestamp_path`` (ISO-8601
 UTC, or epoch s/ms/µs/ns by magnitude, see :mod:`connectors.mqtt.source_config`), else they are
 the time paho handed over the message.
 
-Live subscriptions cannot replay, so ``snapshot()`` is ``None``; with a fixed ``client_id``,
-``clean_session=False`` and QoS 1 the broker keeps what arrives while the flow is down. Set
-``stop_event`` to drain: the partition returns what is queued, then raises ``StopIteration``.
+No loss at QoS 1 (acknowledged only once durable): paho runs with ``manual_ack``. Each drained
+batch is appended to the partition's disk spool (:mod:`connectors.spool`, ``{spool_dir}/{device}``)
+before it is emitted, and its messages' PUBACKs are sent only when the spool's group commit has
+fsynced it — so a message the broker considers delivered is on disk. ``snapshot()`` is the spool
+sequence number of the last emitted batch; a resumed partition (Bytewax recovery, or a restart
+without it: the spool's own cursor) first re-emits the spooled batches after it, so a ``kill -9``
+between receive and sink loses nothing (sinks are idempotent or mark replays). At every snapshot the
+spool is trimmed to the previous snapshot. With a fixed ``client_id``, ``clean_session=False`` and
+QoS 1 the broker also keeps what arrives while the flow is down. A QoS 1 message dropped from a full
+queue (``max_queue``) is acknowledged as dropped and counted — a bounded, visible loss rather than a
+broker that stops delivering. Set ``stop_event`` to drain: the partition returns what is queued,
+then raises ``StopIteration``.
 
 >>> decode_timestamp("2024-05-01T12:00:00Z"), decode_timestamp("2024-05-01T12:00:00")
 (1714564800000000000, 1714564800000000000)
@@ -47,6 +56,8 @@ import functools
 import json
 import logging
 import math
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -66,6 +77,7 @@ from connectors.mqtt.source_config import (
     MqttSubscription,
     PathPart,
 )
+from connectors.spool import Spool, batches_from, encode_batch
 from core.batch import PointBatch, tag_id_for
 from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
 from core.timestamps import TimestampWindow, count_replaced
@@ -279,6 +291,8 @@ class MqttSourceStats:
     refused_level_tags: int = 0
     """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
     batches: int = 0
+    replayed_batches: int = 0
+    """Spooled batches emitted again after a restart (emitted before it, maybe not yet stored)."""
 
 
 @functools.cache
@@ -319,7 +333,12 @@ class _RateLimitedWarnings:
             log.warning(message, *args)
 
 
-class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
+_SPOOL_SYNC_S = 0.01
+"""The source spool's group commit: short, because the broker waits for the acks (mosquitto sends at
+most ``max_inflight_messages``, 20 by default, unacknowledged QoS 1 messages per client)."""
+
+
+class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
     def __init__(
         self,
         config: MqttSourceConfig,
@@ -327,6 +346,8 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         subscriptions: Sequence[MqttSubscription],
         *,
         stop_event: threading.Event | None,
+        spool_dir: str | None = None,
+        resume_state: int | None = None,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -348,6 +369,26 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         self._m = {name: counter.labels(device_id) for name, counter in m.items()}
         self._m_reported = {"received": 0, "dropped": 0}
 
+        # the ack path: QoS 1/2 messages are acknowledged once their batch is durable in the spool
+        self._acks: deque[tuple[int, int]] = deque(maxlen=config.max_queue)
+        """(mid, qos) of every queued message (QoS 0: nothing to ack), aligned with the queue."""
+        self._pending_acks: deque[tuple[int, list[tuple[int, int]]]] = deque()
+        """(spool seq, the messages it holds) waiting for the group commit."""
+        self._tmp_spool: str | None = None
+        folder = spool_dir
+        if folder is None:
+            folder = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-mqtt-{device_id}-")
+        self.spool = Spool(
+            folder,
+            name=f"mqtt-source-{device_id}",
+            sync_interval_s=_SPOOL_SYNC_S,
+            on_durable=self._on_durable,
+        )
+        start = self.spool.acked if resume_state is None else max(resume_state, self.spool.acked)
+        self._replay_after: int | None = start if self.spool.last_seq > start else None
+        self._last_snapshot = start
+        self.acks_sent = 0
+
         broker = config.broker
         self._where = broker.redacted()
         client_id = f"{config.client_id}-{device_id}" if config.client_id else unique_client_id("nexus-src")
@@ -358,6 +399,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
             reconnect_min_s=config.reconnect_min_s,
             reconnect_max_s=config.reconnect_max_s,
         )
+        client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -407,43 +449,102 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
                 "MQTT source %s disconnected from %s (%s); reconnecting", self.device_id, self._where, reason
             )
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         item = (msg.topic, bytes(msg.payload), time.time_ns())
+        dropped = (0, 0)
         with self._lock:
             q = self._queue
             if len(q) == q.maxlen:
                 self._c.dropped += 1
+                dropped = self._acks[0]  # the oldest message goes (deque maxlen), and its ack with it
             q.append(item)
+            self._acks.append((msg.mid, msg.qos))
             self._c.received += 1
+        if dropped[1]:
+            client.ack(*dropped)  # counted as dropped: let the broker go on delivering
+
+    def _on_durable(self, seq: int) -> None:
+        """Spool group commit (flusher thread): acknowledge the messages of every batch up to ``seq``."""
+        ready: list[tuple[int, int]] = []
+        with self._lock:
+            while self._pending_acks and self._pending_acks[0][0] <= seq:
+                ready += self._pending_acks.popleft()[1]
+        for mid, qos in ready:
+            self._client.ack(mid, qos)
+        if ready:
+            with self._lock:
+                self.acks_sent += len(ready)
 
     # -- the Bytewax contract ------------------------------------------------------------------
 
     def next_batch(self) -> list[PointBatch]:
+        if self._replay_after is not None:
+            return self._replay()
         with self._lock:
             items = self._queue
+            acks = self._acks
             if items:
                 self._queue = deque(maxlen=self.config.max_queue)
+                self._acks = deque(maxlen=self.config.max_queue)
         if not items:
             if self._stop_event is not None and self._stop_event.is_set():
                 raise StopIteration
             return []
         batch = self._decode(items)
+        if len(batch):
+            seq = self.spool.append(encode_batch(batch))
+            if seq is None:  # the spool volume is full (counted, alerted): ack, the point is live in the flow
+                seq = self.spool.durable_seq
+        else:
+            seq = self.spool.durable_seq  # nothing to keep (unmatched topics): ack at the next commit
+        to_ack = [a for a in acks if a[1]]
+        if to_ack:
+            with self._lock:
+                self._pending_acks.append((seq, to_ack))
+            if seq <= self.spool.durable_seq:
+                self._on_durable(self.spool.durable_seq)
         return [batch] if len(batch) else []
 
+    def _replay(self) -> list[PointBatch]:
+        """Re-emit the spooled batches after the resume point (emitted before a crash, maybe not stored)."""
+        after = self._replay_after
+        assert after is not None
+        records = self.spool.read(after, max_records=256)
+        if not records:
+            self._replay_after = None
+            return []
+        self._replay_after = records[-1][0]
+        with self._lock:
+            self._c.replayed_batches += len(records)
+        return [b for b in batches_from(records) if len(b)]
+
     def next_awake(self) -> datetime | None:
-        if self._queue or (self._stop_event is not None and self._stop_event.is_set()):
+        if (
+            self._queue
+            or self._replay_after is not None
+            or (self._stop_event is not None and self._stop_event.is_set())
+        ):
             return None
         return datetime.now(UTC) + self._idle
 
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> int:
+        """The spool sequence of the last emitted batch; the spool keeps one snapshot interval more."""
+        seq = self._replay_after if self._replay_after is not None else self.spool.last_seq
+        previous, self._last_snapshot = self._last_snapshot, seq
+        if previous < seq:
+            self.spool.ack(previous)  # the previous epoch's snapshot is committed by now
+        return seq
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.spool.sync()  # acknowledges what is durable before the connection goes
         self._client.disconnect()
         self._client.loop_stop()
+        self.spool.close()
+        if self._tmp_spool is not None:
+            shutil.rmtree(self._tmp_spool, ignore_errors=True)
 
     # -- decoding (worker thread) --------------------------------------------------------------
 
@@ -602,7 +703,7 @@ def _lookup_optional(doc: Any, path: tuple[PathPart, ...]) -> Any:
         return _MISSING
 
 
-class MqttSource(FixedPartitionedSource[PointBatch, None]):
+class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
     """Subscribes to the configured topic filters; one partition and one connection per device.
 
     Partition keys are ``mqtt:{device_id}``; in a cluster each partition (and so each device's
@@ -611,18 +712,30 @@ class MqttSource(FixedPartitionedSource[PointBatch, None]):
 
     protocol = "mqtt"
 
-    def __init__(self, config: MqttSourceConfig, *, stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        *,
+        stop_event: threading.Event | None = None,
+        spool_dir: str | None = None,
+    ) -> None:
         self.config = config
         self.stop_event = stop_event
+        self.spool_dir = spool_dir
+        """Base folder of the partitions' spools (``{spool_dir}/{device}``); ``None``: temporary folders."""
         self._devices = {f"{self.protocol}:{d}": subs for d, subs in config.devices().items()}
         self._parts: dict[str, _MqttPartition] = {}
 
     def list_parts(self) -> list[str]:
         return list(self._devices)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MqttPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _MqttPartition:
         subs = self._devices[for_part]
-        part = _MqttPartition(self.config, subs[0].device_id, subs, stop_event=self.stop_event)
+        device = subs[0].device_id
+        folder = None if self.spool_dir is None else f"{self.spool_dir}/{device}"
+        part = _MqttPartition(
+            self.config, device, subs, stop_event=self.stop_event, spool_dir=folder, resume_state=resume_state
+        )
         self._parts[for_part] = part
         return part
 

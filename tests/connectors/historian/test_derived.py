@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,3 +126,31 @@ def test_derived_sink_publishes_and_stores(db: str, mqtt_url: str) -> None:
     assert got["acme/p1/press/l1/press-01/_oee"]["oee"] == pytest.approx(0.684)
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM nexus_agg_1m").fetchone() == (2,)
+
+
+def test_derived_store_spools_while_the_database_is_down(tmp_path: Path) -> None:
+    from connectors.derived import _DerivedPartition
+    from nexus.embedded import EmbeddedPostgres, free_port
+
+    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port())
+    pg.start()
+    spool = str(tmp_path / "spool")
+    try:
+        targets = DerivedTargets(mqtt=None, database_url=pg.url, windows=["1m"], tags=TAGS, spool_dir=spool)
+        part = _DerivedPartition(targets)
+        part.write_batch([agg(2.0)])
+        wait_for(lambda: part.stats()["db"]["records_written"] == 1, timeout=30, what="the first write")
+        pg.stop()
+        part.write_batch([ALERT])  # returns at once: the record waits in the spool, not in the flow
+        part.write_batch([OEE])
+        assert part.stats()["db"]["spool_pending_records"] >= 1
+        pg.start()
+        wait_for(
+            lambda: part.stats()["db"]["spool_pending_records"] == 0, timeout=60, what="the spool to drain"
+        )
+        part.close()
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT count(*) FROM nexus_alerts").fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM nexus_oee").fetchone() == (1,)
+    finally:
+        pg.stop()

@@ -1,0 +1,732 @@
+"""``python -m bench.chaos`` (``just chaos``): fault injection against the real flow, with figures.
+
+Real services and processes: an embedded PostgreSQL, a mosquitto broker with persistence on (its
+own process, stopped with SIGTERM or killed with SIGKILL by its PID), the Modbus simulators of
+:mod:`bench.sim`, the telemetry flow of :mod:`bench.flow` as ``python -m bytewax.run`` with Bytewax
+recovery (``-r DIR -s 1 -b 0``, after ``python -m bytewax.recovery DIR 1``), and an independent
+subscriber (:mod:`bench.chaos_sub`, QoS 1, persistent session).
+
+Each scenario starts from an empty ``nexus_points`` table, a fresh spool folder and a fresh flow;
+warms up; injects its fault; waits until both sinks' spools are empty again (the recovery time);
+lets live data run a few seconds; drains the flow (SIGTERM: sources stop, sinks flush); then counts:
+
+- ``read``: points the flow read (its counters), ``stored``: rows in ``nexus_points``,
+  ``published``: messages the broker acknowledged to the flow (live + replayed),
+  ``received``: distinct ``(topic, timestamp)`` at the subscriber;
+- ``lost_historian = read - stored``, ``lost_mqtt = read - received`` (with a ``kill -9`` of the
+  flow, ``read`` is its last report, up to 0.5 s old: the union of stored and received is shown too);
+- duplicates: rows sharing ``(tag_id, time)`` (the historian's unique key makes this 0 by
+  construction; ``dup_skipped`` counts the replayed rows it absorbed) and repeated MQTT messages;
+- out of order per tag: historian rows committed after a later row of the same tag (by
+  transaction id), MQTT messages older than the previous one of the same tag within the live or
+  within the replayed stream (``live_first`` interleaves the two by design);
+- spool peak (bytes, both sinks), flow RSS peak, recovery time, whether the flow ever exited on
+  its own.
+
+Scenarios: ``broker_down``, ``db_down``, ``both_down`` (``--outage`` s each), ``db_restart``
+(immediate shutdown of PostgreSQL during writes, then start: transactions cut mid-way),
+``broker_kill9`` (SIGKILL, restart after 5 s), ``flow_kill9`` (SIGKILL of the flow, restart with
+recovery after 2 s), ``spool_full`` (the spool on a small tmpfs, or without root a small
+``NEXUS_BENCH_SPOOL_MAX_BYTES``, while both services are down), ``device_flap`` (one extra device's
+simulator stopped and continued every 5 s while the others run), and ``soak`` (``--soak-minutes``
+with a broker flap every ``--flap-every`` s; RSS growth after warm-up, spool empty at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import yaml
+
+from bench.cli import ROOT, _flow_stats, _get, start_sim
+from bench.load import Load
+from nexus.embedded import EmbeddedPostgres, _wait_for_broker, free_port
+
+SCENARIOS = (
+    "broker_down",
+    "db_down",
+    "both_down",
+    "db_restart",
+    "broker_kill9",
+    "flow_kill9",
+    "spool_full",
+    "device_flap",
+)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Mosquitto:
+    """mosquitto with persistence on, in a folder that survives restarts; stopped or killed by PID."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.dir = folder
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777)  # mosquitto may drop privileges to its own user
+        (folder / "mosquitto.conf").write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "max_inflight_messages 0\n"
+            "queue_qos0_messages true\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        log = (self.dir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([exe, "-c", str(self.dir / "mosquitto.conf")], stdout=log, stderr=log)
+        log.close()
+        proc = self.proc
+        if not _wait_for_broker("127.0.0.1", self.port, time.monotonic() + 30, lambda: proc.poll() is None):
+            raise RuntimeError(f"mosquitto did not start; see {self.dir / 'mosquitto.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+
+class Flow:
+    """The flow process (bench.flow:flow) with Bytewax recovery; restartable on the same folders."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.env = env
+        self.recovery = folder / "recovery"
+        self.recovery.mkdir(parents=True)
+        subprocess.run(
+            [sys.executable, "-m", "bytewax.recovery", str(self.recovery), "1"], check=True, cwd=ROOT
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.crashes: list[int] = []
+        self.rss_peak = 0
+        self.rss_samples: list[tuple[float, int]] = []
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.folder / f"flow-{self.starts}.log").open("wb")
+        cmd = [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "bench.flow:flow",
+            "-r",
+            str(self.recovery),
+            "-s",
+            "1",
+            "-b",
+            "0",
+        ]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        """Record an exit we did not cause (a crash), and restart so the scenario can go on."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.crashes.append(self.proc.returncode)
+            _say(f"  !! the flow exited by itself (code {self.proc.returncode}); see {self.folder}")
+            self.start()
+
+    def tick(self) -> None:
+        self.check()
+        self.sample_rss()
+
+    def sample_rss(self) -> int:
+        if not self.alive():
+            return 0
+        assert self.proc is not None
+        try:
+            rss = int(psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+        self.rss_peak = max(self.rss_peak, rss)
+        self.rss_samples.append((time.monotonic(), rss))
+        return rss
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def drain(self, timeout: float = 120) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+
+
+class Rig:
+    """The services one chaos run shares between its scenarios."""
+
+    def __init__(self, work: Path, load: Load, flap_tags: int) -> None:
+        self.work = work
+        self.load = load
+        self.pg = EmbeddedPostgres(work / "pg", port=free_port())
+        self.broker = Mosquitto(work / "mosquitto", free_port())
+        self.sim: subprocess.Popen[bytes] | None = None
+        self.flap_sim: subprocess.Popen[bytes] | None = None
+        self.ports: list[int] = []
+        self.flap_load = Load(devices=1, tags=flap_tags, poll_interval_s=load.poll_interval_s, qos=load.qos)
+        self.flap_port = 0
+
+    def start(self) -> None:
+        self.pg.start()
+        self.broker.start()
+        self.sim, self.ports = start_sim(self.load)
+        self.flap_sim, flap_ports = start_sim(self.flap_load)
+        self.flap_port = flap_ports[0]
+
+    def stop(self) -> None:
+        for p in (self.sim, self.flap_sim):
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.broker.stop()
+        self.pg.stop()
+
+    def spec(self, flap: bool) -> dict[str, Any]:
+        spec = self.load.spec({"modbus": self.ports})
+        if flap:
+            dev = self.flap_load.spec({"modbus": [self.flap_port]})["devices"][0]
+            dev["id"] = "flap0000"
+            dev["connection"]["timeout_s"] = 0.5
+            spec["devices"].append(dev)
+        return spec
+
+    def pg_immediate_restart(self) -> None:
+        self.pg._run("pg_ctl", ["-D", str(self.pg.pgdata), "-w", "-m", "immediate", "stop"], timeout=60)
+        self.pg.start()
+
+    def reset_db(self) -> None:
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS nexus_points CASCADE")
+
+
+def _db_figures(url: str) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            rows, distinct = conn.execute(
+                "SELECT count(*), count(DISTINCT (tag_id, time)) FROM nexus_points"
+            ).fetchone() or (0, 0)
+            ooo = conn.execute(
+                "SELECT count(*) FROM (SELECT time, max(time) OVER (PARTITION BY tag_id ORDER BY "
+                "xmin::text::bigint, time ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before "
+                "FROM nexus_points) s WHERE time < before"
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return {"rows": 0, "distinct": 0, "out_of_order": 0}
+    return {"rows": int(rows), "distinct": int(distinct), "out_of_order": int(ooo[0] if ooo else 0)}
+
+
+def _wait(cond: Callable[[], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        if cond():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    folder = rig.work / name
+    folder.mkdir()
+    stats = folder / "stats"
+    stats.mkdir()
+    spool = folder / "spool"
+    spool.mkdir()
+    mounted = False
+    extra_env: dict[str, str] = {}
+    if name == "spool_full":
+        size_mb = args.spool_tmpfs_mb
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(spool)],
+            capture_output=True,
+            check=False,
+        )
+        mounted = r.returncode == 0
+        # per sink a bound above what the volume holds: the volume fills first (ENOSPC); without a tmpfs
+        # the bound itself is what drops
+        extra_env["NEXUS_BENCH_SPOOL_MAX_BYTES"] = str((size_mb if mounted else size_mb // 2) << 20)
+    rig.reset_db()
+    spec_path = folder / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(rig.spec(flap=name == "device_flap")))
+    env = {
+        **os.environ,
+        "NEXUS_SPEC": str(spec_path),
+        "NEXUS_DATABASE_URL": rig.pg.url,
+        "NEXUS_MQTT_URL": rig.broker.url,
+        "NEXUS_BENCH_STATS": str(stats),
+        "NEXUS_SPOOL_DIR": str(spool),
+        "NEXUS_LOG_LEVEL": "WARNING",
+        **extra_env,
+    }
+    sub_stats = folder / "subscriber.json"
+    sub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.chaos_sub",
+            "127.0.0.1",
+            str(rig.broker.port),
+            "bench/#",
+            str(sub_stats),
+            f"chaos-sub-{name}-{os.getpid()}",
+        ],
+        cwd=ROOT,
+    )
+
+    def sub_report() -> dict[str, Any]:
+        try:
+            return dict(json.loads(sub_stats.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    if not _wait(lambda: bool(sub_report().get("subscribed")), 30):
+        raise RuntimeError("the chaos subscriber did not subscribe")
+    flow = Flow(folder, env)
+    flow.start()
+    fault: dict[str, Any] = {}
+
+    def tick() -> None:
+        flow.check()
+        flow.sample_rss()
+
+    def s() -> dict[str, Any]:
+        return _flow_stats(stats)
+
+    live_records = 3 * (rig.load.devices + 1)
+    """The historian spools every batch ahead of its commit: a few polls' worth is live, not backlog."""
+
+    def backlog() -> bool:
+        st = s()
+        return (
+            _get(st, "uns", "spool_pending_records") > 0
+            or _get(st, "historian", "spool_pending_records") > live_records
+        )
+
+    def spool_peak() -> float:
+        st = s()
+        return _get(st, "uns", "spool_peak_bytes") + _get(st, "historian", "spool_peak_bytes")
+
+    try:
+        if not _wait(lambda: _get(s(), "points_read") > 0, 120, tick):
+            raise RuntimeError(f"the flow read nothing within 120 s; see {folder}")
+        t0 = time.monotonic()
+        _wait(lambda: time.monotonic() - t0 >= args.warmup, args.warmup + 1, tick)
+        _say(f"  {name}: warm, {_get(s(), 'points_read'):,.0f} points read; injecting the fault")
+        outage = args.outage
+        t_fault = time.monotonic()
+        if name in ("broker_down", "both_down", "spool_full"):
+            rig.broker.stop()
+        if name in ("db_down", "both_down", "spool_full"):
+            rig.pg.stop()
+        if name in ("broker_down", "db_down", "both_down", "spool_full"):
+            _wait(lambda: time.monotonic() - t_fault >= outage, outage + 1, tick)
+            if name != "db_down":
+                rig.broker.start()
+            if name != "broker_down":
+                rig.pg.start()
+        elif name == "db_restart":
+            for _ in range(3):
+                _wait(lambda: False, 2, tick)
+                rig.pg_immediate_restart()
+        elif name == "broker_kill9":
+            rig.broker.kill9()
+            _wait(lambda: False, 5, tick)
+            rig.broker.start()
+        elif name == "flow_kill9":
+            read_before = _get(s(), "points_read")
+            flow.kill9()
+            fault["read_at_kill"] = read_before
+            time.sleep(2)
+            reports = len(list(stats.glob("flow-*.json")))
+            flow.start()
+            if not _wait(lambda: len(list(stats.glob("flow-*.json"))) > reports, 120, tick):
+                raise RuntimeError(f"the restarted flow did not report within 120 s; see {folder}")
+        elif name == "device_flap":
+            assert rig.flap_sim is not None
+            end = t_fault + outage
+            stopped = False
+            while time.monotonic() < end:
+                os.kill(rig.flap_sim.pid, signal.SIGCONT if stopped else signal.SIGSTOP)
+                stopped = not stopped
+                _wait(lambda: False, 5, tick)
+            os.kill(rig.flap_sim.pid, signal.SIGCONT)
+        t_back = time.monotonic()
+        fault["fault_s"] = round(t_back - t_fault, 1)
+        _say(f"  {name}: services back after {fault['fault_s']} s; waiting for the spools to drain")
+        drained = _wait(lambda: not backlog(), args.recovery_timeout, tick)
+        recovery_s = time.monotonic() - t_back
+        _wait(lambda: False, args.settle, tick)
+        peak = spool_peak()
+        code = flow.drain()
+        if code not in (0, None):
+            fault["drain_exit_code"] = code
+        last = sub_report().get("messages", 0)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3:
+            time.sleep(0.5)
+            now = sub_report().get("messages", 0)
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+    finally:
+        if flow.alive():
+            flow.kill9()
+        sub.terminate()
+        sub.wait(30)
+        if mounted:
+            subprocess.run(["umount", "-l", str(spool)], check=False)
+    st = s()
+    sub_final = sub_report()
+    db = _db_figures(rig.pg.url)
+    read = int(_get(st, "points_read"))
+    received = int(sub_final.get("distinct", 0))
+    out: dict[str, Any] = {
+        "read": read,
+        "stored": db["distinct"],
+        "published": int(_get(st, "uns", "acked")),
+        "received": received,
+        "lost_historian": read - db["distinct"],
+        "lost_mqtt": read - received,
+        "dup_historian": db["rows"] - db["distinct"],
+        "dup_skipped": int(_get(st, "historian", "duplicates_skipped")),
+        "dup_mqtt": int(sub_final.get("duplicates", 0)),
+        "ooo_historian": db["out_of_order"],
+        "ooo_mqtt_live": int(sub_final.get("out_of_order_live", 0)),
+        "ooo_mqtt_replayed": int(sub_final.get("out_of_order_historical", 0)),
+        "replayed": int(_get(st, "uns", "replayed")),
+        "spooled_msgs": int(_get(st, "uns", "spooled")),
+        "spool_dropped_records": int(
+            _get(st, "uns", "spool_dropped_records") + _get(st, "historian", "spool_dropped_records")
+        ),
+        "spool_peak_bytes": int(peak),
+        "rss_peak_mb": round(flow.rss_peak / 2**20, 1),
+        "recovery_s": round(recovery_s, 1) if drained else None,
+        "flow_crashes": len(flow.crashes),
+        "skipped_polls": int(_get(st, "skipped_polls")),
+        "poll_failures": int(_get(st, "failures")),
+        **fault,
+    }
+    if name == "flow_kill9":
+        out["union_stored_received"] = max(db["distinct"], received)
+    if name == "spool_full":
+        out["tmpfs"] = mounted
+    return out
+
+
+def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
+    """``--soak-minutes`` at the load with a broker flap every ``--flap-every`` s."""
+    folder = rig.work / "soak"
+    seconds = args.soak_minutes * 60
+    flap_every, flap_down = args.flap_every, args.flap_down
+    args = argparse.Namespace(**{**vars(args), "warmup": 0.0, "outage": 0.0})
+    folder.mkdir()
+    (folder / "stats").mkdir()
+    (folder / "spool").mkdir()
+    rig.reset_db()
+    spec_path = folder / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(rig.spec(flap=False)))
+    env = {
+        **os.environ,
+        "NEXUS_SPEC": str(spec_path),
+        "NEXUS_DATABASE_URL": rig.pg.url,
+        "NEXUS_MQTT_URL": rig.broker.url,
+        "NEXUS_BENCH_STATS": str(folder / "stats"),
+        "NEXUS_SPOOL_DIR": str(folder / "spool"),
+        "NEXUS_LOG_LEVEL": "WARNING",
+    }
+    sub_stats = folder / "subscriber.json"
+    sub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.chaos_sub",
+            "127.0.0.1",
+            str(rig.broker.port),
+            "bench/#",
+            str(sub_stats),
+            f"chaos-soak-{os.getpid()}",
+        ],
+        cwd=ROOT,
+    )
+
+    def sub_report() -> dict[str, Any]:
+        try:
+            return dict(json.loads(sub_stats.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    if not _wait(lambda: bool(sub_report().get("subscribed")), 30):
+        raise RuntimeError("the soak subscriber did not subscribe")
+    flow = Flow(folder, env)
+    flow.start()
+    stats = folder / "stats"
+    timeline: list[dict[str, Any]] = []
+    flaps = 0
+    t0 = time.monotonic()
+    next_flap = t0 + flap_every
+    next_line = t0
+    try:
+        while (el := time.monotonic() - t0) < seconds:
+            flow.check()
+            rss = flow.sample_rss()
+            if time.monotonic() >= next_flap:
+                flaps += 1
+                _say(f"  soak {el / 60:5.1f} min: broker flap {flaps} ({flap_down:g} s down)")
+                rig.broker.stop()
+                time.sleep(flap_down)
+                rig.broker.start()
+                next_flap += flap_every
+            if time.monotonic() >= next_line:
+                st = _flow_stats(stats)
+                line = {
+                    "min": round(el / 60, 2),
+                    "rss_mb": round(rss / 2**20, 1),
+                    "read": int(_get(st, "points_read")),
+                    "stored": int(_get(st, "historian", "rows_written")),
+                    "published": int(_get(st, "uns", "acked")),
+                    "received": int(sub_report().get("messages", 0)),
+                    "spool_records": int(
+                        _get(st, "uns", "spool_pending_records")
+                        + _get(st, "historian", "spool_pending_records")
+                    ),
+                }
+                timeline.append(line)
+                _say(f"  soak {json.dumps(line)}")
+                next_line += 30
+            time.sleep(1)
+        drained = _wait(
+            lambda: (
+                _get(_flow_stats(stats), "uns", "spool_pending_records")
+                + _get(_flow_stats(stats), "historian", "spool_pending_records")
+                == 0
+            ),
+            args.recovery_timeout,
+            flow.tick,
+        )
+        st_end = _flow_stats(stats)
+        spool_end = int(
+            _get(st_end, "uns", "spool_pending_records") + _get(st_end, "historian", "spool_pending_records")
+        )
+        code = flow.drain()
+        last = sub_report().get("messages", 0)
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 3:
+            time.sleep(0.5)
+            now = sub_report().get("messages", 0)
+            if now != last:
+                last, quiet = now, time.monotonic()
+    finally:
+        if flow.alive():
+            flow.kill9()
+        sub.terminate()
+        sub.wait(60)
+    st = _flow_stats(stats)
+    sub_final = sub_report()
+    db = _db_figures(rig.pg.url)
+    samples = flow.rss_samples
+    start = samples[0][0] if samples else 0.0
+    warm = [r for t, r in samples if args.soak_warmup * 60 <= t - start <= (args.soak_warmup + 2) * 60]
+    tail = [r for t, r in samples if t - start >= seconds - 120]
+    base = sorted(warm)[len(warm) // 2] if warm else 0
+    end = sorted(tail)[len(tail) // 2] if tail else 0
+    read = int(_get(st, "points_read"))
+    return {
+        "minutes": args.soak_minutes,
+        "broker_flaps": flaps,
+        "read": read,
+        "stored": db["distinct"],
+        "published": int(_get(st, "uns", "acked")),
+        "received": int(sub_final.get("distinct", 0)),
+        "lost_historian": read - db["distinct"],
+        "lost_mqtt": read - int(sub_final.get("distinct", 0)),
+        "dup_historian": db["rows"] - db["distinct"],
+        "dup_mqtt": int(sub_final.get("duplicates", 0)),
+        "ooo_historian": db["out_of_order"],
+        "spool_records_at_end": spool_end,
+        "drained": drained,
+        "rss_after_warmup_mb": round(base / 2**20, 1),
+        "rss_at_end_mb": round(end / 2**20, 1),
+        "rss_growth_pct": round((end - base) / base * 100, 2) if base else None,
+        "rss_peak_mb": round(flow.rss_peak / 2**20, 1),
+        "flow_crashes": len(flow.crashes),
+        "drain_exit_code": code,
+        "skipped_polls": int(_get(st, "skipped_polls")),
+        "timeline": timeline,
+    }
+
+
+COLUMNS = (
+    ("read", "read"),
+    ("stored", "stored"),
+    ("published", "published"),
+    ("received", "received"),
+    ("lost_historian", "lost H"),
+    ("lost_mqtt", "lost M"),
+    ("dup_historian", "dup H"),
+    ("dup_mqtt", "dup M"),
+    ("ooo_historian", "ooo H"),
+    ("ooo_mqtt_live", "ooo M live"),
+    ("spool_peak_bytes", "spool peak B"),
+    ("spool_dropped_records", "spool drops"),
+    ("rss_peak_mb", "RSS peak MB"),
+    ("recovery_s", "recovery s"),
+    ("flow_crashes", "crashes"),
+)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    head = "| scenario | " + " | ".join(h for _k, h in COLUMNS) + " |"
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
+    for name, r in results.items():
+        cells = []
+        for key, _h in COLUMNS:
+            v = r.get(key)
+            cells.append("—" if v is None else f"{v:,}" if isinstance(v, int) else str(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    p.add_argument("--devices", type=int, default=200)
+    p.add_argument("--tags", type=int, default=100)
+    p.add_argument("--interval", type=float, default=1.0, help="poll interval, s")
+    p.add_argument(
+        "--qos",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="UNS QoS (paho's QoS 1 tops out near 7 k msg/s here)",
+    )
+    p.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}, soak"
+    )
+    p.add_argument("--outage", type=float, default=60.0, help="length of each outage, s")
+    p.add_argument("--warmup", type=float, default=15.0)
+    p.add_argument("--settle", type=float, default=5.0, help="live running after the spools drained, s")
+    p.add_argument("--recovery-timeout", type=float, default=600.0)
+    p.add_argument("--spool-tmpfs-mb", type=int, default=16)
+    p.add_argument("--soak-minutes", type=float, default=30.0)
+    p.add_argument("--soak-warmup", type=float, default=3.0, help="minutes before the RSS baseline")
+    p.add_argument("--flap-every", type=float, default=300.0, help="soak: a broker flap every this many s")
+    p.add_argument("--flap-down", type=float, default=15.0, help="soak: broker down this many s per flap")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON results")
+    p.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
+    return p.parse_args(argv)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: stop like Ctrl-C, so every service started here is stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    load = Load(devices=args.devices, tags=args.tags, poll_interval_s=args.interval, qos=args.qos)
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = set(names) - {*SCENARIOS, "soak"}
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.chaos", *(sys.argv[1:] if argv is None else argv)]),
+        "load": load.as_dict(),
+        "points_per_s": load.points_per_s,
+        "outage_s": args.outage,
+        "scenarios": {},
+    }
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"chaos-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    with contextlib.ExitStack() as stack:
+        if args.work:
+            work = Path(args.work)
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexus-chaos-")))
+        rig = Rig(work, load, flap_tags=args.tags)
+        _say(f"chaos: {load.points_per_s:,.0f} points/s, scenarios {', '.join(names)}")
+        rig.start()
+        try:
+            for name in names:
+                _say(f"scenario {name} ...")
+                if name == "soak":
+                    result["soak"] = run_soak(rig, args)
+                    _say(json.dumps({k: v for k, v in result["soak"].items() if k != "timeline"}))
+                else:
+                    result["scenarios"][name] = run_scenario(rig, name, args)
+                    _say(json.dumps(result["scenarios"][name]))
+                path.write_text(json.dumps(result, indent=2))  # what is done survives an interrupted run
+        finally:
+            rig.stop()
+    path.write_text(json.dumps(result, indent=2))
+    if result["scenarios"]:
+        print(table(result["scenarios"]))
+    if "soak" in result:
+        print(json.dumps({k: v for k, v in result["soak"].items() if k != "timeline"}, indent=1))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
