@@ -40,7 +40,7 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
             raise
         # `python -m bytewax.run` would print a traceback before the field errors: a person
         # reading it wants the field errors only (exit status 2, as for a bad command line)
-        print(exc, file=sys.stderr)
+        sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -98,10 +98,13 @@ class PayloadError(ValueError):
 _MISSING = object()
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _short(raw: Any, limit: int = 80) -> str:
     """``repr(raw)`` cut to ``limit`` characters: a payload value goes into a log line."""
-    text = repr(raw)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return _cut(repr(raw), limit)
 
 
 def lookup(doc: Any, path: Sequence[PathPart]) -> Any:
@@ -591,7 +594,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
             try:
                 stamp = decode_timestamp(raw)
             except (ValueError, OverflowError) as exc:
-                problem = _short(str(exc), 200)
+                problem = _cut(str(exc), 200)
         used, reason = self._window.check(stamp, recv_ns)
         if reason is None:
             return used, None
