@@ -33,15 +33,7 @@ log = logging.getLogger(__name__)
 def build(spec_path: str | Path | None = None, settings: Settings | None = None) -> Dataflow:
     """Load and check the spec, then compile it against the configured services."""
     settings = settings or Settings.from_env()
-    try:
-        spec = load_spec(spec_path or settings.spec or DEMO_SPEC)
-    except SpecError as exc:
-        if not _run_by_bytewax():
-            raise
-        # `python -m bytewax.run` would print a traceback before the field errors: a person
-        # reading it wants the field errors only (exit status 2, as for a bad command line)
-        sys.stderr.write(f"{exc}\n")
-        raise SystemExit(2) from None
+    spec = _load_spec_or_exit(spec_path or settings.spec or DEMO_SPEC)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -59,13 +51,6 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     flow = compile_flow(spec, runtime)
     tune_interpreter()
     return flow
-
-
-def _run_by_bytewax() -> bool:
-    """Whether this process is ``python -m bytewax.run`` (its ``__main__``)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return getattr(spec, "name", None) == "bytewax.run"
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -102,6 +87,25 @@ def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:
         log.warning("command router: broker not reachable yet; it keeps trying in the background")
     atexit.register(router.close)
     return router
+
+
+def _load_spec_or_exit(path: str | Path) -> FlowSpec:
+    """:func:`load_spec`; under ``python -m bytewax.run`` an invalid spec prints its field errors
+    only (bytewax.run would print a Python traceback before them) and exits with status 2."""
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        if not _run_by_bytewax():
+            raise
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
+
+
+def _run_by_bytewax() -> bool:
+    """Whether this process is ``python -m bytewax.run`` (its ``__main__``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) == "bytewax.run"
 
 
 def __getattr__(name: str) -> Dataflow:

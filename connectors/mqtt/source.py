@@ -278,7 +278,7 @@ class MqttSourceStats:
     bad_points: int = 0
     """Points marked bad because of the payload (malformed JSON, missing path, not a number, ...)."""
     timestamp_errors: int = 0
-    """Payload timestamps that could not be read or lay outside the accepted window (receive time used)."""
+    """Payload timestamps that could not be read or lay in the future (receive time used)."""
     refused_level_tags: int = 0
     """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
     batches: int = 0
