@@ -38,15 +38,7 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     """Load and check the spec, then compile it against the configured services."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)  # bytewax.run configures none
-    try:
-        spec = load_spec(spec_path or settings.spec or DEMO_SPEC)
-    except SpecError as exc:
-        if not _run_by_bytewax():
-            raise
-        # `python -m bytewax.run` would print a traceback before the field errors: a person
-        # reading it wants the field errors only (exit status 2, as for a bad command line)
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from None
+    spec = _load_spec_or_exit(spec_path or settings.spec or DEMO_SPEC)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop)
@@ -64,13 +56,6 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     flow = compile_flow(spec, runtime)
     tune_interpreter()
     return flow
-
-
-def _run_by_bytewax() -> bool:
-    """Whether this process is ``python -m bytewax.run`` (its ``__main__``)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return getattr(spec, "name", None) == "bytewax.run"
 
 
 ABORT_EXIT_CODE = 130
@@ -138,6 +123,25 @@ def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:
         log.warning("command router: broker not reachable yet; it keeps trying in the background")
     atexit.register(router.close)
     return router
+
+
+def _load_spec_or_exit(path: str | Path) -> FlowSpec:
+    """:func:`load_spec`; under ``python -m bytewax.run`` an invalid spec prints its field errors
+    only (bytewax.run would print a Python traceback before them) and exits with status 2."""
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        if not _run_by_bytewax():
+            raise
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
+
+
+def _run_by_bytewax() -> bool:
+    """Whether this process is ``python -m bytewax.run`` (its ``__main__``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) == "bytewax.run"
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -110,10 +110,13 @@ class PayloadError(ValueError):
 _MISSING = object()
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _short(raw: Any, limit: int = 80) -> str:
     """``repr(raw)`` cut to ``limit`` characters: a payload value goes into a log line."""
-    text = repr(raw)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return _cut(repr(raw), limit)
 
 
 def lookup(doc: Any, path: Sequence[PathPart]) -> Any:
@@ -287,7 +290,7 @@ class MqttSourceStats:
     bad_points: int = 0
     """Points marked bad because of the payload (malformed JSON, missing path, not a number, ...)."""
     timestamp_errors: int = 0
-    """Payload timestamps that could not be read or lay outside the accepted window (receive time used)."""
+    """Payload timestamps that could not be read or lay in the future (receive time used)."""
     refused_level_tags: int = 0
     """Messages ignored because their topic level would exceed ``max_level_tags`` names."""
     batches: int = 0
@@ -668,7 +671,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             try:
                 stamp = decode_timestamp(raw)
             except (ValueError, OverflowError) as exc:
-                problem = _short(str(exc), 200)
+                problem = _cut(str(exc), 200)
         used, reason = self._window.check(stamp, recv_ns)
         if reason is None:
             return used, None
