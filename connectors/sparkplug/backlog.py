@@ -1,0 +1,74 @@
+"""Where the edge node keeps data while it cannot publish it (no broker, or the primary host away).
+
+The seam for store-and-forward: whatever implements :class:`Backlog` receives every batch the node
+could not send, and hands it back (oldest first) once a new session has sent its births; the node
+then publishes it in DDATA with ``is_historical = true``. :class:`MemoryBacklog` is the bounded
+in-process default; a disk spool plugs in through the same three methods.
+
+>>> from core.batch import PointBatch
+>>> b = MemoryBacklog(max_points=3)
+>>> for v in (1.0, 2.0):
+...     b.append(PointBatch.from_values("d", [1, 2], [v, v], ts_ns=0))
+>>> len(b), b.dropped_points, [x.values.tolist() for x in b.drain()], len(b)
+(2, 2, [[2.0, 2.0]], 0)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Protocol
+
+from core.batch import PointBatch
+
+__all__ = ["Backlog", "MemoryBacklog"]
+
+
+class Backlog(Protocol):
+    """Batches kept for later, oldest first."""
+
+    def append(self, batch: PointBatch) -> None:
+        """Keep ``batch`` (may drop the oldest data to stay within bounds)."""
+
+    def drain(self) -> list[PointBatch]:
+        """Everything kept, oldest first; the backlog is empty afterwards."""
+        ...
+
+    def __len__(self) -> int:
+        """Batches kept."""
+        ...
+
+
+class MemoryBacklog:
+    """A bounded in-memory backlog: beyond ``max_points`` the oldest batches are dropped (and counted)."""
+
+    def __init__(self, max_points: int) -> None:
+        if max_points < 0:
+            raise ValueError(f"`max_points` must be >= 0, got {max_points}")
+        self.max_points = max_points
+        self._items: deque[PointBatch] = deque()
+        self._points = 0
+        self._lock = threading.Lock()
+        self.dropped_points = 0
+
+    def append(self, batch: PointBatch) -> None:
+        with self._lock:
+            if len(batch) > self.max_points:
+                self.dropped_points += len(batch)
+                return
+            self._items.append(batch)
+            self._points += len(batch)
+            while self._points > self.max_points:
+                old = self._items.popleft()
+                self._points -= len(old)
+                self.dropped_points += len(old)
+
+    def drain(self) -> list[PointBatch]:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._points = 0
+            return items
+
+    def __len__(self) -> int:
+        return len(self._items)
