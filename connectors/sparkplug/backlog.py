@@ -10,7 +10,7 @@ in-process default; a disk spool plugs in through the same three methods.
 >>> for v in (1.0, 2.0):
 ...     b.append(PointBatch.from_values("d", [1, 2], [v, v], ts_ns=0))
 >>> len(b), b.dropped_points, [x.values.tolist() for x in b.drain()], len(b)
-(2, 2, [[2.0, 2.0]], 0)
+(1, 2, [[2.0, 2.0]], 0)
 """
 
 from __future__ import annotations

@@ -325,11 +325,12 @@ class SparkplugEdgeNode:
             self._drop_session()
 
     def _drop_session(self) -> None:
-        """NDEATH, DISCONNECT, then the supervisor reconnects (a new CONNECT with the next bdSeq)."""
-        self._send_ndeath()
+        """Stop sending now; the supervisor publishes NDEATH, waits for its PUBACK, disconnects and
+        reconnects (a new CONNECT with the next bdSeq). Not done here: paho's network thread, which
+        runs this, is the one that must deliver the PUBACK — and an unacknowledged NDEATH would be
+        sent again after the reconnect."""
         self._online = False
         self._subscribed = False
-        self._client.disconnect()
         self._reconnect.set()
 
     def _supervise(self) -> None:
@@ -338,6 +339,12 @@ class SparkplugEdgeNode:
             self._reconnect.clear()
             if self._closed:
                 return
+            with self._lock:
+                info = self._send_ndeath() if self._connected else None
+            if info is not None:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(5.0)
+            self._client.disconnect()
             self._client.loop_stop()  # the network thread ends after an explicit disconnect
             if self._closed:
                 return
