@@ -113,7 +113,7 @@ class SparkplugEdgeNode:
             (
                 "connects", "nbirth", "dbirth", "ddata", "ddeath", "ndeath", "historical_points",
                 "points", "rebirths", "unknown_points", "dcmd_written", "dcmd_refused", "dcmd_failed",
-                "state_offline_disconnects",
+                "state_offline_disconnects", "ddata_metrics", "published", "sent",
             ),
             0,
         )  # fmt: skip
@@ -126,6 +126,7 @@ class SparkplugEdgeNode:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         self._client = client
         self._supervisor = threading.Thread(target=self._supervise, name="nexus-spb-session", daemon=True)
 
@@ -285,6 +286,22 @@ class SparkplugEdgeNode:
         if was and not self._closed:
             log.warning("sparkplug edge node disconnected (%s); buffering until the next session", reason)
 
+    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, _reason: object, _p: object) -> None:
+        with self._cond:
+            self.counts["sent"] += 1  # QoS 0: written to the socket; QoS 1: acknowledged
+            self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every message handed to paho is written (QoS 0) or acknowledged (QoS 1)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.counts["sent"] < self.counts["published"]:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._connected:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+            return True
+
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
             parts = msg.topic.split("/")
@@ -362,7 +379,10 @@ class SparkplugEdgeNode:
         return seq
 
     def _publish(self, topic: str, payload: Payload, qos: int = 0) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(topic, payload.SerializeToString(), qos=qos, retain=False)
+        info = self._client.publish(topic, payload.SerializeToString(), qos=qos, retain=False)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self.counts["published"] += 1
+        return info
 
     def _send_ndeath(self) -> mqtt.MQTTMessageInfo:
         self.counts["ndeath"] += 1
@@ -523,6 +543,7 @@ class SparkplugEdgeNode:
         payload.seq = self._next_seq()
         self._publish(self.plan.topic("DDATA", st.plan.sparkplug_id), payload)
         self.counts["ddata"] += 1
+        self.counts["ddata_metrics"] += len(idx)
 
     # -- commands (network thread) --------------------------------------------------------------
 
