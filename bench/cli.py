@@ -1,7 +1,8 @@
 """``python -m bench``: run the stages, print the table, write ``bench-results/<timestamp>.json``.
 
 Stages: ``micro`` (operator chain from memory), ``sinks`` (bare COPY vs the historian writer, bare paho
-vs the UNS publisher), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
+vs the UNS publisher), ``sparkplug`` (DDATA metrics/s of the Sparkplug edge node vs the UNS publisher's
+messages/s on the same batches), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
 bytewax.run`` polling the simulators into the broker and the historian), ``cluster`` (the chain as a
 1- and a 2-process Bytewax cluster). Not run by default (``just bench-full`` runs them): ``ramp``
 (device counts stepped up at a 100 ms poll interval until polls are skipped) and ``memory`` (the RSS
