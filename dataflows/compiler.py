@@ -291,6 +291,7 @@ def sparkplug_plan(spec: FlowSpec, node: SparkplugNode, url: str) -> EdgeNodePla
         primary_host_id=node.primary_host_id,
         report_by_exception=node.report_by_exception,
         backlog_points=node.backlog_points,
+        spool_dir=node.spool_dir,
     )
 
 

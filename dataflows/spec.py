@@ -544,6 +544,8 @@ class SparkplugNode(_Model):
     """DDATA carries only the metrics whose value or quality changed."""
     backlog_points: int = Field(default=100_000, ge=0)
     """Points kept while the broker or the primary host is away, sent later as historical data."""
+    spool_dir: str | None = None
+    """Keep that backlog in a disk spool under this folder instead of memory (it survives restarts)."""
 
     def sparkplug_device_id(self, device: AnyDeviceSpec) -> str:
         if device.id in self.devices:

@@ -3,13 +3,14 @@
 The seam for store-and-forward: whatever implements :class:`Backlog` receives every batch the node
 could not send, and hands it back (oldest first) once a new session has sent its births; the node
 then publishes it in DDATA with ``is_historical = true``. :class:`MemoryBacklog` is the bounded
-in-process default; a disk spool plugs in through the same three methods.
+in-process default; :class:`SpoolBacklog` keeps it in the disk spool (:mod:`connectors.spool`), so
+it survives a restart of the flow.
 
 >>> from core.batch import PointBatch
 >>> b = MemoryBacklog(max_points=3)
 >>> for v in (1.0, 2.0):
 ...     b.append(PointBatch.from_values("d", [1, 2], [v, v], ts_ns=0))
->>> len(b), b.dropped_points, [x.values.tolist() for x in b.drain()], len(b)
+>>> len(b), b.dropped_points, [x.values.tolist() for x in b.drain(10)], len(b)
 (1, 2, [[2.0, 2.0]], 0)
 """
 
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from core.batch import PointBatch
 
-__all__ = ["Backlog", "MemoryBacklog"]
+if TYPE_CHECKING:
+    from connectors.spool import Spool
+
+__all__ = ["Backlog", "MemoryBacklog", "SpoolBacklog"]
 
 
 class Backlog(Protocol):
@@ -30,8 +34,8 @@ class Backlog(Protocol):
     def append(self, batch: PointBatch) -> None:
         """Keep ``batch`` (may drop the oldest data to stay within bounds)."""
 
-    def drain(self) -> list[PointBatch]:
-        """Everything kept, oldest first; the backlog is empty afterwards."""
+    def drain(self, max_batches: int) -> list[PointBatch]:
+        """Up to ``max_batches`` of the oldest batches, removed from the backlog (an empty list: empty)."""
         ...
 
     def __len__(self) -> int:
@@ -63,12 +67,40 @@ class MemoryBacklog:
                 self._points -= len(old)
                 self.dropped_points += len(old)
 
-    def drain(self) -> list[PointBatch]:
+    def drain(self, max_batches: int) -> list[PointBatch]:
         with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._points = 0
+            items = [self._items.popleft() for _ in range(min(max_batches, len(self._items)))]
+            self._points -= sum(len(b) for b in items)
             return items
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class SpoolBacklog:
+    """The disk spool as a backlog: batches are spool records (``encode_batch``), drained oldest
+    first and acknowledged as they are handed out (the node publishes them at once, at QoS 0 as
+    Sparkplug data always is). Bounds, drops and durability are the spool's."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def append(self, batch: PointBatch) -> None:
+        from connectors.spool import encode_batch
+
+        self.spool.append(encode_batch(batch))
+
+    def drain(self, max_batches: int) -> list[PointBatch]:
+        from connectors.spool import batches_from
+
+        records = self.spool.read(max_records=max_batches)
+        if not records:
+            return []
+        self.spool.ack(records[-1][0])
+        return batches_from(records)
+
+    def __len__(self) -> int:
+        return self.spool.pending_records
+
+    def close(self) -> None:
+        self.spool.close()

@@ -115,6 +115,9 @@ class EdgeNodePlan:
     backlog_points: int = 100_000
     """Points kept while offline (no broker, or the primary host away), sent afterwards with
     ``is_historical = true``; the oldest are dropped beyond this (0: nothing is kept)."""
+    spool_dir: str | None = None
+    """Keep the backlog in a disk spool under this folder instead (it survives a restart)."""
+    spool_max_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         parse_mqtt_url(self.url)

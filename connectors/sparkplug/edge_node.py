@@ -36,13 +36,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
 from connectors.mqtt.client import make_client, reason_failed, unique_client_id
-from connectors.sparkplug.backlog import Backlog, MemoryBacklog
+from connectors.sparkplug.backlog import Backlog, MemoryBacklog, SpoolBacklog
 from connectors.sparkplug.config import NAMESPACE, DataType, EdgeNodePlan, MetricDef
 from connectors.sparkplug.payload import (
     NEXT_SERVER,
@@ -86,7 +87,8 @@ class SparkplugEdgeNode:
     ) -> None:
         self.plan = plan
         self.commands = commands
-        self.backlog: Backlog = backlog if backlog is not None else MemoryBacklog(plan.backlog_points)
+        self.backlog: Backlog = backlog if backlog is not None else self._default_backlog(plan)
+        self._keep_backlog = backlog is not None or plan.spool_dir is not None or plan.backlog_points > 0
         self._clock = clock
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -129,6 +131,15 @@ class SparkplugEdgeNode:
         client.on_publish = self._on_publish
         self._client = client
         self._supervisor = threading.Thread(target=self._supervise, name="nexus-spb-session", daemon=True)
+
+    @staticmethod
+    def _default_backlog(plan: EdgeNodePlan) -> Backlog:
+        if plan.spool_dir is None:
+            return MemoryBacklog(plan.backlog_points)
+        from connectors.spool import Spool
+
+        name = f"sparkplug-{plan.group_id}-{plan.edge_node_id}"
+        return SpoolBacklog(Spool(Path(plan.spool_dir) / name, name=name, max_bytes=plan.spool_max_bytes))
 
     def _install(self, plan: EdgeNodePlan) -> None:
         """Device states with aliases 1..N across the node, in plan order (unique per node)."""
@@ -213,6 +224,9 @@ class SparkplugEdgeNode:
             self._client.disconnect()
             self._client.loop_stop()
             self._supervisor.join(timeout)
+        close = getattr(self.backlog, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> SparkplugEdgeNode:
         return self.start()
@@ -420,15 +434,25 @@ class SparkplugEdgeNode:
         self.counts["ddeath"] += 1
 
     def _flush_backlog(self) -> None:
-        for batch in self.backlog.drain():
-            st = self._devices.get(batch.device_id)
-            if st is None or not st.born:
-                continue
-            pos = st.positions(batch.tag_ids)
-            keep = pos >= 0
-            if not keep.any():
-                continue
-            self._ddata(st, batch, pos, np.flatnonzero(keep), historical=True)
+        """Send what was kept while offline as historical DDATA, oldest first, before any new data.
+
+        A device not born yet in this session (the flow restarted with a disk spool) is born first,
+        with what is known of it."""
+        while True:
+            chunk = self.backlog.drain(1000)
+            if not chunk:
+                return
+            for batch in chunk:
+                st = self._devices.get(batch.device_id)
+                if st is None or not st.alive:
+                    continue
+                pos = st.positions(batch.tag_ids)
+                keep = pos >= 0
+                if not keep.any():
+                    continue
+                if not st.born:
+                    self._dbirth(st, self._now_ms())
+                self._ddata(st, batch, pos, np.flatnonzero(keep), historical=True)
 
     def rebirth(self) -> None:
         """Stop data, send NBIRTH (seq 0, same bdSeq) and every DBIRTH again (NCMD Rebirth, config change)."""
@@ -497,7 +521,7 @@ class SparkplugEdgeNode:
                 st.failures = 0
                 st.alive = True
             if not self._online:
-                if self.plan.backlog_points:
+                if self._keep_backlog:
                     self.backlog.append(batch)
                 return
             if not st.born:

@@ -256,3 +256,31 @@ def test_config_change_rebirths(node: SparkplugEdgeNode, host: Host, mqtt_url: s
     m = dbirths[1].metrics()
     assert m["temp"].value == 20.0 and m["speed"].is_null and m["speed"].alias == 4
     assert not host.seq_errors
+
+
+def test_store_and_forward_through_the_disk_spool_survives_a_restart(
+    mqtt_url: str, group: str, host: Host, tmp_path: object
+) -> None:
+    """Deliverable 4: batches kept in the disk spool while the primary host was away are sent, after a
+    restart of the node, as DDATA with is_historical = true (after an NBIRTH and the device's DBIRTH)."""
+    hid = f"scada-{group}"
+    first = SparkplugEdgeNode(plan(mqtt_url, group, primary_host_id=hid, spool_dir=str(tmp_path))).start()
+    assert first.wait_connected(10)
+    for v in (20.0, 21.0, 22.0):
+        first.publish_batch(batch(v, 5, 0))
+    assert first.stats()["backlog_batches"] == 3
+    first.close()
+    second = SparkplugEdgeNode(plan(mqtt_url, group, primary_host_id=hid, spool_dir=str(tmp_path))).start()
+    try:
+        host.state(hid, True, int(time.time() * 1000))
+        host.wait("NBIRTH")
+        [db] = host.wait("DBIRTH")
+        data = host.wait("DDATA", 3)
+        assert [d.metrics()["temp"].value for d in data] == [20.0, 21.0, 22.0]
+        assert all(m.is_historical for d in data for m in d.payload.metrics)
+        assert second.stats()["backlog_batches"] == 0
+        assert db.metrics()["temp"].is_null  # nothing current known after the restart
+        assert not host.seq_errors
+    finally:
+        second.close()
+        host.state(hid, False, int(time.time() * 1000))
