@@ -35,7 +35,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ from connectors.sparkplug.payload import (
 )
 from core.batch import PointBatch
 from core.quality import Quality
+from core.tags import TagInfo
 
 __all__ = ["CommandSubmitter", "SparkplugEdgeNode"]
 
@@ -477,6 +479,34 @@ class SparkplugEdgeNode:
             self.counts["rebirths"] += 1
             if self._online:
                 self._births()
+
+    def device_changed(self, device_id: str, tags: Mapping[int, TagInfo]) -> None:
+        """A hot change of one device's tags (the control plane's in-band ``DeviceConfig``): the device's
+        metrics from now on — known tags keep their name and datatype, new ones are Double metrics
+        named after the tag — then a re-birth. A change the plan refuses is logged and ignored."""
+        with self._cond:
+            st = self._devices.get(device_id)
+            if st is None:
+                return
+            old = {m.tag_id: m for m in st.plan.metrics}
+            metrics = tuple(
+                replace(old[tid], unit=info.unit)
+                if tid in old
+                else MetricDef(
+                    tag_id=tid, device_id=device_id, name=info.name, datatype=DataType.Double, unit=info.unit
+                )
+                for tid, info in tags.items()
+            )
+            try:
+                device = replace(st.plan, metrics=metrics)
+                plan = replace(
+                    self.plan,
+                    devices=tuple(device if d.device_id == device_id else d for d in self.plan.devices),
+                )
+            except ValueError as exc:
+                log.error("sparkplug: configuration change of device %r not applied: %s", device_id, exc)
+                return
+            self.reconfigure(plan)
 
     # -- data (Bytewax worker) ------------------------------------------------------------------
 

@@ -18,8 +18,12 @@ class _SparkplugPartition(StatelessSinkPartition[PointBatch]):
         self.node = node
 
     def write_batch(self, items: list[PointBatch]) -> None:
-        for batch in items:
-            self.node.publish_batch(batch)
+        for item in items:
+            if isinstance(item, PointBatch):
+                self.node.publish_batch(item)
+            elif hasattr(item, "tags") and hasattr(item, "device_id"):
+                # a hot configuration change travelling in-band ahead of the device's next batch
+                self.node.device_changed(item.device_id, item.tags)
 
     def close(self) -> None:
         self.node.close()

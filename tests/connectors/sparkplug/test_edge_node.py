@@ -284,3 +284,28 @@ def test_store_and_forward_through_the_disk_spool_survives_a_restart(
     finally:
         second.close()
         host.state(hid, False, int(time.time() * 1000))
+
+
+def test_hot_device_change_rebirths_with_the_new_tags(node: SparkplugEdgeNode, host: Host) -> None:
+    """A hot change of a device's tags (an in-band config item): NBIRTH and DBIRTH again, with the
+    new tag as a metric and the removed one gone; known metrics keep name, alias order and value."""
+    from core.tags import TagInfo
+
+    host.wait("NBIRTH")
+    node.publish_batch(batch(20.0, 5, 0))
+    host.wait("DBIRTH")
+    tags = {
+        1: TagInfo(1, DEV, "temp", "degF", "t"),
+        3: TagInfo(3, DEV, "run", "", "t"),
+        9: TagInfo(9, DEV, "pressure", "bar", "t"),
+    }
+    node.device_changed(DEV, tags)
+    host.wait("NBIRTH", 2)
+    db = host.wait("DBIRTH", 2)[1]
+    m = db.metrics()
+    assert sorted(m) == ["pressure", "run", "temp"]
+    assert (m["temp"].value, m["run"].value, m["pressure"].is_null) == (20.0, False, True)
+    assert db.properties("temp")["engUnit"] == "degF"
+    node.device_changed(DEV, {**tags, 10: TagInfo(10, DEV, "TEMP", "", "t")})  # clashes: refused, kept
+    assert [x.name for x in node.plan.devices[0].metrics] == ["temp", "run", "pressure"]
+    assert not host.seq_errors
