@@ -146,6 +146,22 @@ def test_payloads_ndeath_will_message_and_bdseq_increment(node: SparkplugEdgeNod
     assert node.bdseq == 1
 
 
+def test_message_flow_edge_node_birth_publish_will_message_payload_bdseq_wraps(
+    node: SparkplugEdgeNode, host: Host
+) -> None:
+    """tck-id-message-flow-edge-node-birth-publish-will-message-payload-bdSeq: after 255 comes 0."""
+    host.wait("NBIRTH")
+    node._next_bdseq = 255  # skip 254 reconnects
+    for count, expected in ((2, 255), (3, 0)):
+        sock = node._client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)
+        births = host.wait("NBIRTH", count, timeout=30)
+        assert births[-1].metrics()["bdSeq"].value == expected
+    deaths = host.of("NDEATH")
+    assert [d.payload.bd_seq_metric.value for d in deaths] == [0, 255]
+
+
 def test_operational_behavior_edge_node_intentional_disconnect_ndeath(
     mqtt_url: str, group: str, host: Host
 ) -> None:
