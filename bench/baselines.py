@@ -192,10 +192,12 @@ def sparkplug_capacity(
     node_spec = next(s for s in spec.sinks if isinstance(s, SparkplugNode))
     node = SparkplugEdgeNode(sparkplug_plan(spec, node_spec, url)).start()
     try:
+        if not node.wait_connected(30):
+            raise RuntimeError("sparkplug bench: the edge node did not connect")
+        for b in warmup:
+            node.publish_batch(b)  # every device's first batch: NBIRTH and the DBIRTHs
         if not node.wait_online(30):
             raise RuntimeError("sparkplug bench: the edge node did not come online")
-        for b in warmup:
-            node.publish_batch(b)  # DBIRTHs
         node.flush(60)
         before = node.stats()["ddata_metrics"]
         t0 = time.perf_counter()

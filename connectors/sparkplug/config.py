@@ -115,6 +115,12 @@ class EdgeNodePlan:
     backlog_points: int = 100_000
     """Points kept while offline (no broker, or the primary host away), sent afterwards with
     ``is_historical = true``; the oldest are dropped beyond this (0: nothing is kept)."""
+    birth_wait_s: float = 5.0
+    """How long a ready session waits for every device's first batch before the births (the DBIRTHs
+    of devices not heard from by then carry null values)."""
+    birth_all_devices: bool = True
+    """DBIRTH every device at birth; False when the node only sees some of the devices (one Bytewax
+    worker among several): then each device is born at its first batch."""
     spool_dir: str | None = None
     """Keep the backlog in a disk spool under this folder instead (it survives a restart)."""
     spool_max_bytes: int = 1 << 30

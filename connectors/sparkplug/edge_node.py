@@ -108,6 +108,7 @@ class SparkplugEdgeNode:
         self._host_ts: int | None = None
         self._online = False
         """NBIRTH sent in the current session (the host may rely on our births)."""
+        self._birth_deadline: float | None = None
         self._closed = False
         self._started = False
         self._connect_error: str | None = None
@@ -274,6 +275,7 @@ class SparkplugEdgeNode:
             self._subscribed = False
             self._online = False
             self._connect_error = None
+            self._birth_deadline = None
             self.counts["connects"] += 1
             for st in self._devices.values():
                 st.born = False
@@ -404,24 +406,49 @@ class SparkplugEdgeNode:
         self.counts["ndeath"] += 1
         return self._publish(self.plan.topic("NDEATH"), ndeath_payload(self._now_ms(), self._bdseq), qos=1)
 
+    def _ready(self) -> bool:
+        """A session the births may go out on (connected, subscribed, the primary host online)."""
+        return not self._closed and self._connected and self._subscribed and self._host_online
+
     def _maybe_birth(self) -> None:
-        if self._closed or not (self._connected and self._subscribed and self._host_online) or self._online:
+        """Birth once the session is ready and every device has reported once (so each DBIRTH carries
+        real current values and all DBIRTHs follow the NBIRTH before any DDATA —
+        tck-id-payloads-dbirth-order), or ``birth_wait_s`` after the session became ready."""
+        if self._online or not self._ready():
+            self._birth_deadline = None
             return
+        if self.plan.birth_all_devices and self.plan.birth_wait_s > 0:
+            unseen = any(st.alive and not st.seen for st in self._devices.values())
+            now = time.monotonic()
+            if unseen and self._birth_deadline is None:
+                self._birth_deadline = now + self.plan.birth_wait_s
+                timer = threading.Timer(self.plan.birth_wait_s + 0.01, self._birth_timer)
+                timer.daemon = True
+                timer.start()
+            if unseen and self._birth_deadline is not None and now < self._birth_deadline:
+                return
+        self._birth_deadline = None
         self._births()
         self._online = True
         self._cond.notify_all()
         self._flush_backlog()
 
+    def _birth_timer(self) -> None:
+        with self._cond:
+            if self._birth_deadline is not None and time.monotonic() >= self._birth_deadline:
+                self._maybe_birth()
+
     def _births(self) -> None:
+        """NBIRTH, then a DBIRTH per device: every device that is not dead (``birth_all_devices``; one
+        not heard from yet has null values), or only those seen so far (one worker among several,
+        which learns its devices from their batches and births each at its first)."""
         now = self._now_ms()
         self._seq = 1
         self._publish(self.plan.topic("NBIRTH"), nbirth_payload(now, self._bdseq))
         self.counts["nbirth"] += 1
         for st in self._devices.values():
             st.born = False
-            if (
-                st.alive and int(st.ts_ms.max(initial=0)) > 0
-            ):  # devices seen so far; the others at their first batch
+            if st.alive and (self.plan.birth_all_devices or st.seen):
                 self._dbirth(st, now)
 
     def _dbirth(self, st: DeviceState, now: int) -> None:
@@ -551,7 +578,9 @@ class SparkplugEdgeNode:
                 st.failures = 0
                 st.alive = True
             if not self._online:
-                if self._keep_backlog:
+                if self._ready():  # waiting for the devices' first batches: this one is in the DBIRTH
+                    self._maybe_birth()
+                elif self._keep_backlog:
                     self.backlog.append(batch)
                 return
             if not st.born:

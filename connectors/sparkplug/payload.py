@@ -236,6 +236,11 @@ class DeviceState:
         self.alive = True
         self.failures = 0
 
+    @property
+    def seen(self) -> bool:
+        """Some batch of the device has arrived (its current values are known)."""
+        return bool(self.ts_ms.max(initial=0) > 0)
+
     def positions(self, tag_ids: np.ndarray) -> np.ndarray:
         """Metric position of each tag id, ``-1`` for tags the device's plan does not have."""
         if not len(self.keys):

@@ -41,5 +41,5 @@ class SparkplugSink(DynamicSink[PointBatch]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SparkplugPartition:
         plan = self.plan
         if worker_count > 1:
-            plan = replace(plan, edge_node_id=f"{plan.edge_node_id}-{worker_index}")
+            plan = replace(plan, edge_node_id=f"{plan.edge_node_id}-{worker_index}", birth_all_devices=False)
         return _SparkplugPartition(SparkplugEdgeNode(plan, commands=self.commands).start())

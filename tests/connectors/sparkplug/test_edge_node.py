@@ -6,6 +6,7 @@ hand here; ``test_flow.py`` runs the whole flow against the Modbus simulator.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import uuid
@@ -33,6 +34,7 @@ METRICS = (
 
 def plan(url: str, group: str, **kw: object) -> EdgeNodePlan:
     device = DevicePlan(device_id=DEV, sparkplug_id="Press1", metrics=METRICS, death_after_failures=3)
+    kw.setdefault("birth_wait_s", 1.0)
     return EdgeNodePlan(url=url, group_id=group, edge_node_id="edge-1", devices=(device,), **kw)  # type: ignore[arg-type]
 
 
@@ -64,6 +66,7 @@ def test_topics_nbirth_and_dbirth_contents(node: SparkplugEdgeNode, host: Host) 
     """tck-id-topics-nbirth-mqtt, -seq-num, -bdseq-included, -rebirth-metric, -timestamp;
     tck-id-payloads-dbirth-seq-inc; tck-id-topics-dbirth-metrics; tck-id-payloads-alias-birth-requirement;
     tck-id-operational-behavior-data-commands-rebirth-name-aliases; tck-id-payloads-propertyset-quality-value-value."""
+    node.publish_batch(batch(21.5, 70_000, 1))  # the device's first batch: births, with its values
     [nb] = host.wait("NBIRTH")
     assert (nb.qos, nb.retain, nb.raw.seq) == (0, False, 0)
     m = nb.metrics()
@@ -74,7 +77,6 @@ def test_topics_nbirth_and_dbirth_contents(node: SparkplugEdgeNode, host: Host) 
     )
     assert m["Node Control/Rebirth"].alias is None
     assert nb.raw.timestamp > 0
-    node.publish_batch(batch(21.5, 70_000, 1))
     [db] = host.wait("DBIRTH", device="Press1")
     assert (db.qos, db.retain, db.raw.seq, db.edge_node) == (0, False, 1, "edge-1")
     dm = db.metrics()
@@ -94,8 +96,8 @@ def test_payloads_alias_data_cmd_requirement_and_report_by_exception(
 ) -> None:
     """tck-id-payloads-alias-data-cmd-requirement, tck-id-payloads-metric-datatype-not-req,
     tck-id-topics-ddata-payload (only what changed), tck-id-topics-ddata-mqtt, tck-id-topics-ddata-seq-num."""
+    node.publish_batch(batch(21.5, 70_000, 1))  # the first batch of the only device: births
     host.wait("NBIRTH")
-    node.publish_batch(batch(21.5, 70_000, 1))
     host.wait("DBIRTH")
     node.publish_batch(batch(21.5, 70_000, 1))  # nothing changed: no DDATA
     node.publish_batch(batch(22.0, 70_000, 1))
@@ -117,7 +119,6 @@ def test_payloads_alias_data_cmd_requirement_and_report_by_exception(
 
 def test_payloads_sequence_num_incrementing_wraps_past_255(node: SparkplugEdgeNode, host: Host) -> None:
     """tck-id-payloads-sequence-num-incrementing, tck-id-payloads-ddata-seq-inc: 0..255 then 0 again."""
-    host.wait("NBIRTH")
     for i in range(300):
         node.publish_batch(batch(float(i), 1, 1))
     data = host.wait("DDATA", 299, timeout=30)
@@ -177,8 +178,8 @@ def test_operational_behavior_edge_node_intentional_disconnect_ndeath(
 def test_operational_behavior_device_ddeath_and_dbirth_on_return(node: SparkplugEdgeNode, host: Host) -> None:
     """tck-id-operational-behavior-device-ddeath, tck-id-payloads-ddeath-seq-inc, tck-id-topics-ddeath-mqtt:
     DDEATH when the device's breaker opens (3 failed polls here), DBIRTH with fresh values when it answers."""
+    node.publish_batch(batch(20.0, 5, 0))  # the first batch of the only device: births
     host.wait("NBIRTH")
-    node.publish_batch(batch(20.0, 5, 0))
     host.wait("DBIRTH")
     nan = float("nan")
     node.publish_batch(batch(nan, nan, nan, Quality.COMM_ERROR))
@@ -202,8 +203,8 @@ def test_operational_behavior_device_ddeath_and_dbirth_on_return(node: Sparkplug
 
 def test_operational_behavior_data_commands_rebirth_action(node: SparkplugEdgeNode, host: Host) -> None:
     """tck-id-operational-behavior-data-commands-rebirth-action-1, -2, -3; tck-id-message-flow-edge-node-ncmd-subscribe."""
+    node.publish_batch(batch(20.0, 5, 0))  # the first batch of the only device: births
     host.wait("NBIRTH")
-    node.publish_batch(batch(20.0, 5, 0))
     host.wait("DBIRTH")
     host.ncmd("edge-1", "Node Control/Rebirth", True, pysparkplug.DataType.BOOLEAN)
     births = host.wait("NBIRTH", 2)
@@ -260,8 +261,8 @@ def test_message_flow_edge_node_birth_publish_phid_wait_and_offline(
 
 def test_config_change_rebirths(node: SparkplugEdgeNode, host: Host, mqtt_url: str, group: str) -> None:
     """A hot configuration change re-births with the new metric set (NBIRTH seq 0, same bdSeq, DBIRTH)."""
+    node.publish_batch(batch(20.0, 5, 0))  # the first batch of the only device: births
     host.wait("NBIRTH")
-    node.publish_batch(batch(20.0, 5, 0))
     host.wait("DBIRTH")
     extra = MetricDef(tag_id=4, device_id=DEV, name="speed", datatype=DataType.Double, unit="rpm")
     device = DevicePlan(device_id=DEV, sparkplug_id="Press1", metrics=(*METRICS, extra))
@@ -307,8 +308,8 @@ def test_hot_device_change_rebirths_with_the_new_tags(node: SparkplugEdgeNode, h
     new tag as a metric and the removed one gone; known metrics keep name, alias order and value."""
     from core.tags import TagInfo
 
+    node.publish_batch(batch(20.0, 5, 0))  # the first batch of the only device: births
     host.wait("NBIRTH")
-    node.publish_batch(batch(20.0, 5, 0))
     host.wait("DBIRTH")
     tags = {
         1: TagInfo(1, DEV, "temp", "degF", "t"),
@@ -325,3 +326,31 @@ def test_hot_device_change_rebirths_with_the_new_tags(node: SparkplugEdgeNode, h
     node.device_changed(DEV, {**tags, 10: TagInfo(10, DEV, "TEMP", "", "t")})  # clashes: refused, kept
     assert [x.name for x in node.plan.devices[0].metrics] == ["temp", "run", "pressure"]
     assert not host.seq_errors
+
+
+def test_payloads_dbirth_order_births_wait_for_every_device(mqtt_url: str, group: str, host: Host) -> None:
+    """tck-id-payloads-dbirth-order, tck-id-operational-behavior-data-publish-dbirth-values: the births wait
+    for each device's first batch (up to birth_wait_s), so every DBIRTH follows the NBIRTH before any
+    DDATA; a device not heard from by then is born with null values."""
+    other = DevicePlan(
+        device_id="press-02",
+        sparkplug_id="Press2",
+        metrics=(MetricDef(tag_id=21, device_id="press-02", name="temp", datatype=DataType.Double),),
+    )
+    base = plan(mqtt_url, group, birth_wait_s=2.0)
+    n = SparkplugEdgeNode(dataclasses.replace(base, devices=(*base.devices, other))).start()
+    try:
+        n.publish_batch(batch(20.0, 5, 0))  # press-01 reports; press-02 stays silent
+        assert not n.online, "still waiting for press-02"
+        host.wait("NBIRTH")
+        dbirths = host.wait("DBIRTH", 2)
+        by_device = {d.device: d.metrics() for d in dbirths}
+        assert by_device["Press1"]["temp"].value == 20.0
+        assert by_device["Press2"]["temp"].is_null
+        n.publish_batch(PointBatch.from_values("press-02", [21], [7.0], ts_ns=time.time_ns()))
+        [d] = host.wait("DDATA", device="Press2")
+        assert d.metrics()["temp"].value == 7.0
+        assert [m.kind for m in host.messages] == ["NBIRTH", "DBIRTH", "DBIRTH", "DDATA"]
+        assert not host.seq_errors
+    finally:
+        n.close()
