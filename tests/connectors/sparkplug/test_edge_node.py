@@ -354,3 +354,53 @@ def test_payloads_dbirth_order_births_wait_for_every_device(mqtt_url: str, group
         assert not host.seq_errors
     finally:
         n.close()
+
+
+def test_broker_away_at_start_data_is_kept_and_sent_as_historical(group: str) -> None:
+    """No broker when the flow starts: the node does not fail, keeps the batches, and once the broker is
+    up births (with the latest values) and sends what it kept with is_historical = true."""
+    from nexus.embedded import EmbeddedBroker, MosquittoBroker, free_port
+
+    port = free_port()
+    url = f"mqtt://127.0.0.1:{port}"
+    n = SparkplugEdgeNode(plan(url, group)).start(timeout=0.2)
+    broker: MosquittoBroker | EmbeddedBroker | None = None
+    h: Host | None = None
+    try:
+        assert not n.wait_connected(0.1)
+        for v in (1.0, 2.0):
+            n.publish_batch(batch(v, 5, 0))
+        assert n.stats()["backlog_batches"] == 2
+        broker = MosquittoBroker(port) if MosquittoBroker.available() else EmbeddedBroker(port=port)
+        broker.start()
+        h = Host(url, group)
+        [db] = h.wait("DBIRTH", timeout=60)  # paho retries with backoff (1 s, 2 s, ...)
+        assert db.metrics()["temp"].value == 2.0
+        data = h.wait("DDATA", 2)
+        assert [(d.metrics()["temp"].value, d.metrics()["temp"].is_historical) for d in data] == [
+            (1.0, True),
+            (2.0, True),
+        ]
+    finally:
+        n.close()
+        if h is not None:
+            h.close()
+        if broker is not None:
+            broker.stop()
+
+
+def test_malformed_commands_are_ignored_and_the_session_goes_on(node: SparkplugEdgeNode, host: Host) -> None:
+    """Garbage NCMD/DCMD payloads, unknown devices and metrics: logged and ignored (paho's network thread
+    survives: a rebirth request afterwards is still obeyed); a DCMD without a command router is refused."""
+    node.publish_batch(batch(20.0, 5, 0))
+    host.wait("DBIRTH")
+    topic = f"spBv1.0/{host.group}"
+    host.client.publish(f"{topic}/NCMD/edge-1", b"\xff\x00not protobuf", qos=0)
+    host.client.publish(f"{topic}/DCMD/edge-1/Press1", b"\xff\x00not protobuf", qos=0)
+    host.dcmd("edge-1", "Nobody", 1, name="temp", datatype=pysparkplug.DataType.DOUBLE)
+    host.dcmd("edge-1", "Press1", 1, alias=999, datatype=pysparkplug.DataType.DOUBLE)
+    host.dcmd("edge-1", "Press1", 1.0, name="temp", datatype=pysparkplug.DataType.DOUBLE)
+    host.ncmd("edge-1", "Node Control/Rebirth", True, pysparkplug.DataType.BOOLEAN)
+    host.wait("NBIRTH", 2)
+    assert node.stats()["dcmd_refused"] == 2  # the unknown alias, and temp (no command router here)
+    assert not host.seq_errors
