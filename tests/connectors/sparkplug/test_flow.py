@@ -66,7 +66,7 @@ def sim() -> Iterator[ModbusSimulator]:
         yield s
 
 
-def spec_for(port: int, group: str) -> FlowSpec:
+def spec_for(port: int, group: str, **connection: Any) -> FlowSpec:
     return parse_spec(
         {
             "version": 1,
@@ -74,7 +74,13 @@ def spec_for(port: int, group: str) -> FlowSpec:
             "devices": [
                 {
                     "id": "press-07",
-                    "connection": {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout_s": 0.5},
+                    "connection": {
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "unit_id": 1,
+                        "timeout_s": 0.5,
+                        **connection,
+                    },
                     "poll_interval_s": 0.2,
                     "location": {"enterprise": "acme", "site": "plant9", "area": "pressing", "line": "line3"},
                     "tags": TAGS,
@@ -181,3 +187,26 @@ def test_operational_behavior_data_commands_dcmd_through_the_validated_write_pat
         host.dcmd("nexus-edge", DEVICE, 43, name="Setpoints/Temperature", datatype=DT.INT16)  # by name
         wait_for(lambda: sim.get_registers("press-07", "holding", 5, 1) == [43], what="the DCMD by name")
         assert sim.get_registers("press-07", "holding", 0, 1) == [(-123) & 0xFFFF]
+
+
+def test_operational_behavior_device_ddeath_when_the_breaker_opens_and_dbirth_on_return(
+    sim: ModbusSimulator, mqtt_url: str, group: str, host: Host
+) -> None:
+    """tck-id-operational-behavior-device-ddeath with a real device loss: the simulator stops, the
+    polls fail until the breaker opens (2 failures here) and the device gets a DDEATH; the simulator
+    comes back on the same port, the probe poll succeeds and a DBIRTH carries its values."""
+    spec = spec_for(sim.port, group, breaker_failures=2, breaker_reset_s=0.5, reconnect_max_s=0.5)
+    with running(spec, mqtt_url):
+        host.wait("DBIRTH", device=DEVICE)
+        sim.stop()
+        [death] = host.wait("DDEATH", device=DEVICE, timeout=30)
+        assert death.raw.HasField("seq")
+        back = ModbusSimulator(host="127.0.0.1", port=sim.port, devices=sim.devices)
+        with back:
+            for t in TAGS:
+                back.set_value("press-07", address(t), RAW[t["name"]] if t["name"] != "temp" else 55)
+            births = host.wait("DBIRTH", 2, device=DEVICE, timeout=30)
+            assert births[1].metrics()["temp"].value == 55
+    kinds = [m.kind for m in host.messages if m.device == DEVICE]
+    assert kinds[kinds.index("DDEATH") + 1] == "DBIRTH", kinds  # nothing of the dead device in between
+    assert not host.seq_errors
