@@ -598,8 +598,11 @@ class SparkplugEdgeNode:
             old = st.sent_values[p]
             same_value = (values == old) | (np.isnan(values) & np.isnan(old))
             changed = ~same_value | (quality != st.sent_quality[p])
-            if batch.text or st.text:
-                changed |= np.isin(p, list(st.text)) | np.isin(idx, list(batch.text or ()))
+            if batch.text or st.sent_text:  # text points: compare the strings themselves
+                text_in = batch.text or {}
+                for k, (i, j) in enumerate(zip(idx.tolist(), p.tolist(), strict=True)):
+                    if text_in.get(i) != st.sent_text.get(j):
+                        changed[k] = True
             idx, p, values, quality = idx[changed], p[changed], values[changed], quality[changed]
             if not len(idx):
                 return
@@ -619,6 +622,10 @@ class SparkplugEdgeNode:
             )  # fmt: skip
             if not historical:
                 sent_q[j] = q
+                if i in text:
+                    st.sent_text[j] = text[i]
+                else:
+                    st.sent_text.pop(j, None)
         if not historical:
             st.sent_values[p] = values
         else:

@@ -45,6 +45,8 @@ NEXT_SERVER = "Node Control/Next Server"
 _INT_BITS = {DataType.Int8: 8, DataType.Int16: 16, DataType.Int32: 32, DataType.Int64: 64}
 _UINT_BITS = {DataType.UInt8: 8, DataType.UInt16: 16, DataType.UInt32: 32, DataType.UInt64: 64}
 
+_FLOATS = (DataType.Float, DataType.Double)
+
 QUALITY_GOOD, QUALITY_STALE, QUALITY_BAD = 192, 500, 0
 
 
@@ -67,12 +69,9 @@ def set_value(metric: Payload.Metric, datatype: DataType, value: float, text: st
         else:
             metric.string_value = text if text is not None else repr(value)
         return
-    if value is None or not math.isfinite(value):
-        if datatype in (DataType.Float, DataType.Double) and value is not None and not math.isnan(value):
-            pass  # +-inf is a float value
-        else:
-            metric.is_null = True
-            return
+    if value is None or math.isnan(value) or (math.isinf(value) and datatype not in _FLOATS):
+        metric.is_null = True  # a bad reading; +-inf is a value only for Float and Double
+        return
     if datatype == DataType.Double:
         metric.double_value = value
     elif datatype == DataType.Float:
@@ -212,6 +211,7 @@ class DeviceState:
         "plan",
         "quality",
         "sent_quality",
+        "sent_text",
         "sent_values",
         "text",
         "ts_ms",
@@ -231,6 +231,7 @@ class DeviceState:
         self.text: dict[int, str] = {}
         self.sent_values = np.full(n, np.nan)
         self.sent_quality = np.full(n, 255, dtype=np.uint8)
+        self.sent_text: dict[int, str] = {}
         self.born = False
         """A DBIRTH went out in the current session and no DDEATH since."""
         self.alive = True
@@ -268,4 +269,5 @@ class DeviceState:
             )
         self.sent_values[:] = self.values
         self.sent_quality[:] = self.quality
+        self.sent_text = dict(self.text)
         return p

@@ -404,3 +404,39 @@ def test_malformed_commands_are_ignored_and_the_session_goes_on(node: SparkplugE
     host.wait("NBIRTH", 2)
     assert node.stats()["dcmd_refused"] == 2  # the unknown alias, and temp (no command router here)
     assert not host.seq_errors
+
+
+def test_string_metrics_report_by_exception(mqtt_url: str, group: str, host: Host) -> None:
+    """A String metric (a text point) goes out when its text changes, not at every batch."""
+    device = DevicePlan(
+        device_id=DEV,
+        sparkplug_id="Press1",
+        metrics=(
+            MetricDef(tag_id=1, device_id=DEV, name="temp", datatype=DataType.Double),
+            MetricDef(tag_id=5, device_id=DEV, name="recipe", datatype=DataType.String),
+        ),
+    )
+    n = SparkplugEdgeNode(
+        EdgeNodePlan(url=mqtt_url, group_id=group, edge_node_id="edge-1", devices=(device,))
+    ).start()
+
+    def text_batch(temp: float, recipe: str) -> PointBatch:
+        b = PointBatch.from_values(DEV, [1, 5], [temp, float("nan")], ts_ns=time.time_ns())
+        return PointBatch(b.device_id, b.ts_ns, b.tag_ids, b.values, b.quality, {1: recipe})
+
+    try:
+        n.publish_batch(text_batch(1.0, "A-100"))
+        [db] = host.wait("DBIRTH")
+        assert (db.metrics()["recipe"].datatype, db.metrics()["recipe"].value) == (
+            pysparkplug.DataType.STRING,
+            "A-100",
+        )
+        n.publish_batch(text_batch(2.0, "A-100"))  # only temp changed
+        n.publish_batch(text_batch(2.0, "B-200"))  # only the recipe changed
+        data = host.wait("DDATA", 2)
+        assert [{m.name: m.value for m in d.payload.metrics} for d in data] == [
+            {"temp": 2.0},
+            {"recipe": "B-200"},
+        ]
+    finally:
+        n.close()
