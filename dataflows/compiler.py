@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bytewax.operators as op
@@ -259,8 +260,13 @@ def sparkplug_datatype(tag: TagBase | CalculatedTagSpec) -> DataType:
     return datatype
 
 
-def sparkplug_plan(spec: FlowSpec, node: SparkplugNode, url: str) -> EdgeNodePlan:
-    """The edge node of a ``sparkplug_b`` node: devices in spec order, metrics in tag order."""
+def sparkplug_plan(
+    spec: FlowSpec, node: SparkplugNode, url: str, spool_dir: str | None = None
+) -> EdgeNodePlan:
+    """The edge node of a ``sparkplug_b`` node: devices in spec order, metrics in tag order.
+
+    ``spool_dir``: where the backlog goes when the node does not name a folder itself (the
+    platform's spool folder); neither: a bounded in-memory backlog."""
     devices = []
     for d in spec.devices:
         metrics = tuple(
@@ -291,7 +297,7 @@ def sparkplug_plan(spec: FlowSpec, node: SparkplugNode, url: str) -> EdgeNodePla
         primary_host_id=node.primary_host_id,
         report_by_exception=node.report_by_exception,
         backlog_points=node.backlog_points,
-        spool_dir=node.spool_dir,
+        spool_dir=node.spool_dir or spool_dir,
     )
 
 
@@ -478,7 +484,11 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
             raise ValueError(f"sink {node.id!r} (sparkplug_b) needs a broker: set NEXUS_MQTT_URL")
         submit = getattr(runtime.write_registry, "submit", None)
         commands: CommandSubmitter | None = runtime.write_registry if submit is not None else None  # type: ignore[assignment]
-        return SparkplugSink(sparkplug_plan(spec, node, runtime.mqtt_url), commands)
+        base = getattr(
+            runtime, "spool_dir", None
+        )  # the platform's spool folder (NEXUS_SPOOL_DIR), once wired
+        spool_dir = None if base is None else str(Path(base) / spec.id / node.id)
+        return SparkplugSink(sparkplug_plan(spec, node, runtime.mqtt_url, spool_dir), commands)
     raise TypeError(f"unknown sink node {node!r}")
 
 

@@ -126,3 +126,19 @@ def test_compiling_needs_a_broker() -> None:
 def test_edge_node_plan_checks_ids() -> None:
     with pytest.raises(ValueError, match="edge_node_id 'a\\+b' must not contain"):
         EdgeNodePlan(url="mqtt://h", group_id="g", edge_node_id="a+b")
+
+
+def test_spool_folder_from_the_node_or_the_platform() -> None:
+    """The node's own `spool_dir` wins; otherwise the platform's spool folder (per flow and sink)."""
+    spec = parse_spec(doc())
+    node = spec.sinks[0]
+    assert isinstance(node, SparkplugNode)
+    assert sparkplug_plan(spec, node, "mqtt://h").spool_dir is None  # in memory
+    assert (
+        sparkplug_plan(spec, node, "mqtt://h", "/var/spool/nexus/t/scada").spool_dir
+        == "/var/spool/nexus/t/scada"
+    )
+    own = parse_spec(doc(spool_dir="/data/spb"))
+    own_node = own.sinks[0]
+    assert isinstance(own_node, SparkplugNode)
+    assert sparkplug_plan(own, own_node, "mqtt://h", "/var/spool/nexus").spool_dir == "/data/spb"
