@@ -8,6 +8,8 @@ The session, as the spec (chapter 5) wants it:
   to ``spBv1.0/STATE/{host}``. Births wait for the host's ``online: true`` (with a timestamp not
   older than the last one seen); an ``online: false`` that is not older makes a born node publish
   its NDEATH, disconnect and start over (reconnect, wait for the host again).
+- The births also wait (up to ``birth_wait_s``) for every device's first batch, so the DBIRTHs carry
+  read values and all follow the NBIRTH before any DDATA.
 - NBIRTH has ``seq`` 0, ``bdSeq``, ``Node Control/Rebirth`` and ``Node Control/Next Server``; each
   device gets a DBIRTH with every metric's name, alias, datatype, current value (or null), unit
   and quality. DDATA then carries aliases only, and only what changed (report by exception).
@@ -20,7 +22,9 @@ The session, as the spec (chapter 5) wants it:
 - A device whose polls all fail (``bad_comm_error``) ``death_after_failures`` times in a row — its
   circuit breaker's threshold — gets a DDEATH; its first readable batch afterwards, a DBIRTH.
 - While offline (no broker, or the host away) batches go to a :class:`~connectors.sparkplug.backlog.Backlog`
-  and are sent after the next births as DDATA with ``is_historical = true``.
+  (in memory, or the disk spool) and are sent after the next births as DDATA with ``is_historical = true``.
+- A configuration change re-births: :meth:`reconfigure` (a new plan) or :meth:`device_changed`
+  (one device's tags, from a hot change); a redeploy is a new process, a new session.
 
 Threads: the Bytewax worker calls :meth:`publish_batch`; paho's network thread runs the callbacks;
 a small supervisor thread reconnects after an intentional disconnect. One lock orders every
