@@ -287,6 +287,7 @@ def sparkplug_plan(
                 sparkplug_id=node.sparkplug_device_id(d),
                 metrics=metrics,
                 death_after_failures=getattr(d.connection, "breaker_failures", 3),
+                death_after_s=getattr(d.connection, "breaker_failures", 3) * d.poll_interval_s,
             )
         )
     return EdgeNodePlan(

@@ -83,6 +83,10 @@ class DevicePlan:
     death_after_failures: int = 3
     """Consecutive all-``bad_comm_error`` batches after which the device is declared dead (DDEATH):
     the device's circuit-breaker threshold, so DDEATH goes out when the breaker opens."""
+    death_after_s: float | None = None
+    """Or: seconds since the first of a run of failed polls with no readable one since (the breaker
+    threshold times the poll interval) — what tells a dead device after a deadband, which lets only
+    the first failed poll through. ``None``: by count only."""
 
     def __post_init__(self) -> None:
         check_sparkplug_id(f"device id of {self.device_id!r}", self.sparkplug_id)
@@ -95,6 +99,8 @@ class DevicePlan:
                     "(metric names are compared ignoring case)"
                 )
             seen.add(key)
+        if self.death_after_s is not None and not self.death_after_s > 0:
+            raise ValueError(f"`death_after_s` must be > 0, got {self.death_after_s}")
         if self.death_after_failures < 1:
             raise ValueError(f"`death_after_failures` must be >= 1, got {self.death_after_failures}")
 

@@ -20,7 +20,9 @@ The session, as the spec (chapter 5) wants it:
   router's :meth:`~connectors.commands.CommandRouter.submit`: writable tag, data type, clamp);
   the value the device then reports comes back in DDATA.
 - A device whose polls all fail (``bad_comm_error``) ``death_after_failures`` times in a row — its
-  circuit breaker's threshold — gets a DDEATH; its first readable batch afterwards, a DBIRTH.
+  circuit breaker's threshold — or that has not answered for ``death_after_s`` since its first failed
+  poll (the breaker's threshold times the poll interval: a deadband upstream passes only the first
+  of a run of failed polls) gets a DDEATH; its first readable batch afterwards, a DBIRTH.
 - While offline (no broker, or the host away) batches go to a :class:`~connectors.sparkplug.backlog.Backlog`
   (in memory, or the disk spool) and are sent after the next births as DDATA with ``is_historical = true``.
 - A configuration change re-births: :meth:`reconfigure` (a new plan) or :meth:`device_changed`
@@ -572,14 +574,22 @@ class SparkplugEdgeNode:
                         st.text[int(pos[i])] = s
             if bool((quality == Quality.COMM_ERROR).all()):
                 st.failures += 1
+                if st.failures == 1 and st.alive and st.plan.death_after_s is not None:
+                    # a deadband upstream lets only the first of a run of failed polls through:
+                    # the device also dies when it has not answered for death_after_s
+                    st.failing_since += 1
+                    timer = threading.Timer(
+                        st.plan.death_after_s, self._death_timer, (st.plan.device_id, st.failing_since)
+                    )
+                    timer.daemon = True
+                    timer.start()
                 if st.alive and st.failures >= st.plan.death_after_failures:
-                    st.alive = False
-                    if self._online and st.born:
-                        self._ddeath(st)
+                    self._device_lost(st)
                 if not st.alive:
                     return
             else:
                 st.failures = 0
+                st.failing_since += 1  # cancels a pending death timer
                 st.alive = True
             if not self._online:
                 if self._ready():  # waiting for the devices' first batches: this one is in the DBIRTH
@@ -591,6 +601,17 @@ class SparkplugEdgeNode:
                 self._dbirth(st, self._now_ms())  # carries this batch's values
                 return
             self._ddata(st, batch, pos, idx, historical=False)
+
+    def _device_lost(self, st: DeviceState) -> None:
+        st.alive = False
+        if self._online and st.born:
+            self._ddeath(st)
+
+    def _death_timer(self, device_id: str, run: int) -> None:
+        with self._cond:
+            st = self._devices.get(device_id)
+            if st is not None and st.alive and st.failures > 0 and st.failing_since == run:
+                self._device_lost(st)
 
     def _ddata(
         self, st: DeviceState, batch: PointBatch, pos: np.ndarray, idx: np.ndarray, historical: bool

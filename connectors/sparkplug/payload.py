@@ -205,6 +205,7 @@ class DeviceState:
         "aliases",
         "alive",
         "born",
+        "failing_since",
         "failures",
         "keys",
         "order",
@@ -236,6 +237,8 @@ class DeviceState:
         """A DBIRTH went out in the current session and no DDEATH since."""
         self.alive = True
         self.failures = 0
+        self.failing_since = 0
+        """Run number of the current streak of failed polls (a death timer fires only for its own run)."""
 
     @property
     def seen(self) -> bool:

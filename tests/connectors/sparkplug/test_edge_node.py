@@ -440,3 +440,27 @@ def test_string_metrics_report_by_exception(mqtt_url: str, group: str, host: Hos
         ]
     finally:
         n.close()
+
+
+def test_operational_behavior_device_ddeath_after_a_deadband(mqtt_url: str, group: str, host: Host) -> None:
+    """A deadband upstream passes only the first of a run of failed polls: the device still gets its
+    DDEATH, death_after_s after that first failure (the breaker's threshold times the poll interval)."""
+    device = DevicePlan(
+        device_id=DEV, sparkplug_id="Press1", metrics=METRICS, death_after_failures=100, death_after_s=0.3
+    )
+    n = SparkplugEdgeNode(
+        EdgeNodePlan(url=mqtt_url, group_id=group, edge_node_id="edge-1", devices=(device,))
+    ).start()
+    try:
+        n.publish_batch(batch(20.0, 5, 0))
+        host.wait("DBIRTH")
+        nan = float("nan")
+        n.publish_batch(batch(nan, nan, nan, Quality.COMM_ERROR))  # the only failed batch that gets through
+        host.wait("DDEATH", device="Press1")
+        n.publish_batch(batch(21.0, 5, 0))
+        births = host.wait("DBIRTH", 2)
+        assert births[1].metrics()["temp"].value == 21.0
+        assert [m.kind for m in host.messages] == ["NBIRTH", "DBIRTH", "DDATA", "DDEATH", "DBIRTH"]
+        assert not host.seq_errors
+    finally:
+        n.close()

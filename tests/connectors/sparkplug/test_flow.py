@@ -66,7 +66,11 @@ def sim() -> Iterator[ModbusSimulator]:
         yield s
 
 
-def spec_for(port: int, group: str, **connection: Any) -> FlowSpec:
+def spec_for(port: int, group: str, *, deadband: bool = False, **connection: Any) -> FlowSpec:
+    tags = (
+        [{**t, "deadband": {"absolute": 0.5}} for t in TAGS if t["data_type"] != "bool"] if deadband else TAGS
+    )
+    tags += [t for t in TAGS if deadband and t["data_type"] == "bool"]
     return parse_spec(
         {
             "version": 1,
@@ -83,10 +87,11 @@ def spec_for(port: int, group: str, **connection: Any) -> FlowSpec:
                     },
                     "poll_interval_s": 0.2,
                     "location": {"enterprise": "acme", "site": "plant9", "area": "pressing", "line": "line3"},
-                    "tags": TAGS,
+                    "tags": tags,
                 }
             ],
-            "operators": [{"id": "normalize", "type": "normalize"}],
+            "operators": [{"id": "normalize", "type": "normalize"}]
+            + ([{"id": "deadband", "type": "deadband"}] if deadband else []),
             "sinks": [
                 {
                     "id": "scada",
@@ -194,8 +199,11 @@ def test_operational_behavior_device_ddeath_when_the_breaker_opens_and_dbirth_on
 ) -> None:
     """tck-id-operational-behavior-device-ddeath with a real device loss: the simulator stops, the
     polls fail until the breaker opens (2 failures here) and the device gets a DDEATH; the simulator
-    comes back on the same port, the probe poll succeeds and a DBIRTH carries its values."""
-    spec = spec_for(sim.port, group, breaker_failures=2, breaker_reset_s=0.5, reconnect_max_s=0.5)
+    comes back on the same port, the probe poll succeeds and a DBIRTH carries its values. With a
+    deadband before the sink, which lets only the first failed poll through."""
+    spec = spec_for(
+        sim.port, group, deadband=True, breaker_failures=2, breaker_reset_s=0.5, reconnect_max_s=0.5
+    )
     with running(spec, mqtt_url):
         host.wait("DBIRTH", device=DEVICE)
         sim.stop()
