@@ -9,6 +9,22 @@ default:
 # install the project with its development tools into the current Python environment
 setup:
     {{python}} -m pip install -e ".[dev]"
+    @{{just_executable()}} sparkplug-host
+
+# the third-party Sparkplug library the tests' independent host uses; --no-deps: it pins paho-mqtt<2
+# only for its own client, which the tests do not use (its payload codec works with paho 2)
+sparkplug-host:
+    {{python}} -m pip install --no-deps "pysparkplug>=0.6,<0.7"
+
+# regenerate connectors/sparkplug/sparkplug_b_pb2.py/.pyi from sparkplug_b.proto (protoc from grpcio-tools, in a throwaway venv)
+sparkplug-proto:
+    #!/usr/bin/env sh
+    set -eu
+    venv="$(mktemp -d)/protoc"
+    {{python}} -m venv "$venv"
+    "$venv/bin/pip" install -q "grpcio-tools>=1.85,<1.86"
+    "$venv/bin/python" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. connectors/sparkplug/sparkplug_b.proto
+    rm -rf "$(dirname "$venv")"
 
 # run the demo on embedded defaults (PostgreSQL, MQTT broker, simulated PLCs, the dataflow)
 demo *ARGS:

@@ -29,8 +29,11 @@ from connectors.historian.writer import COPY_POINTS, HistorianWriter, encode_cop
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.publisher import UnsPublisher, _encode_tags, format_batch
 from connectors.mqtt.url import parse_mqtt_url
+from connectors.sparkplug.edge_node import SparkplugEdgeNode
 from core.batch import PointBatch
 from core.tags import TagInfo
+from dataflows.compiler import sparkplug_plan
+from dataflows.spec import FlowSpec, SparkplugNode
 
 COPY_ROWS = 50_000
 """Rows per COPY transaction: the writer's default ``batch_rows``."""
@@ -178,6 +181,36 @@ def publisher_capacity(
         seconds = time.perf_counter() - t0
     out = _rate(sent, seconds)
     out["max_inflight"] = config.max_inflight
+    return out
+
+
+def sparkplug_capacity(
+    url: str, spec: FlowSpec, warmup: Sequence[PointBatch], batches: Sequence[PointBatch]
+) -> dict[str, float]:
+    """The batches as DDATA through a :class:`SparkplugEdgeNode` (births first, with ``warmup``),
+    until paho wrote every message (as :func:`publisher_capacity` waits at QoS 0)."""
+    node_spec = next(s for s in spec.sinks if isinstance(s, SparkplugNode))
+    node = SparkplugEdgeNode(sparkplug_plan(spec, node_spec, url)).start()
+    try:
+        if not node.wait_connected(30):
+            raise RuntimeError("sparkplug bench: the edge node did not connect")
+        for b in warmup:
+            node.publish_batch(b)  # every device's first batch: NBIRTH and the DBIRTHs
+        if not node.wait_online(30):
+            raise RuntimeError("sparkplug bench: the edge node did not come online")
+        node.flush(60)
+        before = node.stats()["ddata_metrics"]
+        t0 = time.perf_counter()
+        for b in batches:
+            node.publish_batch(b)
+        if not node.flush(300):
+            raise RuntimeError("sparkplug bench: messages not written within 300 s")
+        seconds = time.perf_counter() - t0
+        metrics = node.stats()["ddata_metrics"] - before
+    finally:
+        node.close()
+    out = _rate(metrics, seconds)
+    out["messages"] = float(len(batches))
     return out
 
 

@@ -1,7 +1,8 @@
 """``python -m bench``: run the stages, print the table, write ``bench-results/<timestamp>.json``.
 
 Stages: ``micro`` (operator chain from memory), ``sinks`` (bare COPY vs the historian writer, bare paho
-vs the UNS publisher), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
+vs the UNS publisher), ``sparkplug`` (DDATA metrics/s of the Sparkplug edge node vs the UNS publisher's
+messages/s on the same batches), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
 bytewax.run`` polling the simulators into the broker and the historian), ``cluster`` (the chain as a
 1- and a 2-process Bytewax cluster). Not run by default (``just bench-full`` runs them): ``ramp``
 (device counts stepped up at a 100 ms poll interval until polls are skipped) and ``memory`` (the RSS
@@ -34,8 +35,8 @@ from bench.monitor import Monitor
 from dataflows.spec import parse_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, MosquittoBroker, free_port
 
-STAGES = ("micro", "sinks", "modbus", "e2e", "ramp", "memory", "cluster")
-DEFAULT_STAGES = ("micro", "sinks", "modbus", "e2e", "cluster")
+STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "ramp", "memory", "cluster")
+DEFAULT_STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cluster")
 """``ramp`` and ``memory`` take minutes of their own: ``just bench-full`` adds them."""
 RAMP_SKIP_LIMIT = 0.001
 """A ramp step holds while at most this fraction of its poll slots is skipped (and of its polls fails)."""
@@ -194,6 +195,34 @@ def stage_sinks(pg_url: str, mqtt_url: str, load: Load, rows: int, messages: int
         out[f"paho_baseline_qos{qos}"] = bl.paho_baseline(mqtt_url, msgs, qos, 1000)
         _say(f"  UnsPublisher, the same messages, QoS {qos} ...")
         out[f"uns_publisher_qos{qos}"] = bl.publisher_capacity(mqtt_url, tags, mb, qos)
+    return out
+
+
+def stage_sparkplug(mqtt_url: str, load: Load, messages: int) -> dict[str, Any]:
+    """DDATA metrics/s of the Sparkplug edge node against the UNS publisher, same batches, same broker.
+
+    Both at QoS 0 (Sparkplug data is always QoS 0) and both without report by exception, so each
+    point of each batch is one UNS message or one DDATA metric; done when paho wrote the last one."""
+    doc = load.spec({"modbus": [1] * load.ports_needed})
+    doc["sinks"] = [
+        {
+            "id": "spb",
+            "type": "sparkplug_b",
+            "group_id": "bench",
+            "edge_node_id": "bench-edge",
+            "report_by_exception": False,
+        }
+    ]
+    spec = parse_spec(doc)
+    tags = spec.tag_infos()
+    batches = load.batches(max(1, messages // (load.devices * load.tags)) + 1, time.time_ns())
+    out: dict[str, Any] = {}
+    _say(f"  UnsPublisher, {sum(len(b) for b in batches[load.devices :]):,} points, QoS 0 ...")
+    out["uns_publisher_qos0"] = bl.publisher_capacity(mqtt_url, tags, batches[load.devices :], 0)
+    _say("  Sparkplug edge node, the same points as DDATA metrics ...")
+    out["sparkplug_ddata"] = bl.sparkplug_capacity(
+        mqtt_url, spec, batches[: load.devices], batches[load.devices :]
+    )
     return out
 
 
@@ -696,6 +725,14 @@ def table(r: dict[str, Any]) -> str:
                 s[f"uns_publisher_qos{q}"]["per_s"],
                 s[f"paho_baseline_qos{q}"]["per_s"],
             )
+    sp = r.get("sparkplug")
+    if sp:
+        add("UnsPublisher QoS 0 (msg/s)", sp["uns_publisher_qos0"]["per_s"])
+        add(
+            "Sparkplug DDATA (metrics/s) vs UnsPublisher",
+            sp["sparkplug_ddata"]["per_s"],
+            sp["uns_publisher_qos0"]["per_s"],
+        )
     mb = r.get("modbus")
     if mb:
         add("bare pymodbus read loop (pts/s)", mb["per_s"])
@@ -807,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         if "micro" in stages:
             _say("micro: operator chain from memory ...")
             result["micro"] = stage_micro(load, args.micro_points)
-        need_services = {"sinks", "e2e", "memory"} & set(stages) or (
+        need_services = {"sinks", "sparkplug", "e2e", "memory"} & set(stages) or (
             "ramp" in stages and args.ramp_flow == "e2e"
         )
         pg = broker = sim = None
@@ -835,6 +872,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["sinks"] = stage_sinks(
                     pg.url, broker.url, load, args.baseline_rows, args.baseline_messages
                 )
+            if "sparkplug" in stages:
+                assert broker is not None
+                _say("sparkplug: DDATA metrics/s vs the UNS publisher ...")
+                result["sparkplug"] = stage_sparkplug(broker.url, load, args.baseline_messages)
             if {"modbus", "e2e"} & set(stages):
                 _say(f"starting Modbus simulators for {load.devices} devices x {load.tags} tags ...")
                 sim, ports = start_sim(load)

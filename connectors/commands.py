@@ -634,3 +634,30 @@ class CommandRouter:
     def stats(self) -> RouterStats:
         with self._cond:
             return RouterStats(**self._counts, pending=len(self._pending))
+
+    # -- other command front ends ------------------------------------------------------------
+
+    def submit(self, device_id: str, tag_name: str, value: object) -> concurrent.futures.Future[None]:
+        """Write ``value`` (engineering units) through the same checks as a ``$nexus/cmd`` command.
+
+        For other command front ends (a Sparkplug DCMD): the tag must exist and be ``read_write``,
+        the value must fit its data type and clamp limits, and this process must own the device;
+        otherwise :class:`CommandRefused` says why and nothing reaches the device. Returns the
+        writer's future (it fails with ``WriteRejected``/``WriteFailed`` like a command's write).
+        """
+        tag = self.tags.get((device_id, tag_name))
+        if tag is None:
+            raise CommandRefused(f"unknown tag {tag_name!r} of device {device_id!r}")
+        if not tag.writable:
+            raise CommandRefused(f"{tag.where} is read-only")
+        raw = check_value(tag, value)
+        with self._cond:
+            writer = self._writers.get(device_id)  # the owner's writer (registered by its partition)
+        if writer is None:
+            raise CommandRefused(f"device {device_id!r} is not connected in this process")
+        try:
+            return writer(tag.tag_id, raw)
+        except Exception as exc:
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed

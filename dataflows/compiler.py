@@ -32,6 +32,10 @@ from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, Mq
 from connectors.opcua.config import OpcUaDevicePlan
 from connectors.polling import AdaptivePolling, WriteRegistry
 from connectors.s7.config import S7DevicePlan
+from connectors.sparkplug.config import DataType, EdgeNodePlan, MetricDef
+from connectors.sparkplug.config import DevicePlan as SparkplugDevicePlan
+from connectors.sparkplug.edge_node import CommandSubmitter
+from connectors.sparkplug.sink import SparkplugSink
 from core.batch import PointBatch, tag_id_for
 from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 from core.uns import uns_topic
@@ -53,6 +57,7 @@ from dataflows.spec import (
     S7DeviceSpec,
     S7TagSpec,
     SinkNode,
+    SparkplugNode,
     TagBase,
     WindowNode,
 )
@@ -180,6 +185,8 @@ def check_compiles(spec: FlowSpec) -> list[tuple[str, str]]:
     for i, sink in enumerate(spec.sinks):
         if isinstance(sink, MqttUnsNode):
             attempt(f"sinks[{i}]", MqttSinkConfig, url=_PLACEHOLDER_MQTT, qos=sink.qos, retain=sink.retain)
+        elif isinstance(sink, SparkplugNode):
+            attempt(f"sinks[{i}]", sparkplug_plan, spec, sink, _PLACEHOLDER_MQTT)
         else:
             attempt(
                 f"sinks[{i}]",
@@ -298,6 +305,83 @@ def writable_tags(spec: FlowSpec) -> dict[tuple[str, str], WritableTag]:
                 max_length=max_length,
             )
     return out
+
+
+_SPARKPLUG_TYPES: dict[str, DataType] = {
+    "bool": DataType.Boolean,
+    "bit": DataType.Boolean,
+    "int8": DataType.Int8,
+    "uint8": DataType.UInt8,
+    "int16": DataType.Int16,
+    "uint16": DataType.UInt16,
+    "int32": DataType.Int32,
+    "uint32": DataType.UInt32,
+    "int64": DataType.Int64,
+    "uint64": DataType.UInt64,
+    "float32": DataType.Float,
+    "float64": DataType.Double,
+    "string": DataType.String,
+}
+
+
+def sparkplug_datatype(tag: TagBase | CalculatedTagSpec) -> DataType:
+    """The metric datatype of a tag: its register type while the value is published unscaled;
+    Double once scale, offset or a unit conversion make it a real number (and for OPC UA, MQTT and
+    calculated tags, whose values are numbers of any kind). Booleans and strings stay what they are."""
+    if isinstance(tag, ModbusTagSpec):
+        kind: str = tag.data_type
+    elif isinstance(tag, S7TagSpec):
+        kind = _S7_WRITE_TYPES[tag.data_type]
+    else:
+        return DataType.Double
+    datatype = _SPARKPLUG_TYPES[kind]
+    if datatype in (DataType.Boolean, DataType.String):
+        return datatype
+    if tag.scale != 1.0 or tag.offset != 0.0 or tag.convert_to:
+        return DataType.Double
+    return datatype
+
+
+def sparkplug_plan(
+    spec: FlowSpec, node: SparkplugNode, url: str, spool_dir: str | None = None
+) -> EdgeNodePlan:
+    """The edge node of a ``sparkplug_b`` node: devices in spec order, metrics in tag order.
+
+    ``spool_dir``: where the backlog goes when the node does not name a folder itself (the
+    platform's spool folder); neither: a bounded in-memory backlog."""
+    devices = []
+    for d in spec.devices:
+        metrics = tuple(
+            MetricDef(
+                tag_id=tag_id_for(d.id, t.name),
+                device_id=d.id,
+                name=node.metric_name(d.id, t.name),
+                datatype=sparkplug_datatype(t),
+                unit=t.eng_unit,
+                writable=getattr(t, "access", "read") == "read_write",
+                tag_name=t.name,
+            )
+            for t in d.all_tags()
+        )
+        devices.append(
+            SparkplugDevicePlan(
+                device_id=d.id,
+                sparkplug_id=node.sparkplug_device_id(d),
+                metrics=metrics,
+                death_after_failures=getattr(d.connection, "breaker_failures", 3),
+                death_after_s=getattr(d.connection, "breaker_failures", 3) * d.poll_interval_s,
+            )
+        )
+    return EdgeNodePlan(
+        url=url,
+        group_id=node.group_id,
+        edge_node_id=node.edge_node_id,
+        devices=tuple(devices),
+        primary_host_id=node.primary_host_id,
+        report_by_exception=node.report_by_exception,
+        backlog_points=node.backlog_points,
+        spool_dir=node.spool_dir or spool_dir,
+    )
 
 
 def _conversion(tag: TagBase) -> tuple[float, float]:
@@ -493,6 +577,16 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
             ),
             tags,
         )
+    if isinstance(node, SparkplugNode):
+        if not runtime.mqtt_url:
+            raise ValueError(f"sink {node.id!r} (sparkplug_b) needs a broker: set NEXUS_MQTT_URL")
+        submit = getattr(runtime.write_registry, "submit", None)
+        commands: CommandSubmitter | None = runtime.write_registry if submit is not None else None  # type: ignore[assignment]
+        base = getattr(
+            runtime, "spool_dir", None
+        )  # the platform's spool folder (NEXUS_SPOOL_DIR), once wired
+        spool_dir = None if base is None else str(Path(base) / spec.id / node.id)
+        return SparkplugSink(sparkplug_plan(spec, node, runtime.mqtt_url, spool_dir), commands)
     raise TypeError(f"unknown sink node {node!r}")
 
 

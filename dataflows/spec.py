@@ -572,7 +572,51 @@ class HistorianNode(_Model):
     max_delay_s: float = Field(default=1.0, gt=0)
 
 
-SinkNode = Annotated[MqttUnsNode | HistorianNode, Field(discriminator="type")]
+SparkplugId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^+/#]+$")]
+"""A Sparkplug group, edge node, device or host id: any UTF-8 except ``+``, ``/`` and ``#``."""
+
+
+class SparkplugNode(_Model):
+    """Publish the points as a Sparkplug B 3.0 edge node (for Ignition, HiveMQ, Canary, MES hosts).
+
+    Each device of the flow is a Sparkplug device (DBIRTH/DDATA/DDEATH), each tag a metric. Writable
+    tags (``access: read_write``) accept DCMD through the same checks as ``$nexus/cmd``."""
+
+    id: Name
+    type: Literal["sparkplug_b"]
+    input: Name | None = None
+    """Operator node to take points from; default: the last operator (put it after ``deadband``)."""
+    group_id: SparkplugId
+    edge_node_id: SparkplugId
+    primary_host_id: SparkplugId | None = None
+    """Wait for this host's ``spBv1.0/STATE/{id}`` online before birth; disconnect when it goes offline."""
+    device_ids: Literal["device", "location"] = "device"
+    """Sparkplug device ids: the flow's device id, or ``{area}.{line}.{device}`` from its ISA-95 location."""
+    devices: dict[Name, SparkplugId] = Field(default_factory=dict)
+    """Explicit Sparkplug device id per flow device id (overrides ``device_ids``)."""
+    metrics: dict[str, Annotated[str, Field(min_length=1, max_length=500)]] = Field(default_factory=dict)
+    """Explicit metric name per ``{device}/{tag}`` (default: the tag's name; ``/`` makes folders)."""
+    report_by_exception: bool = True
+    """DDATA carries only the metrics whose value or quality changed."""
+    backlog_points: int = Field(default=100_000, ge=0)
+    """Points kept while the broker or the primary host is away, sent later as historical data."""
+    spool_dir: str | None = None
+    """Keep that backlog in a disk spool under this folder instead of memory (it survives restarts)."""
+
+    def sparkplug_device_id(
+        self, device: ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec | MqttDeviceSpec
+    ) -> str:
+        if device.id in self.devices:
+            return self.devices[device.id]
+        if self.device_ids == "location":
+            return f"{device.location.area}.{device.location.line}.{device.id}"
+        return device.id
+
+    def metric_name(self, device_id: str, tag_name: str) -> str:
+        return self.metrics.get(f"{device_id}/{tag_name}", tag_name)
+
+
+SinkNode = Annotated[MqttUnsNode | HistorianNode | SparkplugNode, Field(discriminator="type")]
 
 
 class TimestampsSpec(_Model):
@@ -634,6 +678,8 @@ class FlowSpec(_Model):
                     f"sinks[{i}].input: {sink.input!r} is not an operator id "
                     f"(operators: {sorted(operator_ids) or 'none'})"
                 )
+            if isinstance(sink, SparkplugNode):
+                self._check_sparkplug(i, sink)
         return self
 
     def _check_operator_order(self) -> None:
@@ -663,6 +709,37 @@ class FlowSpec(_Model):
                     f"values with limits and units in engineering units (tag {needs[0]!r} is scaled, "
                     "converted or clamped); put a `normalize` node first"
                 )
+
+    def _check_sparkplug(self, i: int, node: SparkplugNode) -> None:
+        """Device and metric mappings name existing devices and tags; ids and names are unique
+        ignoring case (tck-id-case-sensitivity-sparkplug-ids, -metric-names)."""
+        devices = {d.id: d for d in self.devices}
+        for device_id in node.devices:
+            if device_id not in devices:
+                raise ValueError(f"sinks[{i}].devices: unknown device {device_id!r}")
+        for key in node.metrics:
+            device_id, _, tag = key.partition("/")
+            device = devices.get(device_id)
+            if device is None or tag not in {t.name for t in device.all_tags()}:
+                raise ValueError(f"sinks[{i}].metrics: {key!r} is not a `device/tag` of the flow")
+        seen: dict[str, str] = {}
+        for d in self.devices:
+            sp_id = node.sparkplug_device_id(d)
+            if sp_id.lower() in seen:
+                raise ValueError(
+                    f"sinks[{i}]: devices {seen[sp_id.lower()]!r} and {d.id!r} get the same Sparkplug "
+                    f"device id {sp_id!r} (ids are compared ignoring case)"
+                )
+            seen[sp_id.lower()] = d.id
+            names: dict[str, str] = {}
+            for t in d.all_tags():
+                name = node.metric_name(d.id, t.name)
+                if name.lower() in names:
+                    raise ValueError(
+                        f"sinks[{i}].metrics: tags {names[name.lower()]!r} and {t.name!r} of device "
+                        f"{d.id!r} get the same metric name {name!r} (names are compared ignoring case)"
+                    )
+                names[name.lower()] = t.name
 
     def _check_machines(self) -> None:
         devices = {d.id: d for d in self.devices}
@@ -713,6 +790,7 @@ _NODE_TYPES = {
     "oee",
     "mqtt_uns",
     "historian",
+    "sparkplug_b",
 }
 
 
