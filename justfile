@@ -14,7 +14,7 @@ setup:
 # the third-party Sparkplug library the tests' independent host uses; --no-deps: it pins paho-mqtt<2
 # only for its own client, which the tests do not use (its payload codec works with paho 2)
 sparkplug-host:
-    {{python}} -m pip install --no-deps "pysparkplug>=0.6,<0.7"
+    @{{python}} -c "import pysparkplug" 2>/dev/null || {{python}} -m pip install -q --no-deps "pysparkplug>=0.6,<0.7"
 
 # regenerate connectors/sparkplug/sparkplug_b_pb2.py/.pyi from sparkplug_b.proto (protoc from grpcio-tools, in a throwaway venv)
 sparkplug-proto:
@@ -35,7 +35,7 @@ run *ARGS:
     nexus run {{ARGS}}
 
 # run the test suite (unit, property, integration against real services, doctests)
-test *ARGS:
+test *ARGS: sparkplug-host
     {{python}} -m pytest {{ARGS}}
 
 # lint and check formatting
