@@ -24,7 +24,8 @@ start the new version on the same recovery directory. Equal specs are a **noop**
 ('operators: node w (window) added',)
 
 The property the tests check: ``apply_patches(spec_json(running), plan.device_patches) ==
-spec_json(new)`` whenever the plan is hot (and trivially for a noop).
+spec_json(new)`` whenever the plan is hot (and trivially for a noop), up to ``description``, which
+is documentation and reaches the flow with the version number.
 """
 
 from __future__ import annotations
