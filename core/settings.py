@@ -22,6 +22,9 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_PG_PORT": "TCP port of the embedded PostgreSQL (default 54329)",
     "NEXUS_MQTT_PORT": "TCP port of the embedded MQTT broker (default 18830)",
     "NEXUS_LOG_LEVEL": "log level: DEBUG, INFO, WARNING, ERROR (default INFO)",
+    "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
+    "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
+    "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
 }
 
 
@@ -34,6 +37,9 @@ class Settings:
     pg_port: int = 54329
     mqtt_port: int = 18830
     log_level: str = "INFO"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    snapshot_interval_s: int = 5
 
     @property
     def effective_database_url(self) -> str:
@@ -54,7 +60,11 @@ class Settings:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            if f.name in ("pg_port", "mqtt_port"):
+            if f.name == "snapshot_interval_s":
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ValueError(f"{key} must be a whole number of seconds >= 1, got {raw!r}")
+                values[f.name] = int(raw)
+            elif f.name in ("pg_port", "mqtt_port", "api_port"):
                 try:
                     port = int(raw)
                 except ValueError:
