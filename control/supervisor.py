@@ -73,9 +73,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _metrics() -> tuple[Any, Any, Any] | None:
-    """The control plane's Prometheus series in the default registry, created once by whoever comes first
-    (the supervisor here, the API's ``/metrics`` elsewhere), so both count into the same series."""
+def _metrics() -> tuple[Any, Any] | None:
+    """``nexus_flows{state}`` and ``nexus_flow_restarts_total{flow}`` in the default registry.
+
+    ``control.metrics`` (the API's ``/metrics``) owns them when this build has it; otherwise they are
+    created here once. Deploys by path are counted by the deploy service, which decides the path.
+    """
+    try:
+        from control import metrics  # type: ignore[attr-defined,unused-ignore]
+
+        return metrics.FLOWS, metrics.FLOW_RESTARTS
+    except (ImportError, AttributeError):
+        pass
     try:
         from prometheus_client import REGISTRY, Counter, Gauge
     except ImportError:  # pragma: no cover - a dependency
@@ -90,7 +99,6 @@ def _metrics() -> tuple[Any, Any, Any] | None:
         return (
             get(Gauge, "nexus_flows", "Flows by supervisor state", ["state"]),
             get(Counter, "nexus_flow_restarts", "Flow restarts after a crash", ["flow"]),
-            get(Counter, "nexus_deploys", "Versions applied to running flows, by path", ["path"]),
         )
 
 
@@ -448,10 +456,8 @@ class Supervisor:
             self._write_spec(flow.flow_id, want.version, want.spec)
             flow.version, flow.spec = want.version, want.spec
             self._write_run(flow)
-            self._count_deploy(path)
             return
         self._drain(flow)
-        self._count_deploy("redeploy")
         self._launch(flow, want)
 
     def _plan(self, flow: _Flow, want: DesiredFlow) -> Plan | None:
@@ -744,11 +750,6 @@ class Supervisor:
         if metrics is not None:
             for state in ("stopped", "starting", "running", "restarting", "stopping", "failed"):
                 metrics[0].labels(state=state).set(states.count(state))  # type: ignore[arg-type]
-
-    def _count_deploy(self, path: str) -> None:
-        metrics = _metrics()
-        if metrics is not None:
-            metrics[2].labels(path=path).inc()
 
 
 def _free_port() -> int:
