@@ -39,7 +39,16 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from control.types import Plan
 from dataflows.spec import FlowSpec, MqttDeviceSpec
 
-__all__ = ["HOT_CONNECTION_KEYS", "apply_patches", "device_json", "diff_paths", "plan", "spec_json"]
+__all__ = [
+    "HOT_CONNECTION_KEYS",
+    "Change",
+    "apply_patches",
+    "changes",
+    "device_json",
+    "diff_paths",
+    "plan",
+    "spec_json",
+]
 
 HOT_CONNECTION_KEYS = re.compile(
     r"^(timeout_s|reconnect_(min|max)_s|breaker_\w+|max_\w+|split_reprobe_s|watchdog_interval_s)$"
@@ -100,45 +109,56 @@ def _key(item: Any, i: int) -> str:
     return str(i)
 
 
-def diff_paths(old: Any, new: Any, path: str = "") -> list[str]:
-    """Field paths where ``old`` and ``new`` differ; list items with an ``id``/``name`` are matched by it.
+Change = tuple[str, str, Any, Any]
+"""``(field path, "changed" | "added" | "removed" | "reordered", old value, new value)``."""
 
-    >>> diff_paths({"a": 1, "tags": [{"name": "t", "scale": 1}]}, {"a": 1, "tags": [{"name": "t", "scale": 2}]})
-    ['tags[t].scale changed']
+
+def changes(old: Any, new: Any, path: str = "") -> list[Change]:
+    """Where ``old`` and ``new`` differ; list items with an ``id``/``name`` are matched by it.
+
+    >>> changes({"tags": [{"name": "t", "scale": 1}]}, {"tags": [{"name": "t", "scale": 2}]})
+    [('tags[t].scale', 'changed', 1, 2)]
     """
     if old == new:
         return []
     if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out: list[str] = []
+        out: list[Change] = []
         for k in [*old, *(k for k in new if k not in old)]:
             sub = f"{path}.{k}" if path else str(k)
             if k not in new:
-                out.append(f"{sub} removed")
+                out.append((sub, "removed", old[k], None))
             elif k not in old:
-                out.append(f"{sub} added")
+                out.append((sub, "added", None, new[k]))
             else:
-                out += diff_paths(old[k], new[k], sub)
+                out += changes(old[k], new[k], sub)
         return out
     lists = isinstance(old, Sequence) and isinstance(new, Sequence)
     if lists and not isinstance(old, str | bytes) and not isinstance(new, str | bytes):
         old_keys = [_key(x, i) for i, x in enumerate(old)]
         new_keys = [_key(x, i) for i, x in enumerate(new)]
         if len(set(old_keys)) == len(old_keys) and len(set(new_keys)) == len(new_keys):
-            old_map, new_map = (
-                dict(zip(old_keys, old, strict=True)),
-                dict(zip(new_keys, new, strict=True)),
-            )
-            out = [f"{path}[{k}] removed" for k in old_keys if k not in new_map]
-            out += [f"{path}[{k}] added" for k in new_keys if k not in old_map]
+            old_map = dict(zip(old_keys, old, strict=True))
+            new_map = dict(zip(new_keys, new, strict=True))
+            out = [(f"{path}[{k}]", "removed", old_map[k], None) for k in old_keys if k not in new_map]
+            out += [(f"{path}[{k}]", "added", None, new_map[k]) for k in new_keys if k not in old_map]
             for k in new_keys:
                 if k in old_map:
-                    out += diff_paths(old_map[k], new_map[k], f"{path}[{k}]")
+                    out += changes(old_map[k], new_map[k], f"{path}[{k}]")
             common_old = [k for k in old_keys if k in new_map]
             common_new = [k for k in new_keys if k in old_map]
             if common_old != common_new:
-                out.append(f"{path} reordered")
+                out.append((path, "reordered", common_old, common_new))
             return out
-    return [f"{path} changed" if path else "changed"]
+    return [(path, "changed", old, new)]
+
+
+def diff_paths(old: Any, new: Any, path: str = "") -> list[str]:
+    """:func:`changes` as readable lines.
+
+    >>> diff_paths({"a": 1, "tags": [{"name": "t", "scale": 1}]}, {"a": 1, "tags": [{"name": "t", "scale": 2}]})
+    ['tags[t].scale changed']
+    """
+    return [f"{p} {kind}".strip() for p, kind, _old, _new in changes(old, new, path)]
 
 
 def _device_reasons(
