@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from control.supervisor import Supervisor
 from control.types import DesiredFlow
 from core.settings import Settings
@@ -118,6 +116,7 @@ def ensure_flow(store: Any, spec_path: Path, *, author: str = "nexus demo") -> s
     Returns the flow id when it was imported now, ``None`` when it was there before (a second
     ``nexus demo`` keeps the user's edits).
     """
+    from control import service
     from control.errors import NotFoundError
     from dataflows.spec import load_spec
 
@@ -128,15 +127,8 @@ def ensure_flow(store: Any, spec_path: Path, *, author: str = "nexus demo") -> s
     except NotFoundError:
         pass
     text = spec_path.read_text(encoding="utf-8")
-    doc = json.loads(text) if spec_path.suffix == ".json" else yaml.safe_load(text)
-    store.create_flow(
-        doc,
-        author=author,
-        message=f"imported from {spec_path.name}",
-        source_text=text,
-        source_format="json" if spec_path.suffix == ".json" else "yaml",
-    )
-    store.deploy(spec.id, 1)
+    service.import_text(store, text, author=author, source=spec_path.name)  # kept byte for byte
+    service.deploy(store, spec.id)
     return spec.id
 
 
