@@ -392,7 +392,7 @@ class Supervisor:
                     flow = self._flows[flow_id] = _Flow(flow_id)
                 try:
                     self._reconcile_flow(flow, want)
-                except SupervisorError as exc:
+                except (SupervisorError, OSError) as exc:  # cannot write its folder, cannot spawn
                     log.error("supervisor: flow %s: %s", flow_id, exc)
                     flow.last_error = (str(exc),)
                     flow.set_state("failed")
