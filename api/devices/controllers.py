@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.openapi.spec import Example
-from litestar.params import Body, JSONBody, Parameter
+from litestar.params import Body, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.common import author_of, base_version, etag, store_of
@@ -22,13 +22,13 @@ from core.settings import Settings
 
 IfMatch = Annotated[
     str | None,
-    Parameter(
-        header="If-Match", required=False, description='The version the change is based on, e.g. `"3"`'
+    HeaderParameter(
+        name="If-Match", required=False, description='The version the change is based on, e.g. `"3"`'
     ),
 ]
-FlowId = Annotated[str, Parameter(description="The flow's id", max_length=200)]
-DeviceId = Annotated[str, Parameter(description="The device's id", max_length=200)]
-TagName = Annotated[str, Parameter(description="The tag's name", max_length=200)]
+FlowId = Annotated[str, PathParameter(description="The flow's id", max_length=200)]
+DeviceId = Annotated[str, PathParameter(description="The device's id", max_length=200)]
+TagName = Annotated[str, PathParameter(description="The tag's name", max_length=200)]
 
 EXAMPLE_DEVICE: dict[str, Any] = {
     "id": "press-02",
@@ -315,9 +315,9 @@ class DevicesController(Controller):
         request: Request[Any, Any, Any],
         flow_id: FlowId,
         device_id: DeviceId,
-        root: Annotated[str, Parameter(min_length=1, max_length=500)] = "i=85",
-        max_depth: Annotated[int, Parameter(ge=1, le=16)] = 4,
-        max_variables: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+        root: Annotated[str, QueryParameter(min_length=1, max_length=500)] = "i=85",
+        max_depth: Annotated[int, QueryParameter(ge=1, le=16)] = 4,
+        max_variables: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     ) -> list[BrowsedOut]:
         """The variables of an OPC UA device's server under `root` (to pick tags)."""
         store = store_of(request)

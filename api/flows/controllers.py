@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.openapi.spec import Example
-from litestar.params import Body, JSONBody, Parameter
+from litestar.params import Body, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from api.common import author_of, base_version, etag, service, store_of
 from api.errors import problems
@@ -32,13 +32,13 @@ from dataflows.spec import json_schema, parse_spec
 
 IfMatch = Annotated[
     str | None,
-    Parameter(
-        header="If-Match",
+    HeaderParameter(
+        name="If-Match",
         required=False,
         description='The version the change is based on (its ETag, e.g. `"3"`); a stale one gets 409',
     ),
 ]
-FlowId = Annotated[str, Parameter(description="The flow's id (the spec's `id`)", max_length=200)]
+FlowId = Annotated[str, PathParameter(description="The flow's id (the spec's `id`)", max_length=200)]
 
 SPEC_BODY = Body(
     description="A flow spec v1 document", examples=[Example(summary="one Modbus press", value=EXAMPLE_SPEC)]
@@ -186,7 +186,7 @@ class FlowsController(Controller):
         request: Request[Any, Any, Any],
         flow_id: FlowId,
         version: Annotated[
-            int | None, Parameter(ge=1, required=False, description="Default: the newest")
+            int | None, QueryParameter(ge=1, required=False, description="Default: the newest")
         ] = None,
     ) -> Response[dict[str, Any]]:
         """A version's spec document (secrets masked)."""
@@ -205,7 +205,7 @@ class FlowsController(Controller):
         request: Request[Any, Any, Any],
         flow_id: FlowId,
         version: Annotated[
-            int | None, Parameter(ge=1, required=False, description="Default: the newest")
+            int | None, QueryParameter(ge=1, required=False, description="Default: the newest")
         ] = None,
     ) -> Response[str]:
         """A version's text exactly as imported (or as written through the API, rendered as YAML)."""
@@ -232,7 +232,10 @@ class FlowsController(Controller):
         responses=problems(404),
     )
     def get_version(
-        self, request: Request[Any, Any, Any], flow_id: FlowId, number: int
+        self,
+        request: Request[Any, Any, Any],
+        flow_id: FlowId,
+        number: Annotated[int, PathParameter(description="The version number")],
     ) -> Response[VersionOut]:
         """One version with its document (secrets masked)."""
         v = store_of(request).get_version(flow_id, number)
@@ -245,8 +248,8 @@ class FlowsController(Controller):
         self,
         request: Request[Any, Any, Any],
         flow_id: FlowId,
-        from_version: Annotated[int, Parameter(query="from", ge=1, description="The older version")],
-        to_version: Annotated[int, Parameter(query="to", ge=1, description="The newer version")],
+        from_version: Annotated[int, QueryParameter(name="from", ge=1, description="The older version")],
+        to_version: Annotated[int, QueryParameter(name="to", ge=1, description="The newer version")],
     ) -> DiffOut:
         """What changed between two versions (field paths, old and new values) and what deploying it would do."""
         return DiffOut.model_validate(svc.diff_versions(store_of(request), flow_id, from_version, to_version))
