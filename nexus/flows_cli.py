@@ -55,6 +55,7 @@ def _author(args: argparse.Namespace) -> str:
 
 def cmd_flows_import(args: argparse.Namespace, settings: Settings) -> int:
     from control import service
+    from control.store import SourceFormat
 
     path = Path(args.file)
     try:
@@ -68,7 +69,7 @@ def cmd_flows_import(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    fmt = "json" if path.suffix == ".json" else "yaml"
+    fmt: SourceFormat = "json" if path.suffix == ".json" else "yaml"
     with open_store(settings) as store:
         version, changed = service.import_text(
             store, text, author=_author(args), message=args.message or "", fmt=fmt, source=path.name
