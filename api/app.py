@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
+from litestar import Litestar, get
+from litestar.openapi import OpenAPIConfig
 
+from api.errors import EXCEPTION_HANDLERS
 from core.settings import Settings
-from dataflows.spec import SpecError
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows",)
+DOMAINS: tuple[str, ...] = ("api.flows", "api.devices")
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})
@@ -25,12 +25,8 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def spec_error_handler(_request: Request[Any, Any, Any], exc: SpecError) -> Response[object]:
-    """Invalid specs answer 422 with every problem and its field path."""
-    return Response(
-        {"detail": "invalid flow spec", "problems": [{"path": p, "message": m} for p, m in exc.problems]},
-        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-    )
+MAX_BODY_BYTES = 4_000_000
+"""Request bodies above this answer 413 (a spec with thousands of tags is well below it)."""
 
 
 def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
@@ -41,7 +37,14 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
         handlers.extend(importlib.import_module(name).route_handlers())
     app = Litestar(
         route_handlers=handlers,
-        exception_handlers={SpecError: spec_error_handler},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="NEXUS Edge control API",
+            version="1.0.0",
+            description="Flows, versions, deploys, devices and tags. Errors are application/problem+json (RFC 9457).",
+            path="/schema",
+        ),
     )
     app.state.settings = settings
     for key, service in services.items():

@@ -314,7 +314,9 @@ class ConfigStore:
         """Version ``number`` of a flow; ``None``: the newest."""
         with self._session() as s:
             flow = self._flow_row(s, flow_id)
-            return _version_info(self._version_row(s, flow_id, number or flow.latest_version))
+            return _version_info(
+                self._version_row(s, flow_id, flow.latest_version if number is None else number)
+            )
 
     def deployed_version(self, flow_id: str) -> VersionInfo | None:
         with self._session() as s:
@@ -488,7 +490,7 @@ class ConfigStore:
         with self._session() as s:
             flow = self._flow_row(s, flow_id, lock=True)
             self._check_base(flow, base)
-            number = number or flow.latest_version
+            number = flow.latest_version if number is None else number
             self._version_row(s, flow_id, number)
             previous = flow.deployed_version
             flow.deployed_version = number

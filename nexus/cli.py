@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=cmd_schema)
+
+    from nexus.flows_cli import add_flows_parser
+
+    add_flows_parser(sub)
     return parser
 
 
