@@ -34,8 +34,8 @@ from core.batch import PointBatch, tag_id_for
 from core.device_config import DeviceConfig
 from core.uns import uns_topic
 from dataflows.spec import (
-    AnyDeviceSpec,
     AnomalyNode,
+    AnyDeviceSpec,
     CalculatedTagSpec,
     CalculateNode,
     CompressNode,

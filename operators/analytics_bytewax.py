@@ -89,7 +89,7 @@ class CalculatedLogic(StatefulLogic[Item, Item, CalculatedState | Swapped[Calcul
             state = hot.resume(state, start_version)
             self.hot = hot if hot.swapped else None
             self._realign = not hot.swapped  # the spec's calculations may take other inputs
-        self.state = state
+        self.state: CalculatedState | None = state  # type: ignore[assignment]
 
     def _core(self, device_id: str) -> CalculatedTags | None:
         if self.hot is not None:
@@ -114,8 +114,8 @@ class CalculatedLogic(StatefulLogic[Item, Item, CalculatedState | Swapped[Calcul
         return (out,), StatefulLogic.RETAIN
 
     def snapshot(self) -> CalculatedState | Swapped[CalculatedState | None]:
-        if self.hot is not None:
-            return self.hot.snapshot(self.state)
+        if self.hot is not None:  # only ever set together with a swap
+            return Swapped(self.hot.version, self.hot.params, self.state)
         assert self.state is not None  # a discarded logic is never snapshotted
         return self.state
 
@@ -157,7 +157,7 @@ class SwingingDoorLogic(StatefulLogic[Item, Item, _SdtSnapshot]):
 
     def __init__(self, core: SwingingDoor, resume: _SdtSnapshot | None, start_version: int = 0) -> None:
         self.hot = HotCore(core, "swinging_door", _sdt_core)
-        resumed = self.hot.resume(resume, start_version)
+        resumed: tuple[str, SwingingDoorState] | None = self.hot.resume(resume, start_version)
         self.device_id, self.state = resumed if resumed is not None else ("", core.initial_state())
 
     @property

@@ -70,7 +70,7 @@ def keep_tags(state: S, keep: npt.NDArray[np.int64]) -> S:
         return state
     names = {f.name for f in dataclasses.fields(state)}
     if "windows" in names:  # operators.window.WindowState
-        windows = tuple(_keep_window(w, keep) for w in state.windows)  # type: ignore[attr-defined]
+        windows = tuple(_keep_window(w, keep) for w in getattr(state, "windows"))  # noqa: B009
         return dataclasses.replace(state, windows=windows)  # type: ignore[type-var]
     if "tag_ids" not in names:
         return state
