@@ -141,6 +141,8 @@ class ConfigListener(DeviceSubscriber[Apply]):
     def _count(self, name: str) -> None:
         with self._cond:
             self.counts[name] += 1
+        if self.status is not None:
+            self.status.count(f"config_{name}", 1)
 
     def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
         self._count("received")
