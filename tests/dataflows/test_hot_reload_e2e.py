@@ -5,6 +5,7 @@ connection to the device; values on the broker and in PostgreSQL follow; the oth
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import signal
@@ -246,7 +247,7 @@ def test_a_scale_change_applies_live_without_restart_or_reconnect(
     spec = spec_for((s7.port, s8.port))
     watcher = Watcher(mqtt_url)
     assert watcher.subscribed.wait(10)
-    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id, version=1)
+    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1)
     try:
         started(flow, watcher)
         assert watcher.last("press-07", "temp") == pytest.approx(25.0)
@@ -288,7 +289,7 @@ def test_a_scale_change_applies_live_without_restart_or_reconnect(
             timeout=30,
             what="tank points",
         )
-        gaps = [(b - a).total_seconds() for (a, _), (b, _) in zip(levels, levels[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for (a, _), (b, _) in itertools.pairwise(levels)]
         assert max(gaps) < 2.0, gaps
         # Old-scale polls after the notification was acknowledged (reported, not asserted: timing).
         old_after = [t for t, v in stored(db, "press-07", "temp", published_at) if v == pytest.approx(25.0)]
@@ -306,7 +307,7 @@ def test_tags_added_and_removed_stale_and_invalid_notifications(
     spec = spec_for((s7.port, s8.port))
     watcher = Watcher(mqtt_url)
     assert watcher.subscribed.wait(10)
-    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id, version=3)
+    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=3)
     try:
         started(flow, watcher)
         connections = s7.connections_accepted
@@ -378,3 +379,43 @@ def test_tags_added_and_removed_stale_and_invalid_notifications(
         watcher.close()
         code = flow.stop()
     assert code == 0, flow.output()
+
+
+def test_a_process_started_with_an_older_version_takes_the_retained_change_before_its_first_poll(
+    tmp_path: Path, sims: tuple[ModbusSimulator, ModbusSimulator], db: str, mqtt_url: str, flow_id: str
+) -> None:
+    """A restart on the old spec (the supervisor's version lags) still runs the published one;
+    a process started with that version (or a newer one) ignores the retained notification."""
+    s7, s8 = sims
+    spec = spec_for((s7.port, s8.port))
+    section = copy.deepcopy(spec["devices"][0])
+    section["tags"][0]["scale"] = 1.0
+    publish_device_configs(mqtt_url, flow_id, 2, {"press-07": section})
+    watcher = Watcher(mqtt_url)
+    assert watcher.subscribed.wait(10)
+    old = Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1)
+    try:
+        started(old, watcher)
+        wait_for(lambda: len(watcher.values("press-07", "temp")) >= 3, timeout=30, what="a few polls")
+        assert rounded(watcher.values("press-07", "temp")) == {250.0}  # not one poll with the old scale
+        wait_for(lambda: device_status(watcher, "press-07") == 2, timeout=20, what="version 2 on the status")
+    finally:
+        code = old.stop()
+    assert code == 0, old.output()
+    with watcher.lock:
+        watcher.messages.clear()
+    (tmp_path / "newer").mkdir()
+    newer = Flow(tmp_path / "newer", spec, db, mqtt_url, flow_id=flow_id, version=2)
+    try:
+        started(newer, watcher)
+        wait_for(lambda: len(watcher.values("press-07", "temp")) >= 3, timeout=30, what="a few polls")
+        assert rounded(watcher.values("press-07", "temp")) == {
+            25.0
+        }  # its own spec: the notification is not newer
+        wait_for(
+            lambda: status_count(watcher, "config_ignored") >= 1, timeout=20, what="the retained one ignored"
+        )
+    finally:
+        watcher.close()
+        code = newer.stop()
+    assert code == 0, newer.output()
