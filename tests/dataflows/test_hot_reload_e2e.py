@@ -135,7 +135,7 @@ class Flow:
     """One flow process on a spec, with its log in a file."""
 
     def __init__(
-        self, tmp: Path, spec: dict[str, Any], db: str, mqtt_url: str, flow_id: str, version: int
+        self, tmp: Path, spec: dict[str, Any], db: str, mqtt_url: str, *, flow_id: str, version: int
     ) -> None:
         path = tmp / "spec.yaml"
         path.write_text(yaml.safe_dump(spec))
