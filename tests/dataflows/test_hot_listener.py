@@ -113,7 +113,7 @@ def test_refused_changes_name_what_is_wrong_and_leave_the_config(
     spec: FlowSpec, device: str, body: bytes, why: str
 ) -> None:
     listener = ConfigListener("mqtt://127.0.0.1:1", spec, version=1)
-    with pytest.raises(ChangeRefused, match="refused|not JSON|object|version") as err:
+    with pytest.raises(ChangeRefused) as err:
         listener.accept(device, body)
     assert why in str(err.value)
     assert listener.spec is spec
