@@ -26,12 +26,14 @@ from connectors.historian.derived import DerivedWriter
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.publisher import UnsPublisher
 from core.batch import ns_to_datetime
+from core.device_config import DeviceConfig
 from core.records import AggBatch, Alert, OeeResult
 from core.tags import TagInfo
 
 log = logging.getLogger(__name__)
 
-Derived = AggBatch | Alert | OeeResult
+Derived = AggBatch | Alert | OeeResult | DeviceConfig
+"""What the taps emit; a :class:`DeviceConfig` (a hot config change) brings a device's new tags."""
 
 
 def _iso(ts_ns: int) -> str:
@@ -140,10 +142,14 @@ class DerivedTargets:
 class _DerivedPartition(StatelessSinkPartition[Derived]):
     def __init__(self, targets: DerivedTargets) -> None:
         self.targets = targets
+        self.tags = dict(targets.tags)
         self._publisher = UnsPublisher(targets.mqtt, targets.tags) if targets.mqtt else None
         self._writer = DerivedWriter(targets.database_url, targets.windows) if targets.database_url else None
 
     def write_batch(self, items: list[Derived]) -> None:
+        for item in items:
+            if isinstance(item, DeviceConfig):
+                self.tags.update(item.tags)
         aggs = [i for i in items if isinstance(i, AggBatch)]
         alerts = [i for i in items if isinstance(i, Alert)]
         oee = [i for i in items if isinstance(i, OeeResult)]
@@ -152,7 +158,7 @@ class _DerivedPartition(StatelessSinkPartition[Derived]):
             self._writer.write_alerts(alerts)
             self._writer.write_oee(oee)
         if self._publisher is not None:
-            tags = self.targets.tags
+            tags = self.tags
             messages = [m for batch in aggs for m in agg_messages(batch, tags)]
             messages += [m for m in (alert_message(a, tags) for a in alerts) if m is not None]
             messages += [

@@ -30,8 +30,12 @@ def status_topic(flow_id: str, process: str | None = None) -> str:
 class FlowStatus:
     """Per-process counters of one flow, published on the status topic every ``interval_s``."""
 
-    def __init__(self, flow_id: str, mqtt_url: str, *, interval_s: float = 1.0) -> None:
+    def __init__(self, flow_id: str, mqtt_url: str, *, interval_s: float = 1.0, version: int = 0) -> None:
         self.flow_id = flow_id
+        self.version = version
+        """The flow version the process started with."""
+        self._devices: dict[str, int] = {}
+        """The config version each device polled by this process runs (hot changes move it)."""
         self.mqtt_url = mqtt_url
         self.interval_s = interval_s
         self.topic = status_topic(flow_id)
@@ -51,12 +55,24 @@ class FlowStatus:
             self._counts["points_read"] += points
             self._counts["batches_read"] += 1
 
+    def set_device_version(self, device_id: str, version: int) -> None:
+        """The device now runs the config of ``version`` (its partition applied it)."""
+        with self._lock:
+            self._devices[device_id] = version
+
+    def forget_device(self, device_id: str) -> None:
+        with self._lock:
+            self._devices.pop(device_id, None)
+
     def snapshot(self, state: str = "running") -> dict[str, object]:
         with self._lock:
             counts = dict(self._counts)
+            devices = {d: {"version": v} for d, v in sorted(self._devices.items())}
         return {
             "flow": self.flow_id,
             "state": state,
+            "version": self.version,
+            "devices": devices,
             "pid": os.getpid(),
             "started": datetime.fromtimestamp(self._started, UTC).isoformat(),
             "time": datetime.now(UTC).isoformat(),

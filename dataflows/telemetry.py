@@ -6,6 +6,9 @@ or ``nexus services`` start). Another spec can be named in the import string:
 ``python -m bytewax.run "dataflows.telemetry:build('plant.yaml')"``.
 
 Signals: SIGTERM and SIGUSR1 drain the flow (sources stop, sinks flush, exit 0); SIGINT aborts.
+
+Hot config changes: the process's config listener (``dataflows.hot``) takes retained device
+sections newer than ``NEXUS_FLOW_VERSION`` from ``$nexus/config/flows/{NEXUS_FLOW_ID or spec id}/#``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from bytewax.dataflow import Dataflow
 from connectors.commands import CommandRouter
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, writable_tags
+from dataflows.hot import ENV_FLOW_ID, ConfigListener, start_version
 from dataflows.spec import DEMO_SPEC, FlowSpec, load_spec
 from dataflows.status import FlowStatus
 
@@ -38,15 +42,19 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, lambda *_: stop.set())
-    status = FlowStatus(spec.id, settings.effective_mqtt_url)
+    version = start_version()
+    status = FlowStatus(spec.id, settings.effective_mqtt_url, version=version)
     status.start()
     atexit.register(status.stop)
+    router = _command_router(spec, settings)
     runtime = Runtime(
         database_url=settings.effective_database_url,
         mqtt_url=settings.effective_mqtt_url,
         stop_event=stop,
         status=status,
-        write_registry=_command_router(spec, settings),
+        write_registry=router,
+        config_registry=_config_listener(spec, settings, version, status, router),
+        version=version,
     )
     flow = compile_flow(spec, runtime)
     tune_interpreter()
@@ -87,6 +95,27 @@ def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:
         log.warning("command router: broker not reachable yet; it keeps trying in the background")
     atexit.register(router.close)
     return router
+
+
+def _config_listener(
+    spec: FlowSpec, settings: Settings, version: int, status: FlowStatus, router: CommandRouter | None
+) -> ConfigListener:
+    """This process's listener of hot config changes (every process hears every device's; each
+    hands them to the partitions it owns)."""
+    listener = ConfigListener(
+        settings.effective_mqtt_url,
+        spec,
+        flow_id=os.environ.get(ENV_FLOW_ID, "").strip() or spec.id,
+        version=version,
+        status=status,
+        router=router,
+    )
+    try:
+        listener.start()
+    except TimeoutError:
+        log.warning("config listener: broker not reachable yet; it keeps trying in the background")
+    atexit.register(listener.close)
+    return listener
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,11 @@ class HistorianClosed(HistorianError):  # noqa: N818
     """The writer was closed."""
 
 
+@dataclass(frozen=True)
+class _Tags:
+    tags: tuple[TagInfo, ...]
+
+
 @dataclass
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
@@ -131,6 +136,8 @@ class HistorianWriter:
     ) -> None:
         self.config = config
         self._tags = list(tags.values())
+        self._new_tags: list[TagInfo] = []
+        """Tags added since the connection upserted ``_tags`` (written before the next chunk)."""
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_batches)
         self._interval_us = INTERVAL_SECONDS[config.partition_interval] * 1_000_000
         self._lock = threading.Lock()
@@ -159,6 +166,11 @@ class HistorianWriter:
         self._put(batch, None)
         with self._lock:
             self.rows_accepted += len(batch)
+
+    def add_tags(self, tags: Iterable[TagInfo]) -> None:
+        """Register tags in ``nexus_tags`` before the points written after this call (a hot config
+        change adds or renames tags; tag ids are stable hashes, so only new rows appear)."""
+        self._put(_Tags(tuple(tags)), None)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every row accepted so far is committed; ``HistorianTimeout`` after ``timeout``."""
@@ -256,7 +268,16 @@ class HistorianWriter:
                     item = self._queue.get(timeout=timeout)
                 except queue.Empty:
                     item = None
-                if isinstance(item, PointBatch):
+                if isinstance(item, _Tags):
+                    known = {t.tag_id: t for t in self._tags}
+                    known.update((t.tag_id, t) for t in item.tags)
+                    self._tags = list(known.values())
+                    self._new_tags.extend(item.tags)
+                    if rows:  # points of the old tags go first; the new tags are upserted before them
+                        self._write_with_retry(_concat(parts))
+                        parts, rows = [], 0
+                    self._register_new_tags()
+                elif isinstance(item, PointBatch):
                     if not rows:
                         oldest = time.monotonic()
                     parts.append(
@@ -308,8 +329,26 @@ class HistorianWriter:
             conn.close()
             raise
         self._partitions.clear()
+        self._new_tags.clear()  # all of `_tags` were just upserted
         self._conn = conn
         return conn
+
+    def _register_new_tags(self) -> None:
+        """Upsert the tags added since the last connect; on a database outage the next connect
+        upserts every tag anyway, so a failure here is only logged."""
+        if not self._new_tags or self._conn is None or self._conn.closed:
+            return
+        try:
+            upsert_tags(self._conn, self._new_tags)
+            self._new_tags.clear()
+        except psycopg.OperationalError as exc:
+            log.warning(
+                "historian: registering %d new tags failed (%s); retried at reconnect",
+                len(self._new_tags),
+                type(exc).__name__,
+            )
+            self._conn.close()
+            self._conn = None
 
     def _write_with_retry(self, chunk: _Chunk) -> None:
         attempt = 0
@@ -317,6 +356,9 @@ class HistorianWriter:
         while True:
             try:
                 conn = self._connect()
+                if self._new_tags:
+                    upsert_tags(conn, self._new_tags)
+                    self._new_tags.clear()
                 if self._mode == "native":
                     self._ensure_partitions(conn, chunk.time_us)
                 self._copy(conn, chunk)

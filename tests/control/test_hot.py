@@ -1,0 +1,67 @@
+"""control.hot.publish_device_configs against a real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from connectors.mqtt.url import parse_mqtt_url
+from control.errors import InvalidError, UnavailableError
+from control.hot import publish_device_configs
+from control.types import CONFIG_TOPIC
+from nexus.embedded import free_port
+from tests.conftest import wait_for
+
+
+def retained(url: str, topic_filter: str) -> dict[str, Any]:
+    """What a new subscriber receives as retained messages on ``topic_filter``."""
+    u = parse_mqtt_url(url)
+    got: dict[str, Any] = {}
+    subscribed = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda cl, *_: cl.subscribe(topic_filter, qos=1)
+    c.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and msg.payload:
+            got[msg.topic] = (json.loads(msg.payload), msg.qos)
+
+    c.on_message = on_message
+    c.connect(u.host, u.port)
+    c.loop_start()
+    try:
+        assert subscribed.wait(10)
+        return wait_for(lambda: got, timeout=10, what="retained notifications")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_each_device_is_published_retained_with_its_version(mqtt_url: str) -> None:
+    sections = {"press-01": {"id": "press-01", "poll_interval_s": 2}, "press-02": {"id": "press-02"}}
+    publish_device_configs(mqtt_url, "plant-a", 7, sections)
+    got = retained(mqtt_url, "$nexus/config/flows/plant-a/#")
+    assert set(got) == {CONFIG_TOPIC.format(flow="plant-a", device=d) for d in sections}
+    doc, qos = got[CONFIG_TOPIC.format(flow="plant-a", device="press-01")]
+    assert doc == {"version": 7, "device": sections["press-01"]} and qos == 1
+    publish_device_configs(mqtt_url, "plant-a", 8, {"press-01": {"id": "press-01"}})  # replaces v7
+    got = retained(mqtt_url, "$nexus/config/flows/plant-a/devices/press-01")
+    assert next(iter(got.values()))[0]["version"] == 8
+
+
+def test_bad_arguments_are_refused_with_their_field(mqtt_url: str) -> None:
+    with pytest.raises(InvalidError) as err:
+        publish_device_configs(mqtt_url, "plant/a", 0, {"d+1": {"id": "d+1"}, "d2": {"id": "other"}})
+    fields = [path for path, _ in err.value.problems]
+    assert fields == ["flow_id", "version", "patches.d+1", "patches.d2.id"]
+
+
+def test_an_unreachable_broker_is_unavailable_and_the_url_is_redacted() -> None:
+    url = f"mqtt://edge:s3cret@127.0.0.1:{free_port()}"
+    with pytest.raises(UnavailableError) as err:
+        publish_device_configs(url, "plant-a", 1, {"d1": {"id": "d1"}}, timeout_s=1.0)
+    assert "s3cret" not in str(err.value) and "127.0.0.1" in str(err.value)
