@@ -29,7 +29,7 @@ lint:
 
 # static type checks
 typecheck:
-    {{python}} -m mypy core connectors operators dataflows api nexus bench
+    {{python}} -m mypy core connectors operators dataflows api nexus bench control
 
 # format the code
 fmt:
