@@ -319,7 +319,6 @@ class Historian:
             async with self._conn() as conn:
                 if not await self._has_core_tables(conn):
                     raise NotFoundError(f"unknown tag(s): {ids[0]}")
-                await self._require_tags(conn, ids)
                 # one tag (the common chart query): a plain equality walks the (tag_id, time) key in order
                 match = "tag_id = %s" if len(ids) == 1 else "tag_id = ANY(%s)"
                 rows = await (
@@ -329,6 +328,9 @@ class Historian:
                         (ids[0] if len(ids) == 1 else ids, start, end, limit + 1),
                     )
                 ).fetchall()
+                seen = {r[1] for r in rows}
+                if len(seen) < len(ids):  # an empty series: is the tag known at all? (one more query)
+                    await self._require_tags(conn, [t for t in ids if t not in seen])
         except psycopg.errors.QueryCanceled as exc:
             raise TooLargeError("the query ran longer than the statement timeout; narrow it") from exc
         except psycopg.OperationalError as exc:
@@ -390,7 +392,7 @@ class Historian:
             return sql.SQL("{}(%(bucket)s, {}, origin => %(origin)s)").format(fn, sql.Identifier(column))
         return sql.SQL("{}(%(bucket)s, {}, %(origin)s)").format(fn, sql.Identifier(column))
 
-    def _aggregate_sql(self, source: Source) -> sql.Composed:
+    def _aggregate_sql(self, source: Source, *, direct: bool = False) -> sql.Composed:
         if source == "nexus_points":
             b = self._bucket_expr("time")
             return sql.SQL(
@@ -399,6 +401,11 @@ class Historian:
                 "FROM nexus_points WHERE tag_id = ANY(%(ids)s) AND time >= %(start)s AND time < %(end)s "
                 "AND quality = 0 GROUP BY tag_id, 1 ORDER BY tag_id, 1"
             ).format(b=b)
+        if direct:  # the bucket is the table's window: its rows are the answer
+            return sql.SQL(
+                "SELECT bucket, tag_id, min, max, avg, count, sum, first, last, twa FROM {t} "
+                "WHERE tag_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(end)s ORDER BY tag_id, bucket"
+            ).format(t=sql.Identifier(source))
         b = self._bucket_expr("bucket")
         return sql.SQL(
             "SELECT {b} AS b, tag_id, min(min), max(max), "
@@ -429,13 +436,14 @@ class Historian:
             async with self._conn() as conn:
                 if not await self._has_core_tables(conn):
                     raise NotFoundError(f"unknown tag(s): {ids[0]}")
-                await self._require_tags(conn, ids)
                 plan = self.plan_aggregate(
                     start, end, bucket=bucket, max_points=max_points, tables=await self._tables_now(conn)
                 )
                 params = {"bucket": plan.bucket, "origin": EPOCH, "start": start, "end": end}
                 by_tag = await self._aggregate_rows(conn, plan.source, ids, params)
                 missing = [t for t in ids if t not in by_tag]
+                if missing:
+                    await self._require_tags(conn, missing)
                 raw_for: set[int] = set()
                 if plan.source != "nexus_points" and missing:
                     # no window operator covers these tags: answer them from raw points
@@ -455,7 +463,9 @@ class Historian:
     async def _aggregate_rows(
         self, conn: psycopg.AsyncConnection[Any], source: Source, ids: list[int], params: dict[str, Any]
     ) -> dict[int, dict[str, list[Any]]]:
-        rows = await (await conn.execute(self._aggregate_sql(source), {**params, "ids": ids})).fetchall()
+        direct = _AGG_TABLES.get(source) == params["bucket"].total_seconds()
+        query = self._aggregate_sql(source, direct=direct)
+        rows = await (await conn.execute(query, {**params, "ids": ids})).fetchall()
         out: dict[int, dict[str, list[Any]]] = {}
         names = ("bucket", *AGG_FIELDS)
         for row in rows:
@@ -479,22 +489,31 @@ class Historian:
                     if ids:
                         raise NotFoundError(f"unknown tag(s): {ids[0]}")
                     return []
-                if ids is not None:
-                    await self._require_tags(conn, ids)
                 tables = await self._tables_now(conn)
-                where = sql.SQL("") if ids is None else sql.SQL("WHERE t.tag_id = ANY(%(ids)s)")
+                # the requested ids drive the join, so an unknown id shows as a row without a tag
+                tags = (
+                    sql.SQL("nexus_tags t")
+                    if ids is None
+                    else sql.SQL(
+                        "unnest(%(ids)s::bigint[]) AS r(tag_id) LEFT JOIN nexus_tags t ON t.tag_id = r.tag_id"
+                    )
+                )
+                key = sql.SQL("t.tag_id" if ids is None else "r.tag_id")
                 if "nexus_latest" in tables:
                     query = sql.SQL(
-                        "SELECT t.tag_id, l.time, l.value, l.quality FROM nexus_tags t "
-                        "LEFT JOIN nexus_latest l ON l.tag_id = t.tag_id {} ORDER BY t.tag_id"
-                    ).format(where)
+                        "SELECT {k}, l.time, l.value, l.quality, t.tag_id IS NOT NULL FROM {tags} "
+                        "LEFT JOIN nexus_latest l ON l.tag_id = t.tag_id ORDER BY {k}"
+                    ).format(k=key, tags=tags)
                 else:  # an older store: one index descent per tag
                     query = sql.SQL(
-                        "SELECT t.tag_id, p.time, p.value, p.quality FROM nexus_tags t LEFT JOIN LATERAL ("
-                        " SELECT time, value, quality FROM nexus_points WHERE tag_id = t.tag_id "
-                        " ORDER BY time DESC LIMIT 1) p ON true {} ORDER BY t.tag_id"
-                    ).format(where)
+                        "SELECT {k}, p.time, p.value, p.quality, t.tag_id IS NOT NULL FROM {tags} "
+                        "LEFT JOIN LATERAL (SELECT time, value, quality FROM nexus_points "
+                        "WHERE tag_id = t.tag_id ORDER BY time DESC LIMIT 1) p ON true ORDER BY {k}"
+                    ).format(k=key, tags=tags)
                 rows = await (await conn.execute(query, {"ids": ids})).fetchall()
+                unknown = [r[0] for r in rows if not r[4]]
+                if unknown:
+                    await self._require_tags(conn, unknown)  # raises with the list
         except psycopg.errors.QueryCanceled as exc:
             raise TooLargeError("the query ran longer than the statement timeout; narrow it") from exc
         except psycopg.OperationalError as exc:

@@ -351,3 +351,17 @@ def test_http_csv_export_streams_every_row(client: TestClient) -> None:  # type:
 def test_http_csv_export_refuses_before_streaming(client: TestClient) -> None:  # type: ignore[type-arg]
     r = client.get("/api/v1/historian/export.csv", params={"tag": 5, "start": iso(T0), "end": iso(T0)})
     assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.end"
+
+
+def test_bucket_equal_to_the_window_reads_the_rows_as_stored(loaded: str) -> None:
+    out = run(
+        with_historian(
+            loaded, lambda h: h.aggregates([1], T0, T0 + timedelta(hours=1), bucket=timedelta(minutes=1))
+        )
+    )
+    (s,) = out["series"]
+    agg = _agg_1m(1)
+    assert out["source"] == "nexus_agg_1m" and len(s["bucket"]) == 60
+    np.testing.assert_allclose(s["twa"], agg.twa[:60])
+    np.testing.assert_allclose(s["sum"], agg.sum[:60])
+    assert s["first"][:2] == [0.0, 60.0]
