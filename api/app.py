@@ -1,6 +1,7 @@
 """``create_app(settings)`` wires the control API; nothing is created at import time.
 
-Each domain package (``api.flows``, ``api.historian``, ``api.ws``, ...) exposes ``route_handlers()``;
+Each domain package (``api.flows``, ``api.historian``, ``api.ws``, ...) exposes ``route_handlers()``
+and may expose ``plugins()``, ``middleware()``, ``on_startup()`` and ``on_shutdown()`` (each a list);
 ``DOMAINS`` lists the ones the app mounts. Every route declares the permission it needs in its
 ``opt["permission"]`` (enforced by the security layer once it exists).
 """
@@ -17,7 +18,7 @@ from api.errors import EXCEPTION_HANDLERS
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows", "api.devices")
+DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics")
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})
@@ -33,8 +34,13 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
     """The app; ``services`` (store, supervisor, live status, ...) land on ``app.state`` by name."""
     settings = settings or Settings.from_env()
     handlers: list[Any] = [health]
+    hooks: dict[str, list[Any]] = {"plugins": [], "middleware": [], "on_startup": [], "on_shutdown": []}
     for name in DOMAINS:
-        handlers.extend(importlib.import_module(name).route_handlers())
+        module = importlib.import_module(name)
+        handlers.extend(module.route_handlers())
+        for hook, items in hooks.items():
+            if hasattr(module, hook):
+                items.extend(getattr(module, hook)())
     app = Litestar(
         route_handlers=handlers,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -45,6 +51,10 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
             description="Flows, versions, deploys, devices and tags. Errors are application/problem+json (RFC 9457).",
             path="/schema",
         ),
+        plugins=hooks["plugins"],
+        middleware=hooks["middleware"],
+        on_startup=hooks["on_startup"],
+        on_shutdown=hooks["on_shutdown"],
     )
     app.state.settings = settings
     for key, service in services.items():

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 
 from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
 from control.planner import changes, plan
@@ -52,16 +52,11 @@ class AckTimeoutError(UnavailableError):
 # -- metrics -----------------------------------------------------------------------------------------
 
 
-def _counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-    """One collector per name in the default registry, whoever (API, supervisor) creates it first."""
-    existing = REGISTRY._names_to_collectors.get(name)  # type: ignore[attr-defined]
-    if existing is not None:
-        return existing  # type: ignore[return-value,no-any-return]
-    return Counter(name.removesuffix("_total"), doc, labels)
-
-
 def _deploys() -> Counter:
-    return _counter("nexus_deploys_total", "Deploys by the path they took (hot, redeploy, noop)", ("path",))
+    """``nexus_deploys_total{path}``, defined once in :mod:`control.metrics` (with the API's ``/metrics``)."""
+    from control.metrics import DEPLOYS
+
+    return DEPLOYS
 
 
 # -- documents ---------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 
 import psutil
 
+from control import metrics
 from control.types import (
     ENV_FLOW_ID,
     ENV_FLOW_VERSION,
@@ -71,38 +72,6 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _metrics() -> tuple[Any, Any] | None:
-    """``nexus_flows{state}`` and ``nexus_flow_restarts_total{flow}`` in the default registry.
-
-    ``control.metrics`` (the API's ``/metrics``) owns them when this build has it; otherwise they are
-    created here once. Deploys by path are counted by the deploy service, which decides the path.
-    """
-    try:
-        from control import metrics  # type: ignore[attr-defined,unused-ignore]
-
-        return metrics.FLOWS, metrics.FLOW_RESTARTS
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from prometheus_client import REGISTRY, Counter, Gauge
-    except ImportError:  # pragma: no cover - a dependency
-        return None
-    names = REGISTRY._names_to_collectors  # no public lookup by name
-
-    def get(kind: Any, name: str, doc: str, labels: Sequence[str]) -> Any:
-        existing = names.get(name) or names.get(f"{name}_total")
-        return existing if existing is not None else kind(name, doc, labels)
-
-    with _METRICS_LOCK:
-        return (
-            get(Gauge, "nexus_flows", "Flows by supervisor state", ["state"]),
-            get(Counter, "nexus_flow_restarts", "Flow restarts after a crash", ["flow"]),
-        )
-
-
-_METRICS_LOCK = threading.Lock()
 
 
 class SupervisorError(RuntimeError):
@@ -621,9 +590,7 @@ class Supervisor:
             flow.children = []
             flow.restarts += 1
             flow.crashes.append(now)
-            metrics = _metrics()
-            if metrics is not None:
-                metrics[1].labels(flow=flow.flow_id).inc()
+            metrics.FLOW_RESTARTS.labels(flow=flow.flow_id).inc()
             recent = sum(1 for t in flow.crashes if now - t <= self.crash_window_s)
             if recent >= self.max_crashes:
                 flow.failed_version = flow.version
@@ -745,11 +712,8 @@ class Supervisor:
         runtime = flow.runtime()
         with self._status_lock:
             self._status[flow.flow_id] = runtime
-            states = [r.state for r in self._status.values()]
-        metrics = _metrics()
-        if metrics is not None:
-            for state in ("stopped", "starting", "running", "restarting", "stopping", "failed"):
-                metrics[0].labels(state=state).set(states.count(state))  # type: ignore[arg-type]
+            snapshot = dict(self._status)
+        metrics.set_flow_states(snapshot)
 
 
 def _free_port() -> int:

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import psycopg
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
+from connectors.historian.latest import last_per_tag, write_latest
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
 from core.batch import PointBatch
 from core.tags import TagInfo
@@ -393,9 +394,15 @@ class HistorianWriter:
     def _copy(self, conn: psycopg.Connection, chunk: _Chunk) -> None:
         payload = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
         n = len(chunk)
+        latest = last_per_tag(chunk.time_us, chunk.tag_ids)
+        latest_payload = encode_copy_binary(
+            chunk.time_us[latest], chunk.tag_ids[latest], chunk.values[latest], chunk.quality[latest]
+        )
         try:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_POINTS) as copy:
-                copy.write(payload)
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(COPY_POINTS) as copy:
+                    copy.write(payload)
+                write_latest(cur, latest_payload)
             inserted = n
         except psycopg.errors.UniqueViolation:
             # a replay: some rows are already stored; keep the stored ones
@@ -413,6 +420,7 @@ class HistorianWriter:
                     "ON CONFLICT (tag_id, time) DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
+                write_latest(cur, latest_payload)
         with self._lock:
             self.rows_written += inserted
             self.duplicates_skipped += n - inserted

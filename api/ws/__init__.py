@@ -1,0 +1,5 @@
+"""placeholder"""
+
+
+def route_handlers():
+    return []
