@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -131,15 +132,11 @@ class Watch:
         if len(parts) != 6:
             return  # aggregates, alerts
         data = json.loads(msg.payload)
+        value = data.get("value")  # null while the device is unreachable (bad quality)
+        stamp = datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00"))
         with self.lock:
             self.msgs.append(
-                Msg(
-                    parts[4],
-                    parts[5],
-                    float(data["value"]),
-                    datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")),
-                    len(self.msgs),
-                )
+                Msg(parts[4], parts[5], math.nan if value is None else float(value), stamp, len(self.msgs))
             )
 
     def mark(self) -> int:
