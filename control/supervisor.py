@@ -214,9 +214,7 @@ class Supervisor:
         self.backoff_max_s = backoff_max_s
         self.crash_window_s = crash_window_s
         self.max_crashes = max_crashes
-        self.snapshot_interval_s = max(
-            1, int(snapshot_interval_s or getattr(self.settings, "snapshot_interval_s", 5) or 5)
-        )
+        self.snapshot_interval_s = max(1, int(snapshot_interval_s or self.settings.snapshot_interval_s))
         self.backup_interval_s = backup_interval_s
         self.error_lines = error_lines
         self.python = python
@@ -230,6 +228,7 @@ class Supervisor:
         self._pass_lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._release = threading.Event()  # ends the lock holder, after the flows are drained
         self._leader = threading.Event()
         self._adopted = False
         self._threads: list[threading.Thread] = []
@@ -244,6 +243,7 @@ class Supervisor:
             return
         self.flows_dir.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
+        self._release.clear()
         loop = threading.Thread(target=self._loop, name="nexus-supervisor", daemon=True)
         self._threads.append(loop)
         if self.database_url is not None:
@@ -259,10 +259,10 @@ class Supervisor:
         """
         self._stopping.set()
         self._wake.set()
-        for t in self._threads:
+        loop, db = self._threads[:1], self._threads[1:]
+        for t in loop:
             t.join(timeout=self.drain_timeout_s + self.abort_timeout_s + self.kill_timeout_s + 10)
-        self._threads.clear()
-        if drain:
+        if drain:  # still holding the lock, so no other supervisor adopts what is being drained
             with self._pass_lock:
                 children = [c for f in self._flows.values() for c in f.children]
                 self._stop_children(children)
@@ -270,6 +270,10 @@ class Supervisor:
                     f.children.clear()
                     f.set_state("stopped")
                     self._publish(f)
+        self._release.set()
+        for t in db:
+            t.join(timeout=10)
+        self._threads.clear()
 
     def wake(self) -> None:
         """Ask for a reconcile pass now (after a deploy, start or stop)."""
@@ -314,13 +318,13 @@ class Supervisor:
 
         assert self.database_url is not None
         retry = 0.5
-        while not self._stopping.is_set():
+        while not self._release.is_set():
             try:
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     retry = 0.5
-                    while not self._stopping.is_set():
-                        if not self._leader.is_set():
+                    while not self._release.is_set():
+                        if not self._leader.is_set() and not self._stopping.is_set():
                             row = conn.execute(
                                 "SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)
                             ).fetchone()
@@ -336,7 +340,7 @@ class Supervisor:
                         "supervisor: lost the database (%s); pausing until it is back", type(exc).__name__
                     )
                 self._leader.clear()
-                self._stopping.wait(retry)
+                self._release.wait(retry)
                 retry = min(retry * 2, 10.0)
         self._leader.clear()
 
