@@ -350,11 +350,8 @@ def rollback(
     """Write version ``number`` again as the newest version and deploy it."""
     flow = store.get_flow(flow_id)
     against = running_version(flow, supervisor)
-    old = store.get_version(flow_id, number)
     version = store.rollback(flow_id, number, base=base, author=author, message=message)
-    p = _plan_against(store, flow_id, against, version) if against != version.number else Plan("noop")
-    if against is not None and old.spec == store.get_version(flow_id, against).spec:
-        p = Plan("noop", (f"version {against} that runs has the same document",))
+    p = _plan_against(store, flow_id, against, version)
     _deploys().labels(p.kind).inc()
     _wake(supervisor)
     return DeployResult(
@@ -396,7 +393,11 @@ def flow_status(
         "live": None,
     }
     if supervisor is not None:
-        runtime: FlowRuntime | None = supervisor.status().get(flow_id)
+        try:
+            runtime: FlowRuntime | None = supervisor.status().get(flow_id)
+        except Exception:  # the store's view still answers
+            log.warning("supervisor status unavailable", exc_info=True)
+            runtime = None
         if runtime is not None:
             out.update(
                 state=runtime.state,

@@ -66,6 +66,15 @@ def test_upgrade_from_empty_creates_the_tables_and_matches_the_models(db: str) -
         store.close()
 
 
+def test_the_drift_check_sees_a_schema_that_differs_from_the_models(store: ConfigStore, db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {SCHEMA}.flow ADD COLUMN stray integer")
+        conn.execute(f"ALTER TABLE {SCHEMA}.flow_version ALTER COLUMN author TYPE text")
+    drift = [str(d) for d in _drift(store)]
+    assert any("stray" in d for d in drift), drift
+    assert any("author" in d for d in drift), drift
+
+
 def test_downgrade_upgrade_round_trip(db: str) -> None:
     store = ConfigStore(db)
     try:
