@@ -348,3 +348,15 @@ def test_openapi_documents_every_route_with_examples(client: TestClient[Any]) ->
     assert "application/problem+json" in post["responses"]["409"]["content"]
     text = str(doc)
     assert "examples" in text and "press-01" in text
+
+
+def test_out_of_range_numbers_and_nul_characters_are_not_500(client: TestClient[Any]) -> None:
+    create(client)
+    assert_problem(client.get("/api/v1/flows/line1/versions/99999999999"), 404)
+    assert_problem(client.get("/api/v1/flows/line1/spec", params={"version": 2**40}), 404)
+    assert_problem(client.post("/api/v1/flows/line1/deploy", json={"version": 2**40}), 422)
+    assert_problem(client.post("/api/v1/flows/line1/rollback", json={"version": 0}), 422)
+    doc = spec()
+    doc["description"] = "nul \x00 inside"
+    r = client.put("/api/v1/flows/line1", json={"spec": doc, "message": "m"})
+    assert r.status_code == 422, r.text

@@ -80,6 +80,7 @@ def test_downgrade_upgrade_round_trip(db: str) -> None:
     try:
         store.migrate()
         store.create_flow(small_spec(), author="t")
+        store.downgrade("0001")
         store.downgrade("base")
         assert _tables(db) == {"alembic_version"}
         store.migrate()
@@ -104,6 +105,16 @@ def test_versions_are_immutable_and_numbered(store: ConfigStore) -> None:
     flow = store.get_flow("line1")
     assert (flow.latest_version, flow.deployed_version, flow.desired_state) == (2, None, "stopped")
     assert flow.etag == '"2"'
+
+
+def test_the_database_refuses_to_change_a_version(store: ConfigStore, db: str) -> None:
+    store.create_flow(small_spec(), author="a")
+    with (
+        psycopg.connect(db) as conn,
+        pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
+    ):
+        conn.execute(f"UPDATE {SCHEMA}.flow_version SET message = 'rewritten'")
+    assert store.get_version("line1", 1).message == ""
 
 
 def test_stale_base_conflicts(store: ConfigStore) -> None:
