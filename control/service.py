@@ -32,7 +32,7 @@ from prometheus_client import REGISTRY, Counter
 
 from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
 from control.planner import changes, plan
-from control.store import ConfigStore, FlowInfo, SourceFormat, VersionInfo, validate_document
+from control.store import ConfigStore, FlowInfo, SourceFormat, VersionInfo, render_yaml, validate_document
 from control.types import FlowRuntime, Plan
 from core.uns import CMD_PREFIX
 
@@ -231,10 +231,23 @@ def import_text(
     return version, True
 
 
-def export_text(store: ConfigStore, flow_id: str, number: int | None = None) -> tuple[str, SourceFormat]:
-    """The text of a version (default: the newest) exactly as it was imported or written."""
+def export_text(
+    store: ConfigStore, flow_id: str, number: int | None = None, *, mask_secrets: bool = False
+) -> tuple[str, SourceFormat, bool]:
+    """The text of a version (default: the newest) exactly as it was imported or written: ``(text, format, masked)``.
+
+    ``mask_secrets`` (the API): a document holding passwords or URL credentials is rendered from its
+    masked form instead (``masked`` is then true); the exact text stays for the CLI, whose user
+    reaches the database anyway.
+    """
     version = store.get_version(flow_id, number)
-    return version.source_text, version.source_format
+    if mask_secrets:
+        shown = redact(version.spec)
+        if shown != version.spec:
+            if version.source_format == "json":
+                return json.dumps(shown, indent=2) + "\n", "json", True
+            return render_yaml(shown), "yaml", True
+    return version.source_text, version.source_format, False
 
 
 def diff_versions(store: ConfigStore, flow_id: str, a: int, b: int) -> dict[str, Any]:

@@ -313,6 +313,22 @@ def test_import_and_export_round_trip_the_text(client: TestClient[Any]) -> None:
     assert again.status_code == 200 and again.json()["number"] == 1  # same text: no new version
     body = assert_problem(client.post("/api/v1/flows/import", json={"text": "version: [1\n"}), 422)
     assert "YAML" in body["detail"]
+    assert exported.headers["x-nexus-secrets-masked"] == "false"
+    secret = text.replace(
+        "connection: {host: 127.0.0.1, port: 1502}", "connection: {host: 127.0.0.1, port: 1502}"
+    ) + (
+        "  - id: oven-01\n    protocol: opcua\n"
+        "    connection: {endpoint: 'opc.tcp://127.0.0.1:4840', username: op, password: s3cret}\n"
+        "    location: {enterprise: e, site: s, area: a, line: l}\n"
+        "    tags: [{name: z, node_id: 'ns=2;s=z'}]\n"
+    )
+    secret = (
+        secret.replace("sinks: [{id: uns, type: mqtt_uns}]\n", "") + "sinks: [{id: uns, type: mqtt_uns}]\n"
+    )
+    assert client.post("/api/v1/flows/import", json={"text": secret}).status_code == 201, secret
+    masked = client.get("/api/v1/flows/line1/export")
+    assert "s3cret" not in masked.text and "**********" in masked.text
+    assert masked.headers["x-nexus-secrets-masked"] == "true"
 
 
 def _yaml_rest() -> str:
