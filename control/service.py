@@ -250,10 +250,22 @@ def export_text(
     return version.source_text, version.source_format, False
 
 
+def _shown(path: str, value: Any) -> Any:
+    """A diff value as the API may show it: secrets masked (the change itself still shows)."""
+    key = path.rsplit(".", 1)[-1]
+    if key in _SECRET_KEYS and isinstance(value, str) and value:
+        return MASK
+    if key in _URL_KEYS and isinstance(value, str):
+        return _mask_url(value)
+    return redact(value)
+
+
 def diff_versions(store: ConfigStore, flow_id: str, a: int, b: int) -> dict[str, Any]:
     """What changed from version ``a`` to ``b`` (field paths, old and new values) and what deploying it would do."""
     old, new = store.get_version(flow_id, a), store.get_version(flow_id, b)
-    found = changes(redact(old.spec), redact(new.spec))
+    found = [
+        (path, kind, _shown(path, o), _shown(path, n)) for path, kind, o, n in changes(old.spec, new.spec)
+    ]
     p = plan(validate_document(old.spec), validate_document(new.spec))
     return {
         "flow_id": flow_id,

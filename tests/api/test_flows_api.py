@@ -233,10 +233,23 @@ def test_devices_and_tags_are_views_over_the_newest_version(client: TestClient[A
     )
     assert client.delete("/api/v1/flows/line1/devices/oven-01/tags/zone2").json()["version"] == 6
     assert_problem(client.get("/api/v1/flows/line1/devices/oven-01/tags/zone2"), 404)
-    assert client.delete("/api/v1/flows/line1/devices/oven-01").json()["version"] == 7
+    changed = client.get("/api/v1/flows/line1/devices/oven-01").json()
+    changed["connection"]["password"] = "n3w-secret"
+    client.put("/api/v1/flows/line1/devices/oven-01", json=changed)
+    diff = client.get("/api/v1/flows/line1/diff", params={"from": 6, "to": 7}).json()
+    assert diff["changes"] == [
+        {
+            "path": "devices[oven-01].connection.password",
+            "op": "changed",
+            "old": "**********",
+            "new": "**********",
+        }
+    ]
+    assert diff["plan"]["path"] == "redeploy" and "s3cret" not in str(diff) and "n3w" not in str(diff)
+    assert client.delete("/api/v1/flows/line1/devices/oven-01").json()["version"] == 8
     assert_problem(client.delete("/api/v1/flows/line1/devices/press-01"), 422)  # a flow needs a device
     versions = client.get("/api/v1/flows/line1/versions").json()
-    assert [v["number"] for v in versions] == [7, 6, 5, 4, 3, 2, 1]
+    assert [v["number"] for v in versions] == [8, 7, 6, 5, 4, 3, 2, 1]
     assert versions[0]["message"] == "removed device oven-01"
 
 
