@@ -61,6 +61,8 @@ NOTIFY_CHANNEL = "nexus_config"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 SourceFormat = Literal["yaml", "json"]
+MIGRATION_LOCK = 0x6E657875_73636667  # "nexuscfg"
+"""Advisory lock key held while migrating."""
 MAX_VERSION = 2**31 - 1
 """Version numbers are PostgreSQL ``integer``s."""
 
@@ -230,6 +232,8 @@ class ConfigStore:
 
         cfg = self._alembic_config()
         with self.engine.begin() as conn:
+            # several processes may start at once (API, supervisor, CLI): one migrates, the others wait
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=MIGRATION_LOCK))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)

@@ -75,6 +75,31 @@ def test_the_drift_check_sees_a_schema_that_differs_from_the_models(store: Confi
     assert any("author" in d for d in drift), drift
 
 
+def test_concurrent_migrations_from_empty_do_not_collide(db: str) -> None:
+    stores = [ConfigStore(db) for _ in range(3)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def run(s: ConfigStore) -> None:
+        barrier.wait()
+        try:
+            s.migrate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert stores[0].schema_drift() == []
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_downgrade_upgrade_round_trip(db: str) -> None:
     store = ConfigStore(db)
     try:
