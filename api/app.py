@@ -14,6 +14,7 @@ from litestar import Litestar, get
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
+from api.openapi import add_model_examples
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
             path="/schema",
         ),
     )
+    add_model_examples(app)
     app.state.settings = settings
     for key, service in services.items():
         setattr(app.state, key, service)

@@ -375,8 +375,29 @@ def test_openapi_documents_every_route_with_examples(client: TestClient[Any]) ->
     assert "/api/v1/flows/{flow_id}/devices/{device_id}/tags/{tag}/value" in paths
     post = paths["/api/v1/flows"]["post"]
     assert "application/problem+json" in post["responses"]["409"]["content"]
-    text = str(doc)
-    assert "examples" in text and "press-01" in text
+    schemas = doc["components"]["schemas"]
+    for name in (
+        "FlowCreate",
+        "FlowOut",
+        "DeployOut",
+        "DiffOut",
+        "StatusOut",
+        "Problem",
+        "TagValueIn",
+        "AckOut",
+    ):
+        assert schemas[name].get("examples"), f"{name} has no examples"
+    bodies = [
+        (method, path)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "requestBody" in op
+    ]
+    for method, path in bodies:
+        content = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        refs = [content, *content.get("oneOf", [])]
+        ref = next((r["$ref"] for r in refs if "$ref" in r), "").rsplit("/", 1)[-1]
+        assert content.get("examples") or schemas.get(ref, {}).get("examples"), f"{method} {path}: no example"
 
 
 def test_out_of_range_numbers_and_nul_characters_are_not_500(client: TestClient[Any]) -> None:
