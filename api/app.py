@@ -15,6 +15,7 @@ from litestar import Litestar, get
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
+from api.openapi import add_model_examples
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
         on_startup=hooks["on_startup"],
         on_shutdown=hooks["on_shutdown"],
     )
+    add_model_examples(app)
     app.state.settings = settings
     for key, service in services.items():
         setattr(app.state, key, service)

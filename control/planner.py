@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from control.types import Plan
-from dataflows.spec import FlowSpec, MqttDeviceSpec
+from dataflows.spec import FlowSpec
 
 __all__ = [
     "HOT_CONNECTION_KEYS",
@@ -161,9 +161,7 @@ def diff_paths(old: Any, new: Any, path: str = "") -> list[str]:
     return [f"{p} {kind}".strip() for p, kind, _old, _new in changes(old, new, path)]
 
 
-def _device_reasons(
-    old: Mapping[str, Any], new: Mapping[str, Any], is_mqtt: bool
-) -> tuple[list[str], list[str]]:
+def _device_reasons(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(reasons that need a redeploy, changes that can go hot) for one device present in both specs."""
     dev = new["id"]
     cold: list[str] = []
@@ -176,8 +174,6 @@ def _device_reasons(
         if old_conn.get(key) != new_conn.get(key) and not HOT_CONNECTION_KEYS.match(key):
             cold.append(f"device {dev}: connection.{key} changed (needs a new connection)")
     hot = [f"device {dev}: {p}" for p in diff_paths(old, new)]
-    if is_mqtt and hot and not cold:
-        cold.append(f"device {dev}: an MQTT device's subscriptions are fixed when the flow starts")
     return cold, hot
 
 
@@ -200,11 +196,10 @@ def plan(running: FlowSpec, new: FlowSpec) -> Plan:
         cold.append("devices reordered")
     hot: list[str] = []
     patches: dict[str, dict[str, Any]] = {}
-    mqtt_ids = {d.id for d in new.devices if isinstance(d, MqttDeviceSpec)}
     for dev in common_new:
         if old_devices[dev] == new_devices[dev]:
             continue
-        dev_cold, dev_hot = _device_reasons(old_devices[dev], new_devices[dev], dev in mqtt_ids)
+        dev_cold, dev_hot = _device_reasons(old_devices[dev], new_devices[dev])
         cold += dev_cold
         hot += dev_hot
         patches[dev] = new_devices[dev]

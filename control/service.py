@@ -32,7 +32,7 @@ from prometheus_client import Counter
 
 from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
 from control.planner import changes, plan
-from control.store import ConfigStore, FlowInfo, SourceFormat, VersionInfo, validate_document
+from control.store import ConfigStore, FlowInfo, SourceFormat, VersionInfo, render_yaml, validate_document
 from control.types import FlowRuntime, Plan
 from core.uns import CMD_PREFIX
 
@@ -226,16 +226,41 @@ def import_text(
     return version, True
 
 
-def export_text(store: ConfigStore, flow_id: str, number: int | None = None) -> tuple[str, SourceFormat]:
-    """The text of a version (default: the newest) exactly as it was imported or written."""
+def export_text(
+    store: ConfigStore, flow_id: str, number: int | None = None, *, mask_secrets: bool = False
+) -> tuple[str, SourceFormat, bool]:
+    """The text of a version (default: the newest) exactly as it was imported or written: ``(text, format, masked)``.
+
+    ``mask_secrets`` (the API): a document holding passwords or URL credentials is rendered from its
+    masked form instead (``masked`` is then true); the exact text stays for the CLI, whose user
+    reaches the database anyway.
+    """
     version = store.get_version(flow_id, number)
-    return version.source_text, version.source_format
+    if mask_secrets:
+        shown = redact(version.spec)
+        if shown != version.spec:
+            if version.source_format == "json":
+                return json.dumps(shown, indent=2) + "\n", "json", True
+            return render_yaml(shown), "yaml", True
+    return version.source_text, version.source_format, False
+
+
+def _shown(path: str, value: Any) -> Any:
+    """A diff value as the API may show it: secrets masked (the change itself still shows)."""
+    key = path.rsplit(".", 1)[-1]
+    if key in _SECRET_KEYS and isinstance(value, str) and value:
+        return MASK
+    if key in _URL_KEYS and isinstance(value, str):
+        return _mask_url(value)
+    return redact(value)
 
 
 def diff_versions(store: ConfigStore, flow_id: str, a: int, b: int) -> dict[str, Any]:
     """What changed from version ``a`` to ``b`` (field paths, old and new values) and what deploying it would do."""
     old, new = store.get_version(flow_id, a), store.get_version(flow_id, b)
-    found = changes(redact(old.spec), redact(new.spec))
+    found = [
+        (path, kind, _shown(path, o), _shown(path, n)) for path, kind, o, n in changes(old.spec, new.spec)
+    ]
     p = plan(validate_document(old.spec), validate_document(new.spec))
     return {
         "flow_id": flow_id,
@@ -345,11 +370,8 @@ def rollback(
     """Write version ``number`` again as the newest version and deploy it."""
     flow = store.get_flow(flow_id)
     against = running_version(flow, supervisor)
-    old = store.get_version(flow_id, number)
     version = store.rollback(flow_id, number, base=base, author=author, message=message)
-    p = _plan_against(store, flow_id, against, version) if against != version.number else Plan("noop")
-    if against is not None and old.spec == store.get_version(flow_id, against).spec:
-        p = Plan("noop", (f"version {against} that runs has the same document",))
+    p = _plan_against(store, flow_id, against, version)
     _deploys().labels(p.kind).inc()
     _wake(supervisor)
     return DeployResult(
@@ -391,7 +413,11 @@ def flow_status(
         "live": None,
     }
     if supervisor is not None:
-        runtime: FlowRuntime | None = supervisor.status().get(flow_id)
+        try:
+            runtime: FlowRuntime | None = supervisor.status().get(flow_id)
+        except Exception:  # the store's view still answers
+            log.warning("supervisor status unavailable", exc_info=True)
+            runtime = None
         if runtime is not None:
             out.update(
                 state=runtime.state,

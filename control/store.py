@@ -34,7 +34,7 @@ import yaml
 from sqlalchemy import Column, DateTime, ForeignKeyConstraint, Text, create_engine, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
@@ -61,6 +61,10 @@ NOTIFY_CHANNEL = "nexus_config"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 SourceFormat = Literal["yaml", "json"]
+MIGRATION_LOCK = 0x6E657875_73636667  # "nexuscfg"
+"""Advisory lock key held while migrating."""
+MAX_VERSION = 2**31 - 1
+"""Version numbers are PostgreSQL ``integer``s."""
 
 
 def _now() -> datetime:
@@ -228,6 +232,8 @@ class ConfigStore:
 
         cfg = self._alembic_config()
         with self.engine.begin() as conn:
+            # several processes may start at once (API, supervisor, CLI): one migrates, the others wait
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=MIGRATION_LOCK))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
@@ -265,6 +271,8 @@ class ConfigStore:
                 yield session
         except OperationalError as exc:
             raise UnavailableError(f"config store unavailable: {type(exc.orig).__name__}") from None
+        except DataError as exc:  # a value PostgreSQL cannot hold (out of range, NUL in text): bad input
+            raise InvalidError("a value cannot be stored", [("", type(exc.orig).__name__)]) from None
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -278,6 +286,8 @@ class ConfigStore:
         return row
 
     def _version_row(self, session: Session, flow_id: str, number: int) -> FlowVersionRow:
+        if not 1 <= number <= MAX_VERSION:
+            raise NotFoundError(f"flow {flow_id!r} has no version {number}")
         row = session.get(FlowVersionRow, (flow_id, number))
         if row is None:
             raise NotFoundError(f"flow {flow_id!r} has no version {number}")

@@ -88,7 +88,7 @@ def cmd_flows_export(args: argparse.Namespace, settings: Settings) -> int:
     from control import service
 
     with open_store(settings) as store:
-        text, _fmt = service.export_text(store, args.flow_id, args.version)
+        text, _fmt, _masked = service.export_text(store, args.flow_id, args.version)
     data = text.encode("utf-8")
     if args.output:
         Path(args.output).write_bytes(data)

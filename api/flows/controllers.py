@@ -208,11 +208,19 @@ class FlowsController(Controller):
             int | None, QueryParameter(ge=1, required=False, description="Default: the newest")
         ] = None,
     ) -> Response[str]:
-        """A version's text exactly as imported (or as written through the API, rendered as YAML)."""
-        text, fmt = svc.export_text(store_of(request), flow_id, version)
+        """A version's text exactly as imported (or as written through the API, rendered as YAML).
+
+        A document with passwords or URL credentials comes back rendered with them masked
+        (`X-Nexus-Secrets-Masked: true`); `nexus flows export` gives the exact text."""
+        text, fmt, masked = svc.export_text(store_of(request), flow_id, version, mask_secrets=True)
         media = "application/json" if fmt == "json" else "application/yaml"
         return Response(
-            text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{flow_id}.{fmt}"'}
+            text,
+            media_type=media,
+            headers={
+                "Content-Disposition": f'attachment; filename="{flow_id}.{fmt}"',
+                "X-Nexus-Secrets-Masked": "true" if masked else "false",
+            },
         )
 
     @get(

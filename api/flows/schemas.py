@@ -84,13 +84,13 @@ class ImportIn(_In):
 class DeployIn(_In):
     model_config = _example({"version": 3})
 
-    version: int | None = Field(default=None, ge=1, description="Default: the newest version")
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Default: the newest version")
 
 
 class RollbackIn(_In):
     model_config = _example({"version": 2, "message": "back to the scale that worked"})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     message: str | None = Field(default=None, max_length=2000)
 
 

@@ -233,10 +233,23 @@ def test_devices_and_tags_are_views_over_the_newest_version(client: TestClient[A
     )
     assert client.delete("/api/v1/flows/line1/devices/oven-01/tags/zone2").json()["version"] == 6
     assert_problem(client.get("/api/v1/flows/line1/devices/oven-01/tags/zone2"), 404)
-    assert client.delete("/api/v1/flows/line1/devices/oven-01").json()["version"] == 7
+    changed = client.get("/api/v1/flows/line1/devices/oven-01").json()
+    changed["connection"]["password"] = "n3w-secret"
+    client.put("/api/v1/flows/line1/devices/oven-01", json=changed)
+    diff = client.get("/api/v1/flows/line1/diff", params={"from": 6, "to": 7}).json()
+    assert diff["changes"] == [
+        {
+            "path": "devices[oven-01].connection.password",
+            "op": "changed",
+            "old": "**********",
+            "new": "**********",
+        }
+    ]
+    assert diff["plan"]["path"] == "redeploy" and "s3cret" not in str(diff) and "n3w" not in str(diff)
+    assert client.delete("/api/v1/flows/line1/devices/oven-01").json()["version"] == 8
     assert_problem(client.delete("/api/v1/flows/line1/devices/press-01"), 422)  # a flow needs a device
     versions = client.get("/api/v1/flows/line1/versions").json()
-    assert [v["number"] for v in versions] == [7, 6, 5, 4, 3, 2, 1]
+    assert [v["number"] for v in versions] == [8, 7, 6, 5, 4, 3, 2, 1]
     assert versions[0]["message"] == "removed device oven-01"
 
 
@@ -313,6 +326,22 @@ def test_import_and_export_round_trip_the_text(client: TestClient[Any]) -> None:
     assert again.status_code == 200 and again.json()["number"] == 1  # same text: no new version
     body = assert_problem(client.post("/api/v1/flows/import", json={"text": "version: [1\n"}), 422)
     assert "YAML" in body["detail"]
+    assert exported.headers["x-nexus-secrets-masked"] == "false"
+    secret = text.replace(
+        "connection: {host: 127.0.0.1, port: 1502}", "connection: {host: 127.0.0.1, port: 1502}"
+    ) + (
+        "  - id: oven-01\n    protocol: opcua\n"
+        "    connection: {endpoint: 'opc.tcp://127.0.0.1:4840', username: op, password: s3cret}\n"
+        "    location: {enterprise: e, site: s, area: a, line: l}\n"
+        "    tags: [{name: z, node_id: 'ns=2;s=z'}]\n"
+    )
+    secret = (
+        secret.replace("sinks: [{id: uns, type: mqtt_uns}]\n", "") + "sinks: [{id: uns, type: mqtt_uns}]\n"
+    )
+    assert client.post("/api/v1/flows/import", json={"text": secret}).status_code == 201, secret
+    masked = client.get("/api/v1/flows/line1/export")
+    assert "s3cret" not in masked.text and "**********" in masked.text
+    assert masked.headers["x-nexus-secrets-masked"] == "true"
 
 
 def _yaml_rest() -> str:
@@ -346,5 +375,38 @@ def test_openapi_documents_every_route_with_examples(client: TestClient[Any]) ->
     assert "/api/v1/flows/{flow_id}/devices/{device_id}/tags/{tag}/value" in paths
     post = paths["/api/v1/flows"]["post"]
     assert "application/problem+json" in post["responses"]["409"]["content"]
-    text = str(doc)
-    assert "examples" in text and "press-01" in text
+    schemas = doc["components"]["schemas"]
+    for name in (
+        "FlowCreate",
+        "FlowOut",
+        "DeployOut",
+        "DiffOut",
+        "StatusOut",
+        "Problem",
+        "TagValueIn",
+        "AckOut",
+    ):
+        assert schemas[name].get("examples"), f"{name} has no examples"
+    bodies = [
+        (method, path)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "requestBody" in op
+    ]
+    for method, path in bodies:
+        content = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        refs = [content, *content.get("oneOf", [])]
+        ref = next((r["$ref"] for r in refs if "$ref" in r), "").rsplit("/", 1)[-1]
+        assert content.get("examples") or schemas.get(ref, {}).get("examples"), f"{method} {path}: no example"
+
+
+def test_out_of_range_numbers_and_nul_characters_are_not_500(client: TestClient[Any]) -> None:
+    create(client)
+    assert_problem(client.get("/api/v1/flows/line1/versions/99999999999"), 404)
+    assert_problem(client.get("/api/v1/flows/line1/spec", params={"version": 2**40}), 404)
+    assert_problem(client.post("/api/v1/flows/line1/deploy", json={"version": 2**40}), 422)
+    assert_problem(client.post("/api/v1/flows/line1/rollback", json={"version": 0}), 422)
+    doc = spec()
+    doc["description"] = "nul \x00 inside"
+    r = client.put("/api/v1/flows/line1", json={"spec": doc, "message": "m"})
+    assert r.status_code == 422, r.text

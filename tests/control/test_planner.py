@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control.planner import apply_patches, plan, spec_json
-from dataflows.spec import parse_spec
+from dataflows.spec import DEMO_SPEC, load_spec, parse_spec
 
 LOC = {"enterprise": "e", "site": "s", "area": "a", "line": "l"}
 
@@ -38,6 +38,13 @@ def base() -> dict[str, Any]:
                 "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "username": "u", "password": "secret"},
                 "location": LOC,
                 "tags": [{"name": "zone1", "node_id": "ns=2;s=zone1"}],
+            },
+            {
+                "id": "meter-01",
+                "protocol": "mqtt",
+                "connection": {"url": "mqtt://u:pw@127.0.0.1:1883"},
+                "location": LOC,
+                "tags": [{"name": "kwh", "topic": "meters/1/kwh"}],
             },
         ],
         "operators": [{"id": "norm", "type": "normalize"}, {"id": "db", "type": "deadband"}],
@@ -106,6 +113,9 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "hot",
         "calculated",
     ),
+    ("mqtt tag topic", _set("devices/2/tags/0/topic", "meters/1/energy"), "hot", "meter-01: tags[kwh].topic"),
+    ("mqtt tag added", _set("devices/2/tags/+", {"name": "kw", "topic": "m/kw"}), "hot", "tags[kw] added"),
+    ("mqtt broker", _set("devices/2/connection/url", "mqtt://h:1883"), "redeploy", "connection.url changed"),
     ("host", _set("devices/0/connection/host", "10.0.0.2"), "redeploy", "connection.host changed"),
     ("port", _set("devices/0/connection/port", 1503), "redeploy", "connection.port changed"),
     ("unit id", _set("devices/0/connection/unit_id", 3), "redeploy", "connection.unit_id"),
@@ -154,9 +164,16 @@ def test_plan_table(case: str, change: Callable[[dict[str, Any]], None], kind: s
     assert result.kind == kind, result.reasons
     assert any(reason in r for r in result.reasons), result.reasons
     if kind == "hot":
-        assert apply_patches(spec_json(running), result.device_patches) == spec_json(new)
+        patched = apply_patches(spec_json(running), result.device_patches)
+        assert patched == spec_json(new)
+        assert parse_spec(patched) == new  # a patch is a valid device section, secrets in clear
     else:
         assert result.device_patches == {}
+
+
+def test_the_json_form_of_the_demo_spec_parses_back_to_the_same_spec() -> None:
+    demo = load_spec(DEMO_SPEC)
+    assert parse_spec(spec_json(demo)) == demo
 
 
 def test_hot_patches_carry_only_changed_devices_and_secrets_in_clear() -> None:

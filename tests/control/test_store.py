@@ -66,11 +66,46 @@ def test_upgrade_from_empty_creates_the_tables_and_matches_the_models(db: str) -
         store.close()
 
 
+def test_the_drift_check_sees_a_schema_that_differs_from_the_models(store: ConfigStore, db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {SCHEMA}.flow ADD COLUMN stray integer")
+        conn.execute(f"ALTER TABLE {SCHEMA}.flow_version ALTER COLUMN author TYPE text")
+    drift = [str(d) for d in _drift(store)]
+    assert any("stray" in d for d in drift), drift
+    assert any("author" in d for d in drift), drift
+
+
+def test_concurrent_migrations_from_empty_do_not_collide(db: str) -> None:
+    stores = [ConfigStore(db) for _ in range(3)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def run(s: ConfigStore) -> None:
+        barrier.wait()
+        try:
+            s.migrate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert stores[0].schema_drift() == []
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_downgrade_upgrade_round_trip(db: str) -> None:
     store = ConfigStore(db)
     try:
         store.migrate()
         store.create_flow(small_spec(), author="t")
+        store.downgrade("0001")
         store.downgrade("base")
         assert _tables(db) == {"alembic_version"}
         store.migrate()
@@ -95,6 +130,16 @@ def test_versions_are_immutable_and_numbered(store: ConfigStore) -> None:
     flow = store.get_flow("line1")
     assert (flow.latest_version, flow.deployed_version, flow.desired_state) == (2, None, "stopped")
     assert flow.etag == '"2"'
+
+
+def test_the_database_refuses_to_change_a_version(store: ConfigStore, db: str) -> None:
+    store.create_flow(small_spec(), author="a")
+    with (
+        psycopg.connect(db) as conn,
+        pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
+    ):
+        conn.execute(f"UPDATE {SCHEMA}.flow_version SET message = 'rewritten'")
+    assert store.get_version("line1", 1).message == ""
 
 
 def test_stale_base_conflicts(store: ConfigStore) -> None:
