@@ -12,9 +12,9 @@ notification it:
 2. validates the whole spec with the device section replaced (:func:`dataflows.spec.parse_spec`),
    so a change that breaks a machine's tag reference is refused like a bad field; a refused
    change is logged as an error naming the field, and the flow keeps its old config;
-3. refuses what cannot change live (an unknown device, another protocol, an MQTT device: those
-   redeploy);
-4. hands the device's new polling plan and its in-band :class:`~core.device_config.DeviceConfig`
+3. refuses what cannot change live (an unknown device, another protocol, another broker session
+   for MQTT devices: those redeploy);
+4. hands the device's new polling plan (an MQTT device: its subscriptions) and its in-band :class:`~core.device_config.DeviceConfig`
    to the partition that owns the device, which applies them at its next poll boundary (see
    :meth:`connectors.polling.PollingPartition.request_change`); a change that arrives before the
    partition is built waits for it. The command router learns the device's new tags at once.
@@ -36,7 +36,13 @@ from connectors.devices import protocol_of
 from connectors.mqtt.subscriber import DeviceSubscriber
 from connectors.polling import DeviceChange, PolledDevice
 from core.uns import CONFIG_PREFIX
-from dataflows.compiler import adaptive_for, device_config_for, device_plan_for, writable_tags
+from dataflows.compiler import (
+    adaptive_for,
+    device_config_for,
+    device_plan_for,
+    mqtt_source_config,
+    writable_tags,
+)
 from dataflows.spec import FlowSpec, MqttDeviceSpec, SpecError, parse_spec
 from dataflows.status import FlowStatus
 
@@ -108,6 +114,8 @@ class ConfigListener(DeviceSubscriber[Apply]):
             connect_timeout_s=connect_timeout_s,
         )
         self.spec = spec
+        self.mqtt_url = mqtt_url
+        """The flow's broker (the default of MQTT devices' connection)."""
         self.start_version = version
         self.status = status
         self.router = router
@@ -184,20 +192,31 @@ class ConfigListener(DeviceSubscriber[Apply]):
                 )
                 return None
             new_spec = self._replaced(device_id, version, section)
-            plan = device_plan_for(new_spec, device_id)
             device = next(d for d in new_spec.devices if d.id == device_id)
+            plan: Any
+            polled: PolledDevice | None = None
+            if isinstance(device, MqttDeviceSpec):
+                mqtt = mqtt_source_config(new_spec, self.mqtt_url)
+                assert mqtt is not None  # the spec has this MQTT device
+                plan = [s for s in mqtt.subscriptions if s.device_id == device_id]
+            else:
+                plan = device_plan_for(new_spec, device_id)
+                assert plan is not None
+                polled = PolledDevice(
+                    device_id, plan.poll_interval_s, protocol_of(plan), adaptive_for(device)
+                )
             item = device_config_for(new_spec, device_id, version)
             self.spec = new_spec
             self._accepted[device_id] = version
-        if self.router is not None:
+        if self.router is not None and device_id in self.router.devices:
             tags = writable_tags(new_spec)
             self.router.set_device_tags(
                 device_id, {name: t for (dev, name), t in tags.items() if dev == device_id}
             )
-        assert plan is not None  # MQTT devices were refused by _replaced
-        polled = PolledDevice(device_id, plan.poll_interval_s, protocol_of(plan), adaptive_for(device))
         log.info("config listener: device %r version %d accepted", device_id, version)
-        return DeviceChange(polled, plan, item, version, on_applied=self._applied_callback(device_id))
+        return DeviceChange(
+            device_id, version, plan, item, device=polled, on_applied=self._applied_callback(device_id)
+        )
 
     def _applied_callback(self, device_id: str) -> Callable[[int], None]:
         def applied(version: int) -> None:
@@ -213,8 +232,6 @@ class ConfigListener(DeviceSubscriber[Apply]):
         if index is None:
             raise ChangeRefused(f"{where}: the running flow has no such device (adding one redeploys)")
         old = self.spec.devices[index]
-        if isinstance(old, MqttDeviceSpec):
-            raise ChangeRefused(f"{where}: an MQTT device's subscriptions change by redeploy")
         doc["devices"][index] = section
         try:
             new_spec = parse_spec(doc)
@@ -225,6 +242,14 @@ class ConfigListener(DeviceSubscriber[Apply]):
         if type(new) is not type(old):
             raise ChangeRefused(
                 f"{where}: devices[{index}].protocol: a device cannot change protocol live (redeploy)"
+            )
+        if (
+            isinstance(new, MqttDeviceSpec)
+            and isinstance(old, MqttDeviceSpec)
+            and new.connection != old.connection
+        ):
+            raise ChangeRefused(
+                f"{where}: devices[{index}].connection: the MQTT devices' broker session changes by redeploy"
             )
         return new_spec
 

@@ -195,7 +195,7 @@ def flow_id(mqtt_url: str) -> Iterator[str]:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.connect(u.host, u.port)
     c.loop_start()
-    for device in ("press-07", "tank-01"):
+    for device in ("press-07", "tank-01", "gw-01"):
         c.publish(CONFIG_TOPIC.format(flow=fid, device=device), b"", qos=1, retain=True).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
@@ -419,3 +419,65 @@ def test_a_process_started_with_an_older_version_takes_the_retained_change_befor
         watcher.close()
         code = newer.stop()
     assert code == 0, newer.output()
+
+
+def test_an_mqtt_device_takes_new_topics_and_scales_on_its_session(
+    tmp_path: Path, sims: tuple[ModbusSimulator, ModbusSimulator], db: str, mqtt_url: str, flow_id: str
+) -> None:
+    s7, s8 = sims
+    spec = spec_for((s7.port, s8.port))
+    gw = {
+        "id": "gw-01",
+        "protocol": "mqtt",
+        "location": LOCATION,
+        "tags": [{"name": "amb", "topic": f"sensors/{flow_id}/amb", "value_path": "v", "unit": "degC"}],
+    }
+    spec["devices"].append(gw)
+    watcher = Watcher(mqtt_url)
+    assert watcher.subscribed.wait(10)
+    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1)
+
+    def sent(topic: str, value: float, expect: float) -> bool:
+        watcher.client.publish(topic, json.dumps({"v": value}), qos=1)
+        return watcher.last("gw-01", "amb") == pytest.approx(expect)
+
+    try:
+        started(flow, watcher)
+        wait_for(lambda: sent(f"sensors/{flow_id}/amb", 21.5, 21.5), timeout=30, interval=0.3, what="amb")
+        changed = copy.deepcopy(gw)
+        changed["tags"] = [
+            {
+                "name": "amb",
+                "topic": f"sensors/{flow_id}/amb2",
+                "value_path": "v",
+                "scale": 10.0,
+                "unit": "degC",
+            },
+            {"name": "hum", "topic": f"sensors/{flow_id}/hum", "value_path": "v", "unit": "%"},
+        ]
+        publish_device_configs(mqtt_url, flow_id, 2, {"gw-01": changed})
+        wait_for(
+            lambda: sent(f"sensors/{flow_id}/amb2", 2.0, 20.0), timeout=30, interval=0.3, what="new topic"
+        )
+        wait_for(
+            lambda: (
+                watcher.client.publish(f"sensors/{flow_id}/hum", '{"v": 40}', qos=1)
+                and watcher.last("gw-01", "hum") == 40.0
+            ),
+            timeout=30,
+            interval=0.3,
+            what="the added tag",
+        )
+        wait_for(lambda: registered(db, "gw-01", "hum"), timeout=30, what="the added tag in nexus_tags")
+        # The old topic is not subscribed any more: its messages make no points.
+        n = len(watcher.values("gw-01", "amb"))
+        watcher.client.publish(f"sensors/{flow_id}/amb", json.dumps({"v": 99}), qos=1).wait_for_publish(5)
+        wait_for(
+            lambda: sent(f"sensors/{flow_id}/amb2", 3.0, 30.0), timeout=30, interval=0.3, what="a marker"
+        )
+        assert not {99.0, 990.0} & set(watcher.values("gw-01", "amb")[n:])
+        assert flow.alive() and device_status(watcher, "gw-01") == 2
+    finally:
+        watcher.close()
+        code = flow.stop()
+    assert code == 0, flow.output()
