@@ -28,8 +28,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import SecretBytes, SecretStr
 
 from connectors.commands import CommandRouter
 from connectors.devices import protocol_of
@@ -114,6 +116,8 @@ class ConfigListener(DeviceSubscriber[Apply]):
             connect_timeout_s=connect_timeout_s,
         )
         self.spec = spec
+        self._doc = _document(spec)
+        """The running spec as a document (secrets in clear), each accepted section swapped in."""
         self.mqtt_url = mqtt_url
         """The flow's broker (the default of MQTT devices' connection)."""
         self.start_version = version
@@ -191,7 +195,7 @@ class ConfigListener(DeviceSubscriber[Apply]):
                     "config listener: device %r version %d ignored (running %d)", device_id, version, newest
                 )
                 return None
-            new_spec = self._replaced(device_id, version, section)
+            new_spec, doc = self._replaced(device_id, version, section)
             device = next(d for d in new_spec.devices if d.id == device_id)
             plan: Any
             polled: PolledDevice | None = None
@@ -206,7 +210,7 @@ class ConfigListener(DeviceSubscriber[Apply]):
                     device_id, plan.poll_interval_s, protocol_of(plan), adaptive_for(device)
                 )
             item = device_config_for(new_spec, device_id, version)
-            self.spec = new_spec
+            self.spec, self._doc = new_spec, doc
             self._accepted[device_id] = version
         if self.router is not None and device_id in self.router.devices:
             tags = writable_tags(new_spec)
@@ -225,9 +229,11 @@ class ConfigListener(DeviceSubscriber[Apply]):
 
         return applied
 
-    def _replaced(self, device_id: str, version: int, section: dict[str, Any]) -> FlowSpec:
+    def _replaced(
+        self, device_id: str, version: int, section: dict[str, Any]
+    ) -> tuple[FlowSpec, dict[str, Any]]:
         where = f"device {device_id!r} version {version} refused"
-        doc = self.spec.model_dump(mode="json", exclude_unset=True)
+        doc = {**self._doc, "devices": list(self._doc["devices"])}
         index = next((i for i, d in enumerate(self.spec.devices) if d.id == device_id), None)
         if index is None:
             raise ChangeRefused(f"{where}: the running flow has no such device (adding one redeploys)")
@@ -251,7 +257,26 @@ class ConfigListener(DeviceSubscriber[Apply]):
             raise ChangeRefused(
                 f"{where}: devices[{index}].connection: the MQTT devices' broker session changes by redeploy"
             )
-        return new_spec
+        return new_spec, doc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr | SecretBytes):
+        secret = value.get_secret_value()
+        return secret.decode() if isinstance(secret, bytes) else secret
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _document(spec: FlowSpec) -> dict[str, Any]:
+    """The spec as the document it was read from: set fields only, secrets in clear (a JSON dump
+    would mask them, and a device section rebuilt from it would carry the mask)."""
+    doc = _plain(spec.model_dump(exclude_unset=True))
+    assert isinstance(doc, dict)
+    return doc
 
 
 def _parse(device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:

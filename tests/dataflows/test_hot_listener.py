@@ -130,6 +130,20 @@ def test_an_mqtt_device_change_carries_its_new_subscriptions(spec: FlowSpec) -> 
     assert change.item.params["normalize"][tag_id_for("gw-01", "amb")].scale == 10.0
 
 
+def test_other_devices_keep_their_secrets_in_the_running_document() -> None:
+    doc = spec_doc()
+    doc["devices"].append({
+        "id": "oven", "protocol": "opcua", "location": LOC,
+        "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "username": "u", "password": "s3cret"},
+        "tags": [{"name": "t", "node_id": "ns=2;s=T"}],
+    })  # fmt: skip
+    listener = ConfigListener("mqtt://127.0.0.1:1", parse_spec(doc), version=1)
+    assert listener.accept("press-01", payload(2, section(poll_interval_s=2.0))) is not None
+    oven = next(d for d in listener.spec.devices if d.id == "oven")
+    assert oven.connection.password is not None
+    assert oven.connection.password.get_secret_value() == "s3cret"
+
+
 def test_start_version_comes_from_the_environment() -> None:
     assert start_version({"NEXUS_FLOW_VERSION": " 12 "}) == 12
     with pytest.raises(ValueError, match="NEXUS_FLOW_VERSION"):
