@@ -135,8 +135,8 @@ class ConfigListener(DeviceSubscriber[Apply]):
     def register(self, device_id: str, handler: Apply) -> None:
         """A partition of this process polls the device: it takes the device's changes from now on
         (one that arrived before it was built is handed over at once)."""
-        super().register(device_id, handler)
-        with self._cond:
+        with self._cond:  # one lock with _handle's lookup: a change is either waiting or handed over
+            self._handlers[device_id] = handler
             waiting = self._waiting.pop(device_id, None)
         if self.status is not None:
             self.status.set_device_version(device_id, self.start_version)
@@ -177,12 +177,12 @@ class ConfigListener(DeviceSubscriber[Apply]):
             self._count("ignored")
             return
         self._count("accepted")
-        handler = self.handler(device_id)
-        if handler is None:
-            with self._cond:
+        with self._cond:
+            handler = self._handlers.get(device_id)
+            if handler is None:
                 self._waiting[device_id] = change
-            return
-        handler(change)
+        if handler is not None:
+            handler(change)
 
     def accept(self, device_id: str, payload: bytes) -> DeviceChange | None:
         """The change a notification asks for; ``None`` when it is not newer than what runs;
