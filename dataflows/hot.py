@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -242,7 +243,9 @@ class ConfigListener(DeviceSubscriber[Apply]):
         try:
             new_spec = parse_spec(doc)
         except SpecError as exc:
-            problems = "; ".join(f"{path}: {msg}" if path else msg for path, msg in exc.problems)
+            problems = "; ".join(
+                f"{path}: {_redacted(path, msg)}" if path else msg for path, msg in exc.problems
+            )
             raise ChangeRefused(f"{where}: {problems}") from None
         new = new_spec.devices[index]
         if type(new) is not type(old):
@@ -258,6 +261,20 @@ class ConfigListener(DeviceSubscriber[Apply]):
                 f"{where}: devices[{index}].connection: the MQTT devices' broker session changes by redeploy"
             )
         return new_spec, doc
+
+
+_SECRET_PATH = re.compile(r"(password|secret|token|private_key)", re.IGNORECASE)
+
+
+def _redacted(path: str, message: str) -> str:
+    """A validation message without the offending value when the field holds a secret.
+
+    >>> _redacted("devices[1].connection.password", "Input should be a valid string (got 12345)")
+    'Input should be a valid string'
+    """
+    if _SECRET_PATH.search(path):
+        return re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+    return message
 
 
 def _plain(value: Any) -> Any:

@@ -144,6 +144,22 @@ def test_other_devices_keep_their_secrets_in_the_running_document() -> None:
     assert oven.connection.password.get_secret_value() == "s3cret"
 
 
+def test_a_refusal_never_echoes_a_secret() -> None:
+    doc = spec_doc()
+    oven = {
+        "id": "oven", "protocol": "opcua", "location": LOC,
+        "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "username": "u", "password": "s3cret"},
+        "tags": [{"name": "t", "node_id": "ns=2;s=T"}],
+    }  # fmt: skip
+    doc["devices"].append(oven)
+    listener = ConfigListener("mqtt://127.0.0.1:1", parse_spec(doc), version=1)
+    bad = copy.deepcopy(oven)
+    bad["connection"]["password"] = 987654321  # not a string
+    with pytest.raises(ChangeRefused) as err:
+        listener.accept("oven", payload(2, bad))
+    assert "connection.password" in str(err.value) and "987654321" not in str(err.value)
+
+
 def test_start_version_comes_from_the_environment() -> None:
     assert start_version({"NEXUS_FLOW_VERSION": " 12 "}) == 12
     with pytest.raises(ValueError, match="NEXUS_FLOW_VERSION"):
