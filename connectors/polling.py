@@ -127,18 +127,21 @@ class DeviceClient(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DeviceChange:
-    """A hot configuration change of one polled device, applied by its partition between polls.
+    """A hot configuration change of one device, applied by its source partition between polls
+    (a polled device) or between batches (a subscribed MQTT device).
 
-    ``device``: the new interval and adaptive settings; ``plan``: the protocol's new device plan,
-    handed to ``client.reconfigure`` (which keeps the connection when its endpoint did not change);
-    ``item``: emitted ahead of the first batch polled with the new plan (a
+    ``plan``: the protocol's new device plan (a polled device's, handed to ``client.reconfigure``,
+    which keeps the connection when its endpoint did not change; for an MQTT device its
+    subscriptions); ``device``: a polled device's new interval and adaptive settings; ``item``:
+    emitted ahead of the first batch read with the new plan (a
     :class:`~core.device_config.DeviceConfig`); ``on_applied(version)`` is called once it is.
     """
 
-    device: PolledDevice
+    device_id: str
+    version: int
     plan: Any
     item: Any
-    version: int
+    device: PolledDevice | None = None
     on_applied: Callable[[int], None] | None = None
 
 
@@ -501,8 +504,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
     def request_change(self, change: DeviceChange) -> None:
         """Apply ``change`` at the next poll boundary (thread-safe; a newer request replaces an
         older one not yet applied, whose item is then never emitted)."""
-        if change.device.device_id != self.device_id:
-            raise ValueError(f"change for device {change.device.device_id!r} sent to {self.device_id!r}")
+        if change.device_id != self.device_id or change.device is None:
+            raise ValueError(f"change for device {change.device_id!r} sent to {self.device_id!r}")
         with self._change_lock:
             if self._change is None or change.version >= self._change.version:
                 self._change = change
@@ -515,6 +518,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if change is None:
             return None
         old, new = self._device, change.device
+        assert new is not None  # checked by request_change
         self._device = new
         if (old.poll_interval_s, old.adaptive) != (new.poll_interval_s, new.adaptive):
             # The poll submitted now belongs to this slot; the next slots follow the new interval.

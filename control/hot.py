@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,7 +23,7 @@ from connectors.mqtt.url import parse_mqtt_url
 from control.errors import InvalidError, UnavailableError
 from control.types import CONFIG_TOPIC
 
-__all__ = ["config_payload", "publish_device_configs"]
+__all__ = ["clear_device_configs", "config_payload", "publish_device_configs"]
 
 
 def config_payload(version: int, device: Mapping[str, Any]) -> str:
@@ -70,6 +70,30 @@ def publish_device_configs(
     every one; :class:`UnavailableError` when it does not within ``timeout_s`` (some may have been
     published: publishing again with the same version is harmless)."""
     messages = _check(flow_id, version, patches)
+    _publish(mqtt_url, flow_id, messages, timeout_s)
+
+
+def clear_device_configs(
+    mqtt_url: str, flow_id: str, device_ids: Iterable[str], timeout_s: float = 5.0
+) -> None:
+    """Remove the retained notifications of ``device_ids`` (empty retained payloads).
+
+    Call it when a flow is deleted, or after a redeploy for the devices it had: a flow created
+    again under the same id starts its versions anew, and an old retained notification with a
+    higher version would otherwise be taken for a change.
+    """
+    topics = {}
+    for device_id in device_ids:
+        if not device_id or any(c in device_id for c in "/+#"):
+            raise InvalidError(
+                "device config notifications refused",
+                [("device_ids", f"not usable in a topic: {device_id!r}")],
+            )
+        topics[CONFIG_TOPIC.format(flow=flow_id, device=device_id)] = ""
+    _publish(mqtt_url, flow_id, topics, timeout_s)
+
+
+def _publish(mqtt_url: str, flow_id: str, messages: Mapping[str, str], timeout_s: float) -> None:
     if not messages:
         return
     url = parse_mqtt_url(mqtt_url)
@@ -105,7 +129,10 @@ def publish_device_configs(
                 done.wait(remaining)
             if state["error"] is not None:
                 raise UnavailableError(f"{where}: {state['error']}")
-        mids = [client.publish(topic, payload, qos=1, retain=True).mid for topic, payload in messages.items()]
+        mids = [
+            client.publish(topic, payload.encode() or None, qos=1, retain=True).mid
+            for topic, payload in messages.items()
+        ]
         with done:
             while not set(mids) <= state["acked"]:
                 remaining = deadline - time.monotonic()

@@ -479,7 +479,8 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         streams.append(op.input(SOURCE_STEP, flow, polled))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
-        streams.append(op.input(MQTT_SOURCE_STEP, flow, MqttSource(mqtt, stop_event=runtime.stop_event)))
+        source = MqttSource(mqtt, stop_event=runtime.stop_event, config_registry=runtime.config_registry)
+        streams.append(op.input(MQTT_SOURCE_STEP, flow, source))
     return streams[0] if len(streams) == 1 else op.merge(f"{SOURCE_STEP}_merge", *streams)
 
 

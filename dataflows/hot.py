@@ -12,9 +12,9 @@ notification it:
 2. validates the whole spec with the device section replaced (:func:`dataflows.spec.parse_spec`),
    so a change that breaks a machine's tag reference is refused like a bad field; a refused
    change is logged as an error naming the field, and the flow keeps its old config;
-3. refuses what cannot change live (an unknown device, another protocol, an MQTT device: those
-   redeploy);
-4. hands the device's new polling plan and its in-band :class:`~core.device_config.DeviceConfig`
+3. refuses what cannot change live (an unknown device, another protocol, another broker session
+   for MQTT devices: those redeploy);
+4. hands the device's new polling plan (an MQTT device: its subscriptions) and its in-band :class:`~core.device_config.DeviceConfig`
    to the partition that owns the device, which applies them at its next poll boundary (see
    :meth:`connectors.polling.PollingPartition.request_change`); a change that arrives before the
    partition is built waits for it. The command router learns the device's new tags at once.
@@ -27,16 +27,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import SecretBytes, SecretStr
 
 from connectors.commands import CommandRouter
 from connectors.devices import protocol_of
 from connectors.mqtt.subscriber import DeviceSubscriber
 from connectors.polling import DeviceChange, PolledDevice
 from core.uns import CONFIG_PREFIX
-from dataflows.compiler import adaptive_for, device_config_for, device_plan_for, writable_tags
+from dataflows.compiler import (
+    adaptive_for,
+    device_config_for,
+    device_plan_for,
+    mqtt_source_config,
+    writable_tags,
+)
 from dataflows.spec import FlowSpec, MqttDeviceSpec, SpecError, parse_spec
 from dataflows.status import FlowStatus
 
@@ -108,6 +117,10 @@ class ConfigListener(DeviceSubscriber[Apply]):
             connect_timeout_s=connect_timeout_s,
         )
         self.spec = spec
+        self._doc = _document(spec)
+        """The running spec as a document (secrets in clear), each accepted section swapped in."""
+        self.mqtt_url = mqtt_url
+        """The flow's broker (the default of MQTT devices' connection)."""
         self.start_version = version
         self.status = status
         self.router = router
@@ -123,8 +136,8 @@ class ConfigListener(DeviceSubscriber[Apply]):
     def register(self, device_id: str, handler: Apply) -> None:
         """A partition of this process polls the device: it takes the device's changes from now on
         (one that arrived before it was built is handed over at once)."""
-        super().register(device_id, handler)
-        with self._cond:
+        with self._cond:  # one lock with _handle's lookup: a change is either waiting or handed over
+            self._handlers[device_id] = handler
             waiting = self._waiting.pop(device_id, None)
         if self.status is not None:
             self.status.set_device_version(device_id, self.start_version)
@@ -165,12 +178,12 @@ class ConfigListener(DeviceSubscriber[Apply]):
             self._count("ignored")
             return
         self._count("accepted")
-        handler = self.handler(device_id)
-        if handler is None:
-            with self._cond:
+        with self._cond:
+            handler = self._handlers.get(device_id)
+            if handler is None:
                 self._waiting[device_id] = change
-            return
-        handler(change)
+        if handler is not None:
+            handler(change)
 
     def accept(self, device_id: str, payload: bytes) -> DeviceChange | None:
         """The change a notification asks for; ``None`` when it is not newer than what runs;
@@ -183,21 +196,32 @@ class ConfigListener(DeviceSubscriber[Apply]):
                     "config listener: device %r version %d ignored (running %d)", device_id, version, newest
                 )
                 return None
-            new_spec = self._replaced(device_id, version, section)
-            plan = device_plan_for(new_spec, device_id)
+            new_spec, doc = self._replaced(device_id, version, section)
             device = next(d for d in new_spec.devices if d.id == device_id)
+            plan: Any
+            polled: PolledDevice | None = None
+            if isinstance(device, MqttDeviceSpec):
+                mqtt = mqtt_source_config(new_spec, self.mqtt_url)
+                assert mqtt is not None  # the spec has this MQTT device
+                plan = [s for s in mqtt.subscriptions if s.device_id == device_id]
+            else:
+                plan = device_plan_for(new_spec, device_id)
+                assert plan is not None
+                polled = PolledDevice(
+                    device_id, plan.poll_interval_s, protocol_of(plan), adaptive_for(device)
+                )
             item = device_config_for(new_spec, device_id, version)
-            self.spec = new_spec
+            self.spec, self._doc = new_spec, doc
             self._accepted[device_id] = version
-        if self.router is not None:
+        if self.router is not None and device_id in self.router.devices:
             tags = writable_tags(new_spec)
             self.router.set_device_tags(
                 device_id, {name: t for (dev, name), t in tags.items() if dev == device_id}
             )
-        assert plan is not None  # MQTT devices were refused by _replaced
-        polled = PolledDevice(device_id, plan.poll_interval_s, protocol_of(plan), adaptive_for(device))
         log.info("config listener: device %r version %d accepted", device_id, version)
-        return DeviceChange(polled, plan, item, version, on_applied=self._applied_callback(device_id))
+        return DeviceChange(
+            device_id, version, plan, item, device=polled, on_applied=self._applied_callback(device_id)
+        )
 
     def _applied_callback(self, device_id: str) -> Callable[[int], None]:
         def applied(version: int) -> None:
@@ -206,27 +230,70 @@ class ConfigListener(DeviceSubscriber[Apply]):
 
         return applied
 
-    def _replaced(self, device_id: str, version: int, section: dict[str, Any]) -> FlowSpec:
+    def _replaced(
+        self, device_id: str, version: int, section: dict[str, Any]
+    ) -> tuple[FlowSpec, dict[str, Any]]:
         where = f"device {device_id!r} version {version} refused"
-        doc = self.spec.model_dump(mode="json", exclude_unset=True)
+        doc = {**self._doc, "devices": list(self._doc["devices"])}
         index = next((i for i, d in enumerate(self.spec.devices) if d.id == device_id), None)
         if index is None:
             raise ChangeRefused(f"{where}: the running flow has no such device (adding one redeploys)")
         old = self.spec.devices[index]
-        if isinstance(old, MqttDeviceSpec):
-            raise ChangeRefused(f"{where}: an MQTT device's subscriptions change by redeploy")
         doc["devices"][index] = section
         try:
             new_spec = parse_spec(doc)
         except SpecError as exc:
-            problems = "; ".join(f"{path}: {msg}" if path else msg for path, msg in exc.problems)
+            problems = "; ".join(
+                f"{path}: {_redacted(path, msg)}" if path else msg for path, msg in exc.problems
+            )
             raise ChangeRefused(f"{where}: {problems}") from None
         new = new_spec.devices[index]
         if type(new) is not type(old):
             raise ChangeRefused(
                 f"{where}: devices[{index}].protocol: a device cannot change protocol live (redeploy)"
             )
-        return new_spec
+        if (
+            isinstance(new, MqttDeviceSpec)
+            and isinstance(old, MqttDeviceSpec)
+            and new.connection != old.connection
+        ):
+            raise ChangeRefused(
+                f"{where}: devices[{index}].connection: the MQTT devices' broker session changes by redeploy"
+            )
+        return new_spec, doc
+
+
+_SECRET_PATH = re.compile(r"(password|secret|token|private_key)", re.IGNORECASE)
+
+
+def _redacted(path: str, message: str) -> str:
+    """A validation message without the offending value when the field holds a secret.
+
+    >>> _redacted("devices[1].connection.password", "Input should be a valid string (got 12345)")
+    'Input should be a valid string'
+    """
+    if _SECRET_PATH.search(path):
+        return re.sub(r" \(got .*\)$", "", message, flags=re.DOTALL)
+    return message
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr | SecretBytes):
+        secret = value.get_secret_value()
+        return secret.decode() if isinstance(secret, bytes) else secret
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _document(spec: FlowSpec) -> dict[str, Any]:
+    """The spec as the document it was read from: set fields only, secrets in clear (a JSON dump
+    would mask them, and a device section rebuilt from it would carry the mask)."""
+    doc = _plain(spec.model_dump(exclude_unset=True))
+    assert isinstance(doc, dict)
+    return doc
 
 
 def _parse(device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:

@@ -49,7 +49,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,6 +65,7 @@ from connectors.mqtt.source_config import (
     MqttSubscription,
     PathPart,
 )
+from connectors.polling import ConfigRegistry, DeviceChange
 from core.batch import PointBatch, tag_id_for
 from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
 
@@ -337,6 +338,9 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         self._c = MqttSourceStats(device_id=device_id)
         self._granted: dict[int | None, bool] = {}
         self._closed = False
+        self._change: DeviceChange | None = None
+        self.on_close: list[Callable[[], None]] = []
+        """A hot config change waiting for the next batch boundary (set from the listener's thread)."""
         m = _metrics()
         self._m = {name: counter.labels(device_id) for name, counter in m.items()}
         self._m_reported = {"received": 0, "dropped": 0}
@@ -383,7 +387,12 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
         )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, reasons: list[Any], _p: object) -> None:
-        failed = [str(self._subs[i].topic_filter) for i, r in enumerate(reasons) if reason_failed(r)]
+        subs = self._subs
+        failed = [
+            str(subs[i].topic_filter) if i < len(subs) else f"#{i}"
+            for i, r in enumerate(reasons)
+            if reason_failed(r)
+        ]
         if failed:
             log.error(
                 "MQTT source %s: broker %s refused the subscriptions %s", self.device_id, self._where, failed
@@ -416,25 +425,75 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, None]):
             items = self._queue
             if items:
                 self._queue = deque(maxlen=self.config.max_queue)
-        if not items:
-            if self._stop_event is not None and self._stop_event.is_set():
-                raise StopIteration
-            return []
-        batch = self._decode(items)
-        return [batch] if len(batch) else []
+            change, self._change = self._change, None
+        out: list[Any] = []
+        if items:
+            batch = self._decode(items)  # what arrived so far, with the mapping it arrived under
+            if len(batch):
+                out.append(batch)
+        if change is not None:
+            self._resubscribe(change.plan)
+            out.append(change.item)  # ahead of the first batch decoded with the new mapping
+            if change.on_applied is not None:
+                change.on_applied(change.version)
+        if not out and self._stop_event is not None and self._stop_event.is_set():
+            raise StopIteration
+        return out
 
     def next_awake(self) -> datetime | None:
-        if self._queue or (self._stop_event is not None and self._stop_event.is_set()):
+        if (
+            self._queue
+            or self._change is not None
+            or (self._stop_event is not None and self._stop_event.is_set())
+        ):
             return None
         return datetime.now(UTC) + self._idle
 
     def snapshot(self) -> None:
         return None
 
+    # -- hot config changes ----------------------------------------------------------------------
+
+    def request_change(self, change: DeviceChange) -> None:
+        """Take the device's new subscriptions (``change.plan``) at the next batch boundary
+        (thread-safe); the connection stays, filters are unsubscribed and subscribed on it."""
+        if change.device_id != self.device_id:
+            raise ValueError(f"change for device {change.device_id!r} sent to {self.device_id!r}")
+        with self._lock:
+            if self._change is None or change.version >= self._change.version:
+                self._change = change
+
+    def _resubscribe(self, subscriptions: Sequence[MqttSubscription]) -> None:
+        old = {s.topic_filter for s in self._subs}
+        new = {s.topic_filter for s in subscriptions}
+        self._subs = list(subscriptions)
+        self._explicit = [
+            [(m.topic, _Extractor.build(self.device_id, m.name, m)) for m in sub.tags] for sub in self._subs
+        ]
+        self._level_tags = [{} for _ in self._subs]
+        self._routes = {}
+        if old - new:
+            self._client.unsubscribe(sorted(old - new))
+        added: list[tuple[str, int]] = [
+            (s.topic_filter, self.config.qos if s.qos is None else s.qos)
+            for s in self._subs
+            if s.topic_filter in new - old
+        ]
+        if added:
+            self._client.subscribe(added)
+        log.info(
+            "MQTT source %s: subscriptions changed (+%d -%d filters)",
+            self.device_id,
+            len(added),
+            len(old - new),
+        )
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for callback in self.on_close:
+            callback()
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -617,9 +676,17 @@ class MqttSource(FixedPartitionedSource[PointBatch, None]):
 
     protocol = "mqtt"
 
-    def __init__(self, config: MqttSourceConfig, *, stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        *,
+        stop_event: threading.Event | None = None,
+        config_registry: ConfigRegistry | None = None,
+    ) -> None:
         self.config = config
         self.stop_event = stop_event
+        self.config_registry = config_registry
+        """Told about each partition this process builds, so hot config changes reach its device."""
         self._devices = {f"{self.protocol}:{d}": subs for d, subs in config.devices().items()}
         self._parts: dict[str, _MqttPartition] = {}
 
@@ -630,6 +697,10 @@ class MqttSource(FixedPartitionedSource[PointBatch, None]):
         subs = self._devices[for_part]
         part = _MqttPartition(self.config, subs[0].device_id, subs, stop_event=self.stop_event)
         self._parts[for_part] = part
+        if self.config_registry is not None:
+            configs, apply, device_id = self.config_registry, part.request_change, part.device_id
+            configs.register(device_id, apply)
+            part.on_close.append(lambda: configs.unregister(device_id, apply))
         return part
 
     def stats(self) -> dict[str, MqttSourceStats]:

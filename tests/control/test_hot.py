@@ -11,14 +11,15 @@ import pytest
 
 from connectors.mqtt.url import parse_mqtt_url
 from control.errors import InvalidError, UnavailableError
-from control.hot import publish_device_configs
+from control.hot import clear_device_configs, publish_device_configs
 from control.types import CONFIG_TOPIC
 from nexus.embedded import free_port
 from tests.conftest import wait_for
 
 
-def retained(url: str, topic_filter: str) -> dict[str, Any]:
-    """What a new subscriber receives as retained messages on ``topic_filter``."""
+def retained(url: str, topic_filter: str, want: set[str] | None = None) -> dict[str, Any]:
+    """The retained messages a new subscriber to ``topic_filter`` receives (all of ``want``, when
+    given: the broker sends a subscription's retained messages in one burst, in no set order)."""
     u = parse_mqtt_url(url)
     got: dict[str, Any] = {}
     subscribed = threading.Event()
@@ -35,7 +36,8 @@ def retained(url: str, topic_filter: str) -> dict[str, Any]:
     c.loop_start()
     try:
         assert subscribed.wait(10)
-        return wait_for(lambda: got, timeout=10, what="retained notifications")
+        wait_for(lambda: set(got) >= want if want else got, timeout=10, what=f"retained {want or 'messages'}")
+        return dict(got)
     finally:
         c.loop_stop()
         c.disconnect()
@@ -44,7 +46,8 @@ def retained(url: str, topic_filter: str) -> dict[str, Any]:
 def test_each_device_is_published_retained_with_its_version(mqtt_url: str) -> None:
     sections = {"press-01": {"id": "press-01", "poll_interval_s": 2}, "press-02": {"id": "press-02"}}
     publish_device_configs(mqtt_url, "plant-a", 7, sections)
-    got = retained(mqtt_url, "$nexus/config/flows/plant-a/#")
+    topics = {CONFIG_TOPIC.format(flow="plant-a", device=d) for d in sections}
+    got = retained(mqtt_url, "$nexus/config/flows/plant-a/#", topics)
     assert set(got) == {CONFIG_TOPIC.format(flow="plant-a", device=d) for d in sections}
     doc, qos = got[CONFIG_TOPIC.format(flow="plant-a", device="press-01")]
     assert doc == {"version": 7, "device": sections["press-01"]} and qos == 1
@@ -65,3 +68,22 @@ def test_an_unreachable_broker_is_unavailable_and_the_url_is_redacted() -> None:
     with pytest.raises(UnavailableError) as err:
         publish_device_configs(url, "plant-a", 1, {"d1": {"id": "d1"}}, timeout_s=1.0)
     assert "s3cret" not in str(err.value) and "127.0.0.1" in str(err.value)
+
+
+def test_cleared_notifications_are_no_longer_retained(mqtt_url: str) -> None:
+    publish_device_configs(mqtt_url, "plant-c", 3, {"d1": {"id": "d1"}, "d2": {"id": "d2"}})
+    clear_device_configs(mqtt_url, "plant-c", ["d1"])
+    publish_device_configs(mqtt_url, "plant-c", 4, {"marker": {"id": "marker"}})
+    got = wait_for(
+        lambda: (
+            (r := retained(mqtt_url, "$nexus/config/flows/plant-c/#"))
+            and CONFIG_TOPIC.format(flow="plant-c", device="marker") in r
+            and r
+        ),
+        timeout=10,
+        what="the marker",
+    )
+    assert sorted(got) == [CONFIG_TOPIC.format(flow="plant-c", device=d) for d in ("d2", "marker")]
+    clear_device_configs(mqtt_url, "plant-c", ["d2", "marker"])
+    with pytest.raises(InvalidError):
+        clear_device_configs(mqtt_url, "plant-c", ["a/b"])

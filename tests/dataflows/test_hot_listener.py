@@ -98,8 +98,8 @@ def test_an_accepted_change_carries_the_new_plan_and_operator_parameters(spec: F
         ("press-01", payload(0, section()) .replace(b'"version": 0', b'"version": "5"'), "version:"),
         ("press-01", payload(5, section(id="press-02")), "device.id"),
         ("press-09", payload(5, {"id": "press-09"}), "no such device"),
-        ("gw-01", payload(5, {"id": "gw-01", "protocol": "mqtt", "location": LOC,
-                              "tags": [{"name": "amb", "topic": "y"}]}), "MQTT device"),
+        ("gw-01", payload(5, {"id": "gw-01", "protocol": "mqtt", "location": LOC, "connection": {"qos": 0},
+                              "tags": [{"name": "amb", "topic": "y"}]}), "broker session"),
         ("press-01", payload(5, section(poll_interval_s=-1)), "devices[0].poll_interval_s"),
         ("press-01", payload(5, section(tags=[{"name": "temp", "table": "holding", "address": 0}])),
          "machines[0].state_tag"),
@@ -118,6 +118,46 @@ def test_refused_changes_name_what_is_wrong_and_leave_the_config(
     assert why in str(err.value)
     assert listener.spec is spec
     assert listener.accept("press-01", payload(5, section(poll_interval_s=2.0))) is not None  # still healthy
+
+
+def test_an_mqtt_device_change_carries_its_new_subscriptions(spec: FlowSpec) -> None:
+    listener = ConfigListener("mqtt://127.0.0.1:1", spec, version=1)
+    gw = {"id": "gw-01", "protocol": "mqtt", "location": LOC,
+          "tags": [{"name": "amb", "topic": "y/amb", "scale": 10.0}, {"name": "hum", "topic": "y/hum"}]}  # fmt: skip
+    change = listener.accept("gw-01", payload(2, gw))
+    assert change is not None and change.device is None  # subscribed, not polled
+    assert sorted(s.topic_filter for s in change.plan) == ["y/amb", "y/hum"]
+    assert change.item.params["normalize"][tag_id_for("gw-01", "amb")].scale == 10.0
+
+
+def test_other_devices_keep_their_secrets_in_the_running_document() -> None:
+    doc = spec_doc()
+    doc["devices"].append({
+        "id": "oven", "protocol": "opcua", "location": LOC,
+        "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "username": "u", "password": "s3cret"},
+        "tags": [{"name": "t", "node_id": "ns=2;s=T"}],
+    })  # fmt: skip
+    listener = ConfigListener("mqtt://127.0.0.1:1", parse_spec(doc), version=1)
+    assert listener.accept("press-01", payload(2, section(poll_interval_s=2.0))) is not None
+    oven = next(d for d in listener.spec.devices if d.id == "oven")
+    assert oven.connection.password is not None
+    assert oven.connection.password.get_secret_value() == "s3cret"
+
+
+def test_a_refusal_never_echoes_a_secret() -> None:
+    doc = spec_doc()
+    oven = {
+        "id": "oven", "protocol": "opcua", "location": LOC,
+        "connection": {"endpoint": "opc.tcp://127.0.0.1:4840", "username": "u", "password": "s3cret"},
+        "tags": [{"name": "t", "node_id": "ns=2;s=T"}],
+    }  # fmt: skip
+    doc["devices"].append(oven)
+    listener = ConfigListener("mqtt://127.0.0.1:1", parse_spec(doc), version=1)
+    bad = copy.deepcopy(oven)
+    bad["connection"]["password"] = 987654321  # not a string
+    with pytest.raises(ChangeRefused) as err:
+        listener.accept("oven", payload(2, bad))
+    assert "connection.password" in str(err.value) and "987654321" not in str(err.value)
 
 
 def test_start_version_comes_from_the_environment() -> None:

@@ -29,6 +29,7 @@ from connectors.mqtt.url import parse_mqtt_url
 from control.hot import publish_device_configs
 from control.types import CONFIG_TOPIC
 from core.batch import tag_id_for
+from nexus.embedded import free_port
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,8 @@ class Watcher:
         self.lock = threading.Lock()
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.status: dict[str, Any] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        """The latest status payload of each flow process, by topic."""
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.client.on_connect = lambda c, *_: c.subscribe([(f"{ROOT}/#", 1), ("$nexus/status/flows/#", 1)])
@@ -95,6 +98,7 @@ class Watcher:
         with self.lock:
             if msg.topic.startswith("$nexus/status/"):
                 self.status = doc
+                self.statuses[msg.topic] = doc
             else:
                 self.messages.setdefault(msg.topic, []).append(doc)
 
@@ -135,11 +139,20 @@ class Flow:
     """One flow process on a spec, with its log in a file."""
 
     def __init__(
-        self, tmp: Path, spec: dict[str, Any], db: str, mqtt_url: str, *, flow_id: str, version: int
+        self,
+        tmp: Path,
+        spec: dict[str, Any],
+        db: str,
+        mqtt_url: str,
+        *,
+        flow_id: str,
+        version: int,
+        cluster: tuple[int, str] | None = None,
     ) -> None:
+        """``cluster``: this process's id and the ``-a`` addresses of a multi-process flow."""
         path = tmp / "spec.yaml"
         path.write_text(yaml.safe_dump(spec))
-        self.log_path = tmp / "flow.log"
+        self.log_path = tmp / f"flow{cluster[0] if cluster else ''}.log"
         self.log = self.log_path.open("wb")
         env = {
             **os.environ,
@@ -149,8 +162,9 @@ class Flow:
             "NEXUS_FLOW_ID": flow_id,
             "NEXUS_FLOW_VERSION": str(version),
         }
+        args = ["-i", str(cluster[0]), "-a", cluster[1]] if cluster else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow"],
+            [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow", *args],
             env=env,
             cwd=Path(__file__).parents[2],
             stdout=self.log,
@@ -163,8 +177,10 @@ class Flow:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, *, signal_first: bool = True) -> int:
+        """Drain (SIGTERM) and wait; in a cluster signal every process first (they drain together)."""
+        if signal_first:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -195,7 +211,7 @@ def flow_id(mqtt_url: str) -> Iterator[str]:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.connect(u.host, u.port)
     c.loop_start()
-    for device in ("press-07", "tank-01"):
+    for device in ("press-07", "tank-01", "gw-01"):
         c.publish(CONFIG_TOPIC.format(flow=fid, device=device), b"", qos=1, retain=True).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
@@ -293,7 +309,11 @@ def test_a_scale_change_applies_live_without_restart_or_reconnect(
         assert max(gaps) < 2.0, gaps
         # Old-scale polls after the notification was acknowledged (reported, not asserted: timing).
         old_after = [t for t, v in stored(db, "press-07", "temp", published_at) if v == pytest.approx(25.0)]
-        print(f"old-scale points stored after the publish: {len(old_after)} (poll interval {POLL_S} s)")
+        first_new_at = min(t for t, v in stored(db, "press-07", "temp") if v == pytest.approx(250.0))
+        print(
+            f"hot change: {len(old_after)} old-scale polls stored after the publish; first new-scale poll "
+            f"{(first_new_at - published_at).total_seconds():.3f} s after it (poll interval {POLL_S} s)"
+        )
     finally:
         watcher.close()
         code = flow.stop()
@@ -419,3 +439,128 @@ def test_a_process_started_with_an_older_version_takes_the_retained_change_befor
         watcher.close()
         code = newer.stop()
     assert code == 0, newer.output()
+
+
+def test_an_mqtt_device_takes_new_topics_and_scales_on_its_session(
+    tmp_path: Path, sims: tuple[ModbusSimulator, ModbusSimulator], db: str, mqtt_url: str, flow_id: str
+) -> None:
+    s7, s8 = sims
+    spec = spec_for((s7.port, s8.port))
+    gw = {
+        "id": "gw-01",
+        "protocol": "mqtt",
+        "location": LOCATION,
+        "tags": [{"name": "amb", "topic": f"sensors/{flow_id}/amb", "value_path": "v", "unit": "degC"}],
+    }
+    spec["devices"].append(gw)
+    watcher = Watcher(mqtt_url)
+    assert watcher.subscribed.wait(10)
+    flow = Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1)
+
+    def sent(topic: str, value: float, expect: float) -> bool:
+        watcher.client.publish(topic, json.dumps({"v": value}), qos=1)
+        return watcher.last("gw-01", "amb") == pytest.approx(expect)
+
+    try:
+        started(flow, watcher)
+        wait_for(lambda: sent(f"sensors/{flow_id}/amb", 21.5, 21.5), timeout=30, interval=0.3, what="amb")
+        changed = copy.deepcopy(gw)
+        changed["tags"] = [
+            {
+                "name": "amb",
+                "topic": f"sensors/{flow_id}/amb2",
+                "value_path": "v",
+                "scale": 10.0,
+                "unit": "degC",
+            },
+            {"name": "hum", "topic": f"sensors/{flow_id}/hum", "value_path": "v", "unit": "%"},
+        ]
+        publish_device_configs(mqtt_url, flow_id, 2, {"gw-01": changed})
+        wait_for(
+            lambda: sent(f"sensors/{flow_id}/amb2", 2.0, 20.0), timeout=30, interval=0.3, what="new topic"
+        )
+        wait_for(
+            lambda: (
+                watcher.client.publish(f"sensors/{flow_id}/hum", '{"v": 40}', qos=1)
+                and watcher.last("gw-01", "hum") == 40.0
+            ),
+            timeout=30,
+            interval=0.3,
+            what="the added tag",
+        )
+        wait_for(lambda: registered(db, "gw-01", "hum"), timeout=30, what="the added tag in nexus_tags")
+        # The old topic is not subscribed any more: its messages make no points.
+        n = len(watcher.values("gw-01", "amb"))
+        watcher.client.publish(f"sensors/{flow_id}/amb", json.dumps({"v": 99}), qos=1).wait_for_publish(5)
+        wait_for(
+            lambda: sent(f"sensors/{flow_id}/amb2", 3.0, 30.0), timeout=30, interval=0.3, what="a marker"
+        )
+        assert not {99.0, 990.0} & set(watcher.values("gw-01", "amb")[n:])
+        assert flow.alive() and device_status(watcher, "gw-01") == 2
+    finally:
+        watcher.close()
+        code = flow.stop()
+    assert code == 0, flow.output()
+
+
+def test_in_a_two_process_cluster_the_owner_applies_the_change(
+    tmp_path: Path, sims: tuple[ModbusSimulator, ModbusSimulator], db: str, mqtt_url: str, flow_id: str
+) -> None:
+    """Every process hears the notification; the one whose partition polls the device applies it,
+    and the config item reaches the keyed steps wherever Bytewax routes the device's key."""
+    s7, s8 = sims
+    spec = spec_for((s7.port, s8.port))
+    spec["devices"][0]["tags"][1]["deadband"] = {"absolute": 0.5}  # speed: a stateful step's parameter
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    watcher = Watcher(mqtt_url)
+    assert watcher.subscribed.wait(10)
+    flows = [
+        Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1, cluster=(i, addresses)) for i in (0, 1)
+    ]
+    try:
+        wait_for(
+            lambda: (
+                any(not f.alive() for f in flows)
+                or (watcher.last("press-07", "temp") is not None and watcher.last("tank-01", "level"))
+            ),
+            timeout=120,
+            what="the first values of both devices",
+        )
+        assert all(f.alive() for f in flows), [f.output() for f in flows]
+        pids = [f.proc.pid for f in flows]
+        connections = s7.connections_accepted
+        section = copy.deepcopy(spec["devices"][0])
+        section["tags"][0]["scale"] = 1.0
+        section["tags"][1]["deadband"] = {"absolute": 5000}  # speed moves no more than this
+        publish_device_configs(mqtt_url, flow_id, 2, {"press-07": section})
+        wait_for(
+            lambda: watcher.last("press-07", "temp") == pytest.approx(250.0), timeout=30, what="new scale"
+        )
+
+        def owners() -> list[int | None]:
+            with watcher.lock:
+                docs = [
+                    d
+                    for d in watcher.statuses.values()
+                    if d.get("pid") in pids and d.get("state") == "running"
+                ]
+                return [((d.get("devices") or {}).get("press-07") or {}).get("version") for d in docs]
+
+        wait_for(
+            lambda: sorted(owners(), key=str) == [2, None], timeout=30, what="one owner reporting version 2"
+        )
+        n = len(watcher.values("press-07", "speed"))
+        s7.set_value("press-07", SPEED, 3000)  # +1800: inside the new band, outside the old one
+        s7.set_value("press-07", TEMP, 260)
+        wait_for(
+            lambda: watcher.last("press-07", "temp") == pytest.approx(260.0), timeout=30, what="a later poll"
+        )
+        assert len(watcher.values("press-07", "speed")) == n  # the new deadband held it back
+        assert all(f.alive() for f in flows) and [f.proc.pid for f in flows] == pids
+        assert s7.connections_accepted == connections
+    finally:
+        watcher.close()
+        for f in flows:
+            f.proc.send_signal(signal.SIGTERM)
+        codes = [f.stop(signal_first=False) for f in flows]
+    assert codes == [0, 0], [f.output() for f in flows]
