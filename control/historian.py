@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -70,6 +71,26 @@ _NICE_STEPS_S = (
     172800, 604800,
 )  # fmt: skip
 _AGG_TABLES = {"nexus_agg_1m": 60, "nexus_agg_10s": 10}
+_RAW_EXPR = {
+    "min": "min(value)",
+    "max": "max(value)",
+    "avg": "avg(value)",
+    "count": "count(value)",
+    "sum": "sum(value)",
+    "first": "(array_agg(value ORDER BY time))[1]",
+    "last": "(array_agg(value ORDER BY time DESC))[1]",
+    "twa": "NULL::float8",
+}
+_REAGG_EXPR = {
+    "min": "min(min)",
+    "max": "max(max)",
+    "avg": "CASE WHEN sum(count) > 0 THEN sum(sum) / sum(count) END",
+    "count": "sum(count)::bigint",
+    "sum": "sum(sum)",
+    "first": "(array_agg(first ORDER BY bucket))[1]",
+    "last": "(array_agg(last ORDER BY bucket DESC))[1]",
+    "twa": "avg(twa)",
+}
 _CSV_FETCH = 5000
 
 Source = Literal["nexus_points", "nexus_agg_10s", "nexus_agg_1m"]
@@ -326,6 +347,7 @@ class Historian:
                         "SELECT time, tag_id, value, quality FROM nexus_points "
                         f"WHERE {match} AND time >= %s AND time < %s ORDER BY time, tag_id LIMIT %s",
                         (ids[0] if len(ids) == 1 else ids, start, end, limit + 1),
+                        binary=True,
                     )
                 ).fetchall()
                 seen = {r[1] for r in rows}
@@ -340,15 +362,19 @@ class Historian:
             next_start = rows[limit][0]
             # never split one instant across pages: drop the partial last timestamp
             rows = [r for r in rows[:limit] if r[0] < next_start]
-        series: dict[int, dict[str, Any]] = {
+        if len(ids) == 1:  # rows are in time order: transpose them in C
+            cols = _columns(rows, 4)
+            series = [{"tag_id": ids[0], "time": cols[0], "value": cols[2], "quality": cols[3]}]
+            return {"series": series, "next": next_start}
+        by_tag: dict[int, dict[str, Any]] = {
             t: {"tag_id": t, "time": [], "value": [], "quality": []} for t in ids
         }
         for t, tag_id, value, quality in rows:
-            s = series[tag_id]
+            s = by_tag[tag_id]
             s["time"].append(t)
             s["value"].append(value)
             s["quality"].append(quality)
-        return {"series": list(series.values()), "next": next_start}
+        return {"series": list(by_tag.values()), "next": next_start}
 
     # ------------------------------------------------------------------ aggregates
 
@@ -392,28 +418,34 @@ class Historian:
             return sql.SQL("{}(%(bucket)s, {}, origin => %(origin)s)").format(fn, sql.Identifier(column))
         return sql.SQL("{}(%(bucket)s, {}, %(origin)s)").format(fn, sql.Identifier(column))
 
-    def _aggregate_sql(self, source: Source, *, direct: bool = False) -> sql.Composed:
+    def _aggregate_sql(
+        self, source: Source, fields: Sequence[str] = AGG_FIELDS, *, direct: bool = False
+    ) -> sql.Composed:
+        b: sql.Composable
+        tail: sql.Composable
         if source == "nexus_points":
+            exprs = _RAW_EXPR
             b = self._bucket_expr("time")
-            return sql.SQL(
-                "SELECT {b} AS bucket, tag_id, min(value), max(value), avg(value), count(value), sum(value), "
-                "(array_agg(value ORDER BY time))[1], (array_agg(value ORDER BY time DESC))[1], NULL::float8 "
+            tail = sql.SQL(
                 "FROM nexus_points WHERE tag_id = ANY(%(ids)s) AND time >= %(start)s AND time < %(end)s "
                 "AND quality = 0 GROUP BY tag_id, 1 ORDER BY tag_id, 1"
-            ).format(b=b)
-        if direct:  # the bucket is the table's window: its rows are the answer
-            return sql.SQL(
-                "SELECT bucket, tag_id, min, max, avg, count, sum, first, last, twa FROM {t} "
-                "WHERE tag_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(end)s ORDER BY tag_id, bucket"
+            )
+        elif direct:  # the bucket is the table's window: its rows are the answer
+            exprs = {f: f for f in AGG_FIELDS}
+            b = sql.SQL("bucket")
+            tail = sql.SQL(
+                "FROM {t} WHERE tag_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(end)s "
+                "ORDER BY tag_id, bucket"
             ).format(t=sql.Identifier(source))
-        b = self._bucket_expr("bucket")
-        return sql.SQL(
-            "SELECT {b} AS b, tag_id, min(min), max(max), "
-            "CASE WHEN sum(count) > 0 THEN sum(sum) / sum(count) END, sum(count)::bigint, sum(sum), "
-            "(array_agg(first ORDER BY bucket))[1], (array_agg(last ORDER BY bucket DESC))[1], avg(twa) "
-            "FROM {t} WHERE tag_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(end)s "
-            "GROUP BY tag_id, 1 ORDER BY tag_id, 1"
-        ).format(b=b, t=sql.Identifier(source))
+        else:
+            exprs = _REAGG_EXPR
+            b = self._bucket_expr("bucket")
+            tail = sql.SQL(
+                "FROM {t} WHERE tag_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(end)s "
+                "GROUP BY tag_id, 1 ORDER BY tag_id, 1"
+            ).format(t=sql.Identifier(source))
+        cols = sql.SQL(", ").join(sql.SQL(exprs[f]) for f in fields)  # type: ignore[arg-type]
+        return sql.SQL("SELECT {b}, tag_id, {cols} {tail}").format(b=b, cols=cols, tail=tail)
 
     async def aggregates(
         self,
@@ -423,14 +455,17 @@ class Historian:
         *,
         bucket: timedelta | None = None,
         max_points: int = 1000,
+        fields: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Bucketed min/max/avg/count/sum/first/last/twa of each tag over ``[start, end)``.
+        """Bucketed min/max/avg/count/sum/first/last/twa (or the ``fields`` asked for) of each tag over
+        ``[start, end)``.
 
         Answer: ``{"bucket": seconds, "source": table, "series": [{"tag_id", "source", "bucket": [...],
         "min": [...], ...}]}``. Raw buckets count good-quality points only; ``twa`` is null for them.
         """
         ids = _check_tags(tag_ids)
         start, end = check_range(start, end)
+        wanted = _check_fields(fields)
         await self._ensure_open()
         try:
             async with self._conn() as conn:
@@ -439,7 +474,13 @@ class Historian:
                 plan = self.plan_aggregate(
                     start, end, bucket=bucket, max_points=max_points, tables=await self._tables_now(conn)
                 )
-                params = {"bucket": plan.bucket, "origin": EPOCH, "start": start, "end": end}
+                params = {
+                    "bucket": plan.bucket,
+                    "origin": EPOCH,
+                    "start": start,
+                    "end": end,
+                    "fields": wanted,
+                }
                 by_tag = await self._aggregate_rows(conn, plan.source, ids, params)
                 missing = [t for t in ids if t not in by_tag]
                 if missing:
@@ -456,25 +497,29 @@ class Historian:
             raise UnavailableError("historian database unavailable") from exc
         series = []
         for t in ids:
-            cols = by_tag.get(t) or {k: [] for k in ("bucket", *AGG_FIELDS)}
+            cols = by_tag.get(t) or {k: [] for k in ("bucket", *wanted)}
             series.append({"tag_id": t, "source": "nexus_points" if t in raw_for else plan.source, **cols})
         return {"bucket": plan.bucket.total_seconds(), "source": plan.source, "series": series}
 
     async def _aggregate_rows(
         self, conn: psycopg.AsyncConnection[Any], source: Source, ids: list[int], params: dict[str, Any]
     ) -> dict[int, dict[str, list[Any]]]:
+        fields = params["fields"]
         direct = _AGG_TABLES.get(source) == params["bucket"].total_seconds()
-        query = self._aggregate_sql(source, direct=direct)
-        rows = await (await conn.execute(query, {**params, "ids": ids})).fetchall()
+        query = self._aggregate_sql(source, fields, direct=direct)
+        rows = await (await conn.execute(query, {**params, "ids": ids}, binary=True)).fetchall()
+        # rows come ordered by tag, then bucket: transpose once, then cut each column at the tag changes
+        cols = _columns(rows, 2 + len(fields))
         out: dict[int, dict[str, list[Any]]] = {}
-        names = ("bucket", *AGG_FIELDS)
-        for row in rows:
-            cols = out.get(row[1])
-            if cols is None:
-                cols = out[row[1]] = {k: [] for k in names}
-            cols["bucket"].append(row[0])
-            for k, v in zip(AGG_FIELDS, row[2:], strict=True):
-                cols[k].append(v)
+        tags = cols[1]
+        lo = 0
+        for hi in (*_changes(tags), len(tags)):
+            if hi > lo:
+                out[tags[lo]] = {
+                    "bucket": cols[0][lo:hi],
+                    **{k: c[lo:hi] for k, c in zip(fields, cols[2:], strict=True)},
+                }
+            lo = hi
         return out
 
     # ------------------------------------------------------------------ latest
@@ -510,7 +555,7 @@ class Historian:
                         "LEFT JOIN LATERAL (SELECT time, value, quality FROM nexus_points "
                         "WHERE tag_id = t.tag_id ORDER BY time DESC LIMIT 1) p ON true ORDER BY {k}"
                     ).format(k=key, tags=tags)
-                rows = await (await conn.execute(query, {"ids": ids})).fetchall()
+                rows = await (await conn.execute(query, {"ids": ids}, binary=True)).fetchall()
                 unknown = [r[0] for r in rows if not r[4]]
                 if unknown:
                     await self._require_tags(conn, unknown)  # raises with the list
@@ -616,6 +661,32 @@ class Historian:
                         f"{t},{tag},{_csv(dev)},{_csv(name)},{'' if v is None else repr(v)},{q}\r\n"
                         for t, tag, dev, name, v, q in rows
                     ).encode()
+
+
+def _check_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
+    if not fields:
+        return AGG_FIELDS
+    bad = [f for f in fields if f not in AGG_FIELDS]
+    if bad:
+        raise InvalidError(
+            "unknown aggregate field", [("query.fields", f"{bad[0]!r} is not one of {', '.join(AGG_FIELDS)}")]
+        )
+    return tuple(dict.fromkeys(fields))
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows → one list per column (``zip`` runs in C; no per-row Python)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+def _changes(keys: list[Any]) -> list[int]:
+    """Indices where ``keys`` (sorted runs) changes value."""
+    if len(keys) < 2:
+        return []
+    a = np.asarray(keys)
+    return (np.flatnonzero(a[1:] != a[:-1]) + 1).tolist()  # type: ignore[no-any-return]
 
 
 def _csv(text: str) -> str:

@@ -122,11 +122,20 @@ class HistorianController(Controller):
             str | None, QueryParameter(description="bucket: 10s, 1m, 1h, 1d; default from max_points")
         ] = None,
         max_points: Annotated[int, QueryParameter(description=f"buckets per tag, ≤ {MAX_BUCKETS}")] = 1000,
+        fields: Annotated[
+            str | None,
+            QueryParameter(description="comma list of min,max,avg,count,sum,first,last,twa (default: all)"),
+        ] = None,
     ) -> dict[str, Any]:
         """Bucketed min/max/avg/count/sum/first/last/twa per tag; reads nexus_agg_1m / nexus_agg_10s when
         the bucket allows, raw points otherwise (``source`` says which)."""
         return await (await historian_of(state)).aggregates(
-            tag, start, end, bucket=parse_bucket(bucket), max_points=max_points
+            tag,
+            start,
+            end,
+            bucket=parse_bucket(bucket),
+            max_points=max_points,
+            fields=[f.strip() for f in fields.split(",") if f.strip()] if fields else None,
         )
 
     @get("/latest", opt={"permission": "historian:read"})

@@ -365,3 +365,12 @@ def test_bucket_equal_to_the_window_reads_the_rows_as_stored(loaded: str) -> Non
     np.testing.assert_allclose(s["twa"], agg.twa[:60])
     np.testing.assert_allclose(s["sum"], agg.sum[:60])
     assert s["first"][:2] == [0.0, 60.0]
+
+
+def test_fields_select_columns_and_unknown_fields_are_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    params = {"tag": 1, "start": iso(T0), "end": iso(T0 + timedelta(minutes=10)), "bucket": "5m"}
+    body = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,max"}).json()
+    assert set(body["series"][0]) == {"tag_id", "source", "bucket", "avg", "max"}
+    assert body["series"][0]["max"] == [299.0, 599.0]
+    r = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,median"})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.fields"
