@@ -174,20 +174,24 @@ class Historian:
         self.database_url = database_url
         self.statement_timeout_ms = statement_timeout_ms
         self.connect_timeout_s = connect_timeout_s
-        self._pool = AsyncConnectionPool(
-            database_url,
-            min_size=min_size,
-            max_size=max_size,
-            open=False,
-            configure=self._configure,
-            kwargs={"connect_timeout": math.ceil(connect_timeout_s), "application_name": "nexus-api"},
-            name="nexus-historian",
-        )
+        self._pool_args = {"min_size": min_size, "max_size": max_size}
+        self._pool = self._new_pool()
         self.bucket_function: Literal["time_bucket", "date_bin"] = "date_bin"
         self._tables: set[str] = set()
         self._tables_checked = 0.0
         self._opened = False
         self._open_lock = asyncio.Lock()
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            self.database_url,
+            min_size=self._pool_args["min_size"],
+            max_size=self._pool_args["max_size"],
+            open=False,
+            configure=self._configure,
+            kwargs={"connect_timeout": math.ceil(self.connect_timeout_s), "application_name": "nexus-api"},
+            name="nexus-historian",
+        )
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(
@@ -213,8 +217,13 @@ class Historian:
                     ).fetchone()
                     self.bucket_function = "time_bucket" if row else "date_bin"
                     await self._load_tables(conn)
+            except psycopg.OperationalError as exc:  # PoolTimeout included
+                await self._pool.close()
+                self._pool = self._new_pool()
+                raise UnavailableError("historian database unavailable") from exc
             except BaseException:
                 await self._pool.close()
+                self._pool = self._new_pool()
                 raise
             self._opened = True
             log.info("historian queries use %s", self.bucket_function)
@@ -280,8 +289,8 @@ class Historian:
         """Tags with their metadata (device, name, unit, UNS path), ordered by device and name."""
         if not 1 <= limit <= MAX_TAGS:
             raise InvalidError("bad limit", [("query.limit", f"between 1 and {MAX_TAGS}")])
-        if offset < 0:
-            raise InvalidError("bad offset", [("query.offset", "must be >= 0")])
+        if not 0 <= offset <= 2**31:
+            raise InvalidError("bad offset", [("query.offset", "between 0 and 2147483648")])
         like = None if search is None else "%" + search.replace("\\", "\\\\").replace("%", "\\%") + "%"
         return await self._fetch(
             "SELECT tag_id, device_id, name, unit, uns_path, updated_at FROM nexus_tags "
@@ -579,6 +588,8 @@ class Historian:
     ) -> list[dict[str, Any]]:
         """Alert raises and clears in ``[start, end)``, newest first."""
         start, end = check_range(start, end)
+        if tag_id is not None:
+            tag_id = _check_tags([tag_id])[0]
         if not 1 <= limit <= MAX_RAW_POINTS:
             raise InvalidError("bad limit", [("query.limit", f"between 1 and {MAX_RAW_POINTS}")])
         await self._ensure_open()

@@ -374,3 +374,12 @@ def test_fields_select_columns_and_unknown_fields_are_refused(client: TestClient
     assert body["series"][0]["max"] == [299.0, 599.0]
     r = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,median"})
     assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.fields"
+
+
+def test_database_down_is_503_not_500() -> None:
+    from nexus.embedded import free_port
+
+    settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nexus")
+    with TestClient(app=create_app(settings)) as c:
+        r = c.get("/api/v1/historian/tags")
+    assert r.status_code == 503 and r.json()["title"] == "Service Unavailable"
