@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -383,3 +384,37 @@ def test_database_down_is_503_not_500() -> None:
     with TestClient(app=create_app(settings)) as c:
         r = c.get("/api/v1/historian/tags")
     assert r.status_code == 503 and r.json()["title"] == "Service Unavailable"
+
+
+@pytest.mark.parametrize(
+    ("bucket", "fields"),
+    [
+        (timedelta(minutes=1), None),
+        (timedelta(minutes=2), ["avg", "last"]),
+        (timedelta(seconds=45), ["first"]),
+    ],
+)
+def test_json_built_by_postgres_equals_the_python_answer(
+    loaded: str, bucket: timedelta, fields: list[str] | None
+) -> None:
+    """The API passes PostgreSQL's JSON through; it must say exactly what the row path says."""
+
+    async def both(h: Historian) -> tuple[Any, Any]:
+        args = ([2, 1], T0, T0 + timedelta(minutes=20))
+        py = await h.aggregates(*args, bucket=bucket, fields=fields)
+        js = json.loads(await h.aggregates_json(*args, bucket=bucket, fields=fields))
+        return py, js
+
+    py, js = run(with_historian(loaded, both))
+    for s in py["series"]:
+        s["bucket"] = [t.isoformat() for t in s["bucket"]]
+    assert js == py
+    assert [s["source"] for s in js["series"]] == (
+        ["nexus_points", "nexus_points"] if bucket.total_seconds() % 60 else ["nexus_points", "nexus_agg_1m"]
+    )
+
+    async def latest(h: Historian) -> tuple[Any, Any]:
+        return await h.latest([BIG, 2, 1]), json.loads(await h.latest_json([BIG, 2, 1]))
+
+    py_l, js_l = run(with_historian(loaded, latest))
+    assert js_l == [{**r, "time": r["time"] and r["time"].isoformat()} for r in py_l]
