@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, MediaType, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -122,24 +122,34 @@ class HistorianController(Controller):
             str | None, QueryParameter(description="bucket: 10s, 1m, 1h, 1d; default from max_points")
         ] = None,
         max_points: Annotated[int, QueryParameter(description=f"buckets per tag, ≤ {MAX_BUCKETS}")] = 1000,
-    ) -> dict[str, Any]:
+        fields: Annotated[
+            str | None,
+            QueryParameter(description="comma list of min,max,avg,count,sum,first,last,twa (default: all)"),
+        ] = None,
+    ) -> Response[bytes]:
         """Bucketed min/max/avg/count/sum/first/last/twa per tag; reads nexus_agg_1m / nexus_agg_10s when
         the bucket allows, raw points otherwise (``source`` says which)."""
-        return await (await historian_of(state)).aggregates(
-            tag, start, end, bucket=parse_bucket(bucket), max_points=max_points
+        body = await (await historian_of(state)).aggregates_json(
+            tag,
+            start,
+            end,
+            bucket=parse_bucket(bucket),
+            max_points=max_points,
+            fields=[f.strip() for f in fields.split(",") if f.strip()] if fields else None,
         )
+        return Response(body, media_type=MediaType.JSON)
 
     @get("/latest", opt={"permission": "historian:read"})
     async def latest(
         self, state: State, tag: Annotated[list[int] | None, QueryParameter(name="tag")] = None
-    ) -> list[dict[str, Any]]:
+    ) -> Response[bytes]:
         """Newest stored value of the given tags (of every tag without ``tag``)."""
-        return await (await historian_of(state)).latest(tag or None)
+        return Response(await (await historian_of(state)).latest_json(tag or None), media_type=MediaType.JSON)
 
     @post("/latest", status_code=200, opt={"permission": "historian:read"})
-    async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> list[dict[str, Any]]:
+    async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> Response[bytes]:
         """Newest stored value of many tags (the ids in the body, up to 10,000)."""
-        return await (await historian_of(state)).latest(data.tags)
+        return Response(await (await historian_of(state)).latest_json(data.tags), media_type=MediaType.JSON)
 
     @get("/alerts", opt={"permission": "historian:read"})
     async def alerts(
@@ -173,9 +183,7 @@ class HistorianController(Controller):
         return await (await historian_of(state)).oee(start, end, machine=machine, limit=limit)
 
     @get("/export.csv", opt={"permission": "historian:read"}, media_type="text/csv")
-    async def export_csv(
-        self, request: Request[Any, Any, Any], state: State, tag: Tags, start: Start, end: End
-    ) -> Stream:
+    async def export_csv(self, state: State, tag: Tags, start: Start, end: End) -> Stream:
         """Raw points as CSV, streamed from a server-side cursor (any size)."""
         rows = await (await historian_of(state)).export_csv(tag, start, end)
         return Stream(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -366,3 +367,55 @@ def test_bucket_equal_to_the_window_reads_the_rows_as_stored(loaded: str) -> Non
     np.testing.assert_allclose(s["twa"], agg.twa[:60])
     np.testing.assert_allclose(s["sum"], agg.sum[:60])
     assert s["first"][:2] == [0.0, 60.0]
+
+
+def test_fields_select_columns_and_unknown_fields_are_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    params = {"tag": 1, "start": iso(T0), "end": iso(T0 + timedelta(minutes=10)), "bucket": "5m"}
+    body = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,max"}).json()
+    assert set(body["series"][0]) == {"tag_id", "source", "bucket", "avg", "max"}
+    assert body["series"][0]["max"] == [299.0, 599.0]
+    r = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,median"})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.fields"
+
+
+def test_database_down_is_503_not_500() -> None:
+    from nexus.embedded import free_port
+
+    settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nexus")
+    with TestClient(app=create_app(settings)) as c:
+        r = c.get("/api/v1/historian/tags")
+    assert r.status_code == 503 and r.json()["title"] == "Service Unavailable"
+
+
+@pytest.mark.parametrize(
+    ("bucket", "fields"),
+    [
+        (timedelta(minutes=1), None),
+        (timedelta(minutes=2), ["avg", "last"]),
+        (timedelta(seconds=45), ["first"]),
+    ],
+)
+def test_json_built_by_postgres_equals_the_python_answer(
+    loaded: str, bucket: timedelta, fields: list[str] | None
+) -> None:
+    """The API passes PostgreSQL's JSON through; it must say exactly what the row path says."""
+
+    async def both(h: Historian) -> tuple[Any, Any]:
+        args = ([2, 1], T0, T0 + timedelta(minutes=20))
+        py = await h.aggregates(*args, bucket=bucket, fields=fields)
+        js = json.loads(await h.aggregates_json(*args, bucket=bucket, fields=fields))
+        return py, js
+
+    py, js = run(with_historian(loaded, both))
+    for s in py["series"]:
+        s["bucket"] = [t.isoformat() for t in s["bucket"]]
+    assert js == py
+    assert [s["source"] for s in js["series"]] == (
+        ["nexus_points", "nexus_points"] if bucket.total_seconds() % 60 else ["nexus_points", "nexus_agg_1m"]
+    )
+
+    async def latest(h: Historian) -> tuple[Any, Any]:
+        return await h.latest([BIG, 2, 1]), json.loads(await h.latest_json([BIG, 2, 1]))
+
+    py_l, js_l = run(with_historian(loaded, latest))
+    assert js_l == [{**r, "time": r["time"] and r["time"].isoformat()} for r in py_l]
