@@ -133,15 +133,11 @@ def ensure_flow(store: Any, spec_path: Path, *, author: str = "nexus demo") -> s
 
 
 def _live_status(mqtt_url: str) -> Any:
-    """The API's live status subscriber, when this build has one (``control.live``)."""
-    try:
-        from control import live  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    status = live.LiveStatus(mqtt_url)
-    start = getattr(status, "start", None)
-    if callable(start):
-        start()
+    """The API's live status subscriber (flow states, alerts, watched tag values for ``/api/v1/ws``)."""
+    from control.live import LiveStatus
+
+    status = LiveStatus(mqtt_url)
+    status.start()
     return status
 
 
@@ -239,10 +235,7 @@ def run_up(
             snapshot_interval_s=settings.snapshot_interval_s,
         )
         live = _live_status(mqtt_url)
-        services_: dict[str, Any] = {"store": store, "supervisor": supervisor}
-        if live is not None:
-            services_["live"] = live
-        app = create_app(settings, **services_)
+        app = create_app(settings, store=store, supervisor=supervisor, live=live)
         config = uvicorn.Config(
             app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
         )
@@ -293,8 +286,7 @@ def run_up(
             supervisor.stop()
             if pool is not None:
                 pool.stop()
-            if live is not None and callable(getattr(live, "stop", None)):
-                live.stop()
+            live.stop()
             store.close()
             signal.signal(signal.SIGINT, previous)
         print("stopped: API, flows, simulators, broker and database", flush=True)

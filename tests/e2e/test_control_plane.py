@@ -298,6 +298,9 @@ def test_control_plane_end_to_end(platform: Platform, db: str, mqtt_url: str) ->
         s2 = wait_for(lambda: platform.running(hot_version), timeout=30, what="status shows the hot version")
         assert s2["pids"] == [pid], "a hot change must not restart the flow"
         assert sim_connections(pid, sim_port) == conns, "a hot change must not reconnect to the device"
+        metrics = api.get("/metrics").text
+        assert 'nexus_deploys_total{path="hot"} 1.0' in metrics
+        assert 'nexus_flows{state="running"} 1.0' in metrics
         # the other device kept its schedule: no missing poll around the change
         wait_for(lambda: len(watch.since(mark, "dev-2", "level")) >= 6, timeout=60, what="dev-2 values")
         stamps = [m.timestamp.timestamp() for m in watch.since(max(0, mark - 20), "dev-2", "level")]
@@ -361,6 +364,7 @@ def test_control_plane_end_to_end(platform: Platform, db: str, mqtt_url: str) ->
         os.kill(pid3, signal.SIGKILL)
         s5 = wait_for(lambda: platform.running(other_than=[pid3]), timeout=START_S, what="restarted flow")
         assert s5["restarts"] == restarts + 1
+        assert f'nexus_flow_restarts_total{{flow="{FLOW}"}} 1.0' in api.get("/metrics").text
         (pid4,) = s5["pids"]
 
         # --- 5. kill -9 of the supervisor (nexus up), then start again: one process per flow ----------
