@@ -14,6 +14,10 @@ setup:
 demo *ARGS:
     nexus demo {{ARGS}}
 
+# run the platform: database, broker, API and supervisor (add --simulate for simulated devices)
+up *ARGS:
+    nexus up {{ARGS}}
+
 # run the telemetry dataflow against NEXUS_DATABASE_URL / NEXUS_MQTT_URL
 run *ARGS:
     nexus run {{ARGS}}
