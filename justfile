@@ -30,6 +30,10 @@ sparkplug-proto:
 demo *ARGS:
     nexus demo {{ARGS}}
 
+# run the platform: database, broker, API and supervisor (add --simulate for simulated devices)
+up *ARGS:
+    nexus up {{ARGS}}
+
 # run the telemetry dataflow against NEXUS_DATABASE_URL / NEXUS_MQTT_URL
 run *ARGS:
     nexus run {{ARGS}}
@@ -45,7 +49,7 @@ lint:
 
 # static type checks
 typecheck:
-    {{python}} -m mypy core connectors operators dataflows api nexus bench
+    {{python}} -m mypy core connectors operators dataflows api nexus bench control
 
 # format the code
 fmt:

@@ -1,6 +1,7 @@
 """``create_app(settings)`` wires the control API; nothing is created at import time.
 
-Each domain package (``api.flows``, ``api.historian``, ``api.ws``, ...) exposes ``route_handlers()``;
+Each domain package (``api.flows``, ``api.historian``, ``api.ws``, ...) exposes ``route_handlers()``
+and may expose ``plugins()``, ``middleware()``, ``on_startup()`` and ``on_shutdown()`` (each a list);
 ``DOMAINS`` lists the ones the app mounts. Every route declares the permission it needs in its
 ``opt["permission"]`` (enforced by the security layer once it exists).
 """
@@ -10,14 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
+from litestar import Litestar, get
+from litestar.openapi import OpenAPIConfig
 
+from api.errors import EXCEPTION_HANDLERS
+from api.openapi import add_model_examples
 from core.settings import Settings
-from dataflows.spec import SpecError
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows",)
+DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics")
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})
@@ -25,24 +27,37 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def spec_error_handler(_request: Request[Any, Any, Any], exc: SpecError) -> Response[object]:
-    """Invalid specs answer 422 with every problem and its field path."""
-    return Response(
-        {"detail": "invalid flow spec", "problems": [{"path": p, "message": m} for p, m in exc.problems]},
-        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-    )
+MAX_BODY_BYTES = 4_000_000
+"""Request bodies above this answer 413 (a spec with thousands of tags is well below it)."""
 
 
 def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
     """The app; ``services`` (store, supervisor, live status, ...) land on ``app.state`` by name."""
     settings = settings or Settings.from_env()
     handlers: list[Any] = [health]
+    hooks: dict[str, list[Any]] = {"plugins": [], "middleware": [], "on_startup": [], "on_shutdown": []}
     for name in DOMAINS:
-        handlers.extend(importlib.import_module(name).route_handlers())
+        module = importlib.import_module(name)
+        handlers.extend(module.route_handlers())
+        for hook, items in hooks.items():
+            if hasattr(module, hook):
+                items.extend(getattr(module, hook)())
     app = Litestar(
         route_handlers=handlers,
-        exception_handlers={SpecError: spec_error_handler},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="NEXUS Edge control API",
+            version="1.0.0",
+            description="Flows, versions, deploys, devices and tags. Errors are application/problem+json (RFC 9457).",
+            path="/schema",
+        ),
+        plugins=hooks["plugins"],
+        middleware=hooks["middleware"],
+        on_startup=hooks["on_startup"],
+        on_shutdown=hooks["on_shutdown"],
     )
+    add_model_examples(app)
     app.state.settings = settings
     for key, service in services.items():
         setattr(app.state, key, service)

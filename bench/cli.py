@@ -4,7 +4,8 @@ Stages: ``micro`` (operator chain from memory), ``sinks`` (bare COPY vs the hist
 vs the UNS publisher), ``sparkplug`` (DDATA metrics/s of the Sparkplug edge node vs the UNS publisher's
 messages/s on the same batches), ``modbus`` (bare pymodbus read loop), ``e2e`` (the dataflow as ``python -m
 bytewax.run`` polling the simulators into the broker and the historian), ``cluster`` (the chain as a
-1- and a 2-process Bytewax cluster). Not run by default (``just bench-full`` runs them): ``ramp``
+1- and a 2-process Bytewax cluster), ``query`` (historian reads through the API vs bare SQL on a
+50-million-row ``nexus_points``; see ``bench/query.py``). Not run by default (``just bench-full`` runs them): ``ramp``
 (device counts stepped up at a 100 ms poll interval until polls are skipped) and ``memory`` (the RSS
 of a flow configured with 100,000 tags).
 """
@@ -21,6 +22,7 @@ import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,8 @@ from bench.monitor import Monitor
 from dataflows.spec import parse_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, MosquittoBroker, free_port
 
-STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "ramp", "memory", "cluster")
-DEFAULT_STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cluster")
+STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "ramp", "memory", "cluster", "query")
+DEFAULT_STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cluster", "query")
 """``ramp`` and ``memory`` take minutes of their own: ``just bench-full`` adds them."""
 RAMP_SKIP_LIMIT = 0.001
 """A ramp step holds while at most this fraction of its poll slots is skipped (and of its polls fails)."""
@@ -84,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-devices", type=int, default=1000, help="memory: devices (x --tags tags)")
     p.add_argument("--memory-interval", type=float, default=5.0, help="memory: poll interval, s")
     p.add_argument("--memory-seconds", type=float, default=60.0, help="memory: running time after startup, s")
+    p.add_argument("--query-rows", type=int, default=50_000_000, help="query: rows in nexus_points")
+    p.add_argument("--query-tags", type=int, default=10_000, help="query: tags")
+    p.add_argument("--query-interval", type=float, default=5.0, help="query: seconds between a tag's points")
+    p.add_argument(
+        "--query-samples", type=int, default=200, help="query: samples of (a); (b) a quarter, (c) half"
+    )
     p.add_argument(
         "--stages",
         default=",".join(DEFAULT_STAGES),
@@ -786,6 +794,39 @@ def table(r: dict[str, Any]) -> str:
         add(
             "cluster, 2 processes (pts/s)", c["processes_2"]["points_per_s"], c["processes_1"]["points_per_s"]
         )
+    qr = r.get("query")
+    if qr:
+        names = {
+            "a_raw_1h": "(a) 1 tag raw, 1 h",
+            "b_agg_1m_100_tags_1d": "(b) 100 tags 1-min aggs, 1 day",
+            "c_latest_all_tags": f"(c) latest of {qr['tags']:,} tags",
+        }
+        for key, label in names.items():
+            q = qr[key]
+            rows.append(
+                (
+                    f"query {label}: API vs SQL p50 (ms)",
+                    f"{q['api']['p50_ms']:.1f}",
+                    f"{q['sql']['p50_ms']:.1f}",
+                    f"{q['ratio_p50']:.2f}",
+                )
+            )
+            rows.append(
+                (
+                    f"query {label}: API vs SQL p99 (ms)",
+                    f"{q['api']['p99_ms']:.1f}",
+                    f"{q['sql']['p99_ms']:.1f}",
+                    f"{q['ratio_p99']:.2f}",
+                )
+            )
+        rows.append(
+            (
+                "query (c) bare SQL without nexus_latest p50 (ms)",
+                f"{qr['c_latest_from_points_sql']['p50_ms']:.1f}",
+                "",
+                "",
+            )
+        )
     w = [max(len(x[i]) for x in [("figure", "value", "baseline", "ratio"), *rows]) for i in range(4)]
     lines = [
         "  ".join(
@@ -808,6 +849,11 @@ def _enable_commit_timestamps(pg: EmbeddedPostgres) -> None:
         if on and on[0] == "on":
             return
         conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+    pg.stop()
+    pg.start()
+
+
+def _restart(pg: EmbeddedPostgres) -> None:
     pg.stop()
     pg.start()
 
@@ -844,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         if "micro" in stages:
             _say("micro: operator chain from memory ...")
             result["micro"] = stage_micro(load, args.micro_points)
-        need_services = {"sinks", "sparkplug", "e2e", "memory"} & set(stages) or (
+        need_services = {"sinks", "sparkplug", "e2e", "memory", "query"} & set(stages) or (
             "ramp" in stages and args.ramp_flow == "e2e"
         )
         pg = broker = sim = None
@@ -904,6 +950,21 @@ def main(argv: list[str] | None = None) -> int:
             if "cluster" in stages:
                 _say("cluster: the chain as 1 and 2 Bytewax processes ...")
                 result["cluster"] = stage_cluster(load, args.cluster_points, work, mon)
+            if "query" in stages:
+                assert pg is not None
+                from bench.query import stage_query
+
+                _say(f"query: {args.query_rows:,} rows of {args.query_tags:,} tags, API vs bare SQL ...")
+                result["query"] = stage_query(
+                    pg.url,
+                    rows=args.query_rows,
+                    tags=args.query_tags,
+                    interval_s=args.query_interval,
+                    samples=args.query_samples,
+                    work=work,
+                    port=free_port(),
+                    restart=partial(_restart, pg),
+                )
         finally:
             if sim is not None:
                 _stop_sim(sim)

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,32 @@ from connectors.resilience import BreakerState, CircuitBreaker, DeviceMetrics
 from core.batch import PointBatch
 from core.quality import QUALITY_DTYPE, Quality
 
-__all__ = ["DeviceClientBase", "DeviceClientStats", "check_plan"]
+__all__ = ["SOFT_CONNECTION_FIELDS", "DeviceClientBase", "DeviceClientStats", "check_plan", "same_link"]
+
+SOFT_CONNECTION_FIELDS = frozenset({
+    "timeout_s", "reconnect_min_s", "reconnect_max_s", "breaker_failures", "breaker_reset_s",
+    "max_gap", "max_registers", "max_bits", "split_reprobe_s", "max_nodes_per_read",
+    "max_buffered_changes",
+})  # fmt: skip
+"""Connection settings a client can take over without reconnecting (a hot config change): the
+read plan's limits, timeouts and the retry policy. Any other difference is another link."""
+
+
+def same_link(old: Any, new: Any) -> bool:
+    """Whether two connection configs (pydantic models) reach the device the same way, so a client
+    keeps its session when only the :data:`SOFT_CONNECTION_FIELDS` differ.
+
+    >>> from connectors.modbus.config import ModbusConnection
+    >>> same_link(ModbusConnection(host="a", timeout_s=1), ModbusConnection(host="a", timeout_s=3))
+    True
+    >>> same_link(ModbusConnection(host="a"), ModbusConnection(host="b"))
+    False
+    """
+    if type(old) is not type(new):
+        return False
+    return bool(
+        old.model_dump(exclude=SOFT_CONNECTION_FIELDS) == new.model_dump(exclude=SOFT_CONNECTION_FIELDS)
+    )
 
 
 def check_plan(device_id: str, poll_interval_s: float, tag_ids: Iterable[int]) -> set[int]:

@@ -66,10 +66,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
-
-from connectors.mqtt.client import make_client, reason_failed, unique_client_id
-from connectors.mqtt.url import parse_mqtt_url
+from connectors.mqtt.subscriber import DeviceSubscriber
 from connectors.polling import WriteFailed, WriteRejected
 from core.uns import CMD_PREFIX
 
@@ -297,7 +294,7 @@ class RouterStats:
     pending: int
 
 
-class CommandRouter:
+class CommandRouter(DeviceSubscriber[Writer]):
     """Receives ``$nexus/cmd/+/+/set``, validates, dispatches to the registered writers, acks.
 
     ``tags`` holds every tag of the spec, writable or not, keyed by ``(device_id, tag_name)``.
@@ -328,57 +325,41 @@ class CommandRouter:
                 raise ValueError(
                     f"`tags` key {key} does not match its tag ({tag.device_id!r}, {tag.tag_name!r})"
                 )
-        self._broker = parse_mqtt_url(mqtt_url)
+        super().__init__(
+            mqtt_url,
+            f"{CMD_PREFIX}/+/+/set",
+            client_id=client_id,
+            client_prefix="nexus-cmd",
+            connect_timeout_s=connect_timeout_s,
+        )
         self.tags = dict(tags)
         self.devices = frozenset(d for d, _ in self.tags)
         self.timeout_s = timeout_s
         self.max_pending = max_pending
         self.answer_unknown = answer_unknown
         self.answer_unowned = answer_unowned
-        self.connect_timeout_s = connect_timeout_s
-        self.topic_filter = f"{CMD_PREFIX}/+/+/set"
-        self._writers: dict[str, Writer] = {}
-        self._cond = threading.Condition()
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
         self._recent: OrderedDict[tuple[str, str, str | int], None] = OrderedDict()
         self._counts = dict.fromkeys(
             ("received", "written", "refused", "failed", "timeouts", "not_owned", "ignored"), 0
         )
-        self._subscribed = False
-        self._connect_error: str | None = None
-        self._closed = False
-        self._started = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nexus-cmd")
         self._reaper = threading.Thread(target=self._reap, name="nexus-cmd-reaper", daemon=True)
-        client = make_client(self._broker, client_id or unique_client_id("nexus-cmd"), clean_session=True)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self._client = client
+
+    name = "command router"
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    def _on_start(self) -> None:
+        self._reaper.start()
 
     def start(self, timeout: float | None = None) -> CommandRouter:
         """Connect and wait until the subscription is granted; :class:`TimeoutError` after ``timeout``.
 
         paho keeps reconnecting in the background after a timeout; ``close()`` stops it.
         """
-        if not self._started:
-            self._started = True
-            self._reaper.start()
-            self._client.connect_async(self._broker.host, self._broker.port, keepalive=30)
-            self._client.loop_start()
-        timeout = self.connect_timeout_s if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._subscribed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    why = self._connect_error or f"not subscribed within {timeout:g} s"
-                    raise TimeoutError(f"command router: broker {self._broker.redacted()}: {why}")
-                self._cond.wait(remaining)
+        super().start(timeout)
         return self
 
     def close(self) -> None:
@@ -392,9 +373,8 @@ class CommandRouter:
         for seq in left:
             self._finish(seq, False, "command router closed before the write completed")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._disconnect()
         if self._started:
-            self._client.disconnect()
-            self._client.loop_stop()
             self._reaper.join(2.0)
 
     def __enter__(self) -> CommandRouter:
@@ -403,58 +383,24 @@ class CommandRouter:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    @property
-    def ready(self) -> bool:
-        return self._subscribed
-
     # -- writers -------------------------------------------------------------------------------
 
     def register(self, device_id: str, writer: Writer) -> None:
         """Route the device's commands to ``writer`` (this process owns the device)."""
         if device_id not in self.devices:
             raise ValueError(f"device {device_id!r} has no tags in the router's spec")
+        super().register(device_id, writer)
+
+    def set_device_tags(self, device_id: str, tags: Mapping[str, WritableTag]) -> None:
+        """Replace what the router knows of a device's tags (a hot config change), by tag name."""
+        if device_id not in self.devices:
+            raise ValueError(f"device {device_id!r} has no tags in the router's spec")
         with self._cond:
-            self._writers[device_id] = writer
+            kept = {k: t for k, t in self.tags.items() if k[0] != device_id}
+            kept.update(((device_id, name), t) for name, t in tags.items())
+            self.tags = kept
 
-    def unregister(self, device_id: str, writer: Writer | None = None) -> None:
-        """Stop routing to the device (only if its writer is still ``writer``, when given)."""
-        with self._cond:
-            if writer is None or self._writers.get(device_id) == writer:
-                self._writers.pop(device_id, None)
-
-    # -- paho callbacks (network thread) -------------------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        if reason_failed(reason):
-            with self._cond:
-                self._connect_error = f"connection refused: {reason}"
-                self._cond.notify_all()
-            return
-        client.subscribe(self.topic_filter, qos=1)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
-        failed = any(reason_failed(r) for r in reasons)
-        with self._cond:
-            self._subscribed = not failed
-            if failed:
-                self._connect_error = f"subscription to {self.topic_filter!r} refused: {reasons}"
-            self._cond.notify_all()
-        if failed:
-            log.error("command router: broker %s refused %r", self._broker.redacted(), self.topic_filter)
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        with self._cond:
-            self._subscribed = False
-        if not self._closed:
-            log.warning(
-                "command router disconnected from %s (%s); reconnecting", self._broker.redacted(), reason
-            )
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self._handle(msg.topic, bytes(msg.payload), bool(msg.retain))
-        except Exception:  # never kill paho's network thread
-            log.exception("command router: unexpected error handling %r", msg.topic)
+    # -- messages (paho's network thread) --------------------------------------------------------
 
     def _count(self, name: str) -> None:
         with self._cond:
@@ -481,8 +427,7 @@ class CommandRouter:
                     device_id, tag_name, _request_id_of(payload), False, f"unknown device {device_id!r}", None
                 )
             return
-        with self._cond:
-            writer = self._writers.get(device_id)
+        writer = self.handler(device_id)
         if writer is None:
             self._count("not_owned")
             if self.answer_unowned:
@@ -495,7 +440,8 @@ class CommandRouter:
         request_id = _request_id_of(payload)
         try:
             value, request_id = parse_command(payload)
-            tag = self.tags.get((device_id, tag_name))
+            with self._cond:
+                tag = self.tags.get((device_id, tag_name))
             if tag is None:
                 raise CommandRefused(f"unknown tag {tag_name!r} of device {device_id!r}")
             if not tag.writable:
@@ -651,8 +597,7 @@ class CommandRouter:
         if not tag.writable:
             raise CommandRefused(f"{tag.where} is read-only")
         raw = check_value(tag, value)
-        with self._cond:
-            writer = self._writers.get(device_id)  # the owner's writer (registered by its partition)
+        writer = self.handler(device_id)  # the owner's writer (registered by its partition)
         if writer is None:
             raise CommandRefused(f"device {device_id!r} is not connected in this process")
         try:

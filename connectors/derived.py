@@ -35,12 +35,14 @@ from connectors.mqtt.publisher import UnsPublisher
 from connectors.resilience import Backoff
 from connectors.spool import Spool
 from core.batch import ns_to_datetime
+from core.device_config import DeviceConfig
 from core.records import AggBatch, Alert, OeeResult
 from core.tags import TagInfo
 
 log = logging.getLogger(__name__)
 
-Derived = AggBatch | Alert | OeeResult
+Derived = AggBatch | Alert | OeeResult | DeviceConfig
+"""What the taps emit; a :class:`DeviceConfig` (a hot config change) brings a device's new tags."""
 
 
 def _iso(ts_ns: int) -> str:
@@ -255,19 +257,26 @@ class _DerivedStore:
 class _DerivedPartition(StatelessSinkPartition[Derived]):
     def __init__(self, targets: DerivedTargets, name: str = "derived") -> None:
         self.targets = targets
+        self.tags = dict(targets.tags)
+        """Tag metadata, grown by the in-band config items of hot device changes (new tags)."""
         self._publisher = (
             UnsPublisher(targets.mqtt, targets.tags, name=f"{name}-uns") if targets.mqtt else None
         )
         self._store = _DerivedStore(targets, f"{name}-db") if targets.database_url else None
 
     def write_batch(self, items: list[Derived]) -> None:
+        configs = [i for i in items if isinstance(i, DeviceConfig)]
+        for config in configs:
+            self.tags.update(config.tags)
+        if configs:
+            items = [i for i in items if not isinstance(i, DeviceConfig)]
         if self._store is not None:
             self._store.write(items)
         if self._publisher is not None:
             aggs = [i for i in items if isinstance(i, AggBatch)]
             alerts = [i for i in items if isinstance(i, Alert)]
             oee = [i for i in items if isinstance(i, OeeResult)]
-            tags = self.targets.tags
+            tags = self.tags
             messages = [m for batch in aggs for m in agg_messages(batch, tags)]
             messages += [m for m in (alert_message(a, tags) for a in alerts) if m is not None]
             messages += [

@@ -19,7 +19,7 @@ from connectors.modbus.client import ModbusDeviceClient
 from connectors.modbus.config import ModbusDevicePlan
 from connectors.opcua.client import OpcUaDeviceClient
 from connectors.opcua.config import OpcUaDevicePlan
-from connectors.polling import DeviceClient, PolledDevice, PollingSource, WriteRegistry
+from connectors.polling import ConfigRegistry, DeviceClient, PolledDevice, PollingSource, WriteRegistry
 from connectors.s7.client import S7DeviceClient
 from connectors.s7.config import S7DevicePlan
 
@@ -45,6 +45,7 @@ class DeviceSource(PollingSource):
         wake_slack_s: float = 0.002,
         close_timeout_s: float = 3.0,
         write_registry: WriteRegistry | None = None,
+        config_registry: ConfigRegistry | None = None,
     ) -> None:
         self._plans = {plan.device_id: plan for plan in plans}
         super().__init__(
@@ -53,6 +54,7 @@ class DeviceSource(PollingSource):
             wake_slack_s=wake_slack_s,
             close_timeout_s=close_timeout_s,
             write_registry=write_registry,
+            config_registry=config_registry,
         )
 
     def make_client(self, device_id: str) -> DeviceClient:

@@ -125,6 +125,35 @@ class DeviceClient(Protocol):
     def stats(self) -> Any: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceChange:
+    """A hot configuration change of one device, applied by its source partition between polls
+    (a polled device) or between batches (a subscribed MQTT device).
+
+    ``plan``: the protocol's new device plan (a polled device's, handed to ``client.reconfigure``,
+    which keeps the connection when its endpoint did not change; for an MQTT device its
+    subscriptions); ``device``: a polled device's new interval and adaptive settings; ``item``:
+    emitted ahead of the first batch read with the new plan (a
+    :class:`~core.device_config.DeviceConfig`); ``on_applied(version)`` is called once it is.
+    """
+
+    device_id: str
+    version: int
+    plan: Any
+    item: Any
+    device: PolledDevice | None = None
+    on_applied: Callable[[int], None] | None = None
+
+
+class ConfigRegistry(Protocol):
+    """Where partitions announce that they take the hot config changes of their device (the
+    process's config listener)."""
+
+    def register(self, device_id: str, apply: Callable[[DeviceChange], None]) -> None: ...
+
+    def unregister(self, device_id: str, apply: Callable[[DeviceChange], None] | None = None) -> None: ...
+
+
 class WriteRegistry(Protocol):
     """Where partitions announce that this process can write to their device (the command router)."""
 
@@ -392,6 +421,10 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._inflight_slot = math.nan
         """The grid time of the slot the poll in flight was submitted for."""
         self._polls = self._completed = self._skipped = 0
+        self._device = device
+        self._change: DeviceChange | None = None
+        """A hot config change waiting for the next poll boundary (set from the listener's thread)."""
+        self._change_lock = threading.Lock()
         self._closed = False
         self.on_close: list[Callable[[], None]] = []
         """Called when the partition closes (e.g. to stop routing writes to it)."""
@@ -420,7 +453,14 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         slots = self._schedule.take(self._clock())
         if slots:
             if self._inflight is None:
-                self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
+                change = self._take_change()
+                if change is not None:
+                    out.append(change.item)  # ahead of the first batch polled with the new plan
+                    self._inflight = asyncio.run_coroutine_threadsafe(
+                        self._reconfigure_and_poll(change), self._loop
+                    )
+                else:
+                    self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
                 self._inflight_slot = self._schedule.last_slot
                 self._polls += 1
                 slots -= 1
@@ -458,6 +498,50 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
                 log.warning("%s client did not close in time device=%s", self.protocol, self.device_id)
         if not self._loop_thread.release(deadline - time.monotonic()):
             log.warning("%s poll thread did not stop in time device=%s", self.protocol, self.device_id)
+
+    # -- hot config changes ----------------------------------------------------------------------
+
+    def request_change(self, change: DeviceChange) -> None:
+        """Apply ``change`` at the next poll boundary (thread-safe; a newer request replaces an
+        older one not yet applied, whose item is then never emitted)."""
+        if change.device_id != self.device_id or change.device is None:
+            raise ValueError(f"change for device {change.device_id!r} sent to {self.device_id!r}")
+        with self._change_lock:
+            if self._change is None or change.version >= self._change.version:
+                self._change = change
+
+    def _take_change(self) -> DeviceChange | None:
+        if self._change is None:
+            return None
+        with self._change_lock:
+            change, self._change = self._change, None
+        if change is None:
+            return None
+        old, new = self._device, change.device
+        assert new is not None  # checked by request_change
+        self._device = new
+        if (old.poll_interval_s, old.adaptive) != (new.poll_interval_s, new.adaptive):
+            # The poll submitted now belongs to this slot; the next slots follow the new interval.
+            self._adaptive = AdaptiveInterval(new.adaptive, new.poll_interval_s) if new.adaptive else None
+            interval = self._adaptive.interval_s if self._adaptive is not None else new.poll_interval_s
+            self._schedule.retime(interval, self._schedule.last_slot, self._clock())
+            self._m_interval.set(interval)
+        log.info(
+            "%s device config applied device=%s version=%d interval_s=%g",
+            self.protocol, self.device_id, change.version, self._schedule.interval,
+        )  # fmt: skip
+        if change.on_applied is not None:
+            change.on_applied(change.version)
+        return change
+
+    async def _reconfigure_and_poll(self, change: DeviceChange) -> PointBatch:
+        reconfigure = getattr(self._client, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                await reconfigure(change.plan)
+            except Exception:  # the old plan stays; the poll still yields points
+                log.exception("%s reconfigure failed device=%s", self.protocol, self.device_id)
+        return await self._client.poll()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -520,6 +604,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         wake_slack_s: float = 0.002,
         close_timeout_s: float = 2.0,
         write_registry: WriteRegistry | None = None,
+        config_registry: ConfigRegistry | None = None,
     ) -> None:
         if not wake_slack_s > 0:
             raise ValueError(f"`wake_slack_s` must be > 0, got {wake_slack_s}")
@@ -527,6 +612,8 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             raise ValueError(f"`close_timeout_s` must be > 0, got {close_timeout_s}")
         self.write_registry = write_registry
         """Told about each partition this process builds, so write commands reach its device."""
+        self.config_registry = config_registry
+        """Told about each partition this process builds, so hot config changes reach its device."""
         self._devices: dict[str, PolledDevice] = {}
         self._keys: dict[str, str] = {}
         for device in devices:
@@ -579,6 +666,10 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             registry, writer = self.write_registry, part.submit_write
             registry.register(device.device_id, writer)
             part.on_close.append(lambda: registry.unregister(device.device_id, writer))
+        if self.config_registry is not None:
+            configs, apply = self.config_registry, part.request_change
+            configs.register(device.device_id, apply)
+            part.on_close.append(lambda: configs.unregister(device.device_id, apply))
         return part
 
     def partition(self, device_id: str) -> PollingPartition | None:

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from core.uns import CONFIG_TOPIC
+
 DesiredState = Literal["running", "stopped"]
 PlanKind = Literal["noop", "hot", "redeploy"]
 RuntimeState = Literal["stopped", "starting", "running", "restarting", "stopping", "failed"]
+
+__all__ = ["CONFIG_TOPIC"]  # re-exported: the topic is part of the vocabulary (core.uns)
 
 #: Environment the supervisor gives each flow process (and that the flow reads).
 ENV_FLOW_ID = "NEXUS_FLOW_ID"
 ENV_FLOW_VERSION = "NEXUS_FLOW_VERSION"
 ENV_SUPERVISOR_ID = "NEXUS_SUPERVISOR_ID"
-
-#: Retained, versioned device configuration for a running flow: ``{"version": N, "device": {...}}``.
-CONFIG_TOPIC = "$nexus/config/flows/{flow}/devices/{device}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ __all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "configure_logging", "r
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-NOISY = ("amqtt", "transitions", "pymodbus", "asyncua", "snap7")
+NOISY = ("amqtt", "transitions", "pymodbus", "asyncua", "snap7", "alembic")
 """Libraries that are chatty at INFO: kept at WARNING unless the level is DEBUG."""
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

@@ -29,6 +29,9 @@ ENV_DOC: dict[str, str] = {
     "is away; default {NEXUS_DATA_DIR}/spool); one sub-folder per flow, sink and worker",
     "NEXUS_LOG_LEVEL": "log level: DEBUG, INFO, WARNING, ERROR (default INFO)",
     "NEXUS_LOG_FORMAT": "log format: text or json (one JSON object per line; default text)",
+    "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
+    "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
+    "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
 }
 
 
@@ -53,6 +56,10 @@ class Settings:
         """
         return self.spool_dir or self.data_dir / "spool"
 
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    snapshot_interval_s: int = 5
+
     @property
     def effective_database_url(self) -> str:
         """The configured database, else the embedded PostgreSQL's address."""
@@ -72,7 +79,11 @@ class Settings:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            if f.name in ("pg_port", "mqtt_port"):
+            if f.name == "snapshot_interval_s":
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ValueError(f"{key} must be a whole number of seconds >= 1, got {raw!r}")
+                values[f.name] = int(raw)
+            elif f.name in ("pg_port", "mqtt_port", "api_port"):
                 try:
                     port = int(raw)
                 except ValueError:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+CONFIG_TOPIC = "$nexus/config/flows/{flow}/devices/{device}"
+"""Retained, versioned device configuration for a running flow: ``{"version": N, "device": {...}}``."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 CMD_PREFIX = "$nexus/cmd"

@@ -30,13 +30,14 @@ from connectors.mqtt.sink import UnsSink
 from connectors.mqtt.source import MqttSource
 from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from connectors.opcua.config import OpcUaDevicePlan
-from connectors.polling import AdaptivePolling, WriteRegistry
+from connectors.polling import AdaptivePolling, ConfigRegistry, WriteRegistry
 from connectors.s7.config import S7DevicePlan
 from connectors.sparkplug.config import DataType, EdgeNodePlan, MetricDef
 from connectors.sparkplug.config import DevicePlan as SparkplugDevicePlan
 from connectors.sparkplug.edge_node import CommandSubmitter
 from connectors.sparkplug.sink import SparkplugSink
 from core.batch import PointBatch, tag_id_for
+from core.device_config import DeviceConfig
 from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 from core.uns import uns_topic
 from dataflows.spec import (
@@ -45,6 +46,7 @@ from dataflows.spec import (
     CalculateNode,
     CompressNode,
     DeadbandNode,
+    DeviceSpec,
     FlowSpec,
     HistorianNode,
     ModbusDeviceSpec,
@@ -66,6 +68,7 @@ from operators import bytewax_ops
 from operators.analytics_bytewax import calculated_tags, oee, swinging_door
 from operators.anomaly import AnomalyDetector, MlCheck, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
+from operators.bytewax_ops import HotNormalizer
 from operators.deadband import Deadband, DeadbandParams
 from operators.expressions import CalculatedTags
 from operators.normalize import NormalizeParams, Normalizer
@@ -103,6 +106,11 @@ class Runtime:
     spool_dir: Path | None = None
     """Base folder of the sinks' disk spools (``{spool_dir}/{flow id}/{sink id}/w{worker}``); ``None``:
     each sink spools to a temporary folder that does not survive the process."""
+    config_registry: ConfigRegistry | None = None
+    """The process's config listener: polled devices register so hot config changes reach them."""
+    version: int = 0
+    """The flow version the process starts with (``NEXUS_FLOW_VERSION``): swapped parameters in a
+    resumed snapshot are used only when newer."""
 
 
 def device_plans(spec: FlowSpec) -> list[DevicePlan]:
@@ -213,6 +221,39 @@ def _exc_message(exc: BaseException) -> str:
             for e in exc.errors(include_url=False, include_input=False)
         )
     return str(exc)
+
+
+def device_config_for(spec: FlowSpec, device_id: str, version: int) -> DeviceConfig:
+    """The in-band config item of one device of ``spec``: its tags and, per operator kind, the
+    parameters of its tags alone (built by the same functions as the whole flow's)."""
+    device = next(d for d in spec.devices if d.id == device_id)
+    one = spec.model_copy(update={"devices": [device]})  # already validated as part of `spec`
+    return DeviceConfig(
+        device_id=device_id,
+        version=version,
+        tags=one.tag_infos(),
+        params={
+            "normalize": dict(normalizer_for(one).params),
+            "deadband": dict(deadband_for(one).params),
+            "swinging_door": dict(swinging_door_for(one).params),
+            "calculate": calculated_for(one).get(device_id),
+            "anomaly": dict(anomaly_detector_for(one).checks),
+        },
+    )
+
+
+def device_plan_for(spec: FlowSpec, device_id: str) -> DevicePlan | None:
+    """The polling plan of one device (``None`` for an MQTT device: it is subscribed)."""
+    for plan in device_plans(spec):
+        if plan.device_id == device_id:
+            return plan
+    return None
+
+
+def adaptive_for(device: DeviceSpec) -> AdaptivePolling | None:
+    if isinstance(device, MqttDeviceSpec) or device.adaptive is None:
+        return None
+    return AdaptivePolling(device.adaptive.min_interval_s, device.adaptive.max_interval_s)
 
 
 def adaptive_polling(spec: FlowSpec) -> dict[str, AdaptivePolling]:
@@ -535,8 +576,13 @@ def machine_topics(spec: FlowSpec) -> dict[str, str]:
     return {m.id: uns_topic(devices[m.device].location.isa_path(), m.id) for m in spec.machines}
 
 
-def _device_key(batch: PointBatch) -> str:
+def _device_key(batch: PointBatch | DeviceConfig) -> str:
     return batch.device_id
+
+
+def _count_read(status: FlowStatus, item: PointBatch | DeviceConfig) -> None:
+    if isinstance(item, PointBatch):
+        status.count_read(len(item))
 
 
 def _unkey(item: tuple[str, X]) -> X:
@@ -622,23 +668,24 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
     streams: list[Stream[PointBatch]] = []
     plans = device_plans(spec)
     if plans:
-        polled = DeviceSource(plans, stop_event=runtime.stop_event, write_registry=runtime.write_registry)
+        polled = DeviceSource(
+            plans,
+            stop_event=runtime.stop_event,
+            write_registry=runtime.write_registry,
+            config_registry=runtime.config_registry,
+        )
         for device_id, adaptive in adaptive_polling(spec).items():
             polled.set_adaptive(device_id, adaptive)
         streams.append(op.input(SOURCE_STEP, flow, polled))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
-        streams.append(
-            op.input(
-                MQTT_SOURCE_STEP,
-                flow,
-                MqttSource(
-                    mqtt,
-                    stop_event=runtime.stop_event,
-                    spool_dir=_spool_dir(runtime, spec, MQTT_SOURCE_STEP),
-                ),
-            )
+        source = MqttSource(
+            mqtt,
+            stop_event=runtime.stop_event,
+            spool_dir=_spool_dir(runtime, spec, MQTT_SOURCE_STEP),
+            config_registry=runtime.config_registry,
         )
+        streams.append(op.input(MQTT_SOURCE_STEP, flow, source))
     return streams[0] if len(streams) == 1 else op.merge(f"{SOURCE_STEP}_merge", *streams)
 
 
@@ -653,19 +700,20 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     batches = _sources(flow, spec, runtime)
     status = runtime.status
     if status is not None:
-        batches = op.inspect(f"{SOURCE_STEP}_count", batches, lambda _step, b: status.count_read(len(b)))
-    keyed: KeyedStream[PointBatch] = op.key_on(f"{SOURCE_STEP}_key", batches, _device_key)
-    outputs: dict[str, KeyedStream[PointBatch]] = {}
+        batches = op.inspect(f"{SOURCE_STEP}_count", batches, lambda _step, b: _count_read(status, b))
+    keyed: KeyedStream[Any] = op.key_on(f"{SOURCE_STEP}_key", batches, _device_key)
+    outputs: dict[str, KeyedStream[Any]] = {}
+    version = runtime.version
     derived: list[Stream[Any]] = []
     for node in spec.operators:
         if isinstance(node, NormalizeNode):
-            keyed = op.map_value(node.id, keyed, normalizer_for(spec).apply)
+            keyed = op.map_value(node.id, keyed, HotNormalizer(normalizer_for(spec)))
         elif isinstance(node, DeadbandNode):
-            keyed = bytewax_ops.deadband(node.id, keyed, deadband_for(spec))
+            keyed = bytewax_ops.deadband(node.id, keyed, deadband_for(spec), version)
         elif isinstance(node, CompressNode):
-            keyed = swinging_door(node.id, keyed, swinging_door_for(spec))
+            keyed = swinging_door(node.id, keyed, swinging_door_for(spec), version)
         elif isinstance(node, CalculateNode):
-            keyed = calculated_tags(node.id, keyed, calculated_for(spec))
+            keyed = calculated_tags(node.id, keyed, calculated_for(spec), version)
         elif isinstance(node, WindowNode):
             aggregator = _window_aggregator(node)
             aggs, late = tumbling_aggregate(node.id, keyed, aggregator)
@@ -676,7 +724,11 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
                 )
         elif isinstance(node, AnomalyNode):
             derived.append(
-                op.map(f"{node.id}_out", detect_anomalies(node.id, keyed, anomaly_detector_for(spec)), _unkey)
+                op.map(
+                    f"{node.id}_out",
+                    detect_anomalies(node.id, keyed, anomaly_detector_for(spec), version),
+                    _unkey,
+                )
             )
         elif isinstance(node, OeeNode):
             derived.append(

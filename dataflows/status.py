@@ -11,7 +11,7 @@ The topic (what the control plane subscribes to, ``$nexus/status/flows/+/+``):
   broker holds at most one retained status per flow process, however often flows restart.
 - The payload is JSON: ``flow``, ``process`` (the id above, an int), ``state`` (``running``),
   ``host``, ``pid``, ``started`` and ``time`` (ISO-8601 UTC), the counters (``points_read``,
-  ``batches_read``, ...) and, under ``NEXUS_FLOW_VERSION``, ``version``.
+  ``batches_read``, ...), ``version`` (the flow version the process started with, ``NEXUS_FLOW_VERSION``)
 - Clean stop (the process ends through :meth:`FlowStatus.stop`, e.g. a drain): one last
   ``{"state": "stopped", ...}`` is published *not* retained (live subscribers see it), then the
   retained message is cleared (an empty retained payload), so nothing is left on the broker.
@@ -73,14 +73,23 @@ class FlowStatus:
     """Per-process counters of one flow, published on the status topic every ``interval_s``."""
 
     def __init__(
-        self, flow_id: str, mqtt_url: str, *, interval_s: float = 1.0, process: int | None = None
+        self,
+        flow_id: str,
+        mqtt_url: str,
+        *,
+        interval_s: float = 1.0,
+        process: int | None = None,
+        version: int = 0,
     ) -> None:
         self.flow_id = flow_id
+        self.version = version
+        """The flow version the process started with."""
+        self._devices: dict[str, int] = {}
+        """The config version each device polled by this process runs (hot changes move it)."""
         self.mqtt_url = mqtt_url
         self.interval_s = interval_s
         self.process = bytewax_process_id() if process is None else process
         self.topic = status_topic(flow_id, self.process)
-        self.version = os.environ.get("NEXUS_FLOW_VERSION") or None
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {"points_read": 0, "batches_read": 0}
         self._started = time.time()
@@ -97,22 +106,31 @@ class FlowStatus:
             self._counts["points_read"] += points
             self._counts["batches_read"] += 1
 
+    def set_device_version(self, device_id: str, version: int) -> None:
+        """The device now runs the config of ``version`` (its partition applied it)."""
+        with self._lock:
+            self._devices[device_id] = version
+
+    def forget_device(self, device_id: str) -> None:
+        with self._lock:
+            self._devices.pop(device_id, None)
+
     def snapshot(self, state: str = "running") -> dict[str, object]:
         with self._lock:
             counts = dict(self._counts)
-        out: dict[str, object] = {
+            devices = {d: {"version": v} for d, v in sorted(self._devices.items())}
+        return {
             "flow": self.flow_id,
             "process": self.process,
             "state": state,
             "host": socket.gethostname(),
+            "version": self.version,
+            "devices": devices,
             "pid": os.getpid(),
             "started": datetime.fromtimestamp(self._started, UTC).isoformat(),
             "time": datetime.now(UTC).isoformat(),
             **counts,
         }
-        if self.version is not None:
-            out["version"] = self.version
-        return out
 
     def start(self) -> None:
         if self._thread is not None:

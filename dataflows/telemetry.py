@@ -9,6 +9,9 @@ Signals: SIGTERM, SIGUSR1 and a first SIGINT (Ctrl-C) drain the flow (sources st
 exit 0); a SIGINT while a drain is under way (a second Ctrl-C, or the SIGINT step of a
 supervisor's TERM -> INT -> KILL ladder) aborts at once with exit code 130: no flush, no final
 snapshot (recovery resumes from the last one), and no Rust panic backtrace.
+
+Hot config changes: the process's config listener (``dataflows.hot``) takes retained device
+sections newer than ``NEXUS_FLOW_VERSION`` from ``$nexus/config/flows/{NEXUS_FLOW_ID or spec id}/#``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from connectors.commands import CommandRouter
 from core.logs import configure_logging
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, writable_tags
+from dataflows.hot import ENV_FLOW_ID, ConfigListener, start_version
 from dataflows.spec import DEMO_SPEC, FlowSpec, SpecError, load_spec
 from dataflows.status import FlowStatus
 
@@ -42,15 +46,19 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop)
-    status = FlowStatus(spec.id, settings.effective_mqtt_url)
+    version = start_version()
+    status = FlowStatus(spec.id, settings.effective_mqtt_url, version=version)
     status.start()
     atexit.register(status.stop)
+    router = _command_router(spec, settings)
     runtime = Runtime(
         database_url=settings.effective_database_url,
         mqtt_url=settings.effective_mqtt_url,
         stop_event=stop,
         status=status,
-        write_registry=_command_router(spec, settings),
+        write_registry=router,
+        config_registry=_config_listener(spec, settings, version, status, router),
+        version=version,
         spool_dir=settings.effective_spool_dir,
     )
     flow = compile_flow(spec, runtime)
@@ -142,6 +150,27 @@ def _run_by_bytewax() -> bool:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return getattr(spec, "name", None) == "bytewax.run"
+
+
+def _config_listener(
+    spec: FlowSpec, settings: Settings, version: int, status: FlowStatus, router: CommandRouter | None
+) -> ConfigListener:
+    """This process's listener of hot config changes (every process hears every device's; each
+    hands them to the partitions it owns)."""
+    listener = ConfigListener(
+        settings.effective_mqtt_url,
+        spec,
+        flow_id=os.environ.get(ENV_FLOW_ID, "").strip() or spec.id,
+        version=version,
+        status=status,
+        router=router,
+    )
+    try:
+        listener.start()
+    except TimeoutError:
+        log.warning("config listener: broker not reachable yet; it keeps trying in the background")
+    atexit.register(listener.close)
+    return listener
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -27,9 +27,17 @@ def _spec_path(arg: str | None, settings: Settings) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from nexus.demo import run_demo
+    from nexus.up import run_up
 
-    return run_demo(settings, _spec_path(args.spec, settings), duration_s=args.duration)
+    return run_up(
+        settings, simulate=True, import_spec=_spec_path(args.spec, settings), duration_s=args.duration
+    )
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus.up import run_up
+
+    return run_up(settings, simulate=args.simulate, duration_s=args.duration)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,11 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
+        "up",
+        help="run the platform: PostgreSQL, MQTT broker, the API, the supervisor and every running flow",
+        description="Start the database and broker (embedded unless NEXUS_DATABASE_URL / NEXUS_MQTT_URL "
+        "are set), migrate the config store, serve the API on NEXUS_API_HOST:NEXUS_API_PORT "
+        "(default 127.0.0.1:8080) and run the supervisor, which starts every flow whose desired state "
+        "is running. Ctrl-C (or SIGTERM) drains the flows and stops every part.",
+    )
+    p.add_argument(
+        "--simulate", action="store_true", help="also serve the simulated devices of the deployed specs"
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
         "demo",
-        help="start everything on embedded defaults: PostgreSQL, MQTT broker, simulated PLCs, the dataflow",
-        description="Start an embedded PostgreSQL (data in NEXUS_DATA_DIR), an embedded MQTT broker, "
-        "simulated Modbus devices and the telemetry dataflow; print where to look and live progress. "
-        "NEXUS_DATABASE_URL / NEXUS_MQTT_URL switch to real services. Ctrl-C stops every part.",
+        help="`nexus up --simulate` with the demo flow imported and deployed on first start",
+        description="Like `nexus up --simulate`; on first start it imports the demo flow (or --spec) into "
+        "the config store and deploys it, then prints the API URL, where to look at the data and "
+        "live progress. Data lives in NEXUS_DATA_DIR; a second run keeps your edits. Ctrl-C stops "
+        "every part.",
     )
     p.add_argument("--spec", help="flow spec file (default: NEXUS_SPEC or the demo spec)")
     p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
@@ -263,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=cmd_schema)
+
+    from nexus.flows_cli import add_flows_parser
+
+    add_flows_parser(sub)
     return parser
 
 

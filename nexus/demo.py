@@ -1,12 +1,9 @@
-"""``nexus demo``: embedded services, simulated PLCs and the telemetry dataflow, with live progress."""
+"""The parts ``nexus demo`` / ``nexus up --simulate`` are made of: embedded services, simulated PLCs,
+live progress; and ``nexus services`` / ``nexus simulate``."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ from connectors.s7.address import S7Address
 from connectors.s7.simulator import S7Simulator
 from connectors.signals import Signal
 from core.settings import Settings, redact_url, url_without_password
-from dataflows.spec import FlowSpec, ModbusDeviceSpec, OpcUaDeviceSpec, S7DeviceSpec, load_spec
+from dataflows.spec import FlowSpec, ModbusDeviceSpec, OpcUaDeviceSpec, S7DeviceSpec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, port_is_free
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -335,67 +332,6 @@ Look at the data:
 Flow status: mosquitto_sub -h {url.host} -p {url.port}{auth} -t '$nexus/status/#' -v
 Press Ctrl-C to stop.
 """
-
-
-def _stop_flow(proc: subprocess.Popen[bytes]) -> int:
-    """Drain (SIGTERM), then abort (SIGINT), then kill, each with a deadline."""
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.wait()
-
-
-def run_demo(settings: Settings, spec_path: Path, *, duration_s: float | None = None) -> int:
-    spec = load_spec(spec_path)  # refuse a bad spec before anything starts
-    with services(settings) as (db_url, mqtt_url), simulated_devices(spec, str(spec_path)):
-        env = {
-            **os.environ,
-            "NEXUS_DATABASE_URL": db_url,
-            "NEXUS_MQTT_URL": mqtt_url,
-            "NEXUS_SPEC": str(spec_path.resolve()),
-            # the progress lines are the demo's display: the flow logs warnings unless asked for more
-            "NEXUS_LOG_LEVEL": os.environ.get("NEXUS_LOG_LEVEL") or "WARNING",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow"],
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the demo, which drains the flow itself
-        )
-        progress = Progress(spec, mqtt_url, db_url)
-        print(_banner(spec, spec_path, db_url, mqtt_url), flush=True)
-        started = time.monotonic()
-        last = (0, 0, 0)
-        code = 0
-        try:
-            while duration_s is None or time.monotonic() - started < duration_s:
-                time.sleep(1.0)  # the progress display ticks once a second
-                if proc.poll() is not None:
-                    print(f"\nthe dataflow exited with code {proc.returncode}; see its log above", flush=True)
-                    code = 1
-                    break
-                progress.poll_db()
-                now = (progress.read, progress.published, progress.stored)
-                rates = [b - a for a, b in zip(last, now, strict=True)]
-                last = now
-                print(
-                    f"  {time.monotonic() - started:6.0f}s  read {rates[0]:6d} pts/s ({now[0]})"
-                    f"  published {rates[1]:6d} msg/s ({now[1]})  stored {rates[2]:6d} rows/s ({now[2]})",
-                    flush=True,
-                )
-        except KeyboardInterrupt:
-            print("\nstopping ...", flush=True)
-        finally:
-            progress.close()
-            rc = _stop_flow(proc)
-            if rc not in (0, -signal.SIGTERM) and code == 0:
-                code = rc
-        print("stopped: dataflow, simulators, broker and database", flush=True)
-        return code
 
 
 def services_banner(db_url: str, mqtt_url: str) -> str:

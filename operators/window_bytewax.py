@@ -22,11 +22,14 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulLogic
 
 from core.batch import PointBatch
+from core.device_config import DeviceConfig
 from core.records import AggBatch
+from operators.hot import keep_tags
 from operators.window import WindowAggregator, WindowState
 
-Tagged = tuple[str, AggBatch | PointBatch]
-"""``("agg", AggBatch)`` or ``("late", PointBatch)``."""
+Tagged = tuple[str, AggBatch | PointBatch | DeviceConfig]
+"""``("agg", AggBatch)``, ``("late", PointBatch)`` or ``("config", DeviceConfig)`` (on the aggregates'
+side: the sink of the aggregates learns the device's new tags from it)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -43,8 +46,13 @@ def ns_to_utc_ceil(ts_ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=-(-ts_ns // 1000))
 
 
-class WindowLogic(StatefulLogic[PointBatch, Tagged, WindowState]):
-    """Per-device logic: feeds batches to the core, closes idle buckets on notification."""
+class WindowLogic(StatefulLogic[PointBatch | DeviceConfig, Tagged, WindowState]):
+    """Per-device logic: feeds batches to the core, closes idle buckets on notification.
+
+    A config item drops the open buckets and carried samples of tags the device no longer has
+    (their partial aggregates are not emitted); the window lengths are the node's, not the
+    device's, so there are no parameters to swap.
+    """
 
     def __init__(self, core: WindowAggregator, clock: Callable[[], int], state: WindowState | None) -> None:
         self.core = core
@@ -58,7 +66,10 @@ class WindowLogic(StatefulLogic[PointBatch, Tagged, WindowState]):
             out.append(("late", late))
         return out
 
-    def on_item(self, value: PointBatch) -> tuple[Iterable[Tagged], bool]:
+    def on_item(self, value: PointBatch | DeviceConfig) -> tuple[Iterable[Tagged], bool]:
+        if isinstance(value, DeviceConfig):
+            self.state = keep_tags(self.state, value.tag_ids)
+            return [("config", value)], StatefulLogic.RETAIN
         now = self.clock()
         self.state, aggs, late = self.core.process(self.state, value, now)
         # Only a key that never received a point is expired here; it is not worth keeping.
@@ -92,30 +103,30 @@ class WindowLogic(StatefulLogic[PointBatch, Tagged, WindowState]):
 
 @dataclass(frozen=True)
 class WindowStreams:
-    aggs: KeyedStream[AggBatch]
+    aggs: KeyedStream[AggBatch | DeviceConfig]
     late: KeyedStream[PointBatch]
 
 
 @operator
 def _tumbling(
     step_id: str,
-    up: KeyedStream[PointBatch],
+    up: KeyedStream[PointBatch | DeviceConfig],
     aggregator: WindowAggregator,
     clock: Callable[[], int],
 ) -> WindowStreams:
     tagged = op.stateful("logic", up, lambda resume: WindowLogic(aggregator, clock, resume))
-    split = op.branch("split", tagged, lambda kv: kv[1][0] == "agg")
-    aggs: KeyedStream[AggBatch] = op.map_value("aggs", split.trues, lambda t: t[1])  # type: ignore[arg-type,return-value]
+    split = op.branch("split", tagged, lambda kv: kv[1][0] != "late")
+    aggs: KeyedStream[AggBatch | DeviceConfig] = op.map_value("aggs", split.trues, lambda t: t[1])  # type: ignore[arg-type,return-value]
     late: KeyedStream[PointBatch] = op.map_value("late", split.falses, lambda t: t[1])  # type: ignore[arg-type,return-value]
     return WindowStreams(aggs, late)
 
 
 def tumbling_aggregate(
     step_id: str,
-    up: KeyedStream[PointBatch],
+    up: KeyedStream[PointBatch | DeviceConfig],
     core: WindowAggregator,
     clock: Callable[[], int] = time.time_ns,
-) -> tuple[KeyedStream[AggBatch], KeyedStream[PointBatch]]:
+) -> tuple[KeyedStream[AggBatch | DeviceConfig], KeyedStream[PointBatch]]:
     """Tumbling-window aggregates and late points of a stream of point batches keyed by device.
 
     The step is named ``f"{step_id}_{'_'.join(core.labels)}"`` so that a changed window set gets

@@ -6,6 +6,6 @@ from typing import Any
 
 
 def route_handlers() -> list[Any]:
-    from api.flows.controllers import FlowSpecController
+    from api.flows.controllers import FlowsController, FlowSpecController
 
-    return [FlowSpecController]
+    return [FlowSpecController, FlowsController]

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from connectors.historian.config import HistorianConfig
+from connectors.historian.latest import backfill_latest, ensure_latest
 from core.tags import TagInfo
 
 __all__ = [
@@ -111,6 +112,8 @@ def ensure_schema(conn: psycopg.Connection, config: HistorianConfig) -> Mode:
                 f"CREATE TABLE IF NOT EXISTS nexus_points ({_POINTS_COLUMNS}) PARTITION BY RANGE (time)"
             )
             conn.execute("CREATE TABLE IF NOT EXISTS nexus_points_default PARTITION OF nexus_points DEFAULT")
+        if ensure_latest(conn):
+            backfill_latest(conn)
     return mode
 
 

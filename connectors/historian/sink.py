@@ -9,24 +9,28 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.historian.config import HistorianConfig
 from connectors.historian.writer import HistorianWriter
 from core.batch import PointBatch
+from core.device_config import DeviceConfig
 from core.tags import TagInfo
 
 __all__ = ["HistorianSink"]
 
 
-class _HistorianPartition(StatelessSinkPartition[PointBatch]):
+class _HistorianPartition(StatelessSinkPartition[PointBatch | DeviceConfig]):
     def __init__(self, writer: HistorianWriter) -> None:
         self.writer = writer
 
-    def write_batch(self, items: list[PointBatch]) -> None:
-        for batch in items:
-            self.writer.write(batch)
+    def write_batch(self, items: list[PointBatch | DeviceConfig]) -> None:
+        for item in items:
+            if isinstance(item, DeviceConfig):  # a hot config change: register the device's tags
+                self.writer.add_tags(item.tags.values())
+            else:
+                self.writer.write(item)
 
     def close(self) -> None:
         self.writer.close()
 
 
-class HistorianSink(DynamicSink[PointBatch]):
+class HistorianSink(DynamicSink[PointBatch | DeviceConfig]):
     """Each worker writes through its own :class:`HistorianWriter` (its own connection)."""
 
     def __init__(self, config: HistorianConfig, tags: Mapping[int, TagInfo]) -> None:

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy.typing as npt
 import psycopg
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
+from connectors.historian.latest import last_per_tag, write_latest
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
@@ -143,6 +144,8 @@ class HistorianWriter:
         self._clock = clock
         self.name = name
         self._tags = list(tags.values())
+        self._new_tags: list[TagInfo] = []
+        """Tags added since the connection upserted ``_tags`` (upserted before the next write)."""
         self._queue: queue.Queue[tuple[int, PointBatch] | None] = queue.Queue(maxsize=config.queue_batches)
         self._interval_us = INTERVAL_SECONDS[config.partition_interval] * 1_000_000
         self._lock = threading.Lock()
@@ -204,6 +207,16 @@ class HistorianWriter:
             return
         with contextlib.suppress(queue.Full):  # full: the thread reads it back from the spool
             self._queue.put_nowait((seq, batch))
+
+    def add_tags(self, tags: Iterable[TagInfo]) -> None:
+        """Register tags in ``nexus_tags`` before the points written after this call (a hot config
+        change adds or renames tags; tag ids are stable hashes, so only new rows appear)."""
+        tags = list(tags)
+        with self._lock:
+            known = {t.tag_id: t for t in self._tags}
+            known.update((t.tag_id, t) for t in tags)
+            self._tags = list(known.values())
+            self._new_tags.extend(tags)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every row accepted so far is committed; ``HistorianTimeout`` after ``timeout``.
@@ -429,7 +442,9 @@ class HistorianWriter:
         )
         try:
             self._mode = ensure_schema(conn, self.config)
-            upsert_tags(conn, self._tags)
+            with self._lock:
+                tags, self._new_tags = list(self._tags), []
+            upsert_tags(conn, tags)
         except BaseException:
             conn.close()
             raise
@@ -443,6 +458,15 @@ class HistorianWriter:
         while True:
             try:
                 conn = self._connect()
+                with self._lock:
+                    new_tags, self._new_tags = self._new_tags, []
+                if new_tags:  # a hot change added tags: registered before their first points
+                    try:
+                        upsert_tags(conn, new_tags)
+                    except BaseException:
+                        with self._lock:
+                            self._new_tags[:0] = new_tags
+                        raise
                 if self._mode == "native":
                     self._ensure_partitions(conn, chunk.time_us)
                 self._copy(conn, chunk)
@@ -486,9 +510,15 @@ class HistorianWriter:
     def _copy(self, conn: psycopg.Connection, chunk: _Chunk) -> None:
         payload = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
         n = len(chunk)
+        latest = last_per_tag(chunk.time_us, chunk.tag_ids)
+        latest_payload = encode_copy_binary(
+            chunk.time_us[latest], chunk.tag_ids[latest], chunk.values[latest], chunk.quality[latest]
+        )
         try:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_POINTS) as copy:
-                copy.write(payload)
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(COPY_POINTS) as copy:
+                    copy.write(payload)
+                write_latest(cur, latest_payload)
             inserted = n
         except psycopg.errors.UniqueViolation:
             # a replay: some rows are already stored; keep the stored ones
@@ -506,6 +536,7 @@ class HistorianWriter:
                     "ON CONFLICT (tag_id, time) DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
+                write_latest(cur, latest_payload)
         with self._lock:
             self.rows_written += inserted
             self.duplicates_skipped += n - inserted

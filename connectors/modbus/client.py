@@ -43,7 +43,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from connectors.client_base import DeviceClientBase, DeviceClientStats
+from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
@@ -204,6 +204,29 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 self._stats.write_failures += 1
                 raise
             self._stats.writes += 1
+
+    async def reconfigure(self, plan: ModbusDevicePlan) -> None:
+        """Take over a changed plan (a hot config change) between polls: the read plan is
+        re-coalesced from the new tags; the connection stays open unless the endpoint changed
+        (a new request timeout is handed to the open pymodbus client)."""
+        if plan.device_id != self.plan.device_id:
+            raise ValueError(f"plan of device {plan.device_id!r} given to client of {self.device_id!r}")
+        async with self._io_lock:
+            old = self.plan
+            self.plan = plan
+            self.read_plan = ReadPlan.for_device(plan)
+            self._tag_ids = self.read_plan.tag_ids
+            self._addresses = dict(plan.wire_tags)
+            self._splits.clear()  # request indexes refer to the old read plan
+            if not same_link(old.connection, plan.connection):
+                await self._drop_connection(schedule_retry=False)
+                self._retry_at = -math.inf
+            elif self._client is not None:
+                self._client.comm_params.timeout_connect = plan.connection.timeout_s
+        log.info(
+            "modbus plan changed device=%s tags=%d requests=%d",
+            self.device_id, len(self.read_plan), len(self.read_plan.requests),
+        )  # fmt: skip
 
     async def close(self) -> None:
         """Close the connection (a later poll would open a new one)."""

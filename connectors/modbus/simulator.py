@@ -38,7 +38,7 @@ import tty
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -326,6 +326,9 @@ class ModbusSimulator:
         self._thread: threading.Thread | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._signal_task: asyncio.Task[None] | None = None
+        self.connections_accepted = 0
+        """TCP connections the server accepted so far (the start-up probe included): a client that
+        keeps its connection adds none."""
         self._t0 = time.monotonic()
         for state in self._states.values():
             state.refresh(0.0)
@@ -390,6 +393,13 @@ class ModbusSimulator:
         else:
             framer = FramerType.RTU if self.transport == "rtu_over_tcp" else FramerType.SOCKET
             server = ModbusTcpServer(devices, framer=framer, address=(self.host, self.port))
+        accept = server.callback_new_connection
+
+        def counted() -> Any:
+            self.connections_accepted += 1
+            return accept()
+
+        server.callback_new_connection = counted  # type: ignore[method-assign]
         await server.serve_forever(background=True)
         if self.port == 0 and self.transport != "rtu":
             sockets = getattr(server.transport, "sockets", None) or []

@@ -324,6 +324,12 @@ class UnsPublisher:
 
     # ---------------------------------------------------------------- paho callbacks (network thread)
 
+    def update_tags(self, tags: Mapping[int, TagInfo]) -> None:
+        """Learn (or relearn: topic, unit) the given tags; tags already known and not given stay
+        known, so points of a removed tag still in flight are published."""
+        encoded = {**self._encoded, **_encode_tags(tags)}
+        self._encoded = encoded  # one reference swap: a concurrent publish sees the old or the new map
+
     def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
             if getattr(reason, "is_failure", False):

@@ -13,24 +13,28 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.publisher import UnsPublisher
 from core.batch import PointBatch
+from core.device_config import DeviceConfig
 from core.tags import TagInfo
 
 __all__ = ["UnsSink"]
 
 
-class _UnsPartition(StatelessSinkPartition[PointBatch]):
+class _UnsPartition(StatelessSinkPartition[PointBatch | DeviceConfig]):
     def __init__(self, publisher: UnsPublisher) -> None:
         self.publisher = publisher
 
-    def write_batch(self, items: list[PointBatch]) -> None:
-        for batch in items:
-            self.publisher.publish_batch(batch)
+    def write_batch(self, items: list[PointBatch | DeviceConfig]) -> None:
+        for item in items:
+            if isinstance(item, DeviceConfig):  # a hot config change: the device's tags from now on
+                self.publisher.update_tags(item.tags)
+            else:
+                self.publisher.publish_batch(item)
 
     def close(self) -> None:
         self.publisher.close()
 
 
-class UnsSink(DynamicSink[PointBatch]):
+class UnsSink(DynamicSink[PointBatch | DeviceConfig]):
     """Each worker publishes through its own :class:`UnsPublisher` (its own client id)."""
 
     def __init__(self, config: MqttSinkConfig, tags: Mapping[int, TagInfo]) -> None:

@@ -61,7 +61,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,6 +77,7 @@ from connectors.mqtt.source_config import (
     MqttSubscription,
     PathPart,
 )
+from connectors.polling import ConfigRegistry, DeviceChange
 from connectors.spool import Spool, batches_from, encode_batch
 from core.batch import PointBatch, tag_id_for
 from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
@@ -368,6 +369,9 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         self._c = MqttSourceStats(device_id=device_id)
         self._granted: dict[int | None, bool] = {}
         self._closed = False
+        self._change: DeviceChange | None = None
+        """A hot config change waiting for the next batch boundary (set from the listener's thread)."""
+        self.on_close: list[Callable[[], None]] = []
         m = _metrics()
         self._m = {name: counter.labels(device_id) for name, counter in m.items()}
         self._m_reported = {"received": 0, "dropped": 0}
@@ -435,7 +439,12 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, reasons: list[Any], _p: object) -> None:
-        failed = [str(self._subs[i].topic_filter) for i, r in enumerate(reasons) if reason_failed(r)]
+        subs = self._subs
+        failed = [
+            str(subs[i].topic_filter) if i < len(subs) else f"#{i}"
+            for i, r in enumerate(reasons)
+            if reason_failed(r)
+        ]
         if failed:
             log.error(
                 "MQTT source %s: broker %s refused the subscriptions %s", self.device_id, self._where, failed
@@ -489,24 +498,33 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             if items:
                 self._queue = deque(maxlen=self.config.max_queue)
                 self._acks = deque(maxlen=self.config.max_queue)
-        if not items:
-            if self._stop_event is not None and self._stop_event.is_set():
-                raise StopIteration
-            return []
-        batch = self._decode(items)
-        if len(batch):
-            seq = self.spool.append(encode_batch(batch))
-            if seq is None:  # the spool volume is full (counted, alerted): ack, the point is live in the flow
-                seq = self.spool.durable_seq
-        else:
-            seq = self.spool.durable_seq  # nothing to keep (unmatched topics): ack at the next commit
-        to_ack = [a for a in acks if a[1]]
-        if to_ack:
-            with self._lock:
-                self._pending_acks.append((seq, to_ack))
-            if seq <= self.spool.durable_seq:
-                self._on_durable(self.spool.durable_seq)
-        return [batch] if len(batch) else []
+            change, self._change = self._change, None
+        out: list[Any] = []
+        if items:
+            batch = self._decode(items)  # what arrived so far, with the mapping it arrived under
+            if len(batch):
+                seq = self.spool.append(encode_batch(batch))
+                if (
+                    seq is None
+                ):  # the spool volume is full (counted, alerted): ack, the point is live in the flow
+                    seq = self.spool.durable_seq
+                out.append(batch)
+            else:
+                seq = self.spool.durable_seq  # nothing to keep (unmatched topics): ack at the next commit
+            to_ack = [a for a in acks if a[1]]
+            if to_ack:
+                with self._lock:
+                    self._pending_acks.append((seq, to_ack))
+                if seq <= self.spool.durable_seq:
+                    self._on_durable(self.spool.durable_seq)
+        if change is not None:
+            self._resubscribe(change.plan)
+            out.append(change.item)  # ahead of the first batch decoded with the new mapping
+            if change.on_applied is not None:
+                change.on_applied(change.version)
+        if not out and self._stop_event is not None and self._stop_event.is_set():
+            raise StopIteration
+        return out
 
     def _replay(self) -> list[PointBatch]:
         """Re-emit the spooled batches after the resume point (emitted before a crash, maybe not stored)."""
@@ -525,6 +543,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         if (
             self._queue
             or self._replay_after is not None
+            or self._change is not None
             or (self._stop_event is not None and self._stop_event.is_set())
         ):
             return None
@@ -538,10 +557,47 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             self.spool.ack(previous)  # the previous epoch's snapshot is committed by now
         return seq
 
+    # -- hot config changes ----------------------------------------------------------------------
+
+    def request_change(self, change: DeviceChange) -> None:
+        """Take the device's new subscriptions (``change.plan``) at the next batch boundary
+        (thread-safe); the connection stays, filters are unsubscribed and subscribed on it."""
+        if change.device_id != self.device_id:
+            raise ValueError(f"change for device {change.device_id!r} sent to {self.device_id!r}")
+        with self._lock:
+            if self._change is None or change.version >= self._change.version:
+                self._change = change
+
+    def _resubscribe(self, subscriptions: Sequence[MqttSubscription]) -> None:
+        old = {s.topic_filter for s in self._subs}
+        new = {s.topic_filter for s in subscriptions}
+        self._subs = list(subscriptions)
+        self._explicit = [
+            [(m.topic, _Extractor.build(self.device_id, m.name, m)) for m in sub.tags] for sub in self._subs
+        ]
+        self._routes = {}
+        if old - new:
+            self._client.unsubscribe(sorted(old - new))
+        added: list[tuple[str, int]] = [
+            (s.topic_filter, self.config.qos if s.qos is None else s.qos)
+            for s in self._subs
+            if s.topic_filter in new - old
+        ]
+        if added:
+            self._client.subscribe(added)
+        log.info(
+            "MQTT source %s: subscriptions changed (+%d -%d filters)",
+            self.device_id,
+            len(added),
+            len(old - new),
+        )
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for callback in self.on_close:
+            callback()
         self.spool.sync()  # acknowledges what is durable before the connection goes
         self._client.disconnect()
         self._client.loop_stop()
@@ -721,11 +777,14 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
         *,
         stop_event: threading.Event | None = None,
         spool_dir: str | None = None,
+        config_registry: ConfigRegistry | None = None,
     ) -> None:
         self.config = config
         self.stop_event = stop_event
         self.spool_dir = spool_dir
         """Base folder of the partitions' spools (``{spool_dir}/{device}``); ``None``: temporary folders."""
+        self.config_registry = config_registry
+        """Told about each partition this process builds, so hot config changes reach its device."""
         self._devices = {f"{self.protocol}:{d}": subs for d, subs in config.devices().items()}
         self._parts: dict[str, _MqttPartition] = {}
 
@@ -740,6 +799,10 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
             self.config, device, subs, stop_event=self.stop_event, spool_dir=folder, resume_state=resume_state
         )
         self._parts[for_part] = part
+        if self.config_registry is not None:
+            configs, apply, device_id = self.config_registry, part.request_change, part.device_id
+            configs.register(device_id, apply)
+            part.on_close.append(lambda: configs.unregister(device_id, apply))
         return part
 
     def stats(self) -> dict[str, MqttSourceStats]:
@@ -747,7 +810,7 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
         return {p.device_id: p.stats for p in list(self._parts.values())}
 
     def tag_ids(self) -> Mapping[str, Mapping[str, int]]:
-        """The explicitly mapped tags: device id → tag name → tag id (level-named tags appear at run time)."""
+        """The mapped tags: device id → tag name → tag id."""
         out: dict[str, dict[str, int]] = {}
         for sub in self.config.subscriptions:
             names = out.setdefault(sub.device_id, {})

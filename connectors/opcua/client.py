@@ -50,7 +50,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from cryptography import x509
 from prometheus_client import Counter
 
-from connectors.client_base import DeviceClientBase, DeviceClientStats
+from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.opcua.certs import ensure_application_certificate
 from connectors.opcua.config import OpcUaConnection, OpcUaDevicePlan, parse_node_id
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
@@ -684,6 +684,52 @@ class OpcUaDeviceClient(DeviceClientBase[ClientStats]):
             raise ConnectionError(f"device {self.device_id!r} is unreachable")
         assert self._client is not None
         return await browse_variables(self._client, root, max_depth=max_depth, max_variables=max_variables)
+
+    async def reconfigure(self, plan: OpcUaDevicePlan) -> None:
+        """Take over a changed plan (a hot config change) between polls, on the open session.
+
+        Poll mode: the next Read asks for the new nodes. Subscribe mode: the subscription is
+        replaced on the same session (changes already buffered for tags that stay are kept). A
+        changed endpoint, security or mode closes the session; the next poll opens a new one.
+        """
+        if plan.device_id != self.plan.device_id:
+            raise ValueError(f"plan of device {plan.device_id!r} given to client of {self.device_id!r}")
+        old = self.plan
+        old_ids = self._tag_ids
+        self.plan = plan
+        c = plan.connection
+        self._tag_ids = np.array([t for t, _ in plan.tags], dtype=np.int64)
+        self._index = {t: i for i, (t, _) in enumerate(plan.tags)}
+        self._node_ids = [parse_node_id(a.node_id) for _, a in plan.tags]
+        self._read_chunks = self._build_reads(c.max_nodes_per_read)
+        self._meta.clear()
+        moved = deque(
+            (self._index[tag], v, q, t, s_)
+            for i, v, q, t, s_ in self._changes
+            if 0 <= i < len(old_ids) and (tag := int(old_ids[i])) in self._index
+        )
+        self._changes = moved
+        if not same_link(old.connection, c):
+            await self._drop_session(schedule_retry=False)
+            self._retry_at = -math.inf
+        elif c.mode == "subscribe" and self._client is not None and old.tags != plan.tags:
+            await self._resubscribe(self._client)
+        log.info("opcua plan changed device=%s tags=%d", self.device_id, len(self._tag_ids))
+
+    async def _resubscribe(self, client: Client) -> None:
+        consumer, self._consumer = self._consumer, None
+        sub, self._subscription = self._subscription, None
+        if consumer is not None:
+            consumer.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer
+        try:
+            if sub is not None:
+                await asyncio.wait_for(sub.delete(), self._guard())
+            await self._subscribe(client)
+        except Exception as exc:
+            self._report_unhealthy(f"cannot replace the subscription: {_explain(exc, self.plan.connection)}")
+            await self._drop_session()
 
     async def close(self) -> None:
         """Close the session (a later poll would open a new one)."""

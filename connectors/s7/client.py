@@ -48,7 +48,7 @@ from snap7.error import (
 )
 from snap7.type import Area, Parameter, WordLen
 
-from connectors.client_base import DeviceClientBase, DeviceClientStats
+from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import Backoff, CircuitBreaker, DeviceMetrics, poll_result
 from connectors.s7.address import S7Address
@@ -187,6 +187,25 @@ class S7DeviceClient(DeviceClientBase[ClientStats]):
                     self._stats.write_failures += 1
                     raise
             self._stats.writes += 1
+
+    async def reconfigure(self, plan: S7DevicePlan) -> None:
+        """Take over a changed plan (a hot config change) between polls: the read plan is rebuilt
+        for the PDU size already negotiated; the connection stays unless the endpoint changed."""
+        if plan.device_id != self.plan.device_id:
+            raise ValueError(f"plan of device {plan.device_id!r} given to client of {self.device_id!r}")
+        async with self._lock:
+            old = self.plan
+            self.plan = plan
+            self._tags = {tag_id: t.parsed for tag_id, t in plan.tags}
+            self._addresses = [(tag_id, t.parsed) for tag_id, t in plan.tags]
+            self._tag_ids = np.array([tag_id for tag_id, _ in plan.tags], dtype=np.int64)
+            self._plans.clear()
+            pdu = self._stats.pdu_size if self._client is not None and self._stats.pdu_size else None
+            self.read_plan = self._plan_for(pdu or plan.connection.pdu_size)
+            if not same_link(old.connection, plan.connection):
+                await self._drop_connection(failure=False)
+                self._retry_at = -math.inf
+        log.info("s7 plan changed device=%s tags=%d", self.device_id, len(self._tag_ids))
 
     async def close(self) -> None:
         """Disconnect (a later poll would reconnect) and release the worker threads."""

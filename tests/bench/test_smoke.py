@@ -25,11 +25,12 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
         "--duration", "5", "--warmup", "3",
         "--baseline-rows", "2000", "--baseline-messages", "500",
         "--micro-points", "2000", "--cluster-points", "2000",
+        "--query-rows", "20000", "--query-tags", "100", "--query-samples", "8",
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "figure" in proc.stdout and "e2e read" in proc.stdout
+    assert "figure" in proc.stdout and "e2e read" in proc.stdout and "query (a)" in proc.stdout
     files = list(out.glob("*.json"))
     assert len(files) == 1
     r = json.loads(files[0].read_text())
@@ -52,6 +53,11 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
     assert e2e["latency_historian"]["rows"] > 0
     assert {"bytewax-0", "postgres", "simulators"} <= e2e["resources"].keys()
     assert r["cluster"]["processes_1"]["points_out"] > 0 and r["cluster"]["processes_2"]["points_out"] > 0
+    q = r["query"]
+    assert q["rows"] == 20000 and q["agg_rows"] == 100 * 1440 and q["latest_rows"] == 100
+    assert q["a_raw_1h"]["rows"] and max(q["a_raw_1h"]["rows"]) > 0  # API and SQL agreed on each count
+    assert all(100 * (1440 - 60) <= n <= 100 * 1440 for n in q["b_agg_1m_100_tags_1d"]["rows"])
+    assert q["c_latest_all_tags"]["rows"] == [100]
 
 
 def test_ramp_and_memory_stages_with_a_tiny_load(tmp_path: Path) -> None:
