@@ -19,9 +19,9 @@ start the new version on the same recovery directory. Equal specs are a **noop**
 >>> p = plan(old, parse_spec(doc))
 >>> p.kind, p.reasons, p.device_patches["d1"]["tags"][0]["scale"]
 ('hot', ('device d1: tags[t].scale changed',), 0.1)
->>> doc["operators"] = [{"id": "w", "type": "window", "windows": ["1m"]}]
+>>> doc["operators"] = [{"id": "n", "type": "normalize"}, {"id": "w", "type": "window", "windows": ["1m"]}]
 >>> plan(old, parse_spec(doc)).reasons
-('operators: node w (window) added',)
+('operators: node n (normalize) added', 'operators: node w (window) added')
 
 The property the tests check: ``apply_patches(spec_json(running), plan.device_patches) ==
 spec_json(new)`` whenever the plan is hot (and trivially for a noop), up to ``description``, which

@@ -323,7 +323,7 @@ def test_http_bad_requests_are_problems_not_500(
         body = r.json()
         assert body["status"] == status and body["detail"]
         if field:
-            assert body["errors"][0]["path"] == field
+            assert body["problems"][0]["path"] == field
 
 
 def test_http_latest_many(client: TestClient) -> None:  # type: ignore[type-arg]
@@ -352,7 +352,7 @@ def test_http_csv_export_streams_every_row(client: TestClient) -> None:  # type:
 
 def test_http_csv_export_refuses_before_streaming(client: TestClient) -> None:  # type: ignore[type-arg]
     r = client.get("/api/v1/historian/export.csv", params={"tag": 5, "start": iso(T0), "end": iso(T0)})
-    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.end"
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "query.end"
 
 
 def test_bucket_equal_to_the_window_reads_the_rows_as_stored(loaded: str) -> None:
@@ -375,7 +375,7 @@ def test_fields_select_columns_and_unknown_fields_are_refused(client: TestClient
     assert set(body["series"][0]) == {"tag_id", "source", "bucket", "avg", "max"}
     assert body["series"][0]["max"] == [299.0, 599.0]
     r = client.get("/api/v1/historian/aggregates", params={**params, "fields": "avg,median"})
-    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "query.fields"
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "query.fields"
 
 
 def test_database_down_is_503_not_500() -> None:
@@ -384,7 +384,7 @@ def test_database_down_is_503_not_500() -> None:
     settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nexus")
     with TestClient(app=create_app(settings)) as c:
         r = c.get("/api/v1/historian/tags")
-    assert r.status_code == 503 and r.json()["title"] == "Service Unavailable"
+    assert r.status_code == 503 and r.json()["title"] == "Service unavailable"
 
 
 @pytest.mark.parametrize(
