@@ -26,9 +26,10 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
@@ -40,15 +41,32 @@ from core.uns import STATUS_PREFIX
 log = logging.getLogger(__name__)
 
 
-def bytewax_process_id(env: Mapping[str, str] | None = None) -> int:
-    """This process's Bytewax process id, as ``bytewax.run`` derives it.
+def bytewax_process_id(env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None) -> int:
+    """This process's Bytewax process id, as ``bytewax.run`` derives it: ``-i``/``--process-id`` on
+    its command line, else ``BYTEWAX_PROCESS_ID``, else the pod ordinal, else 0.
 
-    >>> bytewax_process_id({}), bytewax_process_id({"BYTEWAX_PROCESS_ID": "2"})
+    >>> bytewax_process_id({}, []), bytewax_process_id({"BYTEWAX_PROCESS_ID": "2"}, [])
     (0, 2)
-    >>> bytewax_process_id({"BYTEWAX_POD_NAME": "flow-3", "BYTEWAX_STATEFULSET_NAME": "flow"})
+    >>> bytewax_process_id({}, ["-m", "bytewax.run", "f:flow", "-i", "1", "-a", "h:1;h:2"])
+    1
+    >>> bytewax_process_id({}, ["bytewax.run", "f:flow", "--process-id=3"])
+    3
+    >>> bytewax_process_id({"BYTEWAX_POD_NAME": "flow-3", "BYTEWAX_STATEFULSET_NAME": "flow"}, [])
     3
     """
     env = os.environ if env is None else env
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-i", "--process-id") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--process-id="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"the Bytewax process id must be an integer, got {value!r}") from None
     raw = (env.get("BYTEWAX_PROCESS_ID") or "").strip()
     if raw:
         try:
