@@ -5,18 +5,24 @@ demo, the API and an operator with ``mosquitto_sub`` see that a flow is alive an
 
 The topic (what the control plane subscribes to, ``$nexus/status/flows/+/+``):
 
-- ``{flow}`` is the spec's ``id``; ``{process}`` is the Bytewax process id (``BYTEWAX_PROCESS_ID``,
+- ``{flow}`` is the spec's ``id``; ``{process}`` is the Bytewax process id (``-i`` of ``bytewax.run``, ``BYTEWAX_PROCESS_ID``,
   else the ordinal at the end of ``BYTEWAX_POD_NAME`` in a StatefulSet, else ``0``). A restart
   therefore publishes on the same topic and replaces its predecessor's retained message: the
   broker holds at most one retained status per flow process, however often flows restart.
 - The payload is JSON: ``flow``, ``process`` (the id above, an int), ``state`` (``running``),
   ``host``, ``pid``, ``started`` and ``time`` (ISO-8601 UTC), the counters (``points_read``,
-  ``batches_read``, ...), ``version`` (the flow version the process started with, ``NEXUS_FLOW_VERSION``)
+  ``batches_read``, ...), ``version``, ``devices`` and the config counters (below).
 - Clean stop (the process ends through :meth:`FlowStatus.stop`, e.g. a drain): one last
   ``{"state": "stopped", ...}`` is published *not* retained (live subscribers see it), then the
   retained message is cleared (an empty retained payload), so nothing is left on the broker.
 - Crash or lost connection: the broker publishes the last will, ``{"flow", "process",
   "state": "offline"}``, retained, on the same topic; it stays until the process runs again.
+
+Hot config changes show in the payload: ``version`` is the flow version the process started with
+(``NEXUS_FLOW_VERSION``, 0 when unset), ``devices`` maps each device this process reads to the
+config version it runs (``{"press-01": {"version": 5}}``; a hot change moves it once the device's
+partition applied it), and the config listener counts ``config_received``, ``config_accepted``,
+``config_ignored`` (not newer than what runs) and ``config_refused`` (invalid; see the log).
 """
 
 from __future__ import annotations
