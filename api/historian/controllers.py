@@ -7,7 +7,6 @@ Time parameters are ISO 8601 with an offset (``2026-11-30T12:00:00Z``); ranges a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,7 +15,9 @@ from litestar.datastructures import State
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
+from pydantic import BaseModel, ConfigDict, Field
 
+from api.errors import problems
 from api.problems import EXCEPTION_HANDLERS
 from control.errors import InvalidError
 from control.historian import MAX_BUCKETS, MAX_TAGS, Historian
@@ -65,11 +66,14 @@ async def close_historian(app: Any) -> None:
         await app.state.historian.close()
 
 
-@dataclass
-class LatestQuery:
+class LatestQuery(BaseModel):
     """Body of ``POST /latest``: many tag ids (too many for a query string)."""
 
-    tags: list[int] = field(default_factory=list)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra={"examples": [{"tags": [4242, 4243]}]}
+    )
+
+    tags: list[int] = Field(default_factory=list)
 
 
 class HistorianController(Controller):
@@ -78,7 +82,7 @@ class HistorianController(Controller):
     exception_handlers = EXCEPTION_HANDLERS
     opt = {"permission": "historian:read"}
 
-    @get("/tags", opt={"permission": "historian:read"})
+    @get("/tags", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def list_tags(
         self,
         *,
@@ -92,12 +96,12 @@ class HistorianController(Controller):
         h = await historian_of(state)
         return await h.tags(device=device, search=search, limit=limit, offset=offset)
 
-    @get("/tags/{tag_id:int}", opt={"permission": "historian:read"})
+    @get("/tags/{tag_id:int}", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def get_tag(self, state: State, tag_id: FromPath[int]) -> dict[str, Any]:
         """One tag's metadata; 404 when unknown."""
         return await (await historian_of(state)).tag(tag_id)
 
-    @get("/points", opt={"permission": "historian:read"})
+    @get("/points", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def points(
         self,
         *,
@@ -110,7 +114,7 @@ class HistorianController(Controller):
         """Raw points of one or more tags over ``[start, end)``; ``next`` pages through long ranges."""
         return await (await historian_of(state)).raw(tag, start, end, limit=limit)
 
-    @get("/aggregates", opt={"permission": "historian:read"})
+    @get("/aggregates", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def aggregates(
         self,
         *,
@@ -139,19 +143,19 @@ class HistorianController(Controller):
         )
         return Response(body, media_type=MediaType.JSON)
 
-    @get("/latest", opt={"permission": "historian:read"})
+    @get("/latest", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def latest(
         self, state: State, tag: Annotated[list[int] | None, QueryParameter(name="tag")] = None
     ) -> Response[bytes]:
         """Newest stored value of the given tags (of every tag without ``tag``)."""
         return Response(await (await historian_of(state)).latest_json(tag or None), media_type=MediaType.JSON)
 
-    @post("/latest", status_code=200, opt={"permission": "historian:read"})
+    @post("/latest", status_code=200, opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> Response[bytes]:
         """Newest stored value of many tags (the ids in the body, up to 10,000)."""
         return Response(await (await historian_of(state)).latest_json(data.tags), media_type=MediaType.JSON)
 
-    @get("/alerts", opt={"permission": "historian:read"})
+    @get("/alerts", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def alerts(
         self,
         *,
@@ -170,7 +174,7 @@ class HistorianController(Controller):
             start, end, device=device, tag_id=tag, state=alert_state, limit=limit
         )
 
-    @get("/oee", opt={"permission": "historian:read"})
+    @get("/oee", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def oee(
         self,
         state: State,
@@ -182,7 +186,12 @@ class HistorianController(Controller):
         """OEE periods (availability, performance, quality, downtime) overlapping the range."""
         return await (await historian_of(state)).oee(start, end, machine=machine, limit=limit)
 
-    @get("/export.csv", opt={"permission": "historian:read"}, media_type="text/csv")
+    @get(
+        "/export.csv",
+        opt={"permission": "historian:read"},
+        responses=problems(404, 413, 503),
+        media_type="text/csv",
+    )
     async def export_csv(self, state: State, tag: Tags, start: Start, end: End) -> Stream:
         """Raw points as CSV, streamed from a server-side cursor (any size)."""
         rows = await (await historian_of(state)).export_csv(tag, start, end)
