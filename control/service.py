@@ -659,7 +659,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 # -- device test read and OPC UA browse ---------------------------------------------------------------
 
 
-async def test_device(
+async def read_device_once(
     store: ConfigStore,
     flow_id: str,
     device_id: str,

@@ -304,7 +304,7 @@ class DevicesController(Controller):
 
         A device that does not answer gives bad-quality values (`comm_error`, ...), not an error."""
         body = data or DeviceTestIn()
-        result = await svc.test_device(
+        result = await svc.read_device_once(
             store_of(request), flow_id, device_id, connection=body.connection, timeout_s=body.timeout_s
         )
         return DeviceTestOut.model_validate(result)

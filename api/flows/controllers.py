@@ -198,7 +198,7 @@ class FlowsController(Controller):
         sync_to_thread=True,
         opt={"permission": "flows:read"},
         responses=problems(404),
-        media_type="application/yaml",
+        media_type="text/plain",
     )
     def export_flow(
         self,
@@ -210,13 +210,13 @@ class FlowsController(Controller):
     ) -> Response[str]:
         """A version's text exactly as imported (or as written through the API, rendered as YAML).
 
+        Served as `text/plain` (the exact text; the filename in `Content-Disposition` says YAML or JSON).
         A document with passwords or URL credentials comes back rendered with them masked
         (`X-Nexus-Secrets-Masked: true`); `nexus flows export` gives the exact text."""
         text, fmt, masked = svc.export_text(store_of(request), flow_id, version, mask_secrets=True)
-        media = "application/json" if fmt == "json" else "application/yaml"
         return Response(
             text,
-            media_type=media,
+            media_type="text/plain; charset=utf-8",
             headers={
                 "Content-Disposition": f'attachment; filename="{flow_id}.{fmt}"',
                 "X-Nexus-Secrets-Masked": "true" if masked else "false",

@@ -200,3 +200,30 @@ def test_tag_write_without_an_answer_is_504(client: TestClient[Any]) -> None:
 def test_tag_write_on_an_undeployed_flow_is_409(client: TestClient[Any]) -> None:
     r = client.post("/api/v1/flows/line1/devices/press-01/tags/setpoint/value", json={"value": 1})
     assert r.status_code == 409
+
+
+def test_device_test_reads_an_s7_plc(client: TestClient[Any]) -> None:
+    from connectors.s7.simulator import S7Simulator
+
+    plc = S7Simulator("127.0.0.1", 0, dbs={1: 64})
+    plc.start()
+    try:
+        plc.set_value("DB1.DBD20", 21.5, "REAL")
+        device = {
+            "id": "cell-3",
+            "protocol": "s7",
+            "connection": {"host": "127.0.0.1", "port": plc.port, "timeout_s": 2.0},
+            "location": LOC,
+            "tags": [{"name": "temp", "address": "DB1.DBD20", "data_type": "REAL", "scale": 2.0}],
+        }
+        assert client.post("/api/v1/flows/line1/devices", json=device).status_code == 201
+        r = client.post("/api/v1/flows/line1/devices/cell-3/test", json={"timeout_s": 20})
+        assert r.status_code == 200, r.text
+        (value,) = r.json()["values"]
+        assert (
+            value["quality"] == "good"
+            and value["raw"] == pytest.approx(21.5)
+            and value["value"] == pytest.approx(43.0)
+        )
+    finally:
+        plc.stop()

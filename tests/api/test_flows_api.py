@@ -321,7 +321,8 @@ def test_import_and_export_round_trip_the_text(client: TestClient[Any]) -> None:
     r = client.post("/api/v1/flows/import", json={"text": text})
     assert r.status_code == 201, r.text
     exported = client.get("/api/v1/flows/line1/export")
-    assert exported.text == text and exported.headers["content-type"].startswith("application/yaml")
+    assert exported.text == text and exported.headers["content-type"].startswith("text/plain")
+    assert exported.headers["content-disposition"] == 'attachment; filename="line1.yaml"'
     again = client.post("/api/v1/flows/import", json={"text": text})
     assert again.status_code == 200 and again.json()["number"] == 1  # same text: no new version
     body = assert_problem(client.post("/api/v1/flows/import", json={"text": "version: [1\n"}), 422)
