@@ -2,6 +2,12 @@
 
 Each dataflow process counts the points it read and publishes its counters once a second, so the
 demo, the API and an operator with ``mosquitto_sub`` see that a flow is alive and how fast it runs.
+
+Hot config changes show in the payload: ``version`` is the flow version the process started with
+(``NEXUS_FLOW_VERSION``, 0 when unset), ``devices`` maps each device this process reads to the
+config version it runs (``{"press-01": {"version": 5}}``; a hot change moves it once the device's
+partition applied it), and the config listener counts ``config_received``, ``config_accepted``,
+``config_ignored`` (not newer than what runs) and ``config_refused`` (invalid; see the log).
 """
 
 from __future__ import annotations
