@@ -44,7 +44,7 @@ fmt:
 schema:
     nexus schema -o dataflows/schema/flow-spec-v1.json
 
-# benchmark: real PostgreSQL, broker, simulators and dataflow; table + bench-results/<time>.json (a few minutes)
+# benchmark: real PostgreSQL, broker, simulators and dataflow, historian queries on 50 M rows; table + bench-results/<time>.json (~15 minutes)
 bench *ARGS:
     {{python}} -m bench --devices 200 --tags 100 --interval 1 --duration 30 {{ARGS}}
 

@@ -601,16 +601,11 @@ class Historian:
     # ------------------------------------------------------------------ latest
 
     async def latest(self, tag_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Newest stored point of each tag (all tags when ``tag_ids`` is None); unknown ids → 404."""
-        rows = await self._latest(tag_ids, as_json=False)
-        return [{"tag_id": r[0], "time": r[1], "value": r[2], "quality": r[3]} for r in rows]
+        """Newest stored point of each tag, by tag id (all tags when ``tag_ids`` is None); unknown ids → 404.
 
-    async def latest_json(self, tag_ids: Sequence[int] | None = None) -> bytes:
-        """:meth:`latest` as a JSON array built by PostgreSQL (the API passes it through)."""
-        rows = await self._latest(tag_ids, as_json=True)
-        return str(rows[0][0]).encode()
-
-    async def _latest(self, tag_ids: Sequence[int] | None, *, as_json: bool) -> list[Any]:
+        With ``nexus_latest`` the common case is one primary-key read of the ids asked for; only when some
+        have no row does a second query tell tags without a value (nulls) from unknown ids (404).
+        """
         ids = None if tag_ids is None else _check_tags(tag_ids)
         await self._ensure_open()
         try:
@@ -618,42 +613,57 @@ class Historian:
                 if not await self._has_core_tables(conn):
                     if ids:
                         raise NotFoundError(f"unknown tag(s): {ids[0]}")
-                    return [("[]", None)] if as_json else []
+                    return []
                 tables = await self._tables_now(conn)
-                # the requested ids drive the join, so an unknown id shows as a row without a tag
-                tags = (
-                    sql.SQL("nexus_tags t")
-                    if ids is None
-                    else sql.SQL(
-                        "unnest(%(ids)s::bigint[]) AS r(tag_id) LEFT JOIN nexus_tags t ON t.tag_id = r.tag_id"
-                    )
-                )
-                key = sql.SQL("t.tag_id" if ids is None else "r.tag_id")
-                if "nexus_latest" in tables:
-                    query = sql.SQL(
-                        "SELECT {k}, l.time, l.value, l.quality, t.tag_id IS NOT NULL FROM {tags} "
-                        "LEFT JOIN nexus_latest l ON l.tag_id = t.tag_id ORDER BY {k}"
-                    ).format(k=key, tags=tags)
-                else:  # an older store: one index descent per tag
-                    query = sql.SQL(
-                        "SELECT {k}, p.time, p.value, p.quality, t.tag_id IS NOT NULL FROM {tags} "
-                        "LEFT JOIN LATERAL (SELECT time, value, quality FROM nexus_points "
-                        "WHERE tag_id = t.tag_id ORDER BY time DESC LIMIT 1) p ON true ORDER BY {k}"
-                    ).format(k=key, tags=tags)
-                if as_json:
-                    query = sql.SQL(
-                        "SELECT coalesce(json_agg(json_build_object('tag_id', k, 'time', time, 'value', value, "
-                        "'quality', quality) ORDER BY k), '[]')::text, array_agg(k) FILTER (WHERE NOT known) "
-                        "FROM ({}) s(k, time, value, quality, known)"
-                    ).format(query)
-                rows = await (await conn.execute(query, {"ids": ids}, binary=not as_json)).fetchall()
-                unknown = (rows[0][1] or []) if as_json else [r[0] for r in rows if not r[4]]
-                if unknown:
-                    await self._require_tags(conn, list(unknown))  # raises with the list
+                if "nexus_latest" in tables and ids is not None:
+                    rows = await (
+                        await conn.execute(
+                            "SELECT tag_id, time, value, quality FROM nexus_latest "
+                            "WHERE tag_id = ANY(%s) ORDER BY tag_id",
+                            (ids,),
+                            binary=True,
+                        )
+                    ).fetchall()
+                    if len(rows) < len(ids):
+                        have = {r[0] for r in rows}
+                        rest = [t for t in ids if t not in have]
+                        await self._require_tags(conn, rest)  # raises for unknown ids
+                        rows = sorted([*rows, *((t, None, None, None) for t in rest)], key=lambda r: r[0])
+                else:
+                    rows = await self._latest_joined(conn, ids, "nexus_latest" in tables)
         except psycopg.errors.QueryCanceled as exc:
             raise TooLargeError("the query ran longer than the statement timeout; narrow it") from exc
         except psycopg.OperationalError as exc:
             raise UnavailableError("historian database unavailable") from exc
+        return [{"tag_id": r[0], "time": r[1], "value": r[2], "quality": r[3]} for r in rows]
+
+    async def _latest_joined(
+        self, conn: psycopg.AsyncConnection[Any], ids: list[int] | None, has_latest: bool
+    ) -> list[Any]:
+        """Every tag (``ids`` None), or a store without ``nexus_latest`` (one index descent per tag)."""
+        tags = (
+            sql.SQL("nexus_tags t")
+            if ids is None
+            else sql.SQL(
+                "unnest(%(ids)s::bigint[]) AS r(tag_id) LEFT JOIN nexus_tags t ON t.tag_id = r.tag_id"
+            )
+        )
+        key = sql.SQL("t.tag_id" if ids is None else "r.tag_id")
+        if has_latest:
+            query = sql.SQL(
+                "SELECT {k}, l.time, l.value, l.quality, t.tag_id IS NOT NULL FROM {tags} "
+                "LEFT JOIN nexus_latest l ON l.tag_id = t.tag_id ORDER BY {k}"
+            ).format(k=key, tags=tags)
+        else:
+            query = sql.SQL(
+                "SELECT {k}, p.time, p.value, p.quality, t.tag_id IS NOT NULL FROM {tags} "
+                "LEFT JOIN LATERAL (SELECT time, value, quality FROM nexus_points "
+                "WHERE tag_id = t.tag_id ORDER BY time DESC LIMIT 1) p ON true ORDER BY {k}"
+            ).format(k=key, tags=tags)
+        rows = await (await conn.execute(query, {"ids": ids}, binary=True)).fetchall()
+        unknown = [r[0] for r in rows if not r[4]]
+        if unknown:
+            await self._require_tags(conn, unknown)  # raises with the list
         return rows
 
     # ------------------------------------------------------------------ alerts, OEE

@@ -146,14 +146,14 @@ class HistorianController(Controller):
     @get("/latest", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def latest(
         self, state: State, tag: Annotated[list[int] | None, QueryParameter(name="tag")] = None
-    ) -> Response[bytes]:
+    ) -> list[dict[str, Any]]:
         """Newest stored value of the given tags (of every tag without ``tag``)."""
-        return Response(await (await historian_of(state)).latest_json(tag or None), media_type=MediaType.JSON)
+        return await (await historian_of(state)).latest(tag or None)
 
     @post("/latest", status_code=200, opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
-    async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> Response[bytes]:
+    async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> list[dict[str, Any]]:
         """Newest stored value of many tags (the ids in the body, up to 10,000)."""
-        return Response(await (await historian_of(state)).latest_json(data.tags), media_type=MediaType.JSON)
+        return await (await historian_of(state)).latest(data.tags)
 
     @get("/alerts", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def alerts(

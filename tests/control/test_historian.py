@@ -413,9 +413,3 @@ def test_json_built_by_postgres_equals_the_python_answer(
     assert [s["source"] for s in js["series"]] == (
         ["nexus_points", "nexus_points"] if bucket.total_seconds() % 60 else ["nexus_points", "nexus_agg_1m"]
     )
-
-    async def latest(h: Historian) -> tuple[Any, Any]:
-        return await h.latest([BIG, 2, 1]), json.loads(await h.latest_json([BIG, 2, 1]))
-
-    py_l, js_l = run(with_historian(loaded, latest))
-    assert js_l == [{**r, "time": r["time"] and r["time"].isoformat()} for r in py_l]

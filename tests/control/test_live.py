@@ -229,3 +229,15 @@ def test_metrics_expose_control_plane_counters_and_request_latency() -> None:
     assert 'nexus_flows{state="stopped"} 0.0' in text
     assert 'nexus_flow_restarts_total{flow="a"}' in text and 'nexus_deploys_total{path="hot"}' in text
     assert "nexus_api_request_duration_seconds_bucket" in text and 'path="/health"' in text
+
+
+def test_device_statistics_and_alerts_go_to_their_channels() -> None:
+    sent: list[tuple[str, Any]] = []
+    live = LiveStatus("mqtt://127.0.0.1:1", sink=lambda c, m: sent.append((c, m)))
+    devices = {"press-01": {"latency_ms": 12.5, "breaker": "closed", "skipped_polls": 0, "version": 3}}
+    live._handle("$nexus/status/flows/demo/1", json.dumps({"state": "running", "devices": devices}).encode())
+    live._handle("acme/p1/a/l1/press-01/_alerts", b'{"tag": "temp", "state": "cleared"}')
+    live._handle("acme/p1/a/l1/press-01/temp", b'{"value": 1.0}')  # nobody watches it: dropped
+    assert [c for c, _ in sent] == ["flows", "devices:demo", "alerts"]
+    assert sent[1][1] == {"flow": "demo", "process": "1", "devices": devices}
+    assert sent[2][1]["device"] == "press-01" and sent[2][1]["topic"] == "acme/p1/a/l1/press-01"
