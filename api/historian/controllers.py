@@ -69,14 +69,10 @@ class LatestQuery(BaseModel):
     """Body of ``POST /latest``: many tag ids (too many for a query string)."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", json_schema_extra={"examples": [{"tags": [4211306125843405057]}]}
+        frozen=True, extra="forbid", json_schema_extra={"examples": [{"tags": [4242, 4243]}]}
     )
 
     tags: list[int] = Field(default_factory=list)
-
-
-_PROBLEMS = problems(404, 503)
-"""Errors are problem+json (``api.errors``, app-wide): bad ranges 422, unknown tags 404, database down 503."""
 
 
 class HistorianController(Controller):
@@ -84,7 +80,7 @@ class HistorianController(Controller):
     tags = ["historian"]
     opt = {"permission": "historian:read"}
 
-    @get("/tags", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/tags", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def list_tags(
         self,
         *,
@@ -98,12 +94,12 @@ class HistorianController(Controller):
         h = await historian_of(state)
         return await h.tags(device=device, search=search, limit=limit, offset=offset)
 
-    @get("/tags/{tag_id:int}", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/tags/{tag_id:int}", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def get_tag(self, state: State, tag_id: FromPath[int]) -> dict[str, Any]:
         """One tag's metadata; 404 when unknown."""
         return await (await historian_of(state)).tag(tag_id)
 
-    @get("/points", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/points", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def points(
         self,
         *,
@@ -116,7 +112,7 @@ class HistorianController(Controller):
         """Raw points of one or more tags over ``[start, end)``; ``next`` pages through long ranges."""
         return await (await historian_of(state)).raw(tag, start, end, limit=limit)
 
-    @get("/aggregates", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/aggregates", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def aggregates(
         self,
         *,
@@ -145,19 +141,19 @@ class HistorianController(Controller):
         )
         return Response(body, media_type=MediaType.JSON)
 
-    @get("/latest", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/latest", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def latest(
         self, state: State, tag: Annotated[list[int] | None, QueryParameter(name="tag")] = None
     ) -> list[dict[str, Any]]:
         """Newest stored value of the given tags (of every tag without ``tag``)."""
         return await (await historian_of(state)).latest(tag or None)
 
-    @post("/latest", status_code=200, opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @post("/latest", status_code=200, opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def latest_many(self, state: State, data: JSONBody[LatestQuery]) -> list[dict[str, Any]]:
         """Newest stored value of many tags (the ids in the body, up to 10,000)."""
         return await (await historian_of(state)).latest(data.tags)
 
-    @get("/alerts", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/alerts", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def alerts(
         self,
         *,
@@ -176,7 +172,7 @@ class HistorianController(Controller):
             start, end, device=device, tag_id=tag, state=alert_state, limit=limit
         )
 
-    @get("/oee", opt={"permission": "historian:read"}, responses=_PROBLEMS)
+    @get("/oee", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def oee(
         self,
         state: State,
@@ -188,7 +184,12 @@ class HistorianController(Controller):
         """OEE periods (availability, performance, quality, downtime) overlapping the range."""
         return await (await historian_of(state)).oee(start, end, machine=machine, limit=limit)
 
-    @get("/export.csv", opt={"permission": "historian:read"}, responses=_PROBLEMS, media_type="text/csv")
+    @get(
+        "/export.csv",
+        opt={"permission": "historian:read"},
+        responses=problems(404, 413, 503),
+        media_type="text/csv",
+    )
     async def export_csv(self, state: State, tag: Tags, start: Start, end: End) -> Stream:
         """Raw points as CSV, streamed from a server-side cursor (any size)."""
         rows = await (await historian_of(state)).export_csv(tag, start, end)

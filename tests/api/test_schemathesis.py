@@ -52,6 +52,7 @@ def api_schema(db: str, mqtt_url: str) -> Iterator[Any]:
     store = ConfigStore(db)
     store.migrate()
     store.create_flow(SPEC, author="seed")
+    # the historian routes read the same database (as under `nexus up`)
     app = create_app(Settings(mqtt_url=mqtt_url, database_url=db), store=store)
     yield schemathesis.openapi.from_asgi("/schema/openapi.json", app).exclude(path_regex=NETWORK), store
     store.close()
