@@ -431,7 +431,7 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         if flow.alive():
             flow.kill9()
         sub.terminate()
-        sub.wait(30)
+        sub.wait(300)
         if mounted:
             subprocess.run(["umount", "-l", str(spool)], check=False)
     st = s()
@@ -579,7 +579,7 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         if flow.alive():
             flow.kill9()
         sub.terminate()
-        sub.wait(60)
+        sub.wait(900)  # it counts distinct keys at exit: tens of millions after a long soak
     st = _flow_stats(stats)
     sub_final = sub_report()
     db = _db_figures(rig.pg.url)
