@@ -156,7 +156,7 @@ def load(url: str, *, rows: int, tags: int, interval_s: float, seed: int = 7) ->
             )
         _say("")
         out["copy_s"] = round(time.perf_counter() - t0, 1)
-        out["copy_rows_per_s"] = round(per_tag * tags / out["copy_s"])
+        out["copy_rows_per_s"] = round(per_tag * tags / max(out["copy_s"], 0.1))  # copy_s is rounded to 0.1
         t0 = time.perf_counter()
         for d, name in zip(days, parts, strict=True):
             lo = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=d)

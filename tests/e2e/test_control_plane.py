@@ -269,7 +269,8 @@ def test_control_plane_end_to_end(platform: Platform, db: str, mqtt_url: str) ->
         s1 = wait_for(lambda: platform.running(1), timeout=START_S, what="v1 running")
         (pid,) = s1["pids"]
         wait_for(lambda: len(watch.since(0, "dev-1", "level")) >= 3, timeout=60, what="dev-1 values")
-        assert {m.value for m in watch.since(0, "dev-1", "level")} == {42.0}
+        # a poll that times out on a loaded machine publishes a bad-quality point (null value): skip those
+        assert {m.value for m in watch.since(0, "dev-1", "level") if not math.isnan(m.value)} == {42.0}
         assert len(watch.since(0, "dev-1", "steady")) == 1  # the deadband publishes it once
         conns = wait_for(lambda: sim_connections(pid, sim_port), timeout=30, what="the device connection")
 
