@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import pickle
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -167,12 +165,8 @@ class _DerivedStore:
     def __init__(self, targets: DerivedTargets, name: str) -> None:
         assert targets.database_url is not None
         self._writer = DerivedWriter(targets.database_url, targets.windows)
-        self._tmp: str | None = None
-        spool_dir = targets.spool_dir
-        if spool_dir is None:
-            spool_dir = self._tmp = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
         self.spool = Spool(
-            spool_dir, name=name, max_bytes=targets.spool_max_bytes, max_age_s=targets.spool_max_age_s
+            targets.spool_dir, name=name, max_bytes=targets.spool_max_bytes, max_age_s=targets.spool_max_age_s
         )
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -242,8 +236,6 @@ class _DerivedStore:
         self._writer.close()
         self._thread.join(timeout=5)
         self.spool.close()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def stats(self) -> dict[str, int]:
         return {

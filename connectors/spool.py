@@ -56,7 +56,9 @@ import errno
 import json
 import logging
 import os
+import shutil
 import struct
+import tempfile
 import threading
 import time
 import zlib
@@ -143,7 +145,7 @@ class Spool:
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | None,
         *,
         name: str = "spool",
         max_bytes: int = SPOOL_DEFAULT_MAX_BYTES,
@@ -161,6 +163,10 @@ class Spool:
         if sync_interval_s <= 0:
             raise ValueError(f"spool {name!r}: sync_interval_s must be > 0, got {sync_interval_s}")
         self.name = name
+        self.temporary = directory is None
+        """No folder given: a temporary one, removed (with what it holds) by :meth:`close`."""
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -644,6 +650,8 @@ class Spool:
                     os.close(self._fd)
                 self._fd = None
         self._flusher.join(timeout=self.sync_interval_s * 2 + 1)
+        if self.temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Spool:
         return self

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -156,12 +154,8 @@ class HistorianWriter:
         self._conn: psycopg.Connection | None = None
         self._mode: str | None = None
         self._partitions: set[int] = set()
-        self._tmp_spool: str | None = None
-        spool_dir = config.spool_dir
-        if spool_dir is None:
-            spool_dir = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
         self.spool = Spool(
-            spool_dir,
+            config.spool_dir,
             name=name,
             max_bytes=config.spool_max_bytes,
             max_age_s=config.spool_max_age_s,
@@ -259,10 +253,8 @@ class HistorianWriter:
             pending = self.rows_pending
             self.spool.close()
             if pending:
-                where = "lost (temporary spool)" if self._tmp_spool else f"kept in {self.spool.dir}"
+                where = "lost (temporary spool)" if self.spool.temporary else f"kept in {self.spool.dir}"
                 log.error("historian writer closed with %d accepted rows not written: %s", pending, where)
-            if self._tmp_spool is not None:
-                shutil.rmtree(self._tmp_spool, ignore_errors=True)
 
     def _wake(self) -> None:
         with contextlib.suppress(queue.Full):

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,12 +280,8 @@ class UnsPublisher:
         bytes (paho holds them anyway until they are written)."""
         self.respooled = 0
         """Of ``lost``: messages put back into the spool (all of them), replayed later."""
-        self._tmp_spool: str | None = None
-        spool_dir = config.spool_dir
-        if spool_dir is None:
-            spool_dir = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-{name}-")
         self.spool = Spool(
-            spool_dir,
+            config.spool_dir,
             name=name,
             max_bytes=config.spool_max_bytes,
             max_age_s=config.spool_max_age_s,
@@ -652,10 +646,8 @@ class UnsPublisher:
             pending = self.spool.pending_records
             self.spool.close()
             if pending:
-                where = "lost (temporary spool)" if self._tmp_spool else f"kept in {self.spool.dir}"
+                where = "lost (temporary spool)" if self.spool.temporary else f"kept in {self.spool.dir}"
                 log.warning("UNS publisher closed with %d spooled records not replayed: %s", pending, where)
-            if self._tmp_spool is not None:
-                shutil.rmtree(self._tmp_spool, ignore_errors=True)
 
     def stats(self) -> dict[str, int]:
         spool = self.spool.stats()

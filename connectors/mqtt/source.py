@@ -56,8 +56,6 @@ import functools
 import json
 import logging
 import math
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -381,12 +379,8 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         """(mid, qos) of every queued message (QoS 0: nothing to ack), aligned with the queue."""
         self._pending_acks: deque[tuple[int, list[tuple[int, int]]]] = deque()
         """(spool seq, the messages it holds) waiting for the group commit."""
-        self._tmp_spool: str | None = None
-        folder = spool_dir
-        if folder is None:
-            folder = self._tmp_spool = tempfile.mkdtemp(prefix=f"nexus-spool-mqtt-{device_id}-")
         self.spool = Spool(
-            folder,
+            spool_dir,
             name=f"mqtt-source-{device_id}",
             sync_interval_s=_SPOOL_SYNC_S,
             on_durable=self._on_durable,
@@ -602,8 +596,6 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         self._client.disconnect()
         self._client.loop_stop()
         self.spool.close()
-        if self._tmp_spool is not None:
-            shutil.rmtree(self._tmp_spool, ignore_errors=True)
 
     # -- decoding (worker thread) --------------------------------------------------------------
 
