@@ -676,6 +676,8 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         )
         for device_id, adaptive in adaptive_polling(spec).items():
             polled.set_adaptive(device_id, adaptive)
+        if runtime.status is not None:
+            runtime.status.add_device_stats(polled.stats)
         streams.append(op.input(SOURCE_STEP, flow, polled))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -93,6 +95,20 @@ def status_topic(flow_id: str, process: int | None = None) -> str:
     return f"{STATUS_PREFIX}/flows/{flow_id}/{bytewax_process_id() if process is None else process}"
 
 
+def _poll_stats(st: Any) -> dict[str, Any]:
+    """The status fields of one partition's stats (JSON-safe: NaN becomes null)."""
+    client = st.client
+    latency = getattr(client, "last_latency_s", math.nan)
+    return {
+        "polls": st.polls,
+        "skipped_polls": st.skipped_polls,
+        "failures": st.failures,
+        "breaker": getattr(client, "breaker_state", None),
+        "latency_ms": None if math.isnan(latency) else round(latency * 1000, 3),
+        "interval_s": None if math.isnan(st.interval_s) else st.interval_s,
+    }
+
+
 class FlowStatus:
     """Per-process counters of one flow, published on the status topic every ``interval_s``."""
 
@@ -110,6 +126,8 @@ class FlowStatus:
         """The flow version the process started with."""
         self._devices: dict[str, int] = {}
         """The config version each device polled by this process runs (hot changes move it)."""
+        self._device_stats: list[Callable[[], Mapping[str, Any]]] = []
+        """Sources of per-device poll statistics (a polling source's ``stats``), read at each publish."""
         self.mqtt_url = mqtt_url
         self.interval_s = interval_s
         self.process = bytewax_process_id() if process is None else process
@@ -135,6 +153,12 @@ class FlowStatus:
         with self._lock:
             self._devices[device_id] = version
 
+    def add_device_stats(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Publish ``stats()`` (device id → :class:`connectors.polling.PartitionStats`) per device:
+        polls, skipped polls, failures, breaker state, last poll latency, current interval."""
+        with self._lock:
+            self._device_stats.append(stats)
+
     def forget_device(self, device_id: str) -> None:
         with self._lock:
             self._devices.pop(device_id, None)
@@ -142,14 +166,18 @@ class FlowStatus:
     def snapshot(self, state: str = "running") -> dict[str, object]:
         with self._lock:
             counts = dict(self._counts)
-            devices = {d: {"version": v} for d, v in sorted(self._devices.items())}
+            devices: dict[str, dict[str, Any]] = {d: {"version": v} for d, v in self._devices.items()}
+            providers = list(self._device_stats)
+        for provider in providers:
+            for device_id, st in provider().items():
+                devices.setdefault(device_id, {}).update(_poll_stats(st))
         return {
             "flow": self.flow_id,
             "process": self.process,
             "state": state,
             "host": socket.gethostname(),
             "version": self.version,
-            "devices": devices,
+            "devices": dict(sorted(devices.items())),
             "pid": os.getpid(),
             "started": datetime.fromtimestamp(self._started, UTC).isoformat(),
             "time": datetime.now(UTC).isoformat(),

@@ -297,6 +297,15 @@ def test_a_scale_change_applies_live_without_restart_or_reconnect(
         assert flow.alive() and watcher.status["pid"] == pid
         assert s7.connections_accepted == connections
         assert device_status(watcher, "tank-01") == 1  # the other device did not change
+        # the per-device poll statistics the live feed shows, from the real partitions
+        polled = wait_for(
+            lambda: (watcher.status.get("devices") or {}).get("tank-01", {}).get("polls", 0) > 0
+            and watcher.status["devices"]["tank-01"],
+            timeout=10,
+            what="poll statistics on the status",
+        )
+        assert polled["breaker"] == "closed" and polled["interval_s"] == pytest.approx(POLL_S)
+        assert polled["latency_ms"] is not None and polled["skipped_polls"] >= 0
         # The other device went on polling: no hole around the change (a restart or reconnect would
         # leave one of seconds; polls are every 0.2 s).
         since = published_at.replace(microsecond=0)

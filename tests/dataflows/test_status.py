@@ -59,3 +59,29 @@ def test_two_processes_of_a_flow_each_have_their_own_status(mqtt_url: str) -> No
     finally:
         for s in statuses:
             s.stop()
+
+
+def test_the_payload_carries_each_devices_poll_statistics() -> None:
+    """What the live status feed (``devices:{flow}``) shows per device: polls, skipped polls, failures,
+    breaker state, the last poll's latency and the current interval; a hot change's version beside them."""
+    from connectors.client_base import DeviceClientStats
+    from connectors.polling import PartitionStats
+
+    client = DeviceClientStats(polls=9, failures=2, breaker_state="open", last_latency_s=0.0125)
+    stats = {"press-01": PartitionStats("press-01", 10, 9, 1, 2, client, interval_s=0.5)}
+    fresh = {"oven-01": PartitionStats("oven-01", 0, 0, 0, 0, DeviceClientStats(), interval_s=1.0)}
+    status = FlowStatus("f", "mqtt://127.0.0.1:1", process=0)
+    status.add_device_stats(lambda: stats)
+    status.add_device_stats(lambda: fresh)
+    status.set_device_version("press-01", 4)
+    devices = json.loads(json.dumps(status.snapshot()))["devices"]
+    assert devices == {
+        "oven-01": {
+            "polls": 0, "skipped_polls": 0, "failures": 0, "breaker": "closed", "latency_ms": None,
+            "interval_s": 1.0,
+        },
+        "press-01": {
+            "version": 4, "polls": 10, "skipped_polls": 1, "failures": 2, "breaker": "open",
+            "latency_ms": 12.5, "interval_s": 0.5,
+        },
+    }  # fmt: skip
