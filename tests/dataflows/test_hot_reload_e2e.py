@@ -299,8 +299,10 @@ def test_a_scale_change_applies_live_without_restart_or_reconnect(
         assert device_status(watcher, "tank-01") == 1  # the other device did not change
         # the per-device poll statistics the live feed shows, from the real partitions
         polled = wait_for(
-            lambda: (watcher.status.get("devices") or {}).get("tank-01", {}).get("polls", 0) > 0
-            and watcher.status["devices"]["tank-01"],
+            lambda: (
+                (watcher.status.get("devices") or {}).get("tank-01", {}).get("polls", 0) > 0
+                and watcher.status["devices"]["tank-01"]
+            ),
             timeout=10,
             what="poll statistics on the status",
         )
