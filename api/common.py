@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from litestar import Request
+from litestar.exceptions import NotAuthorizedException
 
 from control.errors import InvalidError, UnavailableError
 from control.store import ConfigStore
@@ -43,12 +44,9 @@ def etag(number: int) -> dict[str, str]:
 
 
 def author_of(request: Request[Any, Any, Any]) -> str:
-    """Who made a change: the authenticated user once issue 7 lands; until then ``X-Nexus-Author`` or ``api``."""
+    """Who made a change: the authenticated caller (a user name, or ``key:<name>`` for an API key)."""
     user = request.scope.get("user")
-    if isinstance(user, str) and user:
-        return user[:200]
-    name = getattr(user, "name", None) or getattr(user, "username", None)
+    name = getattr(user, "username", None)
     if isinstance(name, str) and name:
         return name[:200]
-    header = request.headers.get("x-nexus-author", "").strip()
-    return header[:200] if header else "api"
+    raise NotAuthorizedException("authentication required")

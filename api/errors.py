@@ -44,6 +44,8 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
 
 TITLES = {
     400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
@@ -51,6 +53,7 @@ TITLES = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid input",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
     504: "Timed out",
