@@ -117,9 +117,10 @@ def problem_response(
 
 
 def problems(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI ``responses`` for the problem answers a route can give (400 and 422 always)."""
+    """OpenAPI ``responses`` for the problem answers a route can give (400, 401, 403 and 422 always:
+    every route but the public ones needs authentication and a permission)."""
     out = {}
-    for code in sorted({400, 422, *codes}):
+    for code in sorted({400, 401, 403, 422, *codes}):
         out[code] = ResponseSpec(
             data_container=Problem,
             description=TITLES.get(code, "Error"),

@@ -26,7 +26,7 @@ import pytest
 from control.accounts import ROLES, Accounts
 from control.store import ConfigStore
 
-__all__ = ["PASSWORD", "ROLES", "login", "make_users", "password_of", "users"]
+__all__ = ["PASSWORD", "ROLES", "login", "make_users", "password_of", "prepare", "users"]
 
 PASSWORD = "test-password-{role}-0123"
 """Each role's test user is named after the role; its password is this with the role filled in."""
@@ -44,6 +44,17 @@ def make_users(store: ConfigStore) -> dict[str, str]:
         if accounts.get_user(role) is None:
             accounts.create_user(role, password_of(role), role)
     return {role: password_of(role) for role in ROLES}
+
+
+def prepare(database_url: str) -> dict[str, str]:
+    """Migrate the config schema of ``database_url`` and create the role users there (for an app
+    built without a store, e.g. the historian API on ``Settings(database_url=...)``)."""
+    store = ConfigStore(database_url)
+    try:
+        store.migrate()
+        return make_users(store)
+    finally:
+        store.close()
 
 
 @pytest.fixture

@@ -314,7 +314,7 @@ class AuditController(Controller):
     tags = ["audit"]
 
     @get("", sync_to_thread=True, opt={"permission": "audit:read"}, responses=problems(401, 403))
-    def query(
+    def query(  # noqa: PLR0917 - Litestar passes them by name
         self,
         request: Request[Any, Any, Any],
         actor: Annotated[str | None, QueryParameter(max_length=200)] = None,
@@ -322,8 +322,8 @@ class AuditController(Controller):
             str | None, QueryParameter(max_length=64, description="exact, or a prefix ending in `*`")
         ] = None,
         target: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Annotated[datetime | None, QueryParameter(description="inclusive, with timezone")] = None,
+        until: Annotated[datetime | None, QueryParameter(description="inclusive, with timezone")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_QUERY)] = 100,
     ) -> list[AuditOut]:
         """Audit events, newest first, filtered by actor, action, target and time (inclusive, with timezone)."""

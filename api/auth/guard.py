@@ -23,10 +23,12 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio.to_thread
+import psycopg
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from sqlalchemy import create_engine
 
 from api.auth.limiter import LoginLimiter
 from api.auth.permissions import PERMISSIONS, PUBLIC, allowed
@@ -71,11 +73,16 @@ def auth_of(app: Litestar) -> AuthState:
     if existing is not None:
         return existing  # type: ignore[no-any-return]
     store = getattr(state, "store", None)
-    accounts = getattr(state, "accounts", None)
-    if store is None and accounts is None:
-        raise UnavailableError("authentication is unavailable: this API has no config store")
-    engine = store.engine if store is not None else accounts.engine
     settings = state.settings
+    engine: Any
+    if store is not None:
+        engine = store.engine
+    elif settings.database_url:  # an API without a config store (the historian alone) still has users
+        url = settings.database_url
+        engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url), pool_size=2)
+    else:
+        raise UnavailableError("authentication is unavailable: this API has no database")
+    accounts = getattr(state, "accounts", None)
     built = AuthState(
         accounts=accounts or Accounts(engine),
         audit=getattr(state, "audit", None) or AuditLog(engine),
