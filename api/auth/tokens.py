@@ -73,12 +73,20 @@ class TokenIssuer:
                 self._key,
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "sid", "iss"]},
-                leeway=0,
+                # expiry is checked below against the injected clock (PyJWT would read the wall clock)
+                options={
+                    "require": ["exp", "iat", "sub", "sid", "iss"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError:
             return None
-        if claims.get("typ") != "access" or float(claims["exp"]) <= self._clock():
+        if (
+            claims.get("typ") != "access"
+            or not isinstance(claims["exp"], int)
+            or claims["exp"] <= self._clock()
+        ):
             return None
         sub, sid = claims["sub"], claims["sid"]
         if not isinstance(sub, str) or not isinstance(sid, str):
