@@ -809,12 +809,17 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
     value: Any,
     *,
     timeout_s: float = 5.0,
+    command_key: bytes | None = None,
 ) -> dict[str, Any]:
     """Publish a write command for a tag of a deployed flow and wait for the device's ack.
 
-    The command router of the flow process validates the value and answers on the ack topic;
-    :class:`AckTimeoutError` when no answer comes within ``timeout_s``.
+    The command is signed with ``command_key`` (:mod:`core.signing`; unsigned without one, which
+    only a flow with ``commands: {require_signature: false}`` accepts). The command router of the
+    flow process validates it and answers on the ack topic; :class:`AckTimeoutError` when no answer
+    comes within ``timeout_s``.
     """
+    from core.signing import sign_command
+
     from connectors.mqtt.client import make_client, reason_failed, unique_client_id
     from connectors.mqtt.url import parse_mqtt_url
 
@@ -849,6 +854,8 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
         except (ValueError, UnicodeDecodeError):
             return
         if isinstance(payload, dict) and payload.get("request_id") == wait.request_id:
+            if payload.get("code") == "replayed":  # a redelivery of this very command: its ack is the first one
+                return
             wait.ack = payload
             wait.event.set()
 
@@ -863,9 +870,11 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
             raise AckTimeoutError(f"broker did not answer within {timeout_s:g} s")
         if wait.error:
             raise UnavailableError(wait.error)
-        info = client.publish(
-            f"{base}/set", json.dumps({"value": value, "request_id": wait.request_id}), qos=1
-        )
+        if command_key is not None:
+            command = sign_command(command_key, device_id, tag, value, request_id=wait.request_id)
+        else:
+            command = {"value": value, "request_id": wait.request_id}
+        info = client.publish(f"{base}/set", json.dumps(command), qos=1)
         info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         if not wait.event.wait(max(0.0, deadline - time.monotonic())):
             raise AckTimeoutError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +32,13 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
     "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
     "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
+    "NEXUS_COMMAND_KEY": "shared key the API signs write commands with and the flows verify them with "
+    "(HMAC-SHA256); `nexus up`/`nexus demo` make one in the data folder when unset. Never logged",
+    "NEXUS_MQTT_CA_FILE": "CA certificate (PEM) that verifies the broker of an mqtts:// URL (default: the system's)",
+    "NEXUS_MQTT_CERT_FILE": "client certificate (PEM) for mqtts:// brokers that require one",
+    "NEXUS_MQTT_KEY_FILE": "private key (PEM) of NEXUS_MQTT_CERT_FILE",
+    "NEXUS_TLS_CERT_FILE": "certificate (PEM) the API serves HTTPS with (with NEXUS_TLS_KEY_FILE)",
+    "NEXUS_TLS_KEY_FILE": "private key (PEM) of NEXUS_TLS_CERT_FILE",
 }
 
 
@@ -59,6 +66,13 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     snapshot_interval_s: int = 5
+    command_key: str | None = field(default=None, repr=False)
+    """Shared HMAC key of signed write commands (:mod:`core.signing`); never printed."""
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -68,7 +82,8 @@ class Settings:
     @property
     def effective_mqtt_url(self) -> str:
         """The configured broker, else the embedded broker's address."""
-        return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+        url = self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+        return with_tls_files(url, self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,11 +106,31 @@ class Settings:
                 if not 0 < port < 65536:
                     raise ValueError(f"{key} must be in 1..65535, got {port}")
                 values[f.name] = port
-            elif f.name in ("data_dir", "spool_dir"):
+            elif f.name in ("data_dir", "spool_dir") or f.name.endswith("_file"):
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]
+
+
+def with_tls_files(url: str, ca: Path | None, cert: Path | None, key: Path | None) -> str:
+    """``url`` with the MQTT TLS files as query parameters (``ca_file``, ``cert_file``, ``key_file``),
+    the form :func:`connectors.mqtt.url.parse_mqtt_url` reads, so one URL carries everything a
+    client needs (to the flows, the API's subscribers, every sink). Files the URL names win.
+
+    >>> with_tls_files("mqtts://b:8883", Path("/etc/ca.pem"), None, None)
+    'mqtts://b:8883?ca_file=%2Fetc%2Fca.pem'
+    """
+    from urllib.parse import parse_qsl, urlencode
+
+    if not url.startswith(("mqtts://", "ssl://")):
+        return url  # the files only matter for a TLS broker
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for name, path in (("ca_file", ca), ("cert_file", cert), ("key_file", key)):
+        if path is not None:
+            query.setdefault(name, str(path))
+    return urlunsplit(parts._replace(query=urlencode(query))) if query else url
 
 
 _SECRET_QUERY = re.compile(r"(?i)(^|[?&;])(password|passwd|pwd|secret|token)=[^&;#]*")

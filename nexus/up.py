@@ -132,6 +132,24 @@ def ensure_flow(store: Any, spec_path: Path, *, author: str = "nexus demo") -> s
     return spec.id
 
 
+COMMAND_KEY_FILE = "command-key"
+"""The file in the data folder holding the generated command key (0600) when none is configured."""
+
+
+def with_command_key(settings: Settings) -> Settings:
+    """``settings`` with a command key: the configured one, else the one kept in the data folder
+    (made on first start), so the API's tag writes verify in the flows without any setup."""
+    import dataclasses
+
+    from core.signing import ensure_command_key
+
+    if settings.command_key:
+        return settings
+    key = ensure_command_key(settings.data_dir / COMMAND_KEY_FILE)
+    log.info("command key: %s (generated, 0600)", settings.data_dir / COMMAND_KEY_FILE)
+    return dataclasses.replace(settings, command_key=key)
+
+
 def _live_status(mqtt_url: str) -> Any:
     """The API's live status subscriber (flow states, alerts, watched tag values for ``/api/v1/ws``)."""
     from control.live import LiveStatus
@@ -218,6 +236,7 @@ def run_up(
     from dataflows.spec import load_spec
 
     demo_spec = load_spec(import_spec) if import_spec is not None else None  # refused before anything starts
+    settings = with_command_key(settings)
     with services(settings) as (db_url, mqtt_url):
         store = ConfigStore(db_url)
         store.migrate()

@@ -485,6 +485,7 @@ class TagsController(Controller):
             tag,
             data.value,
             timeout_s=data.timeout_s,
+            command_key=settings.command_key.encode() if settings.command_key else None,
         )
         return AckOut.model_validate(ack)
 
