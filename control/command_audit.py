@@ -75,7 +75,12 @@ class CommandAudit(DeviceSubscriber[Any]):
             detail = {k: ack.get(k) for k in ("request_id", "code", "error", "timestamp")}
             try:
                 self.audit.record(
-                    "command.rejected", actor="mqtt", source="broker", target=target, detail=detail, outcome="refused"
+                    "command.rejected",
+                    actor="mqtt",
+                    source="broker",
+                    target=target,
+                    detail=detail,
+                    outcome="refused",
                 )
                 self.recorded += 1
             except Exception as exc:  # the audit log logs its own failure; keep listening

@@ -818,10 +818,9 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
     flow process validates it and answers on the ack topic; :class:`AckTimeoutError` when no answer
     comes within ``timeout_s``.
     """
-    from core.signing import sign_command
-
     from connectors.mqtt.client import make_client, reason_failed, unique_client_id
     from connectors.mqtt.url import parse_mqtt_url
+    from core.signing import sign_command
 
     flow = store.get_flow(flow_id)
     if flow.deployed_version is None:
@@ -854,7 +853,9 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
         except (ValueError, UnicodeDecodeError):
             return
         if isinstance(payload, dict) and payload.get("request_id") == wait.request_id:
-            if payload.get("code") == "replayed":  # a redelivery of this very command: its ack is the first one
+            if (
+                payload.get("code") == "replayed"
+            ):  # a redelivery of this very command: its ack is the first one
                 return
             wait.ack = payload
             wait.event.set()

@@ -66,7 +66,9 @@ class SignatureRefused(ValueError):  # noqa: N818 - the name says what happened
 def canonical(device: str, tag: str, value: object, request_id: str, ts: int) -> bytes:
     """The bytes that are signed: sorted keys, no whitespace, UTF-8, no NaN."""
     doc = {"device": device, "tag": tag, "value": value, "request_id": request_id, "ts": ts}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def _mac(key: bytes, message: bytes) -> str:
@@ -119,15 +121,21 @@ class CommandVerifier:
             )
         sig, ts, rid = doc.get("sig"), doc.get("ts"), doc.get("request_id")
         if sig is None:
-            raise SignatureRefused("unsigned", "unsigned command: this flow accepts only signed commands (`sig`)")
+            raise SignatureRefused(
+                "unsigned", "unsigned command: this flow accepts only signed commands (`sig`)"
+            )
         if not isinstance(sig, str) or not isinstance(rid, str) or not rid:
             raise SignatureRefused("unsigned", "a signed command needs `sig` and `request_id` as strings")
         if isinstance(ts, bool) or not isinstance(ts, int):
-            raise SignatureRefused("unsigned", "a signed command needs `ts` as whole milliseconds since the epoch")
+            raise SignatureRefused(
+                "unsigned", "a signed command needs `ts` as whole milliseconds since the epoch"
+            )
         try:
             expected = _mac(self._key, canonical(device, tag, doc.get("value"), rid, ts))
         except ValueError:  # NaN / infinity in the value cannot be canonical
-            raise SignatureRefused("bad_signature", "bad signature: the value is not canonical JSON") from None
+            raise SignatureRefused(
+                "bad_signature", "bad signature: the value is not canonical JSON"
+            ) from None
         if not hmac.compare_digest(expected, sig):
             raise SignatureRefused(
                 "bad_signature",
@@ -138,7 +146,8 @@ class CommandVerifier:
         if abs(age) > self.window_s:
             where = f"{age:.1f} s old" if age > 0 else f"{-age:.1f} s in the future"
             raise SignatureRefused(
-                "stale", f"stale command: signed {where} (replay window {self.window_s:g} s; check the clocks)"
+                "stale",
+                f"stale command: signed {where} (replay window {self.window_s:g} s; check the clocks)",
             )
         with self._lock:
             while self._seen and next(iter(self._seen.values())) < now:

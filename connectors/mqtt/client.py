@@ -84,7 +84,11 @@ def describe_connect_failure(broker: MqttUrl, timeout_s: float = 3.0) -> str:
             with tls_context(broker).wrap_socket(sock, server_hostname=broker.host):
                 return "TLS handshake works; the broker refused or dropped the MQTT session"
     except ssl.SSLCertVerificationError as exc:
-        hint = "" if broker.ca_file else " (set NEXUS_MQTT_CA_FILE or ?ca_file= to the CA that signed the broker's certificate)"
+        hint = (
+            ""
+            if broker.ca_file
+            else " (set NEXUS_MQTT_CA_FILE or ?ca_file= to the CA that signed the broker's certificate)"
+        )
         return f"TLS handshake failed: {exc.verify_message or exc}{hint}"
     except ssl.SSLError as exc:
         return f"TLS handshake failed: {exc.reason or exc}"

@@ -64,7 +64,9 @@ def parse_mqtt_url(url: str) -> MqttUrl:
         if not tls:
             raise ValueError(f"broker URL: {name} only applies to mqtts:// (TLS) URLs")
     if ("cert_file" in query) != ("key_file" in query):
-        raise ValueError("broker URL: cert_file and key_file go together (the client certificate and its key)")
+        raise ValueError(
+            "broker URL: cert_file and key_file go together (the client certificate and its key)"
+        )
     return MqttUrl(
         host=parts.hostname,
         port=port,

@@ -297,7 +297,9 @@ def test_refused_commands_never_reach_the_device(
 def test_unowned_devices_are_left_to_their_owner(mqtt_url: str, cmd: Commander) -> None:
     """press-02 is in the spec but not registered here: a cluster router stays silent."""
     silent = CommandRouter(mqtt_url, TAGS, require_signature=False).start()
-    single = CommandRouter(mqtt_url, TAGS, answer_unowned=True, answer_unknown=False, require_signature=False).start()
+    single = CommandRouter(
+        mqtt_url, TAGS, answer_unowned=True, answer_unknown=False, require_signature=False
+    ).start()
     try:
         ack = cmd.call("press-02", "x", 1)
         assert ack["error"] == "device 'press-02' is not connected in this process"

@@ -56,7 +56,11 @@ def test_unsigned_forged_altered_and_stale_commands_write_nothing(
         (altered, "bad_signature", "bad signature"),
         (sign_command(KEY, DEV, "setpoint", 9, request_id="moved"), "bad_signature", "bad signature"),
         (sign_command(KEY, DEV, "count", 99, request_id="old", now_ms=now_ms - 31_000), "stale", "s old"),
-        (sign_command(KEY, DEV, "count", 99, request_id="ahead", now_ms=now_ms + 60_000), "stale", "in the future"),
+        (
+            sign_command(KEY, DEV, "count", 99, request_id="ahead", now_ms=now_ms + 60_000),
+            "stale",
+            "in the future",
+        ),
         ({**sign_command(KEY, DEV, "count", 99, request_id="nots"), "ts": "soon"}, "unsigned", "`ts`"),
     ]
     for payload, code, reason in refusals:  # all sent to `count` ("moved" was signed for another tag)

@@ -218,7 +218,9 @@ def test_simulator_values_arrive_scaled_on_topics_and_in_the_historian(
         ):
             collector.client.publish("$nexus/cmd/press-07/setpoint/set", payload, qos=1)
             reply = wait_for(
-                lambda rid=rid: (m := collector.messages.get(ack.format("setpoint"))) and m["request_id"] == rid and m,
+                lambda rid=rid: (
+                    (m := collector.messages.get(ack.format("setpoint"))) and m["request_id"] == rid and m
+                ),
                 timeout=20,
                 what=f"the refusal of {rid}",
             )
