@@ -12,11 +12,14 @@ Nothing here starts anything: an empty setting means "use the embedded default".
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from core.redact import redact_url, url_without_password
+
+__all__ = ["ENV_DOC", "Settings", "redact_url", "url_without_password", "with_tls_files"]
 
 ENV_DOC: dict[str, str] = {
     "NEXUS_DATABASE_URL": "PostgreSQL/TimescaleDB URL for the historian; empty starts the embedded PostgreSQL",
@@ -131,40 +134,3 @@ def with_tls_files(url: str, ca: Path | None, cert: Path | None, key: Path | Non
         if path is not None:
             query.setdefault(name, str(path))
     return urlunsplit(parts._replace(query=urlencode(query))) if query else url
-
-
-_SECRET_QUERY = re.compile(r"(?i)(^|[?&;])(password|passwd|pwd|secret|token)=[^&;#]*")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (userinfo and ``password=`` query parameters) masked as ``***``:
-    what may be printed, logged or put in a status message. Works for any scheme (PostgreSQL DSN
-    URLs, MQTT, HTTP); a string that is not a URL comes back with only its query secrets masked."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # e.g. an invalid port: mask everything between :// and @
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}"
-    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_without_password(url: str) -> str:
-    """The URL with its password removed (not masked), for a command a person copies: ``psql``
-    then asks for the password instead of receiving a wrong one.
-
-    >>> url_without_password("postgresql://nexus:s3cret@db:5432/nexus")
-    'postgresql://nexus@db:5432/nexus'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-    query = _SECRET_QUERY.sub("", parts.query).lstrip("&;")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

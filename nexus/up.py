@@ -173,17 +173,16 @@ def _command_audit(mqtt_url: str, store: Any) -> Any:
 
 
 def redact_dsn(url: str) -> str:
-    """A database URL or conninfo without its password, for printing.
+    """A database URL or conninfo without its password, for printing (:func:`core.redact.redact_url`).
 
     >>> redact_dsn("postgresql://nexus:secret@db:5432/nexus")
     'postgresql://nexus:***@db:5432/nexus'
     >>> redact_dsn("host=db user=u password=secret dbname=n")
     'host=db user=u password=*** dbname=n'
     """
-    import re
+    from core.redact import redact_url
 
-    url = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)\S+", r"\1***", url)
+    return redact_url(url)
 
 
 def _banner(api_url: str, db_url: str, mqtt_url: str, demo_spec: Any | None) -> str:
