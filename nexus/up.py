@@ -150,6 +150,34 @@ def with_command_key(settings: Settings) -> Settings:
     return dataclasses.replace(settings, command_key=key)
 
 
+def check_api_tls(settings: Settings) -> None:
+    """:class:`ValueError` naming the setting when the API's certificate settings are incomplete."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("NEXUS_TLS_CERT_FILE and NEXUS_TLS_KEY_FILE go together (HTTPS needs both)")
+    for name, path in (("NEXUS_TLS_CERT_FILE", cert), ("NEXUS_TLS_KEY_FILE", key)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name}: no such file: {path}")
+
+
+def uvicorn_config(app: Any, settings: Settings) -> Any:
+    """uvicorn's configuration for the API: ``api_host:api_port`` (loopback by default), HTTPS when
+    ``tls_cert_file`` and ``tls_key_file`` are set (both or neither)."""
+    import uvicorn
+
+    check_api_tls(settings)
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    return uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=str(cert) if cert else None,
+        ssl_keyfile=str(key) if key else None,
+    )
+
+
 def _live_status(mqtt_url: str) -> Any:
     """The API's live status subscriber (flow states, alerts, watched tag values for ``/api/v1/ws``)."""
     from control.live import LiveStatus
@@ -248,6 +276,7 @@ def run_up(
     from dataflows.spec import load_spec
 
     demo_spec = load_spec(import_spec) if import_spec is not None else None  # refused before anything starts
+    check_api_tls(settings)  # refused before anything starts
     settings = with_command_key(settings)
     with services(settings) as (db_url, mqtt_url):
         store = ConfigStore(db_url)
@@ -268,10 +297,7 @@ def run_up(
         live = _live_status(mqtt_url)
         command_audit = _command_audit(mqtt_url, store)
         app = create_app(settings, store=store, supervisor=supervisor, live=live)
-        config = uvicorn.Config(
-            app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn_config(app, settings))
         done = threading.Event()
 
         def follow_deploys() -> None:
@@ -295,7 +321,7 @@ def run_up(
         supervisor.start()
         for t in threads:
             t.start()
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        api_url = f"{'https' if settings.tls_cert_file else 'http'}://{settings.api_host}:{settings.api_port}"
         print(_banner(api_url, db_url, mqtt_url, demo_spec), flush=True)
         code = 0
         # SIGTERM (containers, service managers) stops as cleanly as Ctrl-C: uvicorn re-raises the

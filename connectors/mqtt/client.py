@@ -89,7 +89,7 @@ def describe_connect_failure(broker: MqttUrl, timeout_s: float = 3.0) -> str:
             if broker.ca_file
             else " (set NEXUS_MQTT_CA_FILE or ?ca_file= to the CA that signed the broker's certificate)"
         )
-        return f"TLS handshake failed: {exc.verify_message or exc}{hint}"
+        return f"TLS handshake failed: certificate verify failed: {exc.verify_message or exc}{hint}"
     except ssl.SSLError as exc:
         return f"TLS handshake failed: {exc.reason or exc}"
     except ValueError as exc:
