@@ -80,7 +80,7 @@ def test_the_uns_publisher_reports_the_tls_failure(
 ) -> None:
     from connectors.mqtt.config import MqttSinkConfig
 
-    port, pki = tls
+    port, _ = tls
     config = MqttSinkConfig(
         url=f"mqtts://127.0.0.1:{port}", connect_timeout_s=1.0, spool_dir=str(tmp_path / "spool")
     )
@@ -91,5 +91,5 @@ def test_the_uns_publisher_reports_the_tls_failure(
 
 
 def test_missing_tls_files_are_named() -> None:
-    with pytest.raises(ValueError, match="cannot load TLS files.*ca_file='/nonexistent/ca.pem'"):
+    with pytest.raises(ValueError, match=r"cannot load TLS files.*ca_file='/nonexistent/ca\.pem'"):
         router("mqtts://127.0.0.1:8883?ca_file=/nonexistent/ca.pem")

@@ -58,6 +58,6 @@ def test_incomplete_certificate_settings_are_named(pki: Pki) -> None:
     with pytest.raises(ValueError, match="NEXUS_TLS_CERT_FILE and NEXUS_TLS_KEY_FILE go together"):
         uvicorn_config(app, Settings(tls_cert_file=pki.server_cert))
     missing = dataclasses.replace(Settings(), tls_cert_file=Path("/nope.pem"), tls_key_file=pki.server_key)
-    with pytest.raises(ValueError, match="NEXUS_TLS_CERT_FILE: no such file: /nope.pem"):
+    with pytest.raises(ValueError, match=r"NEXUS_TLS_CERT_FILE: no such file: /nope\.pem"):
         uvicorn_config(app, missing)
     assert Settings.from_env({"NEXUS_TLS_CERT_FILE": "/c.pem"}).tls_cert_file == Path("/c.pem")
