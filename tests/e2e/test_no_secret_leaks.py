@@ -276,3 +276,37 @@ def test_no_secret_in_logs_status_messages_or_answers_and_only_loopback_listener
         f"{what} in {where}" for where, text in texts.items() for what, s in SECRETS.items() if s in text
     ]
     assert not leaks, leaks
+
+
+def test_the_embedded_database_and_broker_listen_on_loopback_only(tmp_path: Path) -> None:
+    """``nexus services`` (what ``nexus up``/``nexus demo`` start when nothing is configured)."""
+    pg_port, mqtt_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "NEXUS_DATABASE_URL": "",
+        "NEXUS_MQTT_URL": "",
+        "NEXUS_DATA_DIR": str(tmp_path / "data"),
+        "NEXUS_PG_PORT": str(pg_port),
+        "NEXUS_MQTT_PORT": str(mqtt_port),
+    }
+    out = tmp_path / "services.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "services"], env=env, stdout=log, stderr=log)
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or "Press Ctrl-C" in out.read_text(),
+            timeout=START_S,
+            what="the embedded services",
+        )
+        assert proc.poll() is None, out.read_text()
+        sockets = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port in (pg_port, mqtt_port)
+        }
+        assert {p for _, p in sockets} == {pg_port, mqtt_port}, (sockets, out.read_text())
+        public = {s for s in sockets if not (s[0].startswith("127.") or s[0] == "::1")}
+        assert not public, f"listening beyond loopback: {public}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
