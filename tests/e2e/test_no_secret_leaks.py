@@ -291,7 +291,9 @@ def test_the_embedded_database_and_broker_listen_on_loopback_only(tmp_path: Path
     }
     out = tmp_path / "services.log"
     with out.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "services"], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus.cli", "services"], env=env, stdout=log, stderr=log
+        )
     try:
         wait_for(
             lambda: proc.poll() is not None or "Press Ctrl-C" in out.read_text(),
