@@ -195,6 +195,9 @@ class AckOut(BaseModel):
     request_id: str | None = None
     ok: bool
     error: str | None = None
+    code: str | None = None
+    """Set when the flow refused the command for its signature: `unsigned`, `bad_signature`,
+    `stale`, `replayed` or `no_key` (the API and the flow have different command keys)."""
 
 
 def _object(data: Any, what: str) -> dict[str, Any]:
