@@ -111,7 +111,7 @@ class FlowVersionRow(SQLModel, table=True):
 metadata = SQLModel.metadata
 """The tables of the config store (what the migrations must produce; a test compares them)."""
 
-MODEL_MODULES = ("control.audit",)
+MODEL_MODULES = ("control.audit", "control.accounts")
 """Modules whose table models live in this schema too (imported before comparing with the database)."""
 
 

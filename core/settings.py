@@ -42,6 +42,12 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_MQTT_KEY_FILE": "private key (PEM) of NEXUS_MQTT_CERT_FILE",
     "NEXUS_TLS_CERT_FILE": "certificate (PEM) the API serves HTTPS with (with NEXUS_TLS_KEY_FILE)",
     "NEXUS_TLS_KEY_FILE": "private key (PEM) of NEXUS_TLS_CERT_FILE",
+    "NEXUS_ADMIN_PASSWORD": "password of the `admin` user made on first start (unset: a random one is printed "
+    "once and written to {NEXUS_DATA_DIR}/admin-password, mode 0600)",
+    "NEXUS_AUTH_SECRET": "key that signs the API's access tokens, >= 32 characters; set the same on every API "
+    "process behind one address (unset: random per process, clients refresh after a restart)",
+    "NEXUS_ACCESS_TOKEN_TTL_S": "seconds an access token is valid (default 900)",
+    "NEXUS_AUDIT_RETENTION_DAYS": "days audit events are kept (default 365)",
 }
 
 
@@ -76,6 +82,10 @@ class Settings:
     mqtt_key_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    admin_password: str | None = field(default=None, repr=False)
+    auth_secret: str | None = field(default=None, repr=False)
+    access_token_ttl_s: int = 900
+    audit_retention_days: int = 365
 
     @property
     def effective_database_url(self) -> str:
@@ -97,9 +107,9 @@ class Settings:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            if f.name == "snapshot_interval_s":
+            if f.name in ("snapshot_interval_s", "access_token_ttl_s", "audit_retention_days"):
                 if not raw.isdigit() or int(raw) < 1:
-                    raise ValueError(f"{key} must be a whole number of seconds >= 1, got {raw!r}")
+                    raise ValueError(f"{key} must be a whole number >= 1, got {raw!r}")
                 values[f.name] = int(raw)
             elif f.name in ("pg_port", "mqtt_port", "api_port"):
                 try:
