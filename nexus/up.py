@@ -145,8 +145,10 @@ def with_command_key(settings: Settings) -> Settings:
 
     if settings.command_key:
         return settings
-    key = ensure_command_key(settings.data_dir / COMMAND_KEY_FILE)
-    log.info("command key: %s (generated, 0600)", settings.data_dir / COMMAND_KEY_FILE)
+    path = settings.data_dir / COMMAND_KEY_FILE
+    made = not path.exists()
+    key = ensure_command_key(path)
+    log.info("command key: %s %s (0600)", "made" if made else "from", path)
     return dataclasses.replace(settings, command_key=key)
 
 
