@@ -45,6 +45,14 @@ its ``close``). Every router receives every command, so:
 A broker shared subscription (``$share/group/...``) is deliberately not used: it hands each
 command to *one* process, which is only right if every process can write every device.
 
+Signatures (:mod:`core.signing`): unless the flow turns signing off explicitly (spec
+``commands: {require_signature: false}``), a command must carry ``request_id``, ``ts`` and ``sig``
+(HMAC-SHA256 with the shared command key over the canonical JSON of device, tag, value, request id
+and ts), be at most 30 s away from the router's clock, and use a request id not seen within that
+window. Anything else writes nothing and is answered with ``ok: false``, the reason in ``error`` and
+a ``code`` (``unsigned``, ``bad_signature``, ``stale``, ``replayed``, ``no_key``) — the API records
+those acks in the audit log.
+
 Other choices, for safety: retained ``set`` messages are ignored (a retained command would be
 written again at every reconnect); the router's session is clean (a command sent while no router
 listens is lost and never acked, rather than written minutes later); a repeated ``request_id``
@@ -68,6 +76,7 @@ from typing import Any, Literal
 
 from connectors.mqtt.subscriber import DeviceSubscriber
 from connectors.polling import WriteFailed, WriteRejected
+from core.signing import CommandVerifier, SignatureRefused
 from core.uns import CMD_PREFIX
 
 __all__ = [
@@ -292,6 +301,8 @@ class RouterStats:
     ignored: int
     """Retained commands, duplicates of a recent request id, malformed topics."""
     pending: int
+    unsigned: int = 0
+    """Of ``refused``: commands without a valid, fresh, new signature."""
 
 
 class CommandRouter(DeviceSubscriber[Writer]):
@@ -302,6 +313,10 @@ class CommandRouter(DeviceSubscriber[Writer]):
     from a small thread pool and their futures complete through callbacks; one reaper thread
     answers the writes that miss ``timeout_s`` (the write may still happen on the device).
     At most ``max_pending`` writes are in flight; more are refused as busy.
+
+    ``require_signature`` (the default) writes only commands signed with ``command_key`` (see the
+    module docstring); without a key every command is then refused. ``clock`` (seconds since the
+    epoch) is the replay window's clock.
     """
 
     def __init__(
@@ -315,6 +330,9 @@ class CommandRouter(DeviceSubscriber[Writer]):
         answer_unknown: bool = True,
         answer_unowned: bool = False,
         connect_timeout_s: float = 10.0,
+        command_key: bytes | None = None,
+        require_signature: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"`timeout_s` must be > 0, got {timeout_s}")
@@ -338,11 +356,12 @@ class CommandRouter(DeviceSubscriber[Writer]):
         self.max_pending = max_pending
         self.answer_unknown = answer_unknown
         self.answer_unowned = answer_unowned
+        self._verifier = CommandVerifier(command_key, clock=clock) if require_signature else None
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
         self._recent: OrderedDict[tuple[str, str, str | int], None] = OrderedDict()
         self._counts = dict.fromkeys(
-            ("received", "written", "refused", "failed", "timeouts", "not_owned", "ignored"), 0
+            ("received", "written", "refused", "failed", "timeouts", "not_owned", "ignored", "unsigned"), 0
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nexus-cmd")
         self._reaper = threading.Thread(target=self._reap, name="nexus-cmd-reaper", daemon=True)
@@ -440,6 +459,9 @@ class CommandRouter(DeviceSubscriber[Writer]):
         request_id = _request_id_of(payload)
         try:
             value, request_id = parse_command(payload)
+            if self._verifier is not None:
+                doc = json.loads(payload)
+                self._verifier.verify(device_id, tag_name, doc if isinstance(doc, dict) else {})
             with self._cond:
                 tag = self.tags.get((device_id, tag_name))
             if tag is None:
@@ -447,6 +469,12 @@ class CommandRouter(DeviceSubscriber[Writer]):
             if not tag.writable:
                 raise CommandRefused(f"{tag.where} is read-only")
             raw = check_value(tag, value)
+        except SignatureRefused as exc:
+            with self._cond:
+                self._counts["refused"] += 1
+                self._counts["unsigned"] += 1
+            self._ack(device_id, tag_name, request_id, False, str(exc), value, code=exc.code)
+            return
         except CommandRefused as exc:
             self._count("refused")
             self._ack(device_id, tag_name, request_id, False, str(exc), value)
@@ -567,11 +595,15 @@ class CommandRouter(DeviceSubscriber[Writer]):
         ok: bool,
         error: str | None,
         value: object,
+        *,
+        code: str | None = None,
     ) -> None:
         echo, omitted = _ack_value(value)
         body = {"request_id": request_id, "ok": ok, "error": error, "value": echo, "timestamp": _now_iso()}
         if omitted is not None:
             body["value_omitted"] = omitted
+        if code is not None:
+            body["code"] = code
         payload = json.dumps(body)
         if not ok:
             log.info("command %s/%s refused or failed: %s", device_id, tag_name, error)
@@ -586,11 +618,17 @@ class CommandRouter(DeviceSubscriber[Writer]):
     def submit(self, device_id: str, tag_name: str, value: object) -> concurrent.futures.Future[None]:
         """Write ``value`` (engineering units) through the same checks as a ``$nexus/cmd`` command.
 
-        For other command front ends (a Sparkplug DCMD): the tag must exist and be ``read_write``,
+        For other command front ends (a Sparkplug DCMD), only when signatures are not required
+        (a DCMD cannot carry one): the tag must exist and be ``read_write``,
         the value must fit its data type and clamp limits, and this process must own the device;
         otherwise :class:`CommandRefused` says why and nothing reaches the device. Returns the
         writer's future (it fails with ``WriteRejected``/``WriteFailed`` like a command's write).
         """
+        if self._verifier is not None:
+            raise CommandRefused(
+                "this flow accepts only signed commands and a Sparkplug DCMD carries no signature;"
+                " set `commands: {require_signature: false}` in the flow spec to accept DCMD writes"
+            )
         tag = self.tags.get((device_id, tag_name))
         if tag is None:
             raise CommandRefused(f"unknown tag {tag_name!r} of device {device_id!r}")

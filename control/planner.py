@@ -57,7 +57,7 @@ HOT_CONNECTION_KEYS = re.compile(
 backoff, breaker and request sizing. Any other connection key (host, port, unit id, endpoint,
 security, mode, ...) means a new connection, and that is a redeploy."""
 
-_FLOW_KEYS = ("id", "operators", "sinks", "machines", "shifts", "shift_timezone")
+_FLOW_KEYS = ("id", "operators", "sinks", "machines", "shifts", "shift_timezone", "commands")
 """Top-level parts of a spec that shape the dataflow; ``description`` is documentation only."""
 
 

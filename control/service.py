@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from prometheus_client import Counter
@@ -34,15 +33,10 @@ from control.errors import ConflictError, InvalidError, NotFoundError, Unavailab
 from control.planner import changes, plan
 from control.store import ConfigStore, FlowInfo, SourceFormat, VersionInfo, render_yaml, validate_document
 from control.types import FlowRuntime, Plan
+from core.redact import MASK, SECRET_KEYS, URL_KEYS, redact, redact_url, restore_secrets
 from core.uns import CMD_PREFIX
 
 log = logging.getLogger(__name__)
-
-MASK = "**********"
-"""What a secret reads as through the API (pydantic's ``SecretStr`` display)."""
-
-_SECRET_KEYS = frozenset({"password", "secret", "token", "api_key", "private_key_password"})
-_URL_KEYS = frozenset({"url", "endpoint"})
 
 
 class AckTimeoutError(UnavailableError):
@@ -75,69 +69,6 @@ def parse_text(
     if not isinstance(doc, dict):
         raise InvalidError("a spec is a mapping", [("", f"a spec is a mapping, got {type(doc).__name__}")])
     return doc, fmt
-
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def redact(doc: Any) -> Any:
-    """A copy of ``doc`` with passwords and URL credentials replaced by :data:`MASK`."""
-    if isinstance(doc, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in doc.items():
-            if k in _SECRET_KEYS and isinstance(v, str) and v:
-                out[k] = MASK
-            elif k in _URL_KEYS and isinstance(v, str):
-                out[k] = _mask_url(v)
-            else:
-                out[k] = redact(v)
-        return out
-    if isinstance(doc, list):
-        return [redact(v) for v in doc]
-    return doc
-
-
-def _key_of(item: Any) -> str | None:
-    if isinstance(item, Mapping):
-        for k in ("id", "name"):
-            if isinstance(item.get(k), str):
-                return str(item[k])
-    return None
-
-
-def restore_secrets(new: Any, old: Any) -> Any:
-    """``new`` with every masked secret taken from ``old`` at the same place (devices by id, tags by name)."""
-    if isinstance(new, Mapping):
-        old_map = old if isinstance(old, Mapping) else {}
-        out: dict[str, Any] = {}
-        for k, v in new.items():
-            prev = old_map.get(k)
-            if v == MASK and k in _SECRET_KEYS and isinstance(prev, str):
-                out[k] = prev
-            elif k in _URL_KEYS and isinstance(v, str) and isinstance(prev, str) and MASK in v:
-                out[k] = prev if _mask_url(prev) == v else v
-            else:
-                out[k] = restore_secrets(v, prev)
-        return out
-    if isinstance(new, list):
-        old_list = old if isinstance(old, list) else []
-        by_key = {_key_of(o): o for o in old_list if _key_of(o) is not None}
-        return [
-            restore_secrets(
-                v,
-                by_key.get(_key_of(v))
-                if _key_of(v) is not None
-                else (old_list[i] if i < len(old_list) else None),
-            )
-            for i, v in enumerate(new)
-        ]
-    return new
 
 
 # -- flows -------------------------------------------------------------------------------------------
@@ -248,10 +179,10 @@ def export_text(
 def _shown(path: str, value: Any) -> Any:
     """A diff value as the API may show it: secrets masked (the change itself still shows)."""
     key = path.rsplit(".", 1)[-1]
-    if key in _SECRET_KEYS and isinstance(value, str) and value:
+    if key in SECRET_KEYS and isinstance(value, str) and value:
         return MASK
-    if key in _URL_KEYS and isinstance(value, str):
-        return _mask_url(value)
+    if key in URL_KEYS and isinstance(value, str):
+        return redact_url(value)
     return redact(value)
 
 
@@ -809,14 +740,18 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
     value: Any,
     *,
     timeout_s: float = 5.0,
+    command_key: bytes | None = None,
 ) -> dict[str, Any]:
     """Publish a write command for a tag of a deployed flow and wait for the device's ack.
 
-    The command router of the flow process validates the value and answers on the ack topic;
-    :class:`AckTimeoutError` when no answer comes within ``timeout_s``.
+    The command is signed with ``command_key`` (:mod:`core.signing`; unsigned without one, which
+    only a flow with ``commands: {require_signature: false}`` accepts). The command router of the
+    flow process validates it and answers on the ack topic; :class:`AckTimeoutError` when no answer
+    comes within ``timeout_s``.
     """
     from connectors.mqtt.client import make_client, reason_failed, unique_client_id
     from connectors.mqtt.url import parse_mqtt_url
+    from core.signing import sign_command
 
     flow = store.get_flow(flow_id)
     if flow.deployed_version is None:
@@ -849,6 +784,10 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
         except (ValueError, UnicodeDecodeError):
             return
         if isinstance(payload, dict) and payload.get("request_id") == wait.request_id:
+            if (
+                payload.get("code") == "replayed"
+            ):  # a redelivery of this very command: its ack is the first one
+                return
             wait.ack = payload
             wait.event.set()
 
@@ -863,9 +802,11 @@ def write_tag(  # noqa: PLR0917 - the path of a tag, then the value
             raise AckTimeoutError(f"broker did not answer within {timeout_s:g} s")
         if wait.error:
             raise UnavailableError(wait.error)
-        info = client.publish(
-            f"{base}/set", json.dumps({"value": value, "request_id": wait.request_id}), qos=1
-        )
+        if command_key is not None:
+            command = sign_command(command_key, device_id, tag, value, request_id=wait.request_id)
+        else:
+            command = {"value": value, "request_id": wait.request_id}
+        info = client.publish(f"{base}/set", json.dumps(command), qos=1)
         info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         if not wait.event.wait(max(0.0, deadline - time.monotonic())):
             raise AckTimeoutError(

@@ -542,6 +542,9 @@ class Supervisor:
             "NEXUS_SPEC": str(spec_path),
             "NEXUS_DATABASE_URL": self.database_url or os.environ.get("NEXUS_DATABASE_URL", ""),
             "NEXUS_MQTT_URL": self.mqtt_url,
+            # the key that verifies signed write commands: only in the child's environment, never
+            # on a command line, in a log or in a status
+            "NEXUS_COMMAND_KEY": self.settings.command_key or os.environ.get("NEXUS_COMMAND_KEY", ""),
             ENV_FLOW_ID: flow.flow_id,
             ENV_FLOW_VERSION: str(want.version),
             ENV_SUPERVISOR_ID: self.instance_id,

@@ -29,6 +29,10 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOISY = ("amqtt", "transitions", "pymodbus", "asyncua", "snap7", "alembic")
 """Libraries that are chatty at INFO: kept at WARNING unless the level is DEBUG."""
+WIRE_DUMPERS = ("asyncua", "amqtt")
+"""Libraries whose DEBUG records dump whole protocol messages, credentials included (an OPC UA
+ActivateSession carries the user's password, an MQTT CONNECT the broker password): never below
+INFO, whatever ``NEXUS_LOG_LEVEL`` says."""
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -77,6 +81,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, stream: TextIO 
     root.setLevel(level)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
+    if level == "DEBUG":
+        for name in WIRE_DUMPERS:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def reset_logging() -> None:

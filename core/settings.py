@@ -12,11 +12,14 @@ Nothing here starts anything: an empty setting means "use the embedded default".
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from core.redact import redact_url, url_without_password
+
+__all__ = ["ENV_DOC", "Settings", "redact_url", "url_without_password", "with_tls_files"]
 
 ENV_DOC: dict[str, str] = {
     "NEXUS_DATABASE_URL": "PostgreSQL/TimescaleDB URL for the historian; empty starts the embedded PostgreSQL",
@@ -32,6 +35,13 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
     "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
     "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
+    "NEXUS_COMMAND_KEY": "shared key the API signs write commands with and the flows verify them with "
+    "(HMAC-SHA256); `nexus up`/`nexus demo` make one in the data folder when unset. Never logged",
+    "NEXUS_MQTT_CA_FILE": "CA certificate (PEM) that verifies the broker of an mqtts:// URL (default: the system's)",
+    "NEXUS_MQTT_CERT_FILE": "client certificate (PEM) for mqtts:// brokers that require one",
+    "NEXUS_MQTT_KEY_FILE": "private key (PEM) of NEXUS_MQTT_CERT_FILE",
+    "NEXUS_TLS_CERT_FILE": "certificate (PEM) the API serves HTTPS with (with NEXUS_TLS_KEY_FILE)",
+    "NEXUS_TLS_KEY_FILE": "private key (PEM) of NEXUS_TLS_CERT_FILE",
     "NEXUS_ADMIN_PASSWORD": "password of the `admin` user made on first start (unset: a random one is printed "
     "once and written to {NEXUS_DATA_DIR}/admin-password, mode 0600)",
     "NEXUS_AUTH_SECRET": "key that signs the API's access tokens, >= 32 characters; set the same on every API "
@@ -65,6 +75,13 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     snapshot_interval_s: int = 5
+    command_key: str | None = field(default=None, repr=False)
+    """Shared HMAC key of signed write commands (:mod:`core.signing`); never printed."""
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     admin_password: str | None = field(default=None, repr=False)
     auth_secret: str | None = field(default=None, repr=False)
     access_token_ttl_s: int = 900
@@ -78,7 +95,8 @@ class Settings:
     @property
     def effective_mqtt_url(self) -> str:
         """The configured broker, else the embedded broker's address."""
-        return self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+        url = self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+        return with_tls_files(url, self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,45 +119,28 @@ class Settings:
                 if not 0 < port < 65536:
                     raise ValueError(f"{key} must be in 1..65535, got {port}")
                 values[f.name] = port
-            elif f.name in ("data_dir", "spool_dir"):
+            elif f.name in ("data_dir", "spool_dir") or f.name.endswith("_file"):
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]
 
 
-_SECRET_QUERY = re.compile(r"(?i)(^|[?&;])(password|passwd|pwd|secret|token)=[^&;#]*")
+def with_tls_files(url: str, ca: Path | None, cert: Path | None, key: Path | None) -> str:
+    """``url`` with the MQTT TLS files as query parameters (``ca_file``, ``cert_file``, ``key_file``),
+    the form :func:`connectors.mqtt.url.parse_mqtt_url` reads, so one URL carries everything a
+    client needs (to the flows, the API's subscribers, every sink). Files the URL names win.
 
-
-def redact_url(url: str) -> str:
-    """The URL with its password (userinfo and ``password=`` query parameters) masked as ``***``:
-    what may be printed, logged or put in a status message. Works for any scheme (PostgreSQL DSN
-    URLs, MQTT, HTTP); a string that is not a URL comes back with only its query secrets masked."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # e.g. an invalid port: mask everything between :// and @
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}"
-    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_without_password(url: str) -> str:
-    """The URL with its password removed (not masked), for a command a person copies: ``psql``
-    then asks for the password instead of receiving a wrong one.
-
-    >>> url_without_password("postgresql://nexus:s3cret@db:5432/nexus")
-    'postgresql://nexus@db:5432/nexus'
+    >>> with_tls_files("mqtts://b:8883", Path("/etc/ca.pem"), None, None)
+    'mqtts://b:8883?ca_file=%2Fetc%2Fca.pem'
     """
+    from urllib.parse import parse_qsl, urlencode
+
+    if not url.startswith(("mqtts://", "ssl://")):
+        return url  # the files only matter for a TLS broker
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-    query = _SECRET_QUERY.sub("", parts.query).lstrip("&;")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = dict(parse_qsl(parts.query))
+    for name, path in (("ca_file", ca), ("cert_file", cert), ("key_file", key)):
+        if path is not None:
+            query.setdefault(name, str(path))
+    return urlunsplit(parts._replace(query=urlencode(query))) if query else url

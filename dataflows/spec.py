@@ -633,6 +633,16 @@ class TimestampsSpec(_Model):
         return TimestampWindow(max_past_s=self.max_past_s, max_future_s=self.max_future_s)
 
 
+class CommandsSpec(_Model):
+    """How the flow's command router accepts writes (``$nexus/cmd/...``, Sparkplug DCMD)."""
+
+    require_signature: bool = True
+    """Write only commands signed with the shared command key (``NEXUS_COMMAND_KEY``), as the API
+    sends them. ``false`` accepts any well-formed command from whoever may publish on the broker
+    (and Sparkplug DCMD writes, which carry no signature): turn it off only on a broker whose ACLs
+    allow nobody else to publish commands."""
+
+
 class FlowSpec(_Model):
     version: Literal[1]
     id: StepName
@@ -646,6 +656,8 @@ class FlowSpec(_Model):
     shift_timezone: str = "UTC"
     timestamps: TimestampsSpec = TimestampsSpec()
     """The accepted window of device timestamps, for every source of the flow."""
+    commands: CommandsSpec = CommandsSpec()
+    """Write commands: signed only (the default), or any well-formed command."""
 
     @model_validator(mode="after")
     def _references(self) -> FlowSpec:

@@ -122,8 +122,21 @@ def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:
         return None
     cluster = bool(os.environ.get("BYTEWAX_ADDRESSES"))
     first = os.environ.get("BYTEWAX_PROCESS_ID", "0") in ("", "0")
+    signed = spec.commands.require_signature
+    if signed and not settings.command_key:
+        log.error(
+            "command router: the flow requires signed commands but NEXUS_COMMAND_KEY is not set;"
+            " every write command will be refused"
+        )
+    elif not signed:
+        log.warning("command router: signatures are turned off (commands.require_signature: false)")
     router = CommandRouter(
-        settings.effective_mqtt_url, tags, answer_unknown=first, answer_unowned=not cluster
+        settings.effective_mqtt_url,
+        tags,
+        answer_unknown=first,
+        answer_unowned=not cluster,
+        command_key=settings.command_key.encode() if settings.command_key else None,
+        require_signature=signed,
     )
     try:
         router.start()

@@ -84,6 +84,7 @@ def cmd_browse(args: argparse.Namespace, settings: Settings) -> int:
         "password": password,
         "timeout_s": args.timeout,
         "trusted_server_certs": tuple(args.trust),
+        "trust_on_first_use": args.trust_on_first_use or None,
     }
     if args.cert_dir:
         fields["certificate_dir"] = args.cert_dir
@@ -261,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-dir", help="client certificate folder (default: .nexus/opcua/pki)")
     p.add_argument(
         "--trust", action="append", default=[], metavar="CERT", help="trusted server certificate (repeatable)"
+    )
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="without --trust: pin the server's certificate at the first secure session, refuse a changed one",
     )
     p.add_argument("--root", default="i=85", help="node id to start from (default: i=85, the Objects folder)")
     p.add_argument("--depth", type=int, default=8, help="levels to descend (default: 8)")

@@ -200,7 +200,7 @@ def services(settings: Settings) -> Iterator[tuple[str, str]]:
             pg.start()
             stack.callback(pg.stop)
             db_url = pg.url
-        mqtt_url = settings.mqtt_url
+        mqtt_url = settings.effective_mqtt_url if settings.mqtt_url else None  # with its TLS files
         if not mqtt_url:
             broker = EmbeddedBroker(port=settings.mqtt_port)
             print("starting embedded MQTT broker ...", flush=True)

@@ -132,6 +132,54 @@ def ensure_flow(store: Any, spec_path: Path, *, author: str = "nexus demo") -> s
     return spec.id
 
 
+COMMAND_KEY_FILE = "command-key"
+"""The file in the data folder holding the generated command key (0600) when none is configured."""
+
+
+def with_command_key(settings: Settings) -> Settings:
+    """``settings`` with a command key: the configured one, else the one kept in the data folder
+    (made on first start), so the API's tag writes verify in the flows without any setup."""
+    import dataclasses
+
+    from core.signing import ensure_command_key
+
+    if settings.command_key:
+        return settings
+    path = settings.data_dir / COMMAND_KEY_FILE
+    made = not path.exists()
+    key = ensure_command_key(path)
+    log.info("command key: %s %s (0600)", "made" if made else "from", path)
+    return dataclasses.replace(settings, command_key=key)
+
+
+def check_api_tls(settings: Settings) -> None:
+    """:class:`ValueError` naming the setting when the API's certificate settings are incomplete."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("NEXUS_TLS_CERT_FILE and NEXUS_TLS_KEY_FILE go together (HTTPS needs both)")
+    for name, path in (("NEXUS_TLS_CERT_FILE", cert), ("NEXUS_TLS_KEY_FILE", key)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name}: no such file: {path}")
+
+
+def uvicorn_config(app: Any, settings: Settings) -> Any:
+    """uvicorn's configuration for the API: ``api_host:api_port`` (loopback by default), HTTPS when
+    ``tls_cert_file`` and ``tls_key_file`` are set (both or neither)."""
+    import uvicorn
+
+    check_api_tls(settings)
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    return uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=str(cert) if cert else None,
+        ssl_keyfile=str(key) if key else None,
+    )
+
+
 def _live_status(mqtt_url: str) -> Any:
     """The API's live status subscriber (flow states, alerts, watched tag values for ``/api/v1/ws``)."""
     from control.live import LiveStatus
@@ -141,18 +189,30 @@ def _live_status(mqtt_url: str) -> Any:
     return status
 
 
+def _command_audit(mqtt_url: str, store: Any) -> Any:
+    """Records the flows' refusals of unsigned or forged commands in the audit log."""
+    from control.audit import AuditLog
+    from control.command_audit import CommandAudit
+
+    audit = CommandAudit(mqtt_url, AuditLog(store.engine))
+    try:
+        audit.start()
+    except TimeoutError as exc:
+        log.warning("%s; it keeps trying in the background", exc)
+    return audit
+
+
 def redact_dsn(url: str) -> str:
-    """A database URL or conninfo without its password, for printing.
+    """A database URL or conninfo without its password, for printing (:func:`core.redact.redact_url`).
 
     >>> redact_dsn("postgresql://nexus:secret@db:5432/nexus")
     'postgresql://nexus:***@db:5432/nexus'
     >>> redact_dsn("host=db user=u password=secret dbname=n")
     'host=db user=u password=*** dbname=n'
     """
-    import re
+    from core.redact import redact_url
 
-    url = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)\S+", r"\1***", url)
+    return redact_url(url)
 
 
 def _banner(api_url: str, db_url: str, mqtt_url: str, demo_spec: Any | None) -> str:
@@ -219,6 +279,8 @@ def run_up(
     from nexus.users_cli import ensure_admin
 
     demo_spec = load_spec(import_spec) if import_spec is not None else None  # refused before anything starts
+    check_api_tls(settings)  # refused before anything starts
+    settings = with_command_key(settings)
     with services(settings) as (db_url, mqtt_url):
         store = ConfigStore(db_url)
         store.migrate()
@@ -237,11 +299,9 @@ def run_up(
             snapshot_interval_s=settings.snapshot_interval_s,
         )
         live = _live_status(mqtt_url)
+        command_audit = _command_audit(mqtt_url, store)
         app = create_app(settings, store=store, supervisor=supervisor, live=live)
-        config = uvicorn.Config(
-            app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn_config(app, settings))
         done = threading.Event()
 
         def follow_deploys() -> None:
@@ -265,7 +325,7 @@ def run_up(
         supervisor.start()
         for t in threads:
             t.start()
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        api_url = f"{'https' if settings.tls_cert_file else 'http'}://{settings.api_host}:{settings.api_port}"
         print(_banner(api_url, db_url, mqtt_url, demo_spec), flush=True)
         code = 0
         # SIGTERM (containers, service managers) stops as cleanly as Ctrl-C: uvicorn re-raises the
@@ -289,6 +349,7 @@ def run_up(
             if pool is not None:
                 pool.stop()
             live.stop()
+            command_audit.close()
             store.close()
             signal.signal(signal.SIGINT, previous)
         print("stopped: API, flows, simulators, broker and database", flush=True)

@@ -195,6 +195,9 @@ class AckOut(BaseModel):
     request_id: str | None = None
     ok: bool
     error: str | None = None
+    code: str | None = None
+    """Set when the flow refused the command for its signature: `unsigned`, `bad_signature`,
+    `stale`, `replayed` or `no_key` (the API and the flow have different command keys)."""
 
 
 def _object(data: Any, what: str) -> dict[str, Any]:
@@ -487,6 +490,7 @@ class TagsController(Controller):
                 tag,
                 data.value,
                 timeout_s=data.timeout_s,
+                command_key=settings.command_key.encode() if settings.command_key else None,
             )
         except ControlError as exc:
             detail = {"value": data.value, "error": str(exc)}

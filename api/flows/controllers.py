@@ -146,7 +146,7 @@ class FlowsController(Controller):
         data: JSONBody[FlowUpdate],
         if_match: IfMatch = None,
     ) -> Response[VersionOut]:
-        """Write a new version of the whole spec; masked secrets (`**********`) keep their stored value."""
+        """Write a new version of the whole spec; masked secrets (`***`) keep their stored value."""
         v = svc.update_flow(
             store_of(request),
             flow_id,

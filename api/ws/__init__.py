@@ -180,7 +180,10 @@ async def start_live(app: Litestar) -> None:
     loop = asyncio.get_running_loop()
     live: LiveStatus | None = getattr(app.state, "live", None)
     if live is None:
-        url = getattr(app.state.settings, "mqtt_url", None)
+        settings = app.state.settings
+        url = (
+            settings.effective_mqtt_url if getattr(settings, "mqtt_url", None) else None
+        )  # with its TLS files
         if not url:
             log.info("live status: no NEXUS_MQTT_URL and no live service; /api/v1/ws stays silent")
             return

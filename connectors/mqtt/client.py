@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -18,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from connectors.mqtt.url import MqttUrl, parse_mqtt_url
 
-__all__ = ["make_client", "reason_failed", "unique_client_id"]
+__all__ = ["describe_connect_failure", "make_client", "reason_failed", "tls_context", "unique_client_id"]
 
 
 def unique_client_id(prefix: str) -> str:
@@ -50,9 +51,51 @@ def make_client(
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls:
-        client.tls_set()
+        client.tls_set_context(tls_context(broker))
     client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
     return client
+
+
+def tls_context(broker: MqttUrl) -> ssl.SSLContext:
+    """The TLS context of an ``mqtts://`` broker: verifies the broker's certificate and host name
+    against ``ca_file`` (else the system's CAs), with the client certificate when one is given.
+    A missing or unreadable file is a :class:`ValueError` naming it."""
+    try:
+        ctx = ssl.create_default_context(cafile=broker.ca_file)
+        if broker.cert_file:
+            ctx.load_cert_chain(broker.cert_file, broker.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"broker {broker.redacted()}: cannot load TLS files (ca_file={broker.ca_file!r},"
+            f" cert_file={broker.cert_file!r}, key_file={broker.key_file!r}): {exc}"
+        ) from None
+    return ctx
+
+
+def describe_connect_failure(broker: MqttUrl, timeout_s: float = 3.0) -> str:
+    """Why a connection to ``broker`` fails, for an error message (paho's reconnect loop only says
+    that it failed): a TCP connect and, for ``mqtts://``, a TLS handshake with the client's own
+    context, e.g. ``TLS handshake failed: certificate verify failed: unable to get local issuer
+    certificate (set NEXUS_MQTT_CA_FILE ...)``. Blocks up to ``timeout_s``; call it on failure only."""
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout=timeout_s) as sock:
+            if not broker.tls:
+                return "TCP connection works; the broker refused or dropped the MQTT session"
+            with tls_context(broker).wrap_socket(sock, server_hostname=broker.host):
+                return "TLS handshake works; the broker refused or dropped the MQTT session"
+    except ssl.SSLCertVerificationError as exc:
+        hint = (
+            ""
+            if broker.ca_file
+            else " (set NEXUS_MQTT_CA_FILE or ?ca_file= to the CA that signed the broker's certificate)"
+        )
+        return f"TLS handshake failed: certificate verify failed: {exc.verify_message or exc}{hint}"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {exc.reason or exc}"
+    except ValueError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot reach {broker.host}:{broker.port}: {exc.strerror or exc}"
 
 
 def reason_failed(reason: object) -> bool:

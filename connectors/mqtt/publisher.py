@@ -29,7 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from connectors.mqtt.client import make_client, unique_client_id
+from connectors.mqtt.client import describe_connect_failure, make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
@@ -310,8 +310,8 @@ class UnsPublisher:
                 self.spool.close()
                 raise
             log.warning(
-                "UNS publisher: MQTT broker %s not reachable yet; spooling to %s until it is",
-                self._where, self.spool.dir,
+                "UNS publisher: MQTT broker %s not reachable yet (%s); spooling to %s until it is",
+                self._where, describe_connect_failure(self._broker), self.spool.dir,
             )  # fmt: skip
         self._drainer = threading.Thread(target=self._drain_loop, name=f"{name}-drain", daemon=True)
         self._drainer.start()

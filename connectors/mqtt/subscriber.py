@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from connectors.mqtt.client import make_client, reason_failed, unique_client_id
+from connectors.mqtt.client import describe_connect_failure, make_client, reason_failed, unique_client_id
 from connectors.mqtt.url import parse_mqtt_url
 
 __all__ = ["DeviceSubscriber"]
@@ -88,10 +88,14 @@ class DeviceSubscriber(Generic[H]):
             while not self._subscribed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    why = self._connect_error or f"not subscribed within {timeout:g} s"
-                    raise TimeoutError(f"{self.name}: broker {self._broker.redacted()}: {why}")
+                    break
                 self._cond.wait(remaining)
-        return self
+            else:
+                return self
+            why = self._connect_error
+        if why is None:  # paho's reconnect loop does not say why; find out (outside the lock)
+            why = f"not subscribed within {timeout:g} s: {describe_connect_failure(self._broker)}"
+        raise TimeoutError(f"{self.name}: broker {self._broker.redacted()}: {why}")
 
     def _disconnect(self) -> None:
         """Stop the client (the subclass's ``close`` calls it once its own work is wound up)."""

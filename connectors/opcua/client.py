@@ -53,6 +53,7 @@ from prometheus_client import Counter
 from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.opcua.certs import ensure_application_certificate
 from connectors.opcua.config import OpcUaConnection, OpcUaDevicePlan, parse_node_id
+from connectors.opcua.pinning import CertificateChanged, PinnedCertificate
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import Backoff, CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
@@ -366,12 +367,16 @@ async def open_session(
                 client.certificate_validator = CertificateValidator(
                     CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED, trust_store
                 )
+            elif c.trust_on_first_use:
+                client.certificate_validator = PinnedCertificate(c.certificate_dir, c.endpoint)
         await asyncio.wait_for(client.connect(auto_reconnect=False), c.timeout_s * 3 + _GUARD_S)
     except BaseException as exc:
         with contextlib.suppress(Exception):
             client.disconnect_socket()
         if isinstance(exc, SessionError):
             raise
+        if isinstance(exc, CertificateChanged):
+            raise SessionError(str(exc)) from None
         if isinstance(exc, Exception):
             raise SessionError(_explain(exc, c)) from exc
         raise

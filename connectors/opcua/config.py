@@ -81,8 +81,10 @@ class OpcUaConnection(_Frozen):
     Security: with ``security_mode`` ``Sign`` or ``SignAndEncrypt`` the client uses an application
     instance certificate and key kept in ``certificate_dir`` (generated on first use, with
     ``application_uri`` as the SubjectAltName URI, reused afterwards). ``trusted_server_certs``
-    lists server certificates (files, PEM or DER, or folders of them) to trust; when it is
-    non-empty a server whose certificate is not trusted is refused.
+    lists server certificates (files, PEM or DER, or folders of them) to trust; a server whose
+    certificate is not trusted is refused. A secure mode needs that list, or
+    ``trust_on_first_use: true``: the first certificate seen is pinned in
+    ``certificate_dir/pinned`` and a changed one is refused (:mod:`connectors.opcua.pinning`).
     """
 
     endpoint: str = Field(min_length=1)
@@ -93,6 +95,7 @@ class OpcUaConnection(_Frozen):
     certificate_dir: str = ".nexus/opcua/pki"
     application_uri: str = Field(default="urn:nexus-edge:client", min_length=1)
     trusted_server_certs: tuple[str, ...] = ()
+    trust_on_first_use: bool = False
     timeout_s: float = Field(default=4.0, gt=0, le=120)
     """Timeout of one request (and of the connect sequence)."""
     reconnect_min_s: float = Field(default=0.5, gt=0)
@@ -147,6 +150,16 @@ class OpcUaConnection(_Frozen):
             )
         if self.trusted_server_certs and self.security_mode == "None":
             raise ValueError("trusted_server_certs needs security_mode 'Sign' or 'SignAndEncrypt'")
+        if self.trust_on_first_use and self.security_mode == "None":
+            raise ValueError("trust_on_first_use needs security_mode 'Sign' or 'SignAndEncrypt'")
+        if self.trust_on_first_use and self.trusted_server_certs:
+            raise ValueError("set trusted_server_certs or trust_on_first_use, not both")
+        if self.security_mode != "None" and not self.trusted_server_certs and not self.trust_on_first_use:
+            raise ValueError(
+                f"security_mode {self.security_mode!r} without trusted_server_certs would accept any server"
+                " certificate: list the server's certificate in trusted_server_certs, or set"
+                " trust_on_first_use: true to pin the first one seen"
+            )
         return self
 
 

@@ -26,6 +26,8 @@ from tests.auth_helpers import login, make_users
 
 pytestmark = pytest.mark.integration
 
+KEY = "device-io-command-key"
+
 LOC = {"enterprise": "e", "site": "s", "area": "a", "line": "l"}
 TEMP = ModbusTagAddress(table="holding", address=0, data_type="int16")
 SETPOINT = ModbusTagAddress(table="holding", address=1, data_type="uint16")
@@ -78,7 +80,7 @@ def client(db: str, mqtt_url: str, sim: ModbusSimulator) -> Iterator[TestClient[
     store.migrate()
     store.create_flow(spec(sim.port), author="test")
     make_users(store)
-    with TestClient(app=create_app(Settings(mqtt_url=mqtt_url), store=store)) as c:
+    with TestClient(app=create_app(Settings(mqtt_url=mqtt_url, command_key=KEY), store=store)) as c:
         c.headers.update(login(c, "admin"))
         yield c
     store.close()
@@ -168,7 +170,8 @@ def test_tag_write_goes_through_the_command_router(
 ) -> None:
     client.post("/api/v1/flows/line1/deploy")
     writer = PartitionWriter(sim.port)
-    router = CommandRouter(mqtt_url, writable_tags(parse_spec(spec(sim.port))), timeout_s=5.0).start()
+    tags = writable_tags(parse_spec(spec(sim.port)))
+    router = CommandRouter(mqtt_url, tags, timeout_s=5.0, command_key=KEY.encode()).start()
     try:
         router.register("press-01", writer)
         r = client.post(

@@ -223,7 +223,7 @@ def writer(sim: ModbusSimulator) -> Iterator[ModbusWriter]:
 
 @pytest.fixture
 def router(mqtt_url: str, writer: ModbusWriter) -> Iterator[CommandRouter]:
-    r = CommandRouter(mqtt_url, TAGS, timeout_s=2.0).start()
+    r = CommandRouter(mqtt_url, TAGS, timeout_s=2.0, require_signature=False).start()
     r.register(DEV, writer)
     yield r
     r.close()
@@ -296,8 +296,10 @@ def test_refused_commands_never_reach_the_device(
 @pytest.mark.integration
 def test_unowned_devices_are_left_to_their_owner(mqtt_url: str, cmd: Commander) -> None:
     """press-02 is in the spec but not registered here: a cluster router stays silent."""
-    silent = CommandRouter(mqtt_url, TAGS).start()
-    single = CommandRouter(mqtt_url, TAGS, answer_unowned=True, answer_unknown=False).start()
+    silent = CommandRouter(mqtt_url, TAGS, require_signature=False).start()
+    single = CommandRouter(
+        mqtt_url, TAGS, answer_unowned=True, answer_unknown=False, require_signature=False
+    ).start()
     try:
         ack = cmd.call("press-02", "x", 1)
         assert ack["error"] == "device 'press-02' is not connected in this process"
@@ -332,7 +334,7 @@ def test_write_failures_and_timeouts_are_acked(mqtt_url: str, cmd: Commander) ->
             raise ConnectionError("not connected")
         return results[tag_id]
 
-    with CommandRouter(mqtt_url, TAGS, timeout_s=0.5) as r:
+    with CommandRouter(mqtt_url, TAGS, timeout_s=0.5, require_signature=False) as r:
         r.register(DEV, fake_writer)
         ack = cmd.call(DEV, "setpoint", 1)
         assert ack["ok"] is False
@@ -371,7 +373,7 @@ def test_retained_commands_are_not_written(mqtt_url: str, writer: ModbusWriter, 
     """A retained command reaches every router that subscribes later: it must not be written again."""
     cmd.send(DEV, "count", json.dumps({"value": 13, "request_id": "ret"}), retain=True)
     try:
-        late = CommandRouter(mqtt_url, TAGS).start()
+        late = CommandRouter(mqtt_url, TAGS, require_signature=False).start()
         late.register(DEV, writer)
         wait_for(lambda: late.stats().ignored >= 1, what="the retained command to be ignored")
         late.close()

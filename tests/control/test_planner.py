@@ -153,6 +153,12 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("sink removed", _set("sinks/0", _DELETE), "redeploy", "node uns (mqtt_uns) removed"),
     ("shift timezone", _set("shift_timezone", "Europe/Paris"), "redeploy", "shift_timezone changed"),
     (
+        "command signing off",
+        _set("commands", {"require_signature": False}),
+        "redeploy",
+        "commands.require_signature changed",
+    ),
+    (
         "hot and cold together",
         lambda d: (_set("devices/0/tags/0/scale", 2)(d), _set("devices/0/connection/host", "h")(d)),
         "redeploy",

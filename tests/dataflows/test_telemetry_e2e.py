@@ -22,7 +22,10 @@ from connectors.modbus.config import ModbusTagAddress
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
 from connectors.mqtt.url import parse_mqtt_url
 from core.batch import tag_id_for
+from core.signing import sign_command
 from tests.conftest import wait_for
+
+COMMAND_KEY = "e2e-command-key"
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +159,13 @@ def test_simulator_values_arrive_scaled_on_topics_and_in_the_historian(
     spec = write_spec(tmp_path / "e2e.yaml", simulator.port)
     collector = Collector(mqtt_url)
     assert collector.subscribed.wait(10)
-    env = {**os.environ, "NEXUS_SPEC": str(spec), "NEXUS_DATABASE_URL": db, "NEXUS_MQTT_URL": mqtt_url}
+    env = {
+        **os.environ,
+        "NEXUS_SPEC": str(spec),
+        "NEXUS_DATABASE_URL": db,
+        "NEXUS_MQTT_URL": mqtt_url,
+        "NEXUS_COMMAND_KEY": COMMAND_KEY,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "dataflows.telemetry:flow"],
         env=env,
@@ -197,18 +206,37 @@ def test_simulator_values_arrive_scaled_on_topics_and_in_the_historian(
             what="the changed temperature on the broker",
         )
 
-        # Write-back: a valid command changes the register and is acked; a read-only tag is refused
-        # and its register stays as it was.
+        # Write-back: an unsigned command and one signed with another key change nothing and are
+        # answered with the reason; a signed one changes the register and is acked; a read-only tag
+        # is refused and its register stays as it was.
         ack = "$nexus/cmd/press-07/{}/ack"
-        collector.client.publish(
-            "$nexus/cmd/press-07/setpoint/set", '{"value": 42.5, "request_id": "r1"}', qos=1
-        )
+        before = simulator.get_registers("press-07", "holding", 5, 1)
+        forged = sign_command(b"not-the-key", "press-07", "setpoint", 42.5, request_id="r0b")
+        for payload, rid, code in (
+            ('{"value": 42.5, "request_id": "r0"}', "r0", "unsigned"),
+            (json.dumps(forged), "r0b", "bad_signature"),
+        ):
+            collector.client.publish("$nexus/cmd/press-07/setpoint/set", payload, qos=1)
+            reply = wait_for(
+                lambda rid=rid: (
+                    (m := collector.messages.get(ack.format("setpoint"))) and m["request_id"] == rid and m
+                ),
+                timeout=20,
+                what=f"the refusal of {rid}",
+            )
+            assert reply["ok"] is False and reply["code"] == code, reply
+        assert simulator.get_registers("press-07", "holding", 5, 1) == before
+        signed = sign_command(COMMAND_KEY.encode(), "press-07", "setpoint", 42.5, request_id="r1")
+        collector.client.publish("$nexus/cmd/press-07/setpoint/set", json.dumps(signed), qos=1)
         reply = wait_for(
-            lambda: collector.messages.get(ack.format("setpoint")), timeout=20, what="the write ack"
+            lambda: (m := collector.messages.get(ack.format("setpoint"))) and m["request_id"] == "r1" and m,
+            timeout=20,
+            what="the write ack",
         )
         assert reply["ok"] is True and reply["request_id"] == "r1", reply
         assert simulator.get_registers("press-07", "holding", 5, 1) == [425]
-        collector.client.publish("$nexus/cmd/press-07/temp/set", '{"value": 1, "request_id": "r2"}', qos=1)
+        refused = sign_command(COMMAND_KEY.encode(), "press-07", "temp", 1, request_id="r2")
+        collector.client.publish("$nexus/cmd/press-07/temp/set", json.dumps(refused), qos=1)
         reply = wait_for(lambda: collector.messages.get(ack.format("temp")), timeout=20, what="the refusal")
         assert reply["ok"] is False and "read-only" in reply["error"], reply
         assert simulator.get_registers("press-07", "holding", 0, 1) == [456]

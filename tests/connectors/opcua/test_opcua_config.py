@@ -11,7 +11,9 @@ EP = "opc.tcp://127.0.0.1:4840"
 
 
 def test_security_mode_and_policy_go_together() -> None:
-    ok = OpcUaConnection(endpoint=EP, security_mode="Sign", security_policy="Aes256Sha256RsaPss")
+    ok = OpcUaConnection(
+        endpoint=EP, security_mode="Sign", security_policy="Aes256Sha256RsaPss", trust_on_first_use=True
+    )
     assert ok.security_policy == "Aes256Sha256RsaPss"
     with pytest.raises(ValidationError, match="security_mode 'Sign' needs a security_policy"):
         OpcUaConnection(endpoint=EP, security_mode="Sign")
@@ -19,6 +21,19 @@ def test_security_mode_and_policy_go_together() -> None:
         OpcUaConnection(endpoint=EP, security_policy="Basic256Sha256")
     with pytest.raises(ValidationError, match="security_policy"):
         OpcUaConnection(endpoint=EP, security_mode="Sign", security_policy="Basic128Rsa15")  # type: ignore[arg-type]
+
+
+def test_a_secure_mode_needs_a_trust_list_or_trust_on_first_use() -> None:
+    secure = {"endpoint": EP, "security_mode": "SignAndEncrypt", "security_policy": "Basic256Sha256"}
+    with pytest.raises(
+        ValidationError, match="without trusted_server_certs would accept any server certificate"
+    ):
+        OpcUaConnection(**secure)  # type: ignore[arg-type]
+    assert OpcUaConnection(**secure, trust_on_first_use=True).trust_on_first_use  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="not both"):
+        OpcUaConnection(**secure, trust_on_first_use=True, trusted_server_certs=["/s.der"])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="trust_on_first_use needs security_mode"):
+        OpcUaConnection(endpoint=EP, trust_on_first_use=True)
 
 
 def test_credentials_and_endpoint() -> None:

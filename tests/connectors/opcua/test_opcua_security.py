@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from connectors.opcua.certs import certificate_uris, ensure_application_certificate
 from connectors.opcua.client import OpcUaDeviceClient
+from connectors.opcua.pinning import pin_path
 from connectors.opcua.simulator import OpcUaSimulator, SimVariable
 from core.quality import Quality
 from tests.connectors.opcua.opcua_testlib import plan, run
@@ -40,6 +42,8 @@ def secure_sim(pki: Path) -> Iterator[OpcUaSimulator]:
 
 def _read(sim: OpcUaSimulator, pki: Path, **conn: object) -> tuple[list[int], list[float], OpcUaDeviceClient]:
     conn.setdefault("certificate_dir", str(pki / "client"))
+    if conn.get("security_mode", "None") != "None" and not conn.get("trust_on_first_use"):
+        conn.setdefault("trusted_server_certs", [str(sim.certificate_path)])
     p = plan("oven", sim.endpoint, [sim.node_id("Oven.Temp")], reconnect_min_s=0.05, **conn)
 
     async def go() -> tuple[list[int], list[float], OpcUaDeviceClient]:
@@ -134,3 +138,38 @@ def test_server_not_in_the_trust_list_is_refused(
     )
     assert q == [Quality.COMM_ERROR] and client.stats.connect_failures == 1
     assert "BadCertificateUntrusted" in caplog.text
+
+
+def test_trust_on_first_use_pins_the_certificate_and_refuses_a_changed_one(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real asyncua server; then another one (another certificate) on the same endpoint."""
+    caplog.set_level(logging.WARNING, logger="connectors.opcua")
+    conn = {
+        "security_mode": "SignAndEncrypt",
+        "security_policy": "Basic256Sha256",
+        "trust_on_first_use": True,
+        "certificate_dir": str(tmp_path / "client"),
+    }
+    shared = {"security": ("Basic256Sha256_SignAndEncrypt",), "users": None}
+    first = OpcUaSimulator([SimVariable("Oven.Temp", "Double", 180.5)], cert_dir=pki / "tofu-a", **shared)
+    with first:
+        port = first.port
+        q, v, _ = _read(first, pki, **conn)
+        assert q == [Quality.GOOD] and v == [180.5]
+        pinned = pin_path(tmp_path / "client", first.endpoint)
+        assert pinned.read_bytes() == x509.load_der_x509_certificate(
+            first.certificate_path.read_bytes()  # type: ignore[union-attr]
+        ).public_bytes(Encoding.DER)
+        assert "pinned the certificate of" in caplog.text
+        q, _, _ = _read(first, pki, **conn)  # the same certificate again: accepted
+        assert q == [Quality.GOOD]
+    caplog.clear()
+    impostor = OpcUaSimulator(
+        [SimVariable("Oven.Temp", "Double", -1.0)], port=port, cert_dir=pki / "tofu-b", **shared
+    )
+    with impostor:
+        assert impostor.endpoint == first.endpoint
+        q, v, client = _read(impostor, pki, **conn)
+    assert q == [Quality.COMM_ERROR] and math.isnan(v[0]) and client.stats.connect_failures == 1
+    assert "the server's certificate changed" in caplog.text and str(pinned) in caplog.text

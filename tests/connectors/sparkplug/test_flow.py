@@ -108,7 +108,9 @@ def spec_for(port: int, group: str, *, deadband: bool = False, **connection: Any
 
 @contextmanager
 def running(spec: FlowSpec, mqtt_url: str) -> Iterator[CommandRouter]:
-    router = CommandRouter(mqtt_url, writable_tags(spec), answer_unowned=True).start()
+    router = CommandRouter(
+        mqtt_url, writable_tags(spec), answer_unowned=True, require_signature=False
+    ).start()
     stop = threading.Event()
     flow = compile_flow(spec, Runtime(mqtt_url=mqtt_url, stop_event=stop, write_registry=router))
     errors: list[BaseException] = []
