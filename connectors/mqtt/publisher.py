@@ -29,6 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from connectors.mqtt.batch_ack import BatchAckClient
 from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
@@ -51,8 +52,14 @@ _QUALITY_JSON: tuple[str, ...] = tuple(f'"quality":{json.dumps(name)},' for name
 
 
 _PUBLISH = 0x30
+_PUBLISH_QOS1 = 0x32
 _MAX_BLOB = 1 << 20
 """QoS 0 fast path: PUBLISH packets are packed into blobs of about this many bytes."""
+_QOS1_WINDOW = 32_768
+"""QoS 1 fast path: at most this many messages awaiting their PUBACK (message ids are 16 bits and
+shared with paho's own publishes, so at most half of them are ours at any time)."""
+_QOS1_CHUNK = 4_096
+"""QoS 1 fast path: messages packed and handed to paho per write."""
 
 
 def _varint(n: int) -> bytes:
@@ -105,6 +112,42 @@ def pack_publish_qos0(
     if count:
         blobs.append((blob, count))
     return blobs
+
+
+def pack_publish_qos1(
+    messages: Sequence[tuple[str, str | bytes]], mids: Sequence[int], retain: bool
+) -> bytearray:
+    """MQTT 3.1.1 QoS 1 PUBLISH packets, one per message with the given message ids, concatenated.
+
+    >>> bytes(pack_publish_qos1([("a/b", b"1")], [258], retain=False))
+    b'2\\x08\\x00\\x03a/b\\x01\\x021'
+    """
+    header = bytes((_PUBLISH_QOS1 | (1 if retain else 0),))
+    blob = bytearray()
+    topics: dict[str, bytes] = {}
+    for (topic, payload), mid in zip(messages, mids, strict=True):
+        t = topics.get(topic)
+        if t is None:
+            if "+" in topic or "#" in topic or not topic:
+                raise ValueError(f"invalid topic for publishing: {topic!r}")
+            raw = topic.encode()
+            t = topics[topic] = len(raw).to_bytes(2, "big") + raw
+        p = payload.encode() if isinstance(payload, str) else payload
+        blob += header
+        blob += _varint(len(t) + 2 + len(p))
+        blob += t
+        blob += mid.to_bytes(2, "big")
+        blob += p
+    return blob
+
+
+def _take_mids(client: Any, n: int) -> list[int]:
+    """``n`` consecutive message ids from paho's own counter (1..65535, wrapping), in one lock."""
+    with client._mid_generate_mutex:
+        start = client._last_mid
+        mids = [(start + i) % 65535 + 1 for i in range(n)]
+        client._last_mid = mids[-1]
+    return mids
 
 
 def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
@@ -196,8 +239,10 @@ def mark_historical(payload: bytes) -> bytes:
 
     >>> mark_historical(b'{"value":1}'), mark_historical(b'{}'), mark_historical(b'7')
     (b'{"historical":true,"value":1}', b'{"historical":true}', b'7')
+    >>> mark_historical(mark_historical(b'{"value":1}'))  # replayed twice (lost again at a reconnect)
+    b'{"historical":true,"value":1}'
     """
-    if not payload.startswith(b"{"):
+    if not payload.startswith(b"{") or payload.startswith(b'{"historical":true'):
         return payload
     rest = payload[1:].lstrip()
     return b'{"historical":true' + (b"}" if rest.startswith(b"}") else b"," + payload[1:])
@@ -267,7 +312,8 @@ class UnsPublisher:
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
-        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent; re-spooled)."""
+        """Messages handed over and not confirmed when the connection ended — QoS 0 discarded by paho
+        unsent, QoS 1 not acknowledged — re-spooled and replayed."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -278,6 +324,9 @@ class UnsPublisher:
         self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
         """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
         bytes (paho holds them anyway until they are written)."""
+        self._inflight: dict[int, tuple[str, str | bytes]] = {}
+        """QoS 1 fast path: per message id awaiting its PUBACK, the message (re-spooled if the
+        connection drops before the broker acknowledged it)."""
         self.respooled = 0
         """Of ``lost``: messages put back into the spool (all of them), replayed later."""
         self.spool = Spool(
@@ -293,12 +342,14 @@ class UnsPublisher:
             self._broker,
             config.client_id or unique_client_id("nexus-uns"),
             reconnect_max_s=config.reconnect_max_s,
+            client_class=BatchAckClient,
         )
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_pubacks = self._on_pubacks
         self._client = client
         client.connect_async(self._broker.host, self._broker.port, keepalive=config.keepalive_s)
         client.loop_start()
@@ -331,6 +382,7 @@ class UnsPublisher:
                 self._connect_error = str(reason)
             else:
                 self._sweep_blobs()  # blobs paho discarded at the reconnect
+                self._sweep_inflight()  # QoS 1 messages the old connection never saw acknowledged
                 self._connected = True
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
@@ -351,6 +403,31 @@ class UnsPublisher:
             blob = self._blobs.pop(mid, None)
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
+
+    def _on_pubacks(self, mids: list[int]) -> list[int]:
+        """PUBACKs of one socket read (network thread): settle ours, give paho back the others."""
+        with self._cond:
+            pop = self._inflight.pop
+            others = [m for m in mids if pop(m, None) is None]
+            if len(others) < len(mids):
+                self.acked += len(mids) - len(others)
+                self._cond.notify_all()
+        return others
+
+    def _sweep_inflight(self) -> None:
+        """QoS 1 fast path: messages not acknowledged on the connection that ended go to the spool
+        (caller holds ``_cond``). With a clean session the broker forgets them, so they are replayed
+        from the spool (``"historical": true``) — at least once: one the broker did receive but whose
+        PUBACK was lost with the connection arrives twice."""
+        if not self._inflight:
+            return
+        messages = list(self._inflight.values())
+        self._inflight.clear()
+        self.spool.append_many([encode_messages(messages)])
+        n = len(messages)
+        self.lost += n
+        self.spooled += n
+        self.respooled += n
 
     def _sweep_blobs(self) -> None:
         """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
@@ -440,8 +517,10 @@ class UnsPublisher:
 
         QoS 0 takes a fast path when the installed paho offers it: the batch's PUBLISH packets are
         packed into one buffer and handed to paho's network thread as a single write, instead of one
-        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1/2 go through
-        ``paho.publish`` one by one (paho keeps each message for its acknowledgement and redelivery).
+        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1 is packed the
+        same way with the publisher's own table of message ids awaiting their PUBACK
+        (:meth:`_publish_qos1`; at most ``_QOS1_WINDOW`` outstanding). QoS 2 goes through
+        ``paho.publish`` one by one (paho keeps each message for its handshake and redelivery).
         Whatever does not fit (disconnected, ``max_queue`` outstanding) goes to the spool.
         """
         if self._closed:
@@ -463,7 +542,10 @@ class UnsPublisher:
             return True
         if self.config.policy == "in_order" and self.spool.pending_records:
             return True
-        return self.outstanding >= self.config.max_queue
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        return self.outstanding >= limit
 
     def _spool_records(self, records: list[bytes], messages: int) -> None:
         self.spool.append_many(records)
@@ -474,8 +556,10 @@ class UnsPublisher:
     def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
         cfg = self.config
-        if cfg.qos == 0 and self._fast_qos0:
+        if cfg.qos == 0 and self._fast_path:
             return self._publish_packed(messages, limit)
+        if cfg.qos == 1 and self._fast_path:
+            return self._publish_qos1(messages, min(limit, _QOS1_WINDOW))
         publish = self._client.publish
         sent = 0
         with self._cond:
@@ -499,10 +583,13 @@ class UnsPublisher:
         return sent
 
     @property
-    def _fast_qos0(self) -> bool:
+    def _fast_path(self) -> bool:
         client = self._client
         return (
-            hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
+            hasattr(client, "_packet_queue")
+            and hasattr(client, "_mid_generate_mutex")
+            and hasattr(client, "_last_mid")
+            and hasattr(client, "_sock")
         )
 
     def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
@@ -522,6 +609,47 @@ class UnsPublisher:
                 client._packet_queue(_PUBLISH, blob, mid, 0, info)
             sent += count
         return sent
+
+    def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+        """QoS 1 without paho's per-message bookkeeping: the PUBLISH packets of up to ``_QOS1_CHUNK``
+        messages get message ids from paho's counter, are packed into one buffer and queued as one
+        write; the publisher keeps each message by id until its PUBACK comes back (batched by
+        :class:`BatchAckClient`). A connection that drops re-spools what was not acknowledged."""
+        client: Any = self._client
+        retain = self.config.retain
+        sent, total = 0, len(messages)
+        while sent < total:
+            with self._cond:
+                room = limit - self._outstanding_locked()
+            if room <= 0 or not self._connected:
+                break
+            chunk = messages[sent : sent + min(room, _QOS1_CHUNK)]
+            mids = _take_mids(client, len(chunk))
+            blob = pack_publish_qos1(chunk, mids, retain)
+            with self._cond:
+                # as for QoS 0: queued before a disconnect (then swept at the reconnect) or not at all
+                if not self._connected or client._sock is None:
+                    break
+                self._inflight.update(zip(mids, chunk, strict=True))
+                self.published += len(chunk)
+                client._packet_queue(_PUBLISH, blob, 0, 1, None)
+            sent += len(chunk)
+        return sent
+
+    def wait_for_room(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` more messages fit under ``max_queue`` (or the QoS 1 window) without going
+        to the spool; for callers that prefer waiting to spooling (benchmarks, bulk loads)."""
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding_locked() + n > limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+            return True
 
     def _count_unknown(self, tag_ids: list[int], device_id: str) -> None:
         with self._cond:
@@ -643,6 +771,8 @@ class UnsPublisher:
             self._drainer.join(timeout=5)
             self._client.disconnect()
             self._client.loop_stop()
+            with self._cond:
+                self._sweep_inflight()  # QoS 1 never acknowledged: kept for the next start
             pending = self.spool.pending_records
             self.spool.close()
             if pending:
