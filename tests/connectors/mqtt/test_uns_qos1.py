@@ -7,6 +7,7 @@ unacknowledged, so all of them must come back (re-spooled, replayed as ``"histor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -147,19 +148,15 @@ class _Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
         for s in conns:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
