@@ -198,29 +198,9 @@ def format_batch(
     batch: PointBatch, encoded: Mapping[int, tuple[str, str]]
 ) -> tuple[list[tuple[str, bytes]], list[int]]:
     """(topic, payload) per known point, and the tag ids of the points whose tag is unknown."""
-    n = len(batch)
-    if n == 0:
+    if len(batch) == 0:
         return [], []
-    ts = batch.ts_ns
-    if n > 1 and ts[0] == ts[-1] and bool((ts == ts[0]).all()):  # one poll, one timestamp
-        stamp = np.datetime_as_string(
-            ts[:1].astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
-        )
-        stamps = [str(stamp[0])] * n
-    else:
-        stamps = np.datetime_as_string(
-            ts.astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
-        ).tolist()
-    values = batch.values
-    finite = np.isfinite(values)
-    vals: list[str] = [repr(v) for v in values.tolist()]
-    if not finite.all():
-        for i in np.flatnonzero(~finite).tolist():
-            vals[i] = "null"
-    if batch.text:
-        for i, text in batch.text.items():
-            if 0 <= i < n:
-                vals[i] = json.dumps(text)
+    stamps, vals = _stamps_and_values(batch)
     qualities = [_QUALITY_JSON[q] for q in batch.quality.tolist()]
     out: list[tuple[str, bytes]] = []
     unknown: list[int] = []
@@ -232,6 +212,92 @@ def format_batch(
             continue
         out.append((tag[0], f'{{"value":{v},"timestamp":"{s}",{q}{tag[1]}'.encode()))
     return out, unknown
+
+
+_VARINT_STR: tuple[str, ...] = tuple(_varint(n).decode("latin-1") for n in range(1 << 14))
+"""MQTT remaining lengths below 16,384 (one or two bytes) as latin-1 text, for :func:`pack_batch_qos0`."""
+_STAMP_LEN = len("2023-11-14T22:13:20.000000Z")
+_QUALITY_LEN: tuple[int, ...] = tuple(len(q) for q in _QUALITY_JSON)
+
+
+def _packed_tags(tags: Mapping[int, TagInfo]) -> dict[int, tuple[str, str, int]]:
+    """Per tag, for :func:`pack_batch_qos0`: the PUBLISH topic field (2-byte length + UTF-8 topic) and
+    the payload tail (``"unit":...}``), both as latin-1 text (one char per byte), and the packet's
+    remaining length without the value and the quality. Tags whose topic cannot be published are
+    left out."""
+    out: dict[int, tuple[str, str, int]] = {}
+    for tid, t in tags.items():
+        if "+" in t.topic or "#" in t.topic or not t.topic:
+            continue  # not packable: its points take the general path, which refuses the topic
+        raw = t.topic.encode()
+        field = (len(raw).to_bytes(2, "big") + raw).decode("latin-1")
+        tail = f'"unit":{json.dumps(t.unit)}}}'
+        const = len(field) + len('{"value":,"timestamp":"",') + _STAMP_LEN + len(tail)
+        out[tid] = (field, tail, const)
+    return out
+
+
+def _stamps_and_values(batch: PointBatch) -> tuple[list[str], list[str]]:
+    """The batch's timestamps (ISO 8601, microseconds, UTC) and JSON values (``null`` for NaN/inf,
+    a JSON string for a text point), as text, one per point."""
+    n = len(batch)
+    ts = batch.ts_ns
+    if n > 1 and ts[0] == ts[-1] and bool((ts == ts[0]).all()):  # one poll, one timestamp
+        stamp = np.datetime_as_string(
+            ts[:1].astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
+        )
+        stamps = [str(stamp[0])] * n
+    else:
+        stamps = np.datetime_as_string(
+            ts.astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
+        ).tolist()
+    values = batch.values
+    vals: list[str] = [repr(v) for v in values.tolist()]
+    if not np.isfinite(values).all():
+        for i in np.flatnonzero(~np.isfinite(values)).tolist():
+            vals[i] = "null"
+    if batch.text:
+        for i, text in batch.text.items():
+            if 0 <= i < n:
+                vals[i] = json.dumps(text)
+    return stamps, vals
+
+
+def pack_batch_qos0(
+    batch: PointBatch, packed: Mapping[int, tuple[str, str, int]], retain: bool
+) -> tuple[bytes, int, list[int]]:
+    """The QoS 0 PUBLISH packets of a batch in one pass: ``(blob, messages, unknown tag ids)``.
+
+    The same packets as :func:`format_batch` + :func:`pack_publish_qos0` (tested), built as one
+    latin-1 string per batch — every part is ASCII (JSON escapes non-ASCII text) except the topic,
+    whose UTF-8 bytes are carried one char per byte — and encoded once.
+
+    >>> from core.tags import TagInfo
+    >>> tags = {7: TagInfo(7, "press-01", "temp", "degC", "acme/p1/a/l/press-01/temp")}
+    >>> b = PointBatch.from_values("press-01", [7, 8], [21.5, 1.0], ts_ns=1_700_000_000 * 10**9)
+    >>> blob, n, unknown = pack_batch_qos0(b, _packed_tags(tags), retain=False)
+    >>> unpack_publish_qos0(blob) == format_batch(b, _encode_tags(tags))[0], n, unknown
+    (True, 1, [8])
+    """
+    if len(batch) == 0:
+        return b"", 0, []
+    stamps, vals = _stamps_and_values(batch)
+    header = chr(_PUBLISH | (1 if retain else 0))
+    qualities = _QUALITY_JSON
+    qlen = _QUALITY_LEN
+    varints = _VARINT_STR
+    get = packed.get
+    parts: list[str] = []
+    unknown: list[int] = []
+    for tid, v, st, q in zip(batch.tag_ids.tolist(), vals, stamps, batch.quality.tolist(), strict=True):
+        tag = get(tid)
+        if tag is None:
+            unknown.append(tid)
+            continue
+        length = tag[2] + len(v) + qlen[q]
+        var = varints[length] if length < 16384 else _varint(length).decode("latin-1")
+        parts.append(f'{header}{var}{tag[0]}{{"value":{v},"timestamp":"{st}",{qualities[q]}{tag[1]}')
+    return "".join(parts).encode("latin-1"), len(parts), unknown
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -301,9 +367,14 @@ class UnsPublisher:
         self.config = config
         self.name = name
         self._encoded = _encode_tags(tags)
+        self._packed = _packed_tags(tags)
         self._broker = config.broker
         self._where = f"{self._broker.host}:{self._broker.port}"
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._drain_cond = threading.Condition(lock)
+        """Wakes the drain thread only (records spooled, connected, closing), not at every
+        acknowledgement like ``_cond`` — an idle drainer stays asleep under load."""
         self._connected = False
         self._connect_error: str | None = None
         self._warned: set[int] = set()
@@ -321,7 +392,7 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytes | bytearray]] = {}
         """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
         bytes (paho holds them anyway until they are written)."""
         self._inflight: dict[int, tuple[str, str | bytes]] = {}
@@ -373,7 +444,11 @@ class UnsPublisher:
         """Learn (or relearn: topic, unit) the given tags; tags already known and not given stay
         known, so points of a removed tag still in flight are published."""
         encoded = {**self._encoded, **_encode_tags(tags)}
-        self._encoded = encoded  # one reference swap: a concurrent publish sees the old or the new map
+        packed = {**self._packed, **_packed_tags(tags)}
+        # reference swaps: a concurrent publish sees the old or the new map (``_packed`` may be a
+        # step behind ``_encoded`` for one batch: its new tags then take the general path)
+        self._encoded = encoded
+        self._packed = packed
 
     def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
@@ -387,6 +462,7 @@ class UnsPublisher:
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
             self._cond.notify_all()
+            self._drain_cond.notify_all()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
@@ -428,6 +504,7 @@ class UnsPublisher:
         self.lost += n
         self.spooled += n
         self.respooled += n
+        self._drain_cond.notify_all()
 
     def _sweep_blobs(self) -> None:
         """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
@@ -450,6 +527,7 @@ class UnsPublisher:
             records.append(encode_messages(unpack_publish_qos0(blob)))
         # never sent: they go to the spool and are replayed (marked historical) like any other outage
         self.spool.append_many(records)
+        self._drain_cond.notify_all()
         self.lost += n
         self.spooled += n
         self.respooled += n
@@ -503,10 +581,31 @@ class UnsPublisher:
         if self._must_spool():
             self._spool_records([_KIND_BATCH + encode_batch(batch)], self._known(batch))
             return 0
+        if self.config.qos == 0 and self._fast_path:
+            sent = self._publish_batch_qos0(batch)
+            if sent is not None:
+                return sent
         messages, unknown = format_batch(batch, self._encoded)
         if unknown:
             self._count_unknown(unknown, batch.device_id)
         return self.publish_messages(messages)
+
+    def _publish_batch_qos0(self, batch: PointBatch) -> int | None:
+        """QoS 0: the batch formatted and packed in one pass (:func:`pack_batch_qos0`) and queued as
+        one write; a batch that cannot be handed over goes to the spool whole. ``None``: the batch has
+        a tag the one-pass packer does not know, take the general path."""
+        blob, count, unknown = pack_batch_qos0(batch, self._packed, self.config.retain)
+        if unknown:
+            encoded = self._encoded
+            if any(t in encoded for t in unknown):
+                return None
+            self._count_unknown(unknown, batch.device_id)
+        if not count:
+            return 0
+        if self._queue_qos0_blob(blob, count, self.config.max_queue):
+            return count
+        self._spool_records([_KIND_BATCH + encode_batch(batch)], count)
+        return 0
 
     def _known(self, batch: PointBatch) -> int:
         encoded = self._encoded
@@ -551,7 +650,7 @@ class UnsPublisher:
         self.spool.append_many(records)
         with self._cond:
             self.spooled += messages
-            self._cond.notify_all()  # wake the drainer
+            self._drain_cond.notify_all()
 
     def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
@@ -594,21 +693,28 @@ class UnsPublisher:
 
     def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         cfg = self.config
-        client: Any = self._client
         sent = 0
         for blob, count in pack_publish_qos0(messages, cfg.retain):
-            with self._cond:
-                # registered and queued under the lock that on_disconnect takes: a blob is either queued
-                # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
-                if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
-                    break
-                mid = client._mid_generate()
-                info = mqtt.MQTTMessageInfo(mid)
-                self._blobs[mid] = (count, info, blob)
-                self.published += count
-                client._packet_queue(_PUBLISH, blob, mid, 0, info)
+            if not self._queue_qos0_blob(blob, count, limit):
+                break
             sent += count
         return sent
+
+    def _queue_qos0_blob(self, blob: bytes | bytearray, count: int, limit: int) -> bool:
+        """Hand one packed blob to paho's network thread; False (nothing queued) when disconnected or
+        ``limit`` messages are outstanding."""
+        client: Any = self._client
+        with self._cond:
+            # registered and queued under the lock that on_disconnect takes: a blob is either queued
+            # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
+            if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
+                return False
+            mid = client._mid_generate()
+            info = mqtt.MQTTMessageInfo(mid)
+            self._blobs[mid] = (count, info, blob)
+            self.published += count
+            client._packet_queue(_PUBLISH, blob, mid, 0, info)
+        return True
 
     def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         """QoS 1 without paho's per-message bookkeeping: the PUBLISH packets of up to ``_QOS1_CHUNK``
@@ -667,7 +773,7 @@ class UnsPublisher:
         while not self._closed:
             with self._cond:
                 if not (self._connected and self.spool.pending_records):
-                    self._cond.wait(0.5)
+                    self._drain_cond.wait(5.0)
                     continue
             records = self.spool.read(max_records=64, max_bytes=4 << 20)
             if not records:
@@ -768,6 +874,7 @@ class UnsPublisher:
             self._closed = True
             with self._cond:
                 self._cond.notify_all()
+                self._drain_cond.notify_all()
             self._drainer.join(timeout=5)
             self._client.disconnect()
             self._client.loop_stop()
