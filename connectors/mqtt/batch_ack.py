@@ -123,7 +123,7 @@ class BatchAckClient(mqtt.Client):
             "remaining_count": [],
             "remaining_mult": 1,
             "remaining_length": len(body),
-            "packet": body,
+            "packet": bytearray(body),
             "to_process": 0,
             "pos": 0,
         }

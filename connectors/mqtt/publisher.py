@@ -420,6 +420,7 @@ class UnsPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        assert isinstance(client, BatchAckClient)
         client.on_pubacks = self._on_pubacks
         self._client = client
         client.connect_async(self._broker.host, self._broker.port, keepalive=config.keepalive_s)
