@@ -116,15 +116,17 @@ def pack_publish_qos0(
 
 def pack_publish_qos1(
     messages: Sequence[tuple[str, str | bytes]], mids: Sequence[int], retain: bool
-) -> bytearray:
+) -> bytes:
     """MQTT 3.1.1 QoS 1 PUBLISH packets, one per message with the given message ids, concatenated.
 
-    >>> bytes(pack_publish_qos1([("a/b", b"1")], [258], retain=False))
+    >>> pack_publish_qos1([("a/b", b"1")], [258], retain=False)
     b'2\\x08\\x00\\x03a/b\\x01\\x021'
     """
     header = bytes((_PUBLISH_QOS1 | (1 if retain else 0),))
-    blob = bytearray()
+    parts: list[bytes] = []
     topics: dict[str, bytes] = {}
+    varints = _VARINT_BYTES
+    mid_bytes = _MID.pack
     for (topic, payload), mid in zip(messages, mids, strict=True):
         t = topics.get(topic)
         if t is None:
@@ -133,12 +135,13 @@ def pack_publish_qos1(
             raw = topic.encode()
             t = topics[topic] = len(raw).to_bytes(2, "big") + raw
         p = payload.encode() if isinstance(payload, str) else payload
-        blob += header
-        blob += _varint(len(t) + 2 + len(p))
-        blob += t
-        blob += mid.to_bytes(2, "big")
-        blob += p
-    return blob
+        length = len(t) + 2 + len(p)
+        parts += (header, varints[length] if length < 16384 else _varint(length), t, mid_bytes(mid), p)
+    return b"".join(parts)
+
+
+_VARINT_BYTES: tuple[bytes, ...] = tuple(_varint(n) for n in range(1 << 14))
+_MID = struct.Struct(">H")
 
 
 def _take_mids(client: Any, n: int) -> list[int]:
