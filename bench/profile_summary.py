@@ -46,13 +46,17 @@ def categorize(stack: str) -> str:
     return "other Python"
 
 
+_SLEEPING = ("Spool._flush_loop (connectors/spool.py:571)",)
+"""Innermost frames that are a ``time.sleep`` py-spy reports as active (no CPU is used there)."""
+
+
 def summarize(path: Path) -> tuple[int, Counter[str]]:
-    """Samples in the profile and samples per category."""
+    """Samples in the profile and samples per category (sleeping samples left out)."""
     counts: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rstrip().rpartition(" ")
-        if not stack or not n.isdigit():
+        if not stack or not n.isdigit() or stack.endswith(_SLEEPING):
             continue
         total += int(n)
         counts[categorize(stack)] += int(n)
