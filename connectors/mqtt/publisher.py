@@ -580,36 +580,64 @@ class UnsPublisher:
 
     def publish_batch(self, batch: PointBatch) -> int:
         """Publish one message per point of a known tag (or spool them); returns the number published now."""
+        return self.publish_batches([batch])
+
+    def publish_batches(self, batches: Sequence[PointBatch]) -> int:
+        """:meth:`publish_batch` for several batches (a sink's ``write_batch``), in order; returns the
+        number published now. At QoS 0 the batches' packets are handed to paho as one write."""
         if self._closed:
             raise MqttPublishError("the UNS publisher is closed")
         if self._must_spool():
-            self._spool_records([_KIND_BATCH + encode_batch(batch)], self._known(batch))
+            self._spool_records(
+                [_KIND_BATCH + encode_batch(b) for b in batches], sum(self._known(b) for b in batches)
+            )
             return 0
         if self.config.qos == 0 and self._fast_path:
-            sent = self._publish_batch_qos0(batch)
-            if sent is not None:
-                return sent
+            return self._publish_batches_qos0(batches)
+        sent = 0
+        for batch in batches:
+            sent += self._publish_general(batch)
+        return sent
+
+    def _publish_general(self, batch: PointBatch) -> int:
         messages, unknown = format_batch(batch, self._encoded)
         if unknown:
             self._count_unknown(unknown, batch.device_id)
         return self.publish_messages(messages)
 
-    def _publish_batch_qos0(self, batch: PointBatch) -> int | None:
-        """QoS 0: the batch formatted and packed in one pass (:func:`pack_batch_qos0`) and queued as
-        one write; a batch that cannot be handed over goes to the spool whole. ``None``: the batch has
-        a tag the one-pass packer does not know, take the general path."""
-        blob, count, unknown = pack_batch_qos0(batch, self._packed, self.config.retain)
-        if unknown:
-            encoded = self._encoded
-            if any(t in encoded for t in unknown):
-                return None
-            self._count_unknown(unknown, batch.device_id)
-        if not count:
+    def _publish_batches_qos0(self, batches: Sequence[PointBatch]) -> int:
+        """QoS 0: each batch formatted and packed in one pass (:func:`pack_batch_qos0`), the packets of
+        consecutive batches queued as one write; what cannot be handed over goes to the spool as whole
+        batches. A batch with a tag the one-pass packer does not know takes the general path (in order:
+        what was packed before it is handed over first)."""
+        sent = 0
+        blobs: list[bytes] = []
+        kept: list[PointBatch] = []
+        count = 0
+
+        def hand_over() -> int:
+            if not count:
+                return 0
+            if self._queue_qos0_blob(b"".join(blobs), count, self.config.max_queue):
+                return count
+            self._spool_records([_KIND_BATCH + encode_batch(b) for b in kept], count)
             return 0
-        if self._queue_qos0_blob(blob, count, self.config.max_queue):
-            return count
-        self._spool_records([_KIND_BATCH + encode_batch(batch)], count)
-        return 0
+
+        encoded = self._encoded
+        for batch in batches:
+            blob, n, unknown = pack_batch_qos0(batch, self._packed, self.config.retain)
+            if unknown:
+                if any(t in encoded for t in unknown):
+                    sent += hand_over()
+                    blobs, kept, count = [], [], 0
+                    sent += self._publish_general(batch)
+                    continue
+                self._count_unknown(unknown, batch.device_id)
+            if n:
+                blobs.append(blob)
+                kept.append(batch)
+                count += n
+        return sent + hand_over()
 
     def _known(self, batch: PointBatch) -> int:
         encoded = self._encoded
