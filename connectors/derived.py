@@ -55,15 +55,26 @@ def _device_topic(tag: TagInfo) -> str:
     return tag.topic.rsplit("/", 1)[0]
 
 
+def _json_num(x: float) -> str:
+    """``json.dumps(_num(x))`` without the encoder: ``null`` for NaN/inf, else the float's repr."""
+    return repr(float(x)) if math.isfinite(x) else "null"
+
+
 def agg_messages(batch: AggBatch, tags: Mapping[int, TagInfo]) -> list[tuple[str, str]]:
+    """One JSON message per aggregate (the same text ``json.dumps`` of the payload dict gives, built
+    from a template: a closing window emits every tag's aggregate at once)."""
     out: list[tuple[str, str]] = []
-    avg = batch.avg
+    window = batch.window
+    window_json = json.dumps(window)
+    buckets: dict[int, str] = {}
+    units: dict[str, str] = {}
+    num = _json_num
     cols = zip(
         batch.bucket_ns.tolist(),
         batch.tag_ids.tolist(),
         batch.min.tolist(),
         batch.max.tolist(),
-        avg.tolist(),
+        batch.avg.tolist(),
         batch.count.tolist(),
         batch.sum.tolist(),
         batch.first.tolist(),
@@ -75,20 +86,20 @@ def agg_messages(batch: AggBatch, tags: Mapping[int, TagInfo]) -> list[tuple[str
         tag = tags.get(tag_id)
         if tag is None:
             continue
-        payload = {
-            "bucket": _iso(bucket),
-            "window": batch.window,
-            "min": _num(mn),
-            "max": _num(mx),
-            "avg": _num(av),
-            "count": count,
-            "sum": _num(total),
-            "first": _num(first),
-            "last": _num(last),
-            "twa": _num(twa),
-            "unit": tag.unit,
-        }
-        out.append((f"{tag.topic}/_agg/{batch.window}", json.dumps(payload)))
+        stamp = buckets.get(bucket)
+        if stamp is None:
+            stamp = buckets[bucket] = json.dumps(_iso(bucket))
+        unit = units.get(tag.unit)
+        if unit is None:
+            unit = units[tag.unit] = json.dumps(tag.unit)
+        out.append(
+            (
+                f"{tag.topic}/_agg/{window}",
+                f'{{"bucket": {stamp}, "window": {window_json}, "min": {num(mn)}, "max": {num(mx)}, '
+                f'"avg": {num(av)}, "count": {count!r}, "sum": {num(total)}, "first": {num(first)}, '
+                f'"last": {num(last)}, "twa": {num(twa)}, "unit": {unit}}}',
+            )
+        )
     return out
 
 

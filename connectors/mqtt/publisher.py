@@ -29,6 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from connectors.mqtt.batch_ack import BatchAckClient
 from connectors.mqtt.client import describe_connect_failure, make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
@@ -51,8 +52,14 @@ _QUALITY_JSON: tuple[str, ...] = tuple(f'"quality":{json.dumps(name)},' for name
 
 
 _PUBLISH = 0x30
+_PUBLISH_QOS1 = 0x32
 _MAX_BLOB = 1 << 20
 """QoS 0 fast path: PUBLISH packets are packed into blobs of about this many bytes."""
+_QOS1_WINDOW = 32_768
+"""QoS 1 fast path: at most this many messages awaiting their PUBACK (message ids are 16 bits and
+shared with paho's own publishes, so at most half of them are ours at any time)."""
+_QOS1_CHUNK = 4_096
+"""QoS 1 fast path: messages packed and handed to paho per write."""
 
 
 def _varint(n: int) -> bytes:
@@ -107,6 +114,45 @@ def pack_publish_qos0(
     return blobs
 
 
+def pack_publish_qos1(
+    messages: Sequence[tuple[str, str | bytes]], mids: Sequence[int], retain: bool
+) -> bytes:
+    """MQTT 3.1.1 QoS 1 PUBLISH packets, one per message with the given message ids, concatenated.
+
+    >>> pack_publish_qos1([("a/b", b"1")], [258], retain=False)
+    b'2\\x08\\x00\\x03a/b\\x01\\x021'
+    """
+    header = bytes((_PUBLISH_QOS1 | (1 if retain else 0),))
+    parts: list[bytes] = []
+    topics: dict[str, bytes] = {}
+    varints = _VARINT_BYTES
+    mid_bytes = _MID.pack
+    for (topic, payload), mid in zip(messages, mids, strict=True):
+        t = topics.get(topic)
+        if t is None:
+            if "+" in topic or "#" in topic or not topic:
+                raise ValueError(f"invalid topic for publishing: {topic!r}")
+            raw = topic.encode()
+            t = topics[topic] = len(raw).to_bytes(2, "big") + raw
+        p = payload.encode() if isinstance(payload, str) else payload
+        length = len(t) + 2 + len(p)
+        parts += (header, varints[length] if length < 16384 else _varint(length), t, mid_bytes(mid), p)
+    return b"".join(parts)
+
+
+_VARINT_BYTES: tuple[bytes, ...] = tuple(_varint(n) for n in range(1 << 14))
+_MID = struct.Struct(">H")
+
+
+def _take_mids(client: Any, n: int) -> list[int]:
+    """``n`` consecutive message ids from paho's own counter (1..65535, wrapping), in one lock."""
+    with client._mid_generate_mutex:
+        start = client._last_mid
+        mids = [(start + i) % 65535 + 1 for i in range(n)]
+        client._last_mid = mids[-1]
+    return mids
+
+
 def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
     """The ``(topic, payload)`` pairs of a blob made by :func:`pack_publish_qos0`.
 
@@ -155,29 +201,9 @@ def format_batch(
     batch: PointBatch, encoded: Mapping[int, tuple[str, str]]
 ) -> tuple[list[tuple[str, bytes]], list[int]]:
     """(topic, payload) per known point, and the tag ids of the points whose tag is unknown."""
-    n = len(batch)
-    if n == 0:
+    if len(batch) == 0:
         return [], []
-    ts = batch.ts_ns
-    if n > 1 and ts[0] == ts[-1] and bool((ts == ts[0]).all()):  # one poll, one timestamp
-        stamp = np.datetime_as_string(
-            ts[:1].astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
-        )
-        stamps = [str(stamp[0])] * n
-    else:
-        stamps = np.datetime_as_string(
-            ts.astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
-        ).tolist()
-    values = batch.values
-    finite = np.isfinite(values)
-    vals: list[str] = [repr(v) for v in values.tolist()]
-    if not finite.all():
-        for i in np.flatnonzero(~finite).tolist():
-            vals[i] = "null"
-    if batch.text:
-        for i, text in batch.text.items():
-            if 0 <= i < n:
-                vals[i] = json.dumps(text)
+    stamps, vals = _stamps_and_values(batch)
     qualities = [_QUALITY_JSON[q] for q in batch.quality.tolist()]
     out: list[tuple[str, bytes]] = []
     unknown: list[int] = []
@@ -191,13 +217,101 @@ def format_batch(
     return out, unknown
 
 
+_VARINT_STR: tuple[str, ...] = tuple(_varint(n).decode("latin-1") for n in range(1 << 14))
+"""MQTT remaining lengths below 16,384 (one or two bytes) as latin-1 text, for :func:`pack_batch_qos0`."""
+_STAMP_LEN = len("2023-11-14T22:13:20.000000Z")
+_QUALITY_LEN: tuple[int, ...] = tuple(len(q) for q in _QUALITY_JSON)
+
+
+def _packed_tags(tags: Mapping[int, TagInfo]) -> dict[int, tuple[str, str, int]]:
+    """Per tag, for :func:`pack_batch_qos0`: the PUBLISH topic field (2-byte length + UTF-8 topic) and
+    the payload tail (``"unit":...}``), both as latin-1 text (one char per byte), and the packet's
+    remaining length without the value and the quality. Tags whose topic cannot be published are
+    left out."""
+    out: dict[int, tuple[str, str, int]] = {}
+    for tid, t in tags.items():
+        if "+" in t.topic or "#" in t.topic or not t.topic:
+            continue  # not packable: its points take the general path, which refuses the topic
+        raw = t.topic.encode()
+        field = (len(raw).to_bytes(2, "big") + raw).decode("latin-1")
+        tail = f'"unit":{json.dumps(t.unit)}}}'
+        const = len(field) + len('{"value":,"timestamp":"",') + _STAMP_LEN + len(tail)
+        out[tid] = (field, tail, const)
+    return out
+
+
+def _stamps_and_values(batch: PointBatch) -> tuple[list[str], list[str]]:
+    """The batch's timestamps (ISO 8601, microseconds, UTC) and JSON values (``null`` for NaN/inf,
+    a JSON string for a text point), as text, one per point."""
+    n = len(batch)
+    ts = batch.ts_ns
+    if n > 1 and ts[0] == ts[-1] and bool((ts == ts[0]).all()):  # one poll, one timestamp
+        stamp = np.datetime_as_string(
+            ts[:1].astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
+        )
+        stamps = [str(stamp[0])] * n
+    else:
+        stamps = np.datetime_as_string(
+            ts.astype("datetime64[ns]").astype("datetime64[us]"), timezone="UTC"
+        ).tolist()
+    values = batch.values
+    vals: list[str] = [repr(v) for v in values.tolist()]
+    if not np.isfinite(values).all():
+        for i in np.flatnonzero(~np.isfinite(values)).tolist():
+            vals[i] = "null"
+    if batch.text:
+        for i, text in batch.text.items():
+            if 0 <= i < n:
+                vals[i] = json.dumps(text)
+    return stamps, vals
+
+
+def pack_batch_qos0(
+    batch: PointBatch, packed: Mapping[int, tuple[str, str, int]], retain: bool
+) -> tuple[bytes, int, list[int]]:
+    """The QoS 0 PUBLISH packets of a batch in one pass: ``(blob, messages, unknown tag ids)``.
+
+    The same packets as :func:`format_batch` + :func:`pack_publish_qos0` (tested), built as one
+    latin-1 string per batch — every part is ASCII (JSON escapes non-ASCII text) except the topic,
+    whose UTF-8 bytes are carried one char per byte — and encoded once.
+
+    >>> from core.tags import TagInfo
+    >>> tags = {7: TagInfo(7, "press-01", "temp", "degC", "acme/p1/a/l/press-01/temp")}
+    >>> b = PointBatch.from_values("press-01", [7, 8], [21.5, 1.0], ts_ns=1_700_000_000 * 10**9)
+    >>> blob, n, unknown = pack_batch_qos0(b, _packed_tags(tags), retain=False)
+    >>> unpack_publish_qos0(blob) == format_batch(b, _encode_tags(tags))[0], n, unknown
+    (True, 1, [8])
+    """
+    if len(batch) == 0:
+        return b"", 0, []
+    stamps, vals = _stamps_and_values(batch)
+    header = chr(_PUBLISH | (1 if retain else 0))
+    qualities = _QUALITY_JSON
+    qlen = _QUALITY_LEN
+    varints = _VARINT_STR
+    get = packed.get
+    parts: list[str] = []
+    unknown: list[int] = []
+    for tid, v, st, q in zip(batch.tag_ids.tolist(), vals, stamps, batch.quality.tolist(), strict=True):
+        tag = get(tid)
+        if tag is None:
+            unknown.append(tid)
+            continue
+        length = tag[2] + len(v) + qlen[q]
+        var = varints[length] if length < 16384 else _varint(length).decode("latin-1")
+        parts.append(f'{header}{var}{tag[0]}{{"value":{v},"timestamp":"{st}",{qualities[q]}{tag[1]}')
+    return "".join(parts).encode("latin-1"), len(parts), unknown
+
+
 def mark_historical(payload: bytes) -> bytes:
     """A replayed JSON object gets ``"historical":true`` (Sparkplug's ``is_historical`` idea).
 
     >>> mark_historical(b'{"value":1}'), mark_historical(b'{}'), mark_historical(b'7')
     (b'{"historical":true,"value":1}', b'{"historical":true}', b'7')
+    >>> mark_historical(mark_historical(b'{"value":1}'))  # replayed twice (lost again at a reconnect)
+    b'{"historical":true,"value":1}'
     """
-    if not payload.startswith(b"{"):
+    if not payload.startswith(b"{") or payload.startswith(b'{"historical":true'):
         return payload
     rest = payload[1:].lstrip()
     return b'{"historical":true' + (b"}" if rest.startswith(b"}") else b"," + payload[1:])
@@ -256,9 +370,14 @@ class UnsPublisher:
         self.config = config
         self.name = name
         self._encoded = _encode_tags(tags)
+        self._packed = _packed_tags(tags)
         self._broker = config.broker
         self._where = f"{self._broker.host}:{self._broker.port}"
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._drain_cond = threading.Condition(lock)
+        """Wakes the drain thread only (records spooled, connected, closing), not at every
+        acknowledgement like ``_cond`` — an idle drainer stays asleep under load."""
         self._connected = False
         self._connect_error: str | None = None
         self._warned: set[int] = set()
@@ -267,7 +386,8 @@ class UnsPublisher:
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
-        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent; re-spooled)."""
+        """Messages handed over and not confirmed when the connection ended — QoS 0 discarded by paho
+        unsent, QoS 1 not acknowledged — re-spooled and replayed."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -275,9 +395,12 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytes | bytearray]] = {}
         """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
         bytes (paho holds them anyway until they are written)."""
+        self._inflight: dict[int, tuple[str, str | bytes]] = {}
+        """QoS 1 fast path: per message id awaiting its PUBACK, the message (re-spooled if the
+        connection drops before the broker acknowledged it)."""
         self.respooled = 0
         """Of ``lost``: messages put back into the spool (all of them), replayed later."""
         self.spool = Spool(
@@ -293,12 +416,15 @@ class UnsPublisher:
             self._broker,
             config.client_id or unique_client_id("nexus-uns"),
             reconnect_max_s=config.reconnect_max_s,
+            client_class=BatchAckClient,
         )
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        assert isinstance(client, BatchAckClient)
+        client.on_pubacks = self._on_pubacks
         self._client = client
         client.connect_async(self._broker.host, self._broker.port, keepalive=config.keepalive_s)
         client.loop_start()
@@ -322,7 +448,11 @@ class UnsPublisher:
         """Learn (or relearn: topic, unit) the given tags; tags already known and not given stay
         known, so points of a removed tag still in flight are published."""
         encoded = {**self._encoded, **_encode_tags(tags)}
-        self._encoded = encoded  # one reference swap: a concurrent publish sees the old or the new map
+        packed = {**self._packed, **_packed_tags(tags)}
+        # reference swaps: a concurrent publish sees the old or the new map (``_packed`` may be a
+        # step behind ``_encoded`` for one batch: its new tags then take the general path)
+        self._encoded = encoded
+        self._packed = packed
 
     def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
@@ -331,10 +461,12 @@ class UnsPublisher:
                 self._connect_error = str(reason)
             else:
                 self._sweep_blobs()  # blobs paho discarded at the reconnect
+                self._sweep_inflight()  # QoS 1 messages the old connection never saw acknowledged
                 self._connected = True
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
             self._cond.notify_all()
+            self._drain_cond.notify_all()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
@@ -351,6 +483,32 @@ class UnsPublisher:
             blob = self._blobs.pop(mid, None)
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
+
+    def _on_pubacks(self, mids: list[int]) -> list[int]:
+        """PUBACKs of one socket read (network thread): settle ours, give paho back the others."""
+        with self._cond:
+            pop = self._inflight.pop
+            others = [m for m in mids if pop(m, None) is None]
+            if len(others) < len(mids):
+                self.acked += len(mids) - len(others)
+                self._cond.notify_all()
+        return others
+
+    def _sweep_inflight(self) -> None:
+        """QoS 1 fast path: messages not acknowledged on the connection that ended go to the spool
+        (caller holds ``_cond``). With a clean session the broker forgets them, so they are replayed
+        from the spool (``"historical": true``) — at least once: one the broker did receive but whose
+        PUBACK was lost with the connection arrives twice."""
+        if not self._inflight:
+            return
+        messages = list(self._inflight.values())
+        self._inflight.clear()
+        self.spool.append_many([encode_messages(messages)])
+        n = len(messages)
+        self.lost += n
+        self.spooled += n
+        self.respooled += n
+        self._drain_cond.notify_all()
 
     def _sweep_blobs(self) -> None:
         """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
@@ -373,6 +531,7 @@ class UnsPublisher:
             records.append(encode_messages(unpack_publish_qos0(blob)))
         # never sent: they go to the spool and are replayed (marked historical) like any other outage
         self.spool.append_many(records)
+        self._drain_cond.notify_all()
         self.lost += n
         self.spooled += n
         self.respooled += n
@@ -421,15 +580,64 @@ class UnsPublisher:
 
     def publish_batch(self, batch: PointBatch) -> int:
         """Publish one message per point of a known tag (or spool them); returns the number published now."""
+        return self.publish_batches([batch])
+
+    def publish_batches(self, batches: Sequence[PointBatch]) -> int:
+        """:meth:`publish_batch` for several batches (a sink's ``write_batch``), in order; returns the
+        number published now. At QoS 0 the batches' packets are handed to paho as one write."""
         if self._closed:
             raise MqttPublishError("the UNS publisher is closed")
         if self._must_spool():
-            self._spool_records([_KIND_BATCH + encode_batch(batch)], self._known(batch))
+            self._spool_records(
+                [_KIND_BATCH + encode_batch(b) for b in batches], sum(self._known(b) for b in batches)
+            )
             return 0
+        if self.config.qos == 0 and self._fast_path:
+            return self._publish_batches_qos0(batches)
+        sent = 0
+        for batch in batches:
+            sent += self._publish_general(batch)
+        return sent
+
+    def _publish_general(self, batch: PointBatch) -> int:
         messages, unknown = format_batch(batch, self._encoded)
         if unknown:
             self._count_unknown(unknown, batch.device_id)
         return self.publish_messages(messages)
+
+    def _publish_batches_qos0(self, batches: Sequence[PointBatch]) -> int:
+        """QoS 0: each batch formatted and packed in one pass (:func:`pack_batch_qos0`), the packets of
+        consecutive batches queued as one write; what cannot be handed over goes to the spool as whole
+        batches. A batch with a tag the one-pass packer does not know takes the general path (in order:
+        what was packed before it is handed over first)."""
+        sent = 0
+        blobs: list[bytes] = []
+        kept: list[PointBatch] = []
+        count = 0
+
+        def hand_over() -> int:
+            if not count:
+                return 0
+            if self._queue_qos0_blob(b"".join(blobs), count, self.config.max_queue):
+                return count
+            self._spool_records([_KIND_BATCH + encode_batch(b) for b in kept], count)
+            return 0
+
+        encoded = self._encoded
+        for batch in batches:
+            blob, n, unknown = pack_batch_qos0(batch, self._packed, self.config.retain)
+            if unknown:
+                if any(t in encoded for t in unknown):
+                    sent += hand_over()
+                    blobs, kept, count = [], [], 0
+                    sent += self._publish_general(batch)
+                    continue
+                self._count_unknown(unknown, batch.device_id)
+            if n:
+                blobs.append(blob)
+                kept.append(batch)
+                count += n
+        return sent + hand_over()
 
     def _known(self, batch: PointBatch) -> int:
         encoded = self._encoded
@@ -440,8 +648,10 @@ class UnsPublisher:
 
         QoS 0 takes a fast path when the installed paho offers it: the batch's PUBLISH packets are
         packed into one buffer and handed to paho's network thread as a single write, instead of one
-        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1/2 go through
-        ``paho.publish`` one by one (paho keeps each message for its acknowledgement and redelivery).
+        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1 is packed the
+        same way with the publisher's own table of message ids awaiting their PUBACK
+        (:meth:`_publish_qos1`; at most ``_QOS1_WINDOW`` outstanding). QoS 2 goes through
+        ``paho.publish`` one by one (paho keeps each message for its handshake and redelivery).
         Whatever does not fit (disconnected, ``max_queue`` outstanding) goes to the spool.
         """
         if self._closed:
@@ -463,19 +673,24 @@ class UnsPublisher:
             return True
         if self.config.policy == "in_order" and self.spool.pending_records:
             return True
-        return self.outstanding >= self.config.max_queue
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        return self.outstanding >= limit
 
     def _spool_records(self, records: list[bytes], messages: int) -> None:
         self.spool.append_many(records)
         with self._cond:
             self.spooled += messages
-            self._cond.notify_all()  # wake the drainer
+            self._drain_cond.notify_all()
 
     def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
         cfg = self.config
-        if cfg.qos == 0 and self._fast_qos0:
+        if cfg.qos == 0 and self._fast_path:
             return self._publish_packed(messages, limit)
+        if cfg.qos == 1 and self._fast_path:
+            return self._publish_qos1(messages, min(limit, _QOS1_WINDOW))
         publish = self._client.publish
         sent = 0
         with self._cond:
@@ -499,29 +714,80 @@ class UnsPublisher:
         return sent
 
     @property
-    def _fast_qos0(self) -> bool:
+    def _fast_path(self) -> bool:
         client = self._client
         return (
-            hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
+            hasattr(client, "_packet_queue")
+            and hasattr(client, "_mid_generate_mutex")
+            and hasattr(client, "_last_mid")
+            and hasattr(client, "_sock")
         )
 
     def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
         cfg = self.config
-        client: Any = self._client
         sent = 0
         for blob, count in pack_publish_qos0(messages, cfg.retain):
-            with self._cond:
-                # registered and queued under the lock that on_disconnect takes: a blob is either queued
-                # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
-                if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
-                    break
-                mid = client._mid_generate()
-                info = mqtt.MQTTMessageInfo(mid)
-                self._blobs[mid] = (count, info, blob)
-                self.published += count
-                client._packet_queue(_PUBLISH, blob, mid, 0, info)
+            if not self._queue_qos0_blob(blob, count, limit):
+                break
             sent += count
         return sent
+
+    def _queue_qos0_blob(self, blob: bytes | bytearray, count: int, limit: int) -> bool:
+        """Hand one packed blob to paho's network thread; False (nothing queued) when disconnected or
+        ``limit`` messages are outstanding."""
+        client: Any = self._client
+        with self._cond:
+            # registered and queued under the lock that on_disconnect takes: a blob is either queued
+            # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
+            if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
+                return False
+            mid = client._mid_generate()
+            info = mqtt.MQTTMessageInfo(mid)
+            self._blobs[mid] = (count, info, blob)
+            self.published += count
+            client._packet_queue(_PUBLISH, blob, mid, 0, info)
+        return True
+
+    def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+        """QoS 1 without paho's per-message bookkeeping: the PUBLISH packets of up to ``_QOS1_CHUNK``
+        messages get message ids from paho's counter, are packed into one buffer and queued as one
+        write; the publisher keeps each message by id until its PUBACK comes back (batched by
+        :class:`BatchAckClient`). A connection that drops re-spools what was not acknowledged."""
+        client: Any = self._client
+        retain = self.config.retain
+        sent, total = 0, len(messages)
+        while sent < total:
+            with self._cond:
+                room = limit - self._outstanding_locked()
+            if room <= 0 or not self._connected:
+                break
+            chunk = messages[sent : sent + min(room, _QOS1_CHUNK)]
+            mids = _take_mids(client, len(chunk))
+            blob = pack_publish_qos1(chunk, mids, retain)
+            with self._cond:
+                # as for QoS 0: queued before a disconnect (then swept at the reconnect) or not at all
+                if not self._connected or client._sock is None:
+                    break
+                self._inflight.update(zip(mids, chunk, strict=True))
+                self.published += len(chunk)
+                client._packet_queue(_PUBLISH, blob, 0, 1, None)
+            sent += len(chunk)
+        return sent
+
+    def wait_for_room(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` more messages fit under ``max_queue`` (or the QoS 1 window) without going
+        to the spool; for callers that prefer waiting to spooling (benchmarks, bulk loads)."""
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding_locked() + n > limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+            return True
 
     def _count_unknown(self, tag_ids: list[int], device_id: str) -> None:
         with self._cond:
@@ -539,7 +805,7 @@ class UnsPublisher:
         while not self._closed:
             with self._cond:
                 if not (self._connected and self.spool.pending_records):
-                    self._cond.wait(0.5)
+                    self._drain_cond.wait(5.0)
                     continue
             records = self.spool.read(max_records=64, max_bytes=4 << 20)
             if not records:
@@ -640,9 +906,12 @@ class UnsPublisher:
             self._closed = True
             with self._cond:
                 self._cond.notify_all()
+                self._drain_cond.notify_all()
             self._drainer.join(timeout=5)
             self._client.disconnect()
             self._client.loop_stop()
+            with self._cond:
+                self._sweep_inflight()  # QoS 1 never acknowledged: kept for the next start
             pending = self.spool.pending_records
             self.spool.close()
             if pending:

@@ -24,11 +24,17 @@ class _UnsPartition(StatelessSinkPartition[PointBatch | DeviceConfig]):
         self.publisher = publisher
 
     def write_batch(self, items: list[PointBatch | DeviceConfig]) -> None:
+        batches: list[PointBatch] = []
         for item in items:
             if isinstance(item, DeviceConfig):  # a hot config change: the device's tags from now on
+                if batches:
+                    self.publisher.publish_batches(batches)
+                    batches = []
                 self.publisher.update_tags(item.tags)
             else:
-                self.publisher.publish_batch(item)
+                batches.append(item)
+        if batches:  # one hand-over to the client for all of them (QoS 0)
+            self.publisher.publish_batches(batches)
 
     def close(self) -> None:
         self.publisher.close()

@@ -26,6 +26,7 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
         "--baseline-rows", "2000", "--baseline-messages", "500",
         "--micro-points", "2000", "--cluster-points", "2000",
         "--query-rows", "20000", "--query-tags", "100", "--query-samples", "8",
+        "--cost-devices", "2", "--cost-warmup", "1", "--cost-seconds", "2",
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)

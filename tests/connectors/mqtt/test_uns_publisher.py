@@ -246,3 +246,21 @@ def test_bytewax_sink(mqtt_url: str, subscriber: Subscriber, wait_for: Callable[
     )
     run_main(flow)
     wait_for(lambda: len(subscriber.received()) == 12, what="12 messages")
+
+
+def test_several_batches_in_one_hand_over_keep_their_order(
+    mqtt_url: str, subscriber: Subscriber, wait_for: Callable[..., Any]
+) -> None:
+    """A sink's ``write_batch`` hands its batches to paho as one write (QoS 0); nothing is lost or
+    reordered, unknown tags are counted."""
+    batches = [
+        PointBatch.from_values("press-01", [1, 3, 99], [float(k), float(k), 0.0], ts_ns=T0 + k * 1000)
+        for k in range(5)
+    ]
+    with UnsPublisher(MqttSinkConfig(url=mqtt_url, qos=0), TAGS) as pub:
+        assert pub.publish_batches(batches) == 10
+        pub.flush(10)
+        assert pub.acked == 10 and pub.unknown_tags == 5
+    got = wait_for(lambda: len(sub_msgs := subscriber.received()) >= 10 and sub_msgs, what="10 messages")
+    temps = [m["value"] for t, m in got if t == TAGS[1].topic]
+    assert temps == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -1,0 +1,42 @@
+"""The ``cost`` stage end to end with a tiny load: every run reports CPU per 10,000 points and per poll.
+
+No timing assertions: only that each flow and baseline handled points and was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cost_stage_with_a_tiny_load(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench", "--stages", "cost", "--tags", "5", "--interval", "0.5",
+        "--cost-devices", "2,3", "--cost-warmup", "1", "--cost-seconds", "2",
+        "--cost-profile", str(tmp_path / "profiles"), "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cost 3 dev: uns flow" in proc.stdout and "cost 2 dev: full / uns flow" in proc.stdout
+    (f,) = out.glob("*.json")
+    cost = json.loads(f.read_text())["cost"]
+    assert set(cost["loads"]) == {"2", "3"}
+    for devices, entry in cost["loads"].items():
+        for run in ("bare_modbus", "bare_paho", "uns", "full"):
+            r = entry[run]
+            assert r["points"] > 0 and r["polls"] > 0 and r["cpu_s"] >= 0, (devices, run, r)
+            assert r["cpu_s_per_10k_points"] is not None and r["cpu_ms_per_poll"] is not None
+        assert entry["uns"]["uns_acked"] > 0
+        assert entry["full"]["rows_written"] > 0
+    profiles = sorted(p.name for p in (tmp_path / "profiles").glob("*.txt"))
+    if profiles:  # py-spy installed (a profiling tool, not a dependency)
+        assert profiles == ["full-2.txt", "full-3.txt", "uns-2.txt", "uns-3.txt"]
