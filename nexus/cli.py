@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nexus.flows_cli import add_flows_parser
 
     add_flows_parser(sub)
+    from nexus.grafana_cli import add_grafana_parser
+
+    add_grafana_parser(sub)
     return parser
 
 
