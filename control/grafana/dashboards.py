@@ -277,7 +277,8 @@ def oee_shift_sql(model: TagModel) -> str:
         f"SELECT o.machine, {period}, o.start_time, o.end_time, o.availability, o.performance, o.quality, "
         "o.oee, o.total_count, o.good_count, o.unplanned_stop_s "
         f"FROM nexus_oee o JOIN {_machines_values(model.machines)} USING (machine) "
-        f"WHERE $__timeFilter(o.start_time){only} AND m.device_id IN ($device) "
+        # shifts overlapping the range (a shift that started before it still shows)
+        f"WHERE o.end_time >= $__timeFrom() AND o.start_time <= $__timeTo(){only} AND m.device_id IN ($device) "
         "ORDER BY o.start_time DESC, o.machine"
     )
 
