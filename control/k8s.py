@@ -3,7 +3,7 @@
 What :func:`render_flow` returns is what the Kubernetes backend of the supervisor applies, and what
 ``deploy/k8s/base/flows/`` holds for the flows shipped with the manifests (``nexus k8s render``):
 
-- a ConfigMap with the deployed version's spec (``spec.json``), named after the version, so a pod
+- a ConfigMap with the deployed version's spec (``spec.yaml``), named after the version, so a pod
   always reads the spec of the version its template names;
 - a headless Service: stable DNS names ``{sts}-{i}.{service}.{namespace}.svc`` for the peers,
   published before the pods are ready (the peers must find each other to become ready at all);
@@ -30,11 +30,12 @@ stop → resize → resume from recovery (see ``control.k8s_supervisor``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 BYTEWAX_PORT = 9999
 MANAGED_BY = "nexus-supervisor"
@@ -46,6 +47,8 @@ PROCESSES_ANNOTATION = "nexus.io/processes"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 """Set by the StatefulSet controller on every pod (Kubernetes 1.28+): the pod's ordinal."""
 SPEC_DIR = "/etc/nexus/spec"
+SPEC_FILE = "spec.yaml"
+"""The key of the spec in its ConfigMap (YAML: what a ``configMapGenerator`` takes from Git as it is)."""
 STATE_DIR = "/var/lib/nexus"
 _DNS = re.compile(r"[^a-z0-9-]+")
 
@@ -124,7 +127,7 @@ def flow_env(flow_id: str, version: int, processes: int, config: FlowManifestCon
     """The flow container's environment (the secrets by reference, never by value)."""
     name = resource_name(flow_id)
     env: list[dict[str, Any]] = [
-        {"name": "NEXUS_SPEC", "value": f"{SPEC_DIR}/spec.json"},
+        {"name": "NEXUS_SPEC", "value": f"{SPEC_DIR}/{SPEC_FILE}"},
         {"name": "NEXUS_FLOW_ID", "value": flow_id},
         {"name": "NEXUS_FLOW_VERSION", "value": str(version)},
         _secret_env("NEXUS_DATABASE_URL", config.secret, "database-url"),
@@ -181,7 +184,7 @@ def render_flow(
 ) -> list[dict[str, Any]]:
     """The flow's ConfigMap, headless Service, StatefulSet, PodDisruptionBudget and NetworkPolicy.
 
-    ``spec_configmap`` names an existing ConfigMap with ``spec.json`` instead (Kustomize's
+    ``spec_configmap`` names an existing ConfigMap with ``spec.yaml`` instead (Kustomize's
     ``configMapGenerator``); then no ConfigMap is rendered.
     """
     if processes < 1:
@@ -202,7 +205,7 @@ def render_flow(
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
                 "metadata": _meta(cm_name, flow_id, config, **annotations),
-                "data": {"spec.json": json.dumps(spec, indent=2, sort_keys=True, default=str)},
+                "data": {SPEC_FILE: yaml.safe_dump(dict(spec), sort_keys=False)},
             }
         )
     out.append(

@@ -32,6 +32,11 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
     "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
     "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
+    "NEXUS_FLOW_MQTT_URL": "broker URL the supervisor gives the flows (their own broker user); default NEXUS_MQTT_URL",
+    "NEXUS_SUPERVISOR_BACKEND": "where flows run: local (child processes, default) or kubernetes (StatefulSets)",
+    "NEXUS_K8S_NAMESPACE": "kubernetes backend: the namespace of the flows' StatefulSets (default nexus)",
+    "NEXUS_K8S_IMAGE": "kubernetes backend: the image the flow pods run (default nexus-edge:0.1.0)",
+    "NEXUS_K8S_FLOW_SECRET": "kubernetes backend: Secret with the flows' database-url and mqtt-url (default nexus-flow)",
 }
 
 
@@ -59,6 +64,11 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     snapshot_interval_s: int = 5
+    flow_mqtt_url: str | None = None
+    supervisor_backend: str = "local"
+    k8s_namespace: str = "nexus"
+    k8s_image: str = "nexus-edge:0.1.0"
+    k8s_flow_secret: str = "nexus-flow"
 
     @property
     def effective_database_url(self) -> str:
@@ -93,6 +103,8 @@ class Settings:
                 values[f.name] = port
             elif f.name in ("data_dir", "spool_dir"):
                 values[f.name] = Path(raw)
+            elif f.name == "supervisor_backend" and raw not in ("local", "kubernetes"):
+                raise ValueError(f"{key} must be local or kubernetes, got {raw!r}")
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]

@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nexus.grafana_cli import add_grafana_parser
 
     add_grafana_parser(sub)
+    from nexus.k8s_cli import add_k8s_parser
+
+    add_k8s_parser(sub)
     return parser
 
 
