@@ -48,9 +48,9 @@ def add_k8s_parser(sub: Any) -> None:
     q.add_argument("--namespace", default="nexus")
     q.add_argument("--image", default="nexus-edge:0.1.0")
     q.add_argument("--secret", default="nexus-flow", help="Secret with database-url and mqtt-url")
-    q.add_argument("--managed-by", default="kustomize", help="app.kubernetes.io/managed-by (default: kustomize)")
     q.add_argument(
-        "--spec-configmap", default=None, help="ConfigMap holding spec.yaml (default: render one)"
+        "--managed-by", default="kustomize", help="app.kubernetes.io/managed-by (default: kustomize)"
     )
+    q.add_argument("--spec-configmap", default=None, help="ConfigMap holding spec.yaml (default: render one)")
     q.add_argument("-o", "--output", help="write to this file")
     q.set_defaults(func=cmd_render_flow)

@@ -36,7 +36,7 @@ for _tag in ("!override", "!reset"):
 
 
 def load(name: str) -> dict[str, Any]:
-    return yaml.load((COMPOSE / name).read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load((COMPOSE / name).read_text(), Loader=_Loader)
 
 
 def env_example() -> dict[str, str]:
@@ -97,7 +97,7 @@ def test_only_api_and_grafana_are_published_on_loopback(compose: dict[str, Any])
         published = {}
         for name, svc in compose["services"].items():
             for port in svc.get("ports", []):
-                host_ip, host_port, container = interpolate(port, defaults).split(":")
+                host_ip, _host_port, container = interpolate(port, defaults).split(":")
                 published[name] = (host_ip, container)
         assert published == {"nexus": ("127.0.0.1", "8080"), "grafana": ("127.0.0.1", "3000")}
     assert env["NEXUS_BIND"] == "127.0.0.1"
