@@ -386,3 +386,58 @@ def test_backend_stops_and_removes_but_keeps_foreign_resources(backend: Any) -> 
     desired.remove("line")
     sup.reconcile()
     assert {n for _, n in cluster.objects} == {"flow-plant"}
+
+
+def test_the_backend_is_a_setting(tmp_path: Path) -> None:
+    from core.settings import Settings
+    from nexus.up import make_supervisor
+
+    with pytest.raises(ValueError, match="NEXUS_SUPERVISOR_BACKEND must be local or kubernetes"):
+        Settings.from_env({"NEXUS_SUPERVISOR_BACKEND": "nomad"})
+    settings = Settings.from_env(
+        {"NEXUS_DATA_DIR": str(tmp_path), "NEXUS_FLOW_MQTT_URL": "mqtt://nexus-flow:pw@broker:1883"}
+    )
+    sup = make_supervisor(
+        MemoryDesiredState(), settings, mqtt_url="mqtt://nexus-api:pw@broker:1883", database_url=""
+    )
+    assert type(sup).__name__ == "Supervisor"
+    # flows connect as nexus-flow; hot config is published as the API's user
+    assert sup.flow_mqtt_url == "mqtt://nexus-flow:pw@broker:1883"
+    assert sup.mqtt_url == "mqtt://nexus-api:pw@broker:1883"
+    assert Settings.from_env({"NEXUS_SUPERVISOR_BACKEND": "kubernetes"}).supervisor_backend == "kubernetes"
+
+
+_BYTEWAX_PARSE = """
+import json, os, sys
+from bytewax.run import _parse_args
+out = []
+for env in json.load(sys.stdin):
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["bytewax.run", "dataflows.telemetry:flow"]
+    a = _parse_args()
+    out.append([a.process_id, a.addresses, str(a.recovery_directory), a.snapshot_interval.total_seconds(),
+                a.backup_interval.total_seconds()])
+print(json.dumps(out))
+"""
+
+
+def test_bytewax_itself_reads_pod_n_as_process_n() -> None:
+    """The pods' environments through Bytewax's own argument parsing (``bytewax.run``), as the flow
+    container starts: process id, peer list and recovery settings."""
+    import json
+
+    sts = find(render("cluster"), "StatefulSet", "flow-plant")
+    envs = [pod_env(sts, n) for n in range(sts["spec"]["replicas"])]
+    out = subprocess.run(
+        [sys.executable, "-c", _BYTEWAX_PARSE],
+        input=json.dumps(envs),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    parsed = json.loads(out.stdout)
+    for n, (pid, addresses, recovery, snapshot, backup) in enumerate(parsed):
+        assert pid == n
+        assert addresses == envs[0]["BYTEWAX_ADDRESSES"] and addresses.count(";") == len(envs) - 1
+        assert recovery == "/var/lib/nexus/recovery" and float(snapshot) == 5 and float(backup) == 0
