@@ -200,10 +200,15 @@ class KubernetesSupervisor(Supervisor):
 
     def _apply(self, flow: _Flow, want: DesiredFlow, processes: int) -> None:
         assert want.version is not None and want.spec is not None
-        for obj in render_flow(
-            flow.flow_id, want.version, want.spec, processes=processes, config=self.config
-        ):
+        objects = render_flow(flow.flow_id, want.version, want.spec, processes=processes, config=self.config)
+        for obj in objects:
             self.cluster.apply(obj)
+        # the earlier versions' spec ConfigMaps: no pod refers to them any more (the set was at zero)
+        current = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
+        selector = f"{MANAGED_SELECTOR},{FLOW_LABEL}={resource_name(flow.flow_id)}"
+        for cm in self.cluster.list("ConfigMap", selector):
+            if cm["metadata"]["name"] not in current:
+                self.cluster.delete("ConfigMap", cm["metadata"]["name"])
         flow.version, flow.spec, flow.processes = want.version, want.spec, processes
         flow.set_state("starting")
         log.info("k8s supervisor: flow %s v%d applied with %d pod(s)", flow.flow_id, want.version, processes)

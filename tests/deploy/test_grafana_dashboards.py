@@ -285,3 +285,42 @@ def test_export_writes_provisionable_files(flow_run: dict[str, Any], tmp_path: P
         assert all(t["datasource"]["uid"] == "nexus-historian" for _, t in panel_targets(board))
     write_dashboards(TagModel.of([flow_run["spec"]]), tmp_path)
     assert [p.stat().st_mtime_ns for p in paths] == mtimes  # unchanged: not rewritten
+
+
+def test_cli_exports_from_the_config_store_and_creates_the_role(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``nexus grafana export`` reads the deployed flows from the store; ``nexus grafana role`` makes the role."""
+    from control import service
+    from control.store import ConfigStore
+    from nexus.cli import main
+
+    store = ConfigStore(db)
+    store.migrate()
+    doc = spec_doc(15020, 15021)
+    service.import_text(store, yaml.safe_dump(doc), author="test", source="spec.yaml")
+    service.deploy(store, doc["id"])
+    store.close()
+    monkeypatch.setenv("NEXUS_DATABASE_URL", db)
+    assert main(["grafana", "export", "-o", str(tmp_path)]) == 0
+    overview = json.loads((tmp_path / "nexus-overview.json").read_text())
+    titles = [p["title"] for p in overview["panels"]]
+    assert "Latest values — plant-1 / pressing / line1" in titles and "OEE per machine and shift" in titles
+    trends = json.loads((tmp_path / "nexus-trends.json").read_text())
+    assert [p["title"] for p in trends["panels"] if p["type"] == "timeseries"] == [
+        "Tag trends — 10s averages",
+        "Tag trends — 1m averages",
+    ]
+
+    role = f"nexus_grafana_{uuid.uuid4().hex[:8]}"
+    monkeypatch.delenv("NEXUS_GRAFANA_DB_PASSWORD", raising=False)
+    assert main(["grafana", "role", "--role", role]) == 1  # no password: refused, nothing created
+    monkeypatch.setenv("NEXUS_GRAFANA_DB_PASSWORD", uuid.uuid4().hex)
+    assert main(["grafana", "role", "--role", role]) == 0
+    with psycopg.connect(db, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = %s", (role,)
+        ).fetchone()
+        assert row == (True, False, False)
+        conn.execute(f'DROP OWNED BY "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')

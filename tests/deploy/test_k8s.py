@@ -370,6 +370,13 @@ def test_backend_hot_change_keeps_the_pods(backend: Any) -> None:
     desired.set("line", "running", 3, spec_doc(poll=2.0, devices=2), processes=2)  # a device added: redeploy
     sup.reconcile()
     assert cluster.log == [("scale", "StatefulSet", name, 0)]
+    cluster.settle()
+    sup.reconcile()
+    sts = cluster.objects[("StatefulSet", name)]
+    assert sts["metadata"]["annotations"][VERSION_ANNOTATION] == "3" and sts["spec"]["replicas"] == 2
+    # only the running version's spec is left, and it is the new one
+    (cm,) = [o for (k, _), o in cluster.objects.items() if k == "ConfigMap"]
+    assert cm["metadata"]["name"].endswith("-spec-v3") and "d1" in cm["data"]["spec.yaml"]
 
 
 def test_backend_stops_and_removes_but_keeps_foreign_resources(backend: Any) -> None:
