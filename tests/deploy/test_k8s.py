@@ -222,7 +222,7 @@ def test_network_policies_deny_by_default_and_open_only_the_paths() -> None:
         f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
         for f in db["spec"]["ingress"][0]["from"]
     ]
-    assert sorted(sources) == ["api", "flow"]
+    assert sorted(sources) == ["api", "flow", "grafana", "grafana-setup"]
     broker = find(objs, "NetworkPolicy", "emqx")
     assert {p["port"] for r in broker["spec"]["ingress"] for p in r["ports"]} == {1883, 4370, 5369}
 
@@ -448,3 +448,13 @@ def test_bytewax_itself_reads_pod_n_as_process_n() -> None:
         assert pid == n
         assert addresses == envs[0]["BYTEWAX_ADDRESSES"] and addresses.count(";") == len(envs) - 1
         assert recovery == "/var/lib/nexus/recovery" and float(snapshot) == 5 and float(backup) == 0
+
+
+def test_grafana_provisioning_is_the_compose_one() -> None:
+    compose = REPO / "deploy" / "compose" / "grafana" / "provisioning"
+    base = K8S / "base" / "grafana"
+    assert (base / "datasource.yaml").read_bytes() == (compose / "datasources" / "nexus.yaml").read_bytes()
+    assert (base / "dashboards.yaml").read_bytes() == (compose / "dashboards" / "nexus.yaml").read_bytes()
+    grafana = find(render("edge"), "Deployment", "grafana")
+    sidecar = grafana["spec"]["template"]["spec"]["containers"][1]
+    assert sidecar["command"][:3] == ["nexus", "grafana", "export"]
