@@ -5,7 +5,9 @@ image, and every file the compose files refer to exists."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,96 @@ def test_image_runs_as_a_non_root_user_and_ignores_local_state() -> None:
 def test_old_unsafe_files_are_gone() -> None:
     assert not (REPO / "deploy" / "docker-compose.yml").exists()
     assert not (REPO / "deploy" / "mosquitto").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+    or not shutil.which("mosquitto_passwd"),
+    reason="mosquitto and mosquitto_passwd (Debian's mosquitto) are needed",
+)
+def test_broker_init_makes_a_password_file_the_broker_accepts() -> None:
+    """``broker-init``'s script, run for real with ``mosquitto_passwd``, and a real mosquitto on the repo's
+    ``mosquitto.conf`` and ACLs: the users from ``.env`` get in, a wrong password and anonymous do not."""
+    import subprocess
+    import tempfile
+
+    from nexus.embedded import free_port, port_accepts
+    from tests.conftest import wait_for
+
+    compose = load("docker-compose.yml")
+    script = compose["services"]["broker-init"]["command"][2]
+    folder = Path(tempfile.mkdtemp(prefix="nexus-compose-broker-"))  # not under pytest's 0700 basetemp
+    folder.chmod(0o755)
+    (folder / "data").mkdir()
+    if _has_user("mosquitto"):  # the broker drops to this user when started as root
+        shutil.chown(folder / "data", "mosquitto")
+    config = folder / "config"
+    config.mkdir()
+    script = script.replace("/mosquitto/config", str(config))
+    if not _has_user("mosquitto"):
+        script = "\n".join(line for line in script.splitlines() if not line.startswith("chown"))
+    passwords = {u: f"pw-{u}-{os.getpid()}" for u in ("API", "FLOW", "READER")}
+    env = {"PATH": os.environ["PATH"], **{f"NEXUS_MQTT_{u}_PASSWORD": p for u, p in passwords.items()}}
+    subprocess.run(["sh", "-ec", interpolate(script, {})], env=env, check=True)
+    port = free_port()
+    conf = (COMPOSE / "../broker/mosquitto.conf").read_text()
+    conf = conf.replace("/mosquitto/config/mosquitto.acl", str(COMPOSE / "../broker/mosquitto.acl"))
+    conf = conf.replace("/mosquitto/config", str(config)).replace("/mosquitto/data/", f"{folder}/data/")
+    conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    (folder / "mosquitto.conf").write_text(conf)
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    log = (folder / "log").open("wb")
+    proc = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(
+            lambda: port_accepts("127.0.0.1", port) or proc.poll() is not None, timeout=15, what="mosquitto"
+        )
+        assert proc.poll() is None, (folder / "log").read_text()
+        assert _connect(port, "nexus-reader", passwords["READER"]) == 0
+        assert _connect(port, "nexus-flow", passwords["FLOW"]) == 0
+        assert _connect(port, "nexus-api", passwords["API"]) == 0
+        assert _connect(port, "nexus-reader", "wrong") != 0
+        assert _connect(port, None, None) != 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _connect(port: int, user: str | None, password: str | None) -> int:
+    """The CONNACK reason code for these credentials (0: accepted)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    result: list[int] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"compose-test-{os.getpid()}-{user}")
+    if user is not None:
+        client.username_pw_set(user, password)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        result.append(int(reason.value))
+        done.set()
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert done.wait(10), "no CONNACK"
+        return result[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
