@@ -41,6 +41,7 @@ TABLE_COLUMNS = {
         "total_count", "good_count", "unplanned_stop_s",
     ],
     "Share of bad points per device": ["device", "bad_share", "points"],
+    "Bad tags now per device": ["device", "bad_share", "tags"],
     "Tag statistics": ["device", "tag", "unit", "min", "max", "avg", "count"],
 }  # fmt: skip
 
@@ -255,6 +256,8 @@ def test_panels_show_what_the_flow_did(flow_run: dict[str, Any], grafana_url: st
 
     quality = {r[0]: r[1] for r in rows("Share of bad points per device")}
     assert quality["press-b"] == 1.0 and quality["press-a"] == 0.0
+    now = {r[0]: r[1] for r in rows("Bad tags now per device")}
+    assert now == {"press-a": 0.0, "press-b": 1.0}
     assert {(r[0], r[1], r[4]) for r in rows("Alerts")} >= {
         (r[0], "press-a", "raised") for r in rows("Alerts")[:1]
     }
