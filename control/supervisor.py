@@ -199,12 +199,15 @@ class Supervisor:
         planner: Planner | None = None,
         publisher: Publisher | None = None,
         extra_env: Mapping[str, str] | None = None,
+        flow_mqtt_url: str | None = None,
     ) -> None:
         self.source = source
         self.settings = settings or Settings.from_env()
         self.home = Path(data_dir).resolve()
         self.flows_dir = self.home / "flows"
         self.mqtt_url = mqtt_url
+        self.flow_mqtt_url = flow_mqtt_url or mqtt_url
+        """What the flows connect with (broker user ``nexus-flow``); ``mqtt_url`` publishes hot config."""
         self.database_url = database_url
         self.resync_s = resync_s
         self.drain_timeout_s = drain_timeout_s
@@ -541,10 +544,10 @@ class Supervisor:
             **self.extra_env,
             "NEXUS_SPEC": str(spec_path),
             "NEXUS_DATABASE_URL": self.database_url or os.environ.get("NEXUS_DATABASE_URL", ""),
-            "NEXUS_MQTT_URL": self.mqtt_url,
             # the key that verifies signed write commands: only in the child's environment, never
             # on a command line, in a log or in a status
             "NEXUS_COMMAND_KEY": self.settings.command_key or os.environ.get("NEXUS_COMMAND_KEY", ""),
+            "NEXUS_MQTT_URL": self.flow_mqtt_url,
             ENV_FLOW_ID: flow.flow_id,
             ENV_FLOW_VERSION: str(want.version),
             ENV_SUPERVISOR_ID: self.instance_id,

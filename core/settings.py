@@ -48,6 +48,11 @@ ENV_DOC: dict[str, str] = {
     "process behind one address (unset: random per process, clients refresh after a restart)",
     "NEXUS_ACCESS_TOKEN_TTL_S": "seconds an access token is valid (default 900)",
     "NEXUS_AUDIT_RETENTION_DAYS": "days audit events are kept (default 365)",
+    "NEXUS_FLOW_MQTT_URL": "broker URL the supervisor gives the flows (their own broker user); default NEXUS_MQTT_URL",
+    "NEXUS_SUPERVISOR_BACKEND": "where flows run: local (child processes, default) or kubernetes (StatefulSets)",
+    "NEXUS_K8S_NAMESPACE": "kubernetes backend: the namespace of the flows' StatefulSets (default nexus)",
+    "NEXUS_K8S_IMAGE": "kubernetes backend: the image the flow pods run (default nexus-edge:0.1.0)",
+    "NEXUS_K8S_FLOW_SECRET": "kubernetes backend: Secret with the flows' database-url and mqtt-url (default nexus-flow)",
 }
 
 
@@ -86,6 +91,11 @@ class Settings:
     auth_secret: str | None = field(default=None, repr=False)
     access_token_ttl_s: int = 900
     audit_retention_days: int = 365
+    flow_mqtt_url: str | None = None
+    supervisor_backend: str = "local"
+    k8s_namespace: str = "nexus"
+    k8s_image: str = "nexus-edge:0.1.0"
+    k8s_flow_secret: str = "nexus-flow"
 
     @property
     def effective_database_url(self) -> str:
@@ -121,6 +131,8 @@ class Settings:
                 values[f.name] = port
             elif f.name in ("data_dir", "spool_dir") or f.name.endswith("_file"):
                 values[f.name] = Path(raw)
+            elif f.name == "supervisor_backend" and raw not in ("local", "kubernetes"):
+                raise ValueError(f"{key} must be local or kubernetes, got {raw!r}")
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]

@@ -300,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     from nexus.users_cli import add_users_parser
 
     add_users_parser(sub)
+    from nexus.grafana_cli import add_grafana_parser
+
+    add_grafana_parser(sub)
+    from nexus.k8s_cli import add_k8s_parser
+
+    add_k8s_parser(sub)
     return parser
 
 

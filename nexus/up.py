@@ -259,6 +259,41 @@ def _progress_loop(progress: Progress, done: threading.Event) -> None:
         )
 
 
+def make_supervisor(store: Any, settings: Settings, *, mqtt_url: str, database_url: str) -> Supervisor:
+    """The supervisor of ``NEXUS_SUPERVISOR_BACKEND``: flows as local child processes (one box), or as
+    StatefulSets in ``NEXUS_K8S_NAMESPACE`` (the API running in Kubernetes). Flows get
+    ``NEXUS_FLOW_MQTT_URL`` (the broker user ``nexus-flow``) when it is set, so they never hold the
+    API's right to send commands."""
+    if settings.supervisor_backend == "kubernetes":
+        from control.k8s import FlowManifestConfig
+        from control.k8s_supervisor import KubernetesCluster, KubernetesSupervisor
+
+        config = FlowManifestConfig(
+            namespace=settings.k8s_namespace,
+            image=settings.k8s_image,
+            secret=settings.k8s_flow_secret,
+            snapshot_interval_s=settings.snapshot_interval_s,
+        )
+        return KubernetesSupervisor(
+            store,
+            settings,
+            cluster=KubernetesCluster(settings.k8s_namespace),
+            config=config,
+            data_dir=str(settings.data_dir),
+            mqtt_url=mqtt_url,
+            database_url=database_url,
+        )
+    return Supervisor(
+        store,
+        settings,
+        data_dir=settings.data_dir,
+        mqtt_url=mqtt_url,
+        flow_mqtt_url=settings.flow_mqtt_url,
+        database_url=database_url,
+        snapshot_interval_s=settings.snapshot_interval_s,
+    )
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -290,14 +325,7 @@ def run_up(
         pool = SimulatorPool() if simulate else None
         if pool is not None:
             pool.sync(store.desired_flows())
-        supervisor = Supervisor(
-            store,
-            settings,
-            data_dir=settings.data_dir,
-            mqtt_url=mqtt_url,
-            database_url=db_url,
-            snapshot_interval_s=settings.snapshot_interval_s,
-        )
+        supervisor = make_supervisor(store, settings, mqtt_url=mqtt_url, database_url=db_url)
         live = _live_status(mqtt_url)
         command_audit = _command_audit(mqtt_url, store)
         app = create_app(settings, store=store, supervisor=supervisor, live=live)

@@ -27,7 +27,9 @@ BY_NAME = re.compile(r"\b(p" + "kill|kill" + r"all)\b")  # spelled apart: this f
 def test_ci_and_recipes_never_kill_processes_by_name() -> None:
     """Killing by process name would end every matching process on a shared machine, not only ours."""
     offenders = []
-    for path in [*_tracked(".ci/*"), ROOT / "justfile", ROOT / "deploy" / "Dockerfile"]:
+    compose = ROOT / "deploy" / "compose"
+    deploy = [compose / "Dockerfile", compose / "docker-compose.yml", compose / "docker-compose.emqx.yml"]
+    for path in [*_tracked(".ci/*"), ROOT / "justfile", *deploy]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if BY_NAME.search(line.split("#", 1)[0]):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
