@@ -267,23 +267,26 @@ def _flow_stats(folder: Path) -> dict[str, Any]:
     return total
 
 
-def _bytewax_cmd(module: str, processes: int, index: int, addresses: str) -> list[str]:
+def _bytewax_cmd(module: str, processes: int, index: int, addresses: str, workers: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "bytewax.run", module]
     if processes > 1:
         cmd += ["-i", str(index), "-a", addresses]
+    if workers > 1:
+        cmd += ["-w", str(workers)]
     return cmd
 
 
 def start_flow(
-    module: str, env: dict[str, str], processes: int, workdir: Path
+    module: str, env: dict[str, str], processes: int, workdir: Path, workers: int = 1
 ) -> list[subprocess.Popen[bytes]]:
+    """``processes`` Bytewax processes of ``module`` (a cluster when > 1), ``workers`` threads each."""
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     procs = []
     for i in range(processes):
         log = (workdir / f"{module.replace(':', '_')}-{i}.log").open("wb")
         procs.append(
             subprocess.Popen(
-                _bytewax_cmd(module, processes, i, addresses),
+                _bytewax_cmd(module, processes, i, addresses, workers),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -652,48 +655,80 @@ def stage_memory(
     return out
 
 
+CLUSTER_VARIANTS = {
+    "processes_1": (1, 1, "local"),
+    "processes_2": (2, 1, "local"),
+    "processes_2_bytewax": (2, 1, "bytewax"),
+    "workers_2": (1, 2, "local"),
+}
+"""name -> (processes, workers per process, routing) of the ``cluster`` stage; ``bytewax``: Bytewax
+places the source partitions (the layout before device-local routing), ``local``: each worker polls
+the devices whose state it holds (``dataflows.routing``)."""
+
+
 def stage_cluster(load: Load, points: int, work: Path, mon: Monitor) -> dict[str, Any]:
-    """The micro chain fed from memory as a 1-process and a 2-process cluster (devices split by Bytewax)."""
+    """The micro chain fed from memory as 1 process, 2 processes (device-local routing, and Bytewax's
+    own placement as before) and 2 worker threads in 1 process; ratios against 1 process."""
     devices = max(2, min(load.devices, 200))
     cload = Load(devices=devices, tags=load.tags, change_rate=load.change_rate)
     polls = max(2, points // (devices * load.tags))
     out: dict[str, Any] = {"devices": devices, "tags": load.tags, "polls": polls}
-    for n in (1, 2):
-        stats = work / f"stats-cluster-{n}"
+    for name, (n, workers, routing) in CLUSTER_VARIANTS.items():
+        stats = work / f"stats-cluster-{name}"
         stats.mkdir()
         env = {
             **os.environ,
             "NEXUS_BENCH_STATS": str(stats),
             "NEXUS_BENCH_SYNTH": json.dumps(
-                {"load": cload.as_dict(), "polls": polls, "ts0_ns": time.time_ns() - polls * 10**9}
+                {
+                    "load": cload.as_dict(),
+                    "polls": polls,
+                    "ts0_ns": time.time_ns() - polls * 10**9,
+                    "routing": routing,
+                }
             ),
         }
+        _progress(f"  cluster: {name} ...")
         mon.mark()
         t0 = time.monotonic()
-        procs = start_flow("bench.flow:synthetic", env, n, work)
+        procs = start_flow("bench.flow:synthetic", env, n, work, workers)
         for i, p in enumerate(procs):
-            mon.watch(f"cluster{n}-{i}", p.pid)
+            mon.watch(f"cluster-{name}-{i}", p.pid)
         for p in procs:
             p.wait(600)
         wall = time.monotonic() - t0
         res = mon.report()
         for i in range(n):
-            mon.unwatch(f"cluster{n}-{i}")
+            mon.unwatch(f"cluster-{name}-{i}")
         reports = [json.loads(f.read_text()) for f in stats.glob("flow-*.json")]
         pts = sum(r.get("points", 0) for r in reports)
-        # each process measures from its first to its last output on its own perf_counter clock
-        busy = max((r["last"] - r["first"]) for r in reports if r.get("first")) if reports else 0.0
-        out[f"processes_{n}"] = {
+        # from the first poll of any process to the last output of any (wall clocks of one machine)
+        started = [r["started"] for r in reports if r.get("started")]
+        ended = [r["last"] for r in reports if r.get("last")]
+        busy = max(ended) - min(started) if started and ended else 0.0
+        t0s = min(started, default=0.0)
+        timeline = [
+            {k: round(r[k] - t0s, 3) for k in ("started", "first", "last") if r.get(k)}
+            | {"points": r.get("points")}
+            for r in reports
+        ]
+        out[name] = {
+            "processes": n,
+            "workers_per_process": workers,
+            "routing": routing,
             "points_out": pts,
             "points_in": devices * load.tags * polls,
             "seconds": round(busy, 3),
             "wall_s_with_startup": round(wall, 2),
             "points_per_s": round(devices * load.tags * polls / busy) if busy else 0,
             "exit_codes": [p.returncode for p in procs],
+            "per_process": timeline,
             "resources": res,
         }
-    one, two = out["processes_1"]["points_per_s"], out["processes_2"]["points_per_s"]
-    out["speedup"] = round(two / one, 2) if one else None
+    one = out["processes_1"]["points_per_s"]
+    out["speedup"] = {
+        name: round(out[name]["points_per_s"] / one, 2) if one else None for name in CLUSTER_VARIANTS
+    }
     return out
 
 
@@ -790,10 +825,17 @@ def table(r: dict[str, Any]) -> str:
         )
     c = r.get("cluster")
     if c:
-        add("cluster, 1 process (pts/s)", c["processes_1"]["points_per_s"])
-        add(
-            "cluster, 2 processes (pts/s)", c["processes_2"]["points_per_s"], c["processes_1"]["points_per_s"]
-        )
+        one = c["processes_1"]["points_per_s"]
+        add("cluster, 1 process (pts/s)", one)
+        add("cluster, 2 processes, device-local routing (pts/s)", c["processes_2"]["points_per_s"], one)
+        if "processes_2_bytewax" in c:
+            add(
+                "cluster, 2 processes, Bytewax placement (pts/s)",
+                c["processes_2_bytewax"]["points_per_s"],
+                one,
+            )
+        if "workers_2" in c:
+            add("cluster, 1 process -w 2, device-local (pts/s)", c["workers_2"]["points_per_s"], one)
     qr = r.get("query")
     if qr:
         names = {
@@ -948,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"memory: {args.memory_devices * load.tags:,} tags configured ...")
                 result["memory"] = stage_memory(args, load, work=work, mon=mon, **urls)
             if "cluster" in stages:
-                _say("cluster: the chain as 1 and 2 Bytewax processes ...")
+                _say("cluster: the chain as 1 and 2 Bytewax processes, and -w 2 ...")
                 result["cluster"] = stage_cluster(load, args.cluster_points, work, mon)
             if "query" in stages:
                 assert pg is not None
