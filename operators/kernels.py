@@ -143,3 +143,69 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         rate_ns[k] = t[i]
         ml_on[k] = False
     return f, ints, floats
+
+
+@njit(cache=True, nogil=True)
+def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    a_ids: np.ndarray,
+    tags: np.ndarray,
+    ts: np.ndarray,
+    values: np.ndarray,
+    count: np.ndarray,
+    total: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    last_ts: np.ndarray,
+    last: np.ndarray,
+    area: np.ndarray,
+) -> tuple[bool, np.ndarray, np.ndarray]:
+    """Append one sample per tag to an open bucket's accumulators (aligned to ``a_ids``), into new
+    arrays: the inputs are never written (window state is immutable).
+
+    Returns ``(False, ...)`` when a tag is not in the bucket or occurs twice; else ``(True, ints,
+    floats)`` with ``ints`` rows count, last_ts and ``floats`` rows sum, min, max, last, area. The
+    arithmetic of ``WindowAggregator._process_fast``.
+    """
+    m = a_ids.shape[0]
+    n = tags.shape[0]
+    ints = np.empty((2, m), np.int64)
+    floats = np.empty((5, m), np.float64)
+    if m < n:
+        return False, ints, floats
+    s = np.empty(n, np.int64)
+    seen = np.zeros(m, np.bool_)
+    same = m == n
+    if same:
+        for i in range(n):
+            if a_ids[i] != tags[i]:
+                same = False
+                break
+    for i in range(n):
+        if same:
+            k = i
+        else:
+            k = np.searchsorted(a_ids, tags[i])
+            if k >= m or a_ids[k] != tags[i]:
+                return False, ints, floats
+        if seen[k]:
+            return False, ints, floats
+        seen[k] = True
+        s[i] = k
+    ints[0, :] = count
+    ints[1, :] = last_ts
+    floats[0, :] = total
+    floats[1, :] = lo
+    floats[2, :] = hi
+    floats[3, :] = last
+    floats[4, :] = area
+    for i in range(n):
+        k = s[i]
+        x = values[i]
+        ints[0, k] += 1
+        floats[0, k] += x
+        floats[1, k] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
+        floats[2, k] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
+        ints[1, k] = ts[i]
+        floats[3, k] = x
+        floats[4, k] += last[k] * (ts[i] - last_ts[k])
+    return True, ints, floats
