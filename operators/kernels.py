@@ -255,3 +255,44 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             to[j] = ts_ns[i]
             qo[j] = quality[i]
     return k, publish, vo, to, qo
+
+
+@njit(cache=True, nogil=True)
+def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    values: np.ndarray,
+    quality: np.ndarray,
+    gain: np.ndarray,
+    bias: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    good_limit: int,
+    clamped: int,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Scale and clamp a batch of good points: ``(status, values, quality)``.
+
+    Status -1: not applicable (a point not good, or a scaled value not finite), nothing returned;
+    0: done, no point clamped (``quality`` is empty: keep the batch's); 1: done, ``quality`` is a new
+    array with the clamped points marked ``clamped``. The arithmetic of ``Normalizer._apply_fast``.
+    """
+    n = values.shape[0]
+    out = np.empty(n, np.float64)
+    none = quality[:0]
+    for i in range(n):
+        if quality[i] >= good_limit:
+            return -1, out, none
+    any_clamped = False
+    for i in range(n):
+        x = values[i] * gain[i] + bias[i]
+        if not np.isfinite(x):
+            return -1, out, none
+        y = x if x > low[i] else low[i]
+        y = y if y < high[i] else high[i]
+        out[i] = y
+        any_clamped |= y != x
+    if not any_clamped:
+        return 0, out, none
+    q = quality.copy()
+    for i in range(n):
+        if out[i] != values[i] * gain[i] + bias[i]:
+            q[i] = clamped
+    return 1, out, q
