@@ -296,3 +296,17 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
         if out[i] != values[i] * gain[i] + bias[i]:
             q[i] = clamped
     return 1, out, q
+
+
+@njit(cache=True, nogil=True)
+def usable_span(ts: np.ndarray, quality: np.ndarray, values: np.ndarray) -> tuple[bool, int, int]:
+    """``(all usable, earliest ts, latest ts)`` of a batch: usable = not bad quality, not NaN."""
+    ok = True
+    lo = ts[0]
+    hi = ts[0]
+    for i in range(ts.shape[0]):
+        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
+            ok = False
+        lo = min(lo, ts[i])
+        hi = max(hi, ts[i])
+    return ok, lo, hi

@@ -80,7 +80,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import AggBatch
-from operators.kernels import window_append
+from operators.kernels import usable_span, window_append
 
 SECOND = 1_000_000_000
 NO_TIME = -(2**63)
@@ -100,10 +100,6 @@ F64 = npt.NDArray[np.float64]
 
 _CACHE_MAX_DEVICES = 4096
 # Bound once: the fast path calls these a few times per batch.
-_MIN = np.minimum.reduce
-_MAX = np.maximum.reduce
-_COUNT = np.count_nonzero
-_ISNAN = np.isnan
 
 
 def window_label(seconds: float) -> str:
@@ -484,12 +480,9 @@ class WindowAggregator:
         exactly the arithmetic of :func:`_merge`.
         """
         ts = batch.ts_ns
-        t_lo = int(_MIN(ts))
-        t_hi = int(_MAX(ts))
-        if t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
-            return None
         values = batch.values
-        if _MAX(batch.quality) >= 128 or _COUNT(_ISNAN(values)):
+        usable, t_lo, t_hi = usable_span(ts, batch.quality, values)
+        if not usable or t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
             return None
         watermark = t_hi if t_hi > st.watermark_ns else st.watermark_ns
         threshold = watermark - self._lateness_ns
