@@ -123,6 +123,8 @@ class CountingSink(DynamicSink[Any]):
         self.counts = counts if counts is not None else {"points": 0, "aggregates": 0, "alerts": 0}
         self.first: float | None = None
         self.last: float | None = None
+        self.last_cpu: float | None = None
+        """This process's CPU time (all threads) at the last write."""
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountingPart:
         return _CountingPart(self, step_id)
@@ -143,6 +145,7 @@ class _CountingPart(StatelessSinkPartition[Any]):
         if self.owner.first is None:
             self.owner.first = now
         self.owner.last = now
+        self.owner.last_cpu = time.process_time()
 
 
 class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
@@ -150,7 +153,8 @@ class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
 
     Each partition cycles through ``pool`` pre-built value arrays with advancing timestamps and stops
     after ``polls`` polls (``StopIteration``), so a cluster's processes split the devices between them.
-    ``started`` is the wall-clock time (``time.time()``) of this process's first poll.
+    ``started`` is the wall-clock time (``time.time()``) of this process's first poll, ``started_cpu``
+    the process's CPU time then.
     """
 
     def __init__(self, load: Load, polls: int, ts0_ns: int, *, per_call: int = 20, pool: int = 16) -> None:
@@ -160,6 +164,7 @@ class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
         self.per_call = per_call
         self.pool = pool
         self.started: float | None = None
+        self.started_cpu: float | None = None
 
     def list_parts(self) -> list[str]:
         return [self.load.device_id(i) for i in range(self.load.devices)]
@@ -202,6 +207,7 @@ class _SyntheticPart(StatefulSourcePartition[PointBatch, None]):
     def next_batch(self) -> list[PointBatch]:
         if self.source.started is None:
             self.source.started = time.time()
+            self.source.started_cpu = time.process_time()
         if self.left <= 0:
             raise StopIteration
         n = min(self.per_call, self.left)

@@ -276,7 +276,18 @@ def build_synthetic() -> Dataflow:
         source = WorkerLocalSource(synthetic, str)
 
     def collect() -> dict[str, Any]:
-        return {**sink.counts, "started": synthetic.started, "first": sink.first, "last": sink.last}
+        cpu = (
+            None
+            if sink.last_cpu is None or synthetic.started_cpu is None
+            else sink.last_cpu - synthetic.started_cpu
+        )
+        return {
+            **sink.counts,
+            "started": synthetic.started,
+            "first": sink.first,
+            "last": sink.last,
+            "cpu_s": cpu,
+        }
 
     reporter = _Reporter(collect)
     import atexit
