@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from bytewax.testing import cluster_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import cluster_main, run_main
 
 from dataflows.routing import WorkerLocalSource, siphash13, worker_of
 from nexus.embedded import free_port
@@ -134,6 +135,18 @@ def test_parts_are_split_by_bytewax_routing_and_cover_every_device() -> None:
         assert sorted(p for parts in split for p in parts) == sorted(source.inner.list_parts())
         for w, parts in enumerate(split):
             assert all(worker_of(p.removeprefix("sim:"), n) == w for p in parts)
+
+
+def test_a_recovery_store_of_the_partitioned_source_resumes_with_the_worker_local_one(tmp_path: Path) -> None:
+    """Flows recovered after the upgrade: the input step changes kind, the stateful steps resume."""
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    before: list[Any] = []
+    run_main(build_flow(Polls(DEVICES, 2, {}), before), epoch_interval=timedelta(0), recovery_config=recovery)
+    after: list[Any] = []
+    source = WorkerLocalSource(Polls(DEVICES, 2, {}), lambda p: p.removeprefix("sim:"))
+    run_main(build_flow(source, after), epoch_interval=timedelta(0), recovery_config=recovery)
+    assert len(before) == len(after) == 2 * len(DEVICES)
 
 
 def test_worker_count_must_be_positive() -> None:
