@@ -6,15 +6,29 @@ chain, ~1 µs each, whatever the batch size; a compiled loop does the same arith
 every array untouched when it does not, so the caller falls back to its numpy path, which stays the
 reference: the kernels are an optimisation with the same results, never a second behaviour.
 
-Compiled on first use and cached on disk (``cache=True``: the package's ``__pycache__``, or
-numba's user-wide cache when that is not writable; ``NUMBA_CACHE_DIR`` moves it). ``nogil``: a
-kernel does not hold the interpreter lock while it runs.
+Compiled on first use (about a second per kernel) and cached on disk: the package's
+``__pycache__``, or numba's user-wide cache when that is not writable (``NUMBA_CACHE_DIR`` moves it);
+with no writable folder at all, once per process. ``nogil``: a kernel does not hold the interpreter
+lock while it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
+
+
+def _compiled(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled on first use without the interpreter lock, cached on disk when some cache
+    folder is writable (else compiled once per process: numba refuses ``cache=True`` otherwise)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True)(fn)
+
 
 _BAD_QUALITY = 128
 _NO_TS = np.iinfo(np.int64).min
@@ -23,7 +37,7 @@ FLIP_HIGH, FLIP_LOW, FLIP_STUCK, FLIP_RATE = 0, 1, 2, 3
 """Kinds in a flip row, in the order alerts of one point are emitted (``anomaly._KINDS``)."""
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     sids: np.ndarray,
     tags: np.ndarray,
@@ -145,7 +159,7 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return f, ints, floats
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     a_ids: np.ndarray,
     tags: np.ndarray,
@@ -211,7 +225,7 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return True, ints, floats
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     pos: np.ndarray,
     values: np.ndarray,
@@ -257,7 +271,7 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return k, publish, vo, to, qo
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     values: np.ndarray,
     quality: np.ndarray,
@@ -298,7 +312,7 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
     return 1, out, q
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def usable_span(ts: np.ndarray, quality: np.ndarray, values: np.ndarray) -> tuple[bool, int, int]:
     """``(all usable, earliest ts, latest ts)`` of a batch: usable = not bad quality, not NaN."""
     ok = True
