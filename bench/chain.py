@@ -116,12 +116,15 @@ def _device(batch: PointBatch) -> str:
 
 
 class CountingSink(DynamicSink[Any]):
-    """Counts points (batches by length), aggregate rows and alerts; ``on_write`` sees every call."""
+    """Counts points (batches by length), aggregate rows and alerts; ``first`` and ``last`` are the
+    wall-clock times (``time.time()``, comparable between processes) of the first and last write."""
 
     def __init__(self, counts: dict[str, int] | None = None) -> None:
         self.counts = counts if counts is not None else {"points": 0, "aggregates": 0, "alerts": 0}
         self.first: float | None = None
         self.last: float | None = None
+        self.last_cpu: float | None = None
+        """This process's CPU time (all threads) at the last write."""
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountingPart:
         return _CountingPart(self, step_id)
@@ -138,10 +141,11 @@ class _CountingPart(StatelessSinkPartition[Any]):
             value = item[1] if isinstance(item, tuple) else item
             n += len(value) if hasattr(value, "__len__") else 1
         self.owner.counts[self.kind] = self.owner.counts.get(self.kind, 0) + n
-        now = time.perf_counter()
+        now = time.time()
         if self.owner.first is None:
             self.owner.first = now
         self.owner.last = now
+        self.owner.last_cpu = time.process_time()
 
 
 class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
@@ -149,6 +153,8 @@ class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
 
     Each partition cycles through ``pool`` pre-built value arrays with advancing timestamps and stops
     after ``polls`` polls (``StopIteration``), so a cluster's processes split the devices between them.
+    ``started`` is the wall-clock time (``time.time()``) of this process's first poll, ``started_cpu``
+    the process's CPU time then.
     """
 
     def __init__(self, load: Load, polls: int, ts0_ns: int, *, per_call: int = 20, pool: int = 16) -> None:
@@ -157,6 +163,8 @@ class SyntheticSource(FixedPartitionedSource[PointBatch, None]):
         self.ts0_ns = ts0_ns
         self.per_call = per_call
         self.pool = pool
+        self.started: float | None = None
+        self.started_cpu: float | None = None
 
     def list_parts(self) -> list[str]:
         return [self.load.device_id(i) for i in range(self.load.devices)]
@@ -194,8 +202,12 @@ class _SyntheticPart(StatefulSourcePartition[PointBatch, None]):
         self.ts0_ns = ts0_ns
         self.step_ns = round(source.load.poll_interval_s * 1e9)
         self.per_call = source.per_call
+        self.source = source
 
     def next_batch(self) -> list[PointBatch]:
+        if self.source.started is None:
+            self.source.started = time.time()
+            self.source.started_cpu = time.process_time()
         if self.left <= 0:
             raise StopIteration
         n = min(self.per_call, self.left)

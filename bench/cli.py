@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-messages", type=int, default=100_000)
     p.add_argument("--micro-points", type=int, default=1_000_000)
     p.add_argument("--cluster-points", type=int, default=1_000_000)
+    p.add_argument(
+        "--cluster-repeats", type=int, default=1,
+        help="rounds of the cluster stage's variants (interleaved); the median of each variant is reported",
+    )  # fmt: skip
     p.add_argument("--ramp-interval", type=float, default=0.1, help="ramp: poll interval, s")
     p.add_argument(
         "--ramp-devices",
@@ -77,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp-warmup", type=float, default=8.0, help="ramp: warm-up of each step, s")
     p.add_argument("--ramp-seconds", type=float, default=15.0, help="ramp: measuring window of each step, s")
     p.add_argument("--ramp-budget", type=float, default=300.0, help="ramp: no new step after this many s")
+    p.add_argument(
+        "--ramp-processes", default="1",
+        help="ramp: Bytewax process counts to ramp with, one after the other (e.g. 1,2)",
+    )  # fmt: skip
     p.add_argument(
         "--ramp-flow",
         choices=("e2e", "source"),
@@ -277,23 +286,26 @@ def _flow_stats(folder: Path) -> dict[str, Any]:
     return total
 
 
-def _bytewax_cmd(module: str, processes: int, index: int, addresses: str) -> list[str]:
+def _bytewax_cmd(module: str, processes: int, index: int, addresses: str, workers: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "bytewax.run", module]
     if processes > 1:
         cmd += ["-i", str(index), "-a", addresses]
+    if workers > 1:
+        cmd += ["-w", str(workers)]
     return cmd
 
 
 def start_flow(
-    module: str, env: dict[str, str], processes: int, workdir: Path
+    module: str, env: dict[str, str], processes: int, workdir: Path, workers: int = 1
 ) -> list[subprocess.Popen[bytes]]:
+    """``processes`` Bytewax processes of ``module`` (a cluster when > 1), ``workers`` threads each."""
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     procs = []
     for i in range(processes):
         log = (workdir / f"{module.replace(':', '_')}-{i}.log").open("wb")
         procs.append(
             subprocess.Popen(
-                _bytewax_cmd(module, processes, i, addresses),
+                _bytewax_cmd(module, processes, i, addresses, workers),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -517,82 +529,109 @@ def _poll_counts(s0: dict[str, Any], s1: dict[str, Any], seconds: float) -> dict
 def stage_ramp(
     args: argparse.Namespace, load: Load, *, pg_url: str, mqtt_url: str, work: Path, mon: Monitor
 ) -> dict[str, Any]:
-    """Device counts x ``load.tags`` at ``--ramp-interval``, each as a fresh flow process; stops at the
-    first step that skips or fails more than ``RAMP_SKIP_LIMIT`` of its polls (or at the time budget)."""
+    """Device counts x ``load.tags`` at ``--ramp-interval``, each as a fresh flow (``--ramp-processes``:
+    as 1 process, then as a cluster of 2, ...); per process count, stops at the first step that skips or
+    fails more than ``RAMP_SKIP_LIMIT`` of its polls (or at the time budget). The top-level ``steps``
+    are those of the first process count; ``by_processes`` holds every count's."""
     steps = sorted({int(x) for x in args.ramp_devices.split(",") if x.strip()})
+    counts = [int(x) for x in str(args.ramp_processes).split(",") if x.strip()]
     top = replace(load, devices=max(steps), poll_interval_s=args.ramp_interval, processes=1)
     # registers change once a second: at 0.1 s the simulators' own updates would eat a core
     sim, ports = start_sim(top, update_s=1.0)
     mon.watch("ramp-simulators", sim.pid)
+    by: dict[str, Any] = {}
+    try:
+        for nproc in counts:
+            by[str(nproc)] = _ramp(args, top, steps, nproc, ports, pg_url, mqtt_url, work, mon)
+    finally:
+        mon.unwatch("ramp-simulators")
+        _stop_sim(sim)
+    return {**by[str(counts[0])], "by_processes": by}
+
+
+def _ramp(  # noqa: PLR0917 - the stage's context, passed through
+    args: argparse.Namespace,
+    top: Load,
+    steps: list[int],
+    nproc: int,
+    ports: Any,
+    pg_url: str,
+    mqtt_url: str,
+    work: Path,
+    mon: Monitor,
+) -> dict[str, Any]:
     module = "bench.flow:flow" if args.ramp_flow == "e2e" else "bench.flow:source_only"
     out: dict[str, Any] = {
         "interval_s": args.ramp_interval,
-        "tags": load.tags,
+        "tags": top.tags,
         "flow": args.ramp_flow,
+        "processes": nproc,
         "limit": RAMP_SKIP_LIMIT,
         "steps": [],
     }
     started = time.monotonic()
-    try:
-        for n in steps:
-            if time.monotonic() - started > args.ramp_budget:
-                out["stopped"] = f"time budget ({args.ramp_budget:g} s) spent before {n} devices"
-                break
-            step = replace(top, devices=n)
-            env = _flow_env(step, ports, work / f"ramp-{n}", pg_url, mqtt_url)
-            stats = Path(env["NEXUS_BENCH_STATS"])
-            procs = start_flow(module, env, 1, work)
-            mon.watch("ramp-bytewax", procs[0].pid)
-            try:
-                # the warm-up starts at the flow's first poll, not at its spawn: on a loaded machine
-                # the start-up alone can outlast a short warm-up and leave a step with no polls
-                _progress(f"  ramp {n} devices: waiting for the first poll")
-                _wait_json(stats / f"flow-{procs[0].pid}.json", "polls", 120)
-                t0 = time.monotonic()
-                while time.monotonic() - t0 < args.ramp_warmup:
-                    _progress(
-                        f"  ramp {n} devices: warm-up {time.monotonic() - t0:3.0f}/{args.ramp_warmup:g} s"
-                    )
-                    if procs[0].poll() is not None:
-                        raise RuntimeError(f"the dataflow exited early; see {work}")
-                    time.sleep(0.5)
-                mon.mark()
-                s0, m0 = _flow_stats(stats), time.monotonic()
-                while (el := time.monotonic() - m0) < args.ramp_seconds:
-                    s = _flow_stats(stats)
-                    _progress(
-                        f"  ramp {n} devices x {load.tags} at {args.ramp_interval:g} s: {el:3.0f}/"
-                        f"{args.ramp_seconds:g} s  skipped {_get(s, 'skipped_polls') - _get(s0, 'skipped_polls'):,.0f}"
-                    )
-                    if procs[0].poll() is not None:
-                        raise RuntimeError(f"the dataflow exited early; see {work}")
-                    time.sleep(0.5)
-                s1, seconds = _flow_stats(stats), time.monotonic() - m0
-                res = mon.report()
-            finally:
-                stop_procs(procs)
-                mon.unwatch("ramp-bytewax")
-            r = {"devices": n, "offered_points_per_s": step.points_per_s, **_poll_counts(s0, s1, seconds)}
-            r["gc"] = {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k}
-            r["gc_max_pause_ms"] = max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None)
-            r["bytewax"] = res.get("ramp-bytewax")
-            r["simulators"] = res.get("ramp-simulators")
-            r["holds"] = bool(
-                r["polls"]
-                and (r["skipped_fraction"] or 0) <= RAMP_SKIP_LIMIT
-                and (r["failed_fraction"] or 0) <= RAMP_SKIP_LIMIT
-            )
-            out["steps"].append(r)
-            _say(
-                f"\r\033[K  ramp {n} devices: read {r['points_read_per_s']:,.0f} pts/s, skipped "
-                f"{r['skipped_polls']:,.0f} ({100 * (r['skipped_fraction'] or 0):.2f} %), "
-                f"failed {r['poll_failures']:,.0f} -> {'holds' if r['holds'] else 'does not hold'}"
-            )
-            if not r["holds"]:
-                break
-    finally:
-        mon.unwatch("ramp-simulators")
-        _stop_sim(sim)
+    for n in steps:
+        if time.monotonic() - started > args.ramp_budget:
+            out["stopped"] = f"time budget ({args.ramp_budget:g} s) spent before {n} devices"
+            break
+        step = replace(top, devices=n, processes=nproc)
+        env = _flow_env(step, ports, work / f"ramp-{nproc}p-{n}", pg_url, mqtt_url)
+        stats = Path(env["NEXUS_BENCH_STATS"])
+        procs = start_flow(module, env, nproc, work)
+        names = [f"ramp-bytewax-{i}" for i in range(nproc)]
+        for name, p in zip(names, procs, strict=True):
+            mon.watch(name, p.pid)
+        label = f"ramp {n} devices, {nproc} process{'es' if nproc > 1 else ''}"
+
+        def check_alive(procs: list[subprocess.Popen[bytes]] = procs) -> None:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the dataflow exited early; see {work}")
+
+        try:
+            # the warm-up starts at the flow's first poll, not at its spawn: on a loaded machine
+            # the start-up alone can outlast a short warm-up and leave a step with no polls
+            _progress(f"  {label}: waiting for the first poll")
+            for p in procs:
+                _wait_json(stats / f"flow-{p.pid}.json", "polls", 120)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < args.ramp_warmup:
+                _progress(f"  {label}: warm-up {time.monotonic() - t0:3.0f}/{args.ramp_warmup:g} s")
+                check_alive()
+                time.sleep(0.5)
+            mon.mark()
+            s0, m0 = _flow_stats(stats), time.monotonic()
+            while (el := time.monotonic() - m0) < args.ramp_seconds:
+                s = _flow_stats(stats)
+                _progress(
+                    f"  {label} x {top.tags} at {args.ramp_interval:g} s: {el:3.0f}/{args.ramp_seconds:g} s"
+                    f"  skipped {_get(s, 'skipped_polls') - _get(s0, 'skipped_polls'):,.0f}"
+                )
+                check_alive()
+                time.sleep(0.5)
+            s1, seconds = _flow_stats(stats), time.monotonic() - m0
+            res = mon.report()
+        finally:
+            stop_procs(procs)
+            for name in names:
+                mon.unwatch(name)
+        r = {"devices": n, "offered_points_per_s": step.points_per_s, **_poll_counts(s0, s1, seconds)}
+        r["gc"] = {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k}
+        r["gc_max_pause_ms"] = max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None)
+        r["bytewax"] = res.get(names[0]) if nproc == 1 else {name: res.get(name) for name in names}
+        r["simulators"] = res.get("ramp-simulators")
+        r["holds"] = bool(
+            r["polls"]
+            and (r["skipped_fraction"] or 0) <= RAMP_SKIP_LIMIT
+            and (r["failed_fraction"] or 0) <= RAMP_SKIP_LIMIT
+        )
+        out["steps"].append(r)
+        _say(
+            f"\r\033[K  {label}: read {r['points_read_per_s']:,.0f} pts/s, skipped "
+            f"{r['skipped_polls']:,.0f} ({100 * (r['skipped_fraction'] or 0):.2f} %), "
+            f"failed {r['poll_failures']:,.0f} -> {'holds' if r['holds'] else 'does not hold'}"
+        )
+        if not r["holds"]:
+            break
     held = [r["devices"] for r in out["steps"] if r["holds"]]
     first_bad = next((r["devices"] for r in out["steps"] if not r["holds"]), None)
     out["largest_holding_devices"] = max(held) if held else 0
@@ -662,49 +701,118 @@ def stage_memory(
     return out
 
 
-def stage_cluster(load: Load, points: int, work: Path, mon: Monitor) -> dict[str, Any]:
-    """The micro chain fed from memory as a 1-process and a 2-process cluster (devices split by Bytewax)."""
+CLUSTER_VARIANTS = {
+    "processes_1": (1, 1, "local"),
+    "processes_2": (2, 1, "local"),
+    "processes_2_bytewax": (2, 1, "bytewax"),
+    "workers_2": (1, 2, "local"),
+}
+"""name -> (processes, workers per process, routing) of the ``cluster`` stage; ``bytewax``: Bytewax
+places the source partitions (the layout before device-local routing), ``local``: each worker polls
+the devices whose state it holds (``dataflows.routing``)."""
+
+
+def stage_cluster(load: Load, points: int, work: Path, mon: Monitor, repeats: int = 1) -> dict[str, Any]:
+    """The micro chain fed from memory as 1 process, 2 processes (device-local routing, and Bytewax's
+    own placement as before) and 2 worker threads in 1 process; ratios against 1 process.
+
+    With ``repeats`` > 1 the variants run round after round (so a burst of load from elsewhere hits
+    them alike); each variant reports its median round, ``speedup`` the median of its per-round ratios.
+    """
     devices = max(2, min(load.devices, 200))
     cload = Load(devices=devices, tags=load.tags, change_rate=load.change_rate)
     polls = max(2, points // (devices * load.tags))
-    out: dict[str, Any] = {"devices": devices, "tags": load.tags, "polls": polls}
-    for n in (1, 2):
-        stats = work / f"stats-cluster-{n}"
-        stats.mkdir()
-        env = {
-            **os.environ,
-            "NEXUS_BENCH_STATS": str(stats),
-            "NEXUS_BENCH_SYNTH": json.dumps(
-                {"load": cload.as_dict(), "polls": polls, "ts0_ns": time.time_ns() - polls * 10**9}
-            ),
-        }
-        mon.mark()
-        t0 = time.monotonic()
-        procs = start_flow("bench.flow:synthetic", env, n, work)
-        for i, p in enumerate(procs):
-            mon.watch(f"cluster{n}-{i}", p.pid)
-        for p in procs:
-            p.wait(600)
-        wall = time.monotonic() - t0
-        res = mon.report()
-        for i in range(n):
-            mon.unwatch(f"cluster{n}-{i}")
-        reports = [json.loads(f.read_text()) for f in stats.glob("flow-*.json")]
-        pts = sum(r.get("points", 0) for r in reports)
-        # each process measures from its first to its last output on its own perf_counter clock
-        busy = max((r["last"] - r["first"]) for r in reports if r.get("first")) if reports else 0.0
-        out[f"processes_{n}"] = {
-            "points_out": pts,
-            "points_in": devices * load.tags * polls,
-            "seconds": round(busy, 3),
-            "wall_s_with_startup": round(wall, 2),
-            "points_per_s": round(devices * load.tags * polls / busy) if busy else 0,
-            "exit_codes": [p.returncode for p in procs],
-            "resources": res,
-        }
-    one, two = out["processes_1"]["points_per_s"], out["processes_2"]["points_per_s"]
-    out["speedup"] = round(two / one, 2) if one else None
+    out: dict[str, Any] = {"devices": devices, "tags": load.tags, "polls": polls, "repeats": repeats}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CLUSTER_VARIANTS}
+    for rep in range(repeats):
+        for name, (n, workers, routing) in CLUSTER_VARIANTS.items():
+            _progress(f"  cluster: round {rep + 1}/{repeats}, {name} ...")
+            runs[name].append(
+                _cluster_run(cload, polls, (n, workers, routing), work / f"cluster-{name}-{rep}", mon)
+            )
+    speedups: dict[str, list[float]] = {name: [] for name in CLUSTER_VARIANTS}
+    cpu_speedups: dict[str, list[float]] = {name: [] for name in CLUSTER_VARIANTS}
+    for rep in range(repeats):
+        one = runs["processes_1"][rep]["points_per_s"]
+        one_cpu = runs["processes_1"][rep]["points_per_cpu_s_busiest"]
+        for name in CLUSTER_VARIANTS:
+            if one:
+                speedups[name].append(runs[name][rep]["points_per_s"] / one)
+            if one_cpu:
+                cpu_speedups[name].append(runs[name][rep]["points_per_cpu_s_busiest"] / one_cpu)
+    for name, rounds in runs.items():
+        ordered = sorted(rounds, key=lambda r: r["points_per_s"])
+        out[name] = {**ordered[len(ordered) // 2], "rounds_points_per_s": [r["points_per_s"] for r in rounds]}
+    out["speedup"] = {name: round(statistics.median(v), 2) if v else None for name, v in speedups.items()}
+    out["speedup_rounds"] = {name: [round(x, 2) for x in v] for name, v in speedups.items()}
+    out["speedup_cpu"] = {
+        name: round(statistics.median(v), 2) if v else None for name, v in cpu_speedups.items()
+    }
+    out["speedup_cpu_rounds"] = {name: [round(x, 2) for x in v] for name, v in cpu_speedups.items()}
     return out
+
+
+def _max_cpu(reports: list[dict[str, Any]]) -> float:
+    return max((r["cpu_s"] for r in reports if r.get("cpu_s")), default=0.0)
+
+
+def _cluster_run(
+    cload: Load, polls: int, variant: tuple[int, int, str], stats: Path, mon: Monitor
+) -> dict[str, Any]:
+    n, workers, routing = variant
+    stats.mkdir()
+    env = {
+        **os.environ,
+        "NEXUS_BENCH_STATS": str(stats),
+        "NEXUS_BENCH_SYNTH": json.dumps(
+            {
+                "load": cload.as_dict(),
+                "polls": polls,
+                "ts0_ns": time.time_ns() - polls * 10**9,
+                "routing": routing,
+            }
+        ),
+    }
+    mon.mark()
+    t0 = time.monotonic()
+    procs = start_flow("bench.flow:synthetic", env, n, stats, workers)
+    for i, p in enumerate(procs):
+        mon.watch(f"cluster-{i}", p.pid)
+    for p in procs:
+        p.wait(600)
+    wall = time.monotonic() - t0
+    res = mon.report()
+    for i in range(n):
+        mon.unwatch(f"cluster-{i}")
+    reports = [json.loads(f.read_text()) for f in stats.glob("flow-*.json")]
+    # from the first poll of any process to the last output of any (wall clocks of one machine)
+    started = [r["started"] for r in reports if r.get("started")]
+    ended = [r["last"] for r in reports if r.get("last")]
+    busy = max(ended) - min(started) if started and ended else 0.0
+    t0s = min(started, default=0.0)
+    points_in = cload.devices * cload.tags * polls
+    return {
+        "processes": n,
+        "workers_per_process": workers,
+        "routing": routing,
+        "points_out": sum(r.get("points", 0) for r in reports),
+        "points_in": points_in,
+        "seconds": round(busy, 3),
+        "wall_s_with_startup": round(wall, 2),
+        "points_per_s": round(points_in / busy) if busy else 0,
+        # CPU seconds each process spent from its first poll to its last output: on a shared machine
+        # wall time measures the share of the cores a variant got; the busiest process's CPU time is
+        # how long the run takes with a core per process
+        "cpu_s": [round(r["cpu_s"], 3) for r in reports if r.get("cpu_s")],
+        "points_per_cpu_s_busiest": round(points_in / cpu_max) if (cpu_max := _max_cpu(reports)) else 0,
+        "exit_codes": [p.returncode for p in procs],
+        "per_process": [
+            {k: round(r[k] - t0s, 3) for k in ("started", "first", "last") if r.get(k)}
+            | {"points": r.get("points")}
+            for r in reports
+        ],
+        "resources": res,
+    }
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -776,18 +884,24 @@ def table(r: dict[str, Any]) -> str:
             rows.append(
                 (f"  {name}", f"{res['cpu_cores']:.2f} cores, {res['peak_rss_mb']:.0f} MB peak", "", "")
             )
-    rp = r.get("ramp")
-    if rp:
-        for st in rp["steps"]:
-            rows.append(
-                (
-                    f"ramp @ {rp['interval_s']:g} s, {st['devices']} devices ({rp['flow']}): read pts/s, skipped",
-                    f"{st['points_read_per_s']:,.0f}, {100 * (st['skipped_fraction'] or 0):.2f} %",
-                    f"{st['offered_points_per_s']:,.0f}",
-                    _ratio(st["points_read_per_s"], st["offered_points_per_s"]),
+    ramp = r.get("ramp")
+    if ramp:
+        for rp in ramp.get("by_processes", {"1": ramp}).values():
+            procs = f", {rp['processes']} processes" if rp.get("processes", 1) > 1 else ""
+            for st in rp["steps"]:
+                rows.append(
+                    (
+                        f"ramp @ {rp['interval_s']:g} s{procs}, {st['devices']} devices ({rp['flow']}): "
+                        "read pts/s, skipped",
+                        f"{st['points_read_per_s']:,.0f}, {100 * (st['skipped_fraction'] or 0):.2f} %",
+                        f"{st['offered_points_per_s']:,.0f}",
+                        _ratio(st["points_read_per_s"], st["offered_points_per_s"]),
+                    )
                 )
+            add(
+                f"ramp @ {rp['interval_s']:g} s{procs}: largest device count holding",
+                rp["largest_holding_devices"],
             )
-        add(f"ramp @ {rp['interval_s']:g} s: largest device count holding", rp["largest_holding_devices"])
     mm = r.get("memory")
     if mm:
         rows.append(
@@ -800,10 +914,31 @@ def table(r: dict[str, Any]) -> str:
         )
     c = r.get("cluster")
     if c:
-        add("cluster, 1 process (pts/s)", c["processes_1"]["points_per_s"])
-        add(
-            "cluster, 2 processes (pts/s)", c["processes_2"]["points_per_s"], c["processes_1"]["points_per_s"]
-        )
+        one = c["processes_1"]["points_per_s"]
+        add("cluster, 1 process (pts/s)", one)
+        add("cluster, 2 processes, device-local routing (pts/s)", c["processes_2"]["points_per_s"], one)
+        if "processes_2_bytewax" in c:
+            add(
+                "cluster, 2 processes, Bytewax placement (pts/s)",
+                c["processes_2_bytewax"]["points_per_s"],
+                one,
+            )
+        if "workers_2" in c:
+            add("cluster, 1 process -w 2, device-local (pts/s)", c["workers_2"]["points_per_s"], one)
+        cpu_one = c["processes_1"].get("points_per_cpu_s_busiest")
+        if cpu_one:
+            add("cluster by CPU time, 1 process (pts per CPU-s)", cpu_one)
+            for name, label in (
+                ("processes_2", "2 processes, device-local"),
+                ("processes_2_bytewax", "2 processes, Bytewax placement"),
+                ("workers_2", "1 process -w 2, device-local"),
+            ):
+                if name in c:
+                    add(
+                        f"cluster by CPU time, {label} (pts per busiest CPU-s)",
+                        c[name]["points_per_cpu_s_busiest"],
+                        cpu_one,
+                    )
     qr = r.get("query")
     if qr:
         names = {
@@ -973,8 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"memory: {args.memory_devices * load.tags:,} tags configured ...")
                 result["memory"] = stage_memory(args, load, work=work, mon=mon, **urls)
             if "cluster" in stages:
-                _say("cluster: the chain as 1 and 2 Bytewax processes ...")
-                result["cluster"] = stage_cluster(load, args.cluster_points, work, mon)
+                _say("cluster: the chain as 1 and 2 Bytewax processes, and -w 2 ...")
+                result["cluster"] = stage_cluster(load, args.cluster_points, work, mon, args.cluster_repeats)
             if "query" in stages:
                 assert pg is not None
                 from bench.query import stage_query

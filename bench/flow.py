@@ -5,7 +5,9 @@
 - ``bench.flow:source_only`` — the spec's device source straight into a counting sink (no operators,
   database or broker): what polling alone sustains (the ``ramp`` stage with ``--ramp-flow source``);
 - ``bench.flow:synthetic`` — device polls from memory through the micro-benchmark's operator chain
-  into a counting sink (the multi-process scale-out stage); ``NEXUS_BENCH_SYNTH`` holds its load.
+  into a counting sink (the multi-process scale-out stage); ``NEXUS_BENCH_SYNTH`` holds its load and
+  ``routing``: ``local`` (default: each worker polls the devices whose state it holds, as compiled
+  flows do) or ``bytewax`` (Bytewax places the partitions: the layout before device-local routing).
 
 Sinks spool to ``NEXUS_SPOOL_DIR`` (default ``{NEXUS_DATA_DIR}/spool``), bounded by
 ``NEXUS_BENCH_SPOOL_MAX_BYTES`` per sink (default 1 GiB).
@@ -42,6 +44,7 @@ from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, device_plans
+from dataflows.routing import WorkerLocalSource
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
 from dataflows.telemetry import tune_interpreter
 
@@ -267,10 +270,24 @@ def build_synthetic() -> Dataflow:
     load = Load(**cfg["load"])
     chain = Chain.for_load(load)
     sink = CountingSink()
-    source = SyntheticSource(load, polls=int(cfg["polls"]), ts0_ns=int(cfg["ts0_ns"]))
+    synthetic = SyntheticSource(load, polls=int(cfg["polls"]), ts0_ns=int(cfg["ts0_ns"]))
+    source: Any = synthetic
+    if cfg.get("routing", "local") == "local":  # as the compiler does; "bytewax": Bytewax places partitions
+        source = WorkerLocalSource(synthetic, str)
 
     def collect() -> dict[str, Any]:
-        return {**sink.counts, "first": sink.first, "last": sink.last, "clock": time.perf_counter()}
+        cpu = (
+            None
+            if sink.last_cpu is None or synthetic.started_cpu is None
+            else sink.last_cpu - synthetic.started_cpu
+        )
+        return {
+            **sink.counts,
+            "started": synthetic.started,
+            "first": sink.first,
+            "last": sink.last,
+            "cpu_s": cpu,
+        }
 
     reporter = _Reporter(collect)
     import atexit

@@ -40,6 +40,7 @@ from core.batch import PointBatch, tag_id_for
 from core.device_config import DeviceConfig
 from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 from core.uns import uns_topic
+from dataflows.routing import WorkerLocalSource
 from dataflows.spec import (
     AnomalyNode,
     CalculatedTagSpec,
@@ -580,6 +581,11 @@ def _device_key(batch: PointBatch | DeviceConfig) -> str:
     return batch.device_id
 
 
+def _part_device(part_key: str) -> str:
+    """The device id (the state key, see ``_device_key``) of a polling partition ``protocol:device``."""
+    return part_key.split(":", 1)[1]
+
+
 def _count_read(status: FlowStatus, item: PointBatch | DeviceConfig) -> None:
     if isinstance(item, PointBatch):
         status.count_read(len(item))
@@ -678,7 +684,8 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
             polled.set_adaptive(device_id, adaptive)
         if runtime.status is not None:
             runtime.status.add_device_stats(polled.stats)
-        streams.append(op.input(SOURCE_STEP, flow, polled))
+        # each worker polls the devices whose state Bytewax routes to it: batches stay in-process
+        streams.append(op.input(SOURCE_STEP, flow, WorkerLocalSource(polled, _part_device)))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
         source = MqttSource(

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import Alert, Severity
+from operators.kernels import anomaly_fast
 
 __all__ = [
     "AnomalyDetector",
@@ -453,21 +454,10 @@ class _FastParams:
     """Parameters aligned to a state's rows, with the enabled-check masks precomputed."""
 
     p: _Params
-    has_high: npt.NDArray[np.bool_]
-    has_low: npt.NDArray[np.bool_]
-    has_rate: npt.NDArray[np.bool_]
-
-
-_MAX = np.maximum.reduce
-_MINIMUM = np.minimum
-_COUNT = np.count_nonzero
-_ISFINITE = np.isfinite
-_ABS = np.abs
-_SEARCH = np.searchsorted
-
-
-def _event_key(e: tuple[int, int, Alert]) -> tuple[int, int]:
-    return e[0], e[1]
+    pf: npt.NDArray[np.float64]
+    """Rows high, high_clear, low, low_clear, stuck_eps, rate_max (the compiled kernel's layout)."""
+    pi: npt.NDArray[np.int64]
+    """Rows has_stuck, stuck_n, stuck_ns."""
 
 
 def _lookup(
@@ -607,9 +597,8 @@ class AnomalyDetector:
             if not p.ml_kind.any():
                 fp = _FastParams(
                     p=p,
-                    has_high=~np.isnan(p.high),
-                    has_low=~np.isnan(p.low),
-                    has_rate=~np.isnan(p.rate_max),
+                    pf=np.stack([p.high, p.high_clear, p.low, p.low_clear, p.stuck_eps, p.rate_max]),
+                    pi=np.stack([p.has_stuck.astype(np.int64), p.stuck_n, p.stuck_ns]),
                 )
         if len(self._fast) >= 4096:
             self._fast.clear()
@@ -622,7 +611,8 @@ class AnomalyDetector:
         Applies when every point is usable, each tag occurs once and already has a state row, no
         tag has an ML check, and every point advances its tag's rate clock (so the rate check
         needs no special cases). The checks are the same elementwise expressions as in
-        :meth:`_round`, on the batch in its own order.
+        :meth:`_round`, on the batch in its own order, in one compiled call
+        (:func:`operators.kernels.anomaly_fast`); the alerts are built in Python for the flips only.
         """
         sids = st.tag_ids
         tags = batch.tag_ids
@@ -632,84 +622,31 @@ class AnomalyDetector:
         fp = self._fast_params(sids)
         if fp is None:
             return None
-        v = batch.values
-        if _MAX(batch.quality) >= _BAD_QUALITY or _COUNT(_ISFINITE(v)) != n:
-            return None
-        s = _SEARCH(sids, tags)
-        _MINIMUM(s, m - 1, out=s)
-        if _COUNT(sids[s] != tags):
-            return None
-        mark = np.zeros(m, np.bool_)
-        mark[s] = True
-        if _COUNT(mark) != n:
-            return None
-        t = batch.ts_ns
-        last_ns = st.rate_ns[s]
-        if _COUNT(t > last_ns) != n or _COUNT(last_ns == _NO_TS):
-            return None
-        p = fp.p
-        pos = np.arange(n)
-        events: list[tuple[int, int, Alert]] = []
-        emit = self._emit
-
-        # Range (same expressions as in _round).
-        old = st.high_on[s]
-        new = np.where(old, ~(v < p.high_clear[s]), v > p.high[s]) & fp.has_high[s]
-        if _COUNT(old != new):
-            emit(events, "high", old, new, tags, value=v, limit=p.high[s], pos=pos, batch=batch)
-            st.high_on[s] = new
-        old = st.low_on[s]
-        new = np.where(old, ~(v > p.low_clear[s]), v < p.low[s]) & fp.has_low[s]
-        if _COUNT(old != new):
-            emit(events, "low", old, new, tags, value=v, limit=p.low[s], pos=pos, batch=batch)
-            st.low_on[s] = new
-
-        # Stuck.
-        count = st.stuck_count[s]
-        ref = st.stuck_ref[s]
-        start = st.stuck_start_ns[s]
-        eps = p.stuck_eps[s]
-        changed = (count == 0) | ~(_ABS(v - ref) <= eps)
-        run_len = count + 1
-        run_ns = t - start
-        stuck_now = (run_len >= p.stuck_n[s]) | (run_ns >= p.stuck_ns[s])
-        old = st.stuck_on[s]
-        new = ~changed & (old | stuck_now) & p.has_stuck[s]
-        if _COUNT(old != new):
-            emit(
-                events,
-                "stuck",
-                old,
-                new,
-                tags,
-                value=v,
-                limit=eps,
-                pos=pos,
-                batch=batch,
-                run_len=run_len,
-                run_ns=run_ns,
-            )
-            st.stuck_on[s] = new
-        st.stuck_ref[s] = np.where(changed, v, ref)
-        st.stuck_start_ns[s] = np.where(changed, t, start)
-        st.stuck_count[s] = np.where(changed, 1, run_len)
-
-        # Rate: every point advances its clock and none is a tag's first (checked above).
-        with np.errstate(over="ignore"):
-            rate = _ABS(v - st.rate_value[s]) / ((t - last_ns) / 1e9)
-        old = st.rate_on[s]
-        limit = p.rate_max[s]
-        new = (rate > limit) & fp.has_rate[s]
-        if _COUNT(old != new):
-            emit(events, "rate", old, new, tags, value=rate, limit=limit, pos=pos, batch=batch)
-            st.rate_on[s] = new
-        st.rate_value[s] = v
-        st.rate_ns[s] = t
-        st.ml_on[s] = False
-        if not events:
+        flips, ints, floats = anomaly_fast(
+            sids, tags, batch.values, batch.ts_ns, batch.quality, fp.pf, fp.pi,
+            st.high_on, st.low_on, st.stuck_on, st.rate_on, st.ml_on,
+            st.stuck_ref, st.stuck_start_ns, st.stuck_count, st.rate_value, st.rate_ns,
+        )  # fmt: skip
+        if flips == 0:
             return []
-        events.sort(key=_event_key)
-        return [e[2] for e in events]
+        if flips > 0:
+            return self._flip_alerts(batch, ints[:flips].tolist(), floats[:flips].tolist())
+        return None
+
+    def _flip_alerts(
+        self, batch: PointBatch, ints: list[list[int]], floats: list[list[float]]
+    ) -> list[Alert]:
+        """The alerts of the compiled kernel's flip rows (already in batch order, then kind order)."""
+        out = []
+        values, ts, tags = batch.values, batch.ts_ns, batch.tag_ids
+        for (i, kind, raised, run_len, run_ns), (val, lim) in zip(ints, floats, strict=True):
+            alert = self._alert(
+                _KINDS[kind], int(tags[i]), bool(raised), float(values[i]), int(ts[i]), val, lim,
+                run_len, run_ns, batch.device_id,
+            )  # fmt: skip
+            if alert is not None:
+                out.append(alert)
+        return out
 
     def _hst_scores(
         self,
@@ -862,56 +799,75 @@ class AnomalyDetector:
             np.asarray(limit, dtype=np.float64)[flipped].tolist(),
             strict=True,
         )
-        all_checks = self.checks
         device = batch.device_id
         for i, tag, raised, at, point, ts_ns, val, lim_f in rows:
-            checks = all_checks[tag]
-            lim: float | None = lim_f
-            check: RangeCheck | StuckCheck | RateCheck | MlCheck | None
-            if kind in ("high", "low"):
-                check = checks.range
-                if check is None:  # check removed from the configuration: drop silently
-                    continue
-                if raised:
-                    side = "above" if kind == "high" else "below"
-                    msg = f"value {val:g} {side} {kind} limit {lim:g}"
-                else:
-                    back = "below" if kind == "high" else "above"
-                    msg = f"value {val:g} back {back} {kind} limit {lim:g} (hysteresis {check.hysteresis:g})"
-            elif kind == "stuck":
-                check = checks.stuck
-                if check is None:
-                    continue
-                assert run_len is not None and run_ns is not None
-                if raised:
-                    msg = (
-                        f"value {val:g} unchanged (±{check.epsilon:g}) for {int(run_len[i])} samples"
-                        f" over {int(run_ns[i]) / 1e9:g} s"
-                    )
-                else:
-                    msg = f"value {val:g} changed after {int(run_len[i]) - 1} samples"
-                lim = None
-            elif kind == "rate":
-                check = checks.rate
-                if check is None:
-                    continue
-                relation = "above" if raised else "back within"
-                msg = f"rate {val:g}/s {relation} limit {lim:g}/s (value {point:g})"
-            else:
-                check = checks.ml
-                if check is None:
-                    continue
-                relation = "above" if raised else "back under"
-                msg = f"{check.model} score {val:.3g} {relation} threshold {lim:g} (value {point:g})"
-            alert = Alert(
-                device,
-                tag,
-                kind,
-                "raised" if raised else "cleared",
-                check.severity,
-                val,
-                lim,
-                ts_ns,
-                msg,
-            )
+            alert = self._alert(
+                kind, tag, raised, point, ts_ns, val, lim_f,
+                0 if run_len is None else int(run_len[i]), 0 if run_ns is None else int(run_ns[i]), device,
+            )  # fmt: skip
+            if alert is None:
+                continue
             events.append((at, order, alert))
+
+    def _alert(  # noqa: PLR0917 - one alert's fields
+        self,
+        kind: str,
+        tag: int,
+        raised: bool,
+        point: float,
+        ts_ns: int,
+        val: float,
+        lim_f: float,
+        run_len: int,
+        run_ns: int,
+        device: str,
+    ) -> Alert | None:
+        """One alert (``None`` when the check left the configuration)."""
+        checks = self.checks[tag]
+        lim: float | None = lim_f
+        check: RangeCheck | StuckCheck | RateCheck | MlCheck | None
+        if kind in ("high", "low"):
+            check = checks.range
+            if check is None:  # check removed from the configuration: drop silently
+                return None
+            if raised:
+                side = "above" if kind == "high" else "below"
+                msg = f"value {val:g} {side} {kind} limit {lim:g}"
+            else:
+                back = "below" if kind == "high" else "above"
+                msg = f"value {val:g} back {back} {kind} limit {lim:g} (hysteresis {check.hysteresis:g})"
+        elif kind == "stuck":
+            check = checks.stuck
+            if check is None:
+                return None
+            if raised:
+                msg = (
+                    f"value {val:g} unchanged (±{check.epsilon:g}) for {run_len} samples"
+                    f" over {run_ns / 1e9:g} s"
+                )
+            else:
+                msg = f"value {val:g} changed after {run_len - 1} samples"
+            lim = None
+        elif kind == "rate":
+            check = checks.rate
+            if check is None:
+                return None
+            relation = "above" if raised else "back within"
+            msg = f"rate {val:g}/s {relation} limit {lim:g}/s (value {point:g})"
+        else:
+            check = checks.ml
+            if check is None:
+                return None
+            relation = "above" if raised else "back under"
+            msg = f"{check.model} score {val:.3g} {relation} threshold {lim:g} (value {point:g})"
+        return Alert(
+            device,
+            tag,
+            kind,
+            "raised" if raised else "cleared",
+            check.severity,
+            val,
+            lim,
+            ts_ns,
+            msg,
+        )

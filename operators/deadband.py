@@ -15,6 +15,7 @@ away from the real one. Tags without parameters, and points carrying a string in
 ``text`` side channel, are always published.
 
 >>> from core.batch import PointBatch
+from operators.kernels import deadband_fast
 >>> db = Deadband({1: DeadbandParams(absolute=0.5, heartbeat_s=10.0)})
 >>> state = DeadbandState.empty()
 >>> s = 1_000_000_000
@@ -43,14 +44,12 @@ import numpy as np
 import numpy.typing as npt
 
 from core.batch import PointBatch
+from operators.kernels import deadband_fast
 
 __all__ = ["Deadband", "DeadbandParams", "DeadbandState"]
 
 _NO_HEARTBEAT = np.iinfo(np.int64).max
 _CACHE_MAX_DEVICES = 4096
-_ABS = np.abs
-_ISNAN = np.isnan
-_COUNT = np.count_nonzero
 
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
@@ -306,32 +305,18 @@ class Deadband:
         self, state: DeadbandState, batch: PointBatch, al: _Aligned
     ) -> tuple[DeadbandState, PointBatch] | None:
         """The common case: unique, configured tags that all have published before (``None``
-        otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true."""
+        otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true,
+        in one compiled call (:func:`operators.kernels.deadband_fast`)."""
         pos, _ = self._positions(state, batch.device_id, al.tag_ids, True)
         sp = self._state_pos.get(batch.device_id)
         if sp is None or sp.pos is not pos or not sp.all_found:
             return None
-        values = batch.values
-        quality = batch.quality
-        ts_ns = batch.ts_ns
-        last_v = state.value[pos]
-        last_ts = state.ts_ns[pos]
-        last_q = state.quality[pos]
-        with np.errstate(invalid="ignore", over="ignore"):
-            publish = _ABS(values - last_v) > al.band
-            publish |= (ts_ns - last_ts) >= al.heartbeat_ns
-        publish |= quality != last_q
-        publish |= _ISNAN(values) != _ISNAN(last_v)
-        k = _COUNT(publish)
+        k, publish, value_out, ts_out, quality_out = deadband_fast(
+            pos, batch.values, batch.quality, batch.ts_ns, al.band, al.heartbeat_ns,
+            state.value, state.ts_ns, state.quality,
+        )  # fmt: skip
         if k == 0:
             return state, batch.select(publish)
-        at = pos[publish]
-        value_out = state.value.copy()
-        value_out[at] = values[publish]
-        ts_out = state.ts_ns.copy()
-        ts_out[at] = ts_ns[publish]
-        quality_out = state.quality.copy()
-        quality_out[at] = quality[publish]
         new = DeadbandState(state.tag_ids, value_out, ts_out, quality_out)
         return new, (batch if k == len(publish) else batch.select(publish))
 

@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.quality import Quality
+from operators.kernels import normalize_fast
 from operators.units import conversion
 
 __all__ = ["NormalizeParams", "Normalizer"]
@@ -49,11 +50,7 @@ __all__ = ["NormalizeParams", "Normalizer"]
 _BAD = 128
 _GOOD_LIMIT = 64
 _CACHE_MAX_DEVICES = 4096
-_MAX = np.maximum.reduce
-_MINIMUM = np.minimum
-_MAXIMUM = np.maximum
-_COUNT = np.count_nonzero
-_ISFINITE = np.isfinite
+_CLAMPED = int(Quality.CLAMPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,20 +216,23 @@ class Normalizer:
     @staticmethod
     def _apply_fast(batch: PointBatch, al: _Aligned) -> PointBatch | None:
         """The common case, every point good, numeric and configured (``None`` otherwise): the
-        same arithmetic as :meth:`apply`, without the masks that are then all-true or all-false."""
-        q = batch.quality
-        if not al.all_configured or batch.text or _MAX(q) >= _GOOD_LIMIT:
+        same arithmetic as :meth:`apply`, without the masks that are then all-true or all-false, in one
+        compiled call (:func:`operators.kernels.normalize_fast`)."""
+        if not al.all_configured or batch.text:
             return None
-        with np.errstate(invalid="ignore", over="ignore"):
-            scaled = batch.values * al.gain + al.bias
-        if _COUNT(_ISFINITE(scaled)) != len(scaled):
+        status, values, q = normalize_fast(
+            batch.values, batch.quality, al.gain, al.bias, al.low, al.high, _GOOD_LIMIT, _CLAMPED
+        )
+        if status < 0:
             return None
-        clipped = _MINIMUM(_MAXIMUM(scaled, al.low), al.high)
-        was_clamped = clipped != scaled
-        if _COUNT(was_clamped):
-            q = q.copy()
-            q[was_clamped] = Quality.CLAMPED
-        return PointBatch(batch.device_id, batch.ts_ns, batch.tag_ids, clipped, q, batch.text)
+        return PointBatch(
+            batch.device_id,
+            batch.ts_ns,
+            batch.tag_ids,
+            values,
+            batch.quality if status == 0 else q,
+            batch.text,
+        )
 
     def apply(self, batch: PointBatch) -> PointBatch:
         """A new batch with engineering values and updated qualities (the input is not modified)."""

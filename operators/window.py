@@ -80,6 +80,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import AggBatch
+from operators.kernels import usable_span, window_append
 
 SECOND = 1_000_000_000
 NO_TIME = -(2**63)
@@ -99,13 +100,6 @@ F64 = npt.NDArray[np.float64]
 
 _CACHE_MAX_DEVICES = 4096
 # Bound once: the fast path calls these a few times per batch.
-_MIN = np.minimum.reduce
-_MAX = np.maximum.reduce
-_MINIMUM = np.minimum
-_MAXIMUM = np.maximum
-_COUNT = np.count_nonzero
-_ISNAN = np.isnan
-_SEARCH = np.searchsorted
 
 
 def window_label(seconds: float) -> str:
@@ -481,25 +475,19 @@ class WindowAggregator:
         Applies when every point is usable (good or uncertain, not NaN), none is in the future or
         late, all of them fall into one already open bucket per window length that holds each of
         the batch's tags already, each tag occurs once, no timestamp is before the watermark (so
-        every sample appends: the twa stays exact) and no bucket closes. Then each column is
-        updated with one gather/scatter, with exactly the arithmetic of :func:`_merge`.
+        every sample appends: the twa stays exact) and no bucket closes. Then each window's
+        columns are updated in one compiled call (:func:`operators.kernels.window_append`), with
+        exactly the arithmetic of :func:`_merge`.
         """
         ts = batch.ts_ns
-        t_lo = int(_MIN(ts))
-        t_hi = int(_MAX(ts))
-        if t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
-            return None
         values = batch.values
-        if _MAX(batch.quality) >= 128 or _COUNT(_ISNAN(values)):
+        usable, t_lo, t_hi = usable_span(ts, batch.quality, values)
+        if not usable or t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
             return None
         watermark = t_hi if t_hi > st.watermark_ns else st.watermark_ns
         threshold = watermark - self._lateness_ns
         closed = st.closed_ns
         tags = batch.tag_ids
-        n = len(tags)
-        ts_new: Any = t_lo if t_lo == t_hi else ts
-        pos: npt.NDArray[np.intp] | None = None
-        ids_seen: I64 | None = None
         new_windows = []
         for wb, w in zip(st.windows, self._window_ns, strict=True):
             b = t_lo // w * w
@@ -509,37 +497,16 @@ class WindowAggregator:
             acc = wb.open[0]
             if acc.bucket_ns != b:
                 return None
-            a_ids = acc.tag_ids
-            if a_ids is not ids_seen:
-                m = len(a_ids)
-                if m < n:
-                    return None
-                pos = _SEARCH(a_ids, tags)
-                _MINIMUM(pos, m - 1, out=pos)
-                if _COUNT(a_ids[pos] != tags):
-                    return None  # a tag new to the bucket
-                mark = np.zeros(m, np.bool_)
-                mark[pos] = True
-                if _COUNT(mark) != n:
-                    return None  # a tag occurs more than once
-                ids_seen = a_ids
-            assert pos is not None
-            count = acc.count.copy()
-            count[pos] += 1
-            total = acc.sum.copy()
-            total[pos] += values
-            lo = acc.min.copy()
-            lo[pos] = _MINIMUM(lo[pos], values)
-            hi = acc.max.copy()
-            hi[pos] = _MAXIMUM(hi[pos], values)
-            last_ts = acc.last_ts.copy()
-            last_ts[pos] = ts_new
-            last = acc.last.copy()
-            last[pos] = values
-            area = acc.area.copy()
-            area[pos] += acc.last[pos] * (ts_new - acc.last_ts[pos])
+            ok, ints, floats = window_append(
+                acc.tag_ids, tags, ts, values,
+                acc.count, acc.sum, acc.min, acc.max, acc.last_ts, acc.last, acc.area,
+            )  # fmt: skip
+            if not ok:
+                return None  # a tag new to the bucket, or one that occurs twice
+            count, last_ts = ints
+            total, lo, hi, last, area = floats
             new_acc = Accumulators(
-                b, a_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
+                b, acc.tag_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
             )
             new_windows.append(
                 WindowBuckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)

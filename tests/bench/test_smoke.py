@@ -29,7 +29,7 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
         "--cost-devices", "2", "--cost-warmup", "1", "--cost-seconds", "2",
         "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=420, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "figure" in proc.stdout and "e2e read" in proc.stdout and "query (a)" in proc.stdout
     files = list(out.glob("*.json"))
@@ -53,7 +53,11 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
         assert e2e[key] > 0, key
     assert e2e["latency_historian"]["rows"] > 0
     assert {"bytewax-0", "postgres", "simulators"} <= e2e["resources"].keys()
-    assert r["cluster"]["processes_1"]["points_out"] > 0 and r["cluster"]["processes_2"]["points_out"] > 0
+    cluster = r["cluster"]
+    for variant in ("processes_1", "processes_2", "processes_2_bytewax", "workers_2"):
+        assert cluster[variant]["points_out"] > 0, variant
+        assert cluster[variant]["exit_codes"] == [0] * cluster[variant]["processes"], variant
+    assert set(cluster["speedup"]) == {"processes_1", "processes_2", "processes_2_bytewax", "workers_2"}
     q = r["query"]
     assert q["rows"] == 20000 and q["agg_rows"] == 100 * 1440 and q["latest_rows"] == 100
     assert q["a_raw_1h"]["rows"] and max(q["a_raw_1h"]["rows"]) > 0  # API and SQL agreed on each count
@@ -67,6 +71,7 @@ def test_ramp_and_memory_stages_with_a_tiny_load(tmp_path: Path) -> None:
         sys.executable, "-m", "bench",
         "--tags", "5", "--stages", "ramp,memory",
         "--ramp-devices", "2,3", "--ramp-warmup", "2", "--ramp-seconds", "3", "--ramp-flow", "source",
+        "--ramp-processes", "1,2",
         "--memory-devices", "3", "--memory-interval", "0.5", "--memory-seconds", "3",
         "--out", str(out),
     ]  # fmt: skip
@@ -79,6 +84,8 @@ def test_ramp_and_memory_stages_with_a_tiny_load(tmp_path: Path) -> None:
     steps = r["ramp"]["steps"]
     assert [s["devices"] for s in steps][:1] == [2] and all(s["polls"] > 0 for s in steps)
     assert r["ramp"]["flow"] == "source" and "largest_holding_devices" in r["ramp"]
+    two = r["ramp"]["by_processes"]["2"]  # the same ramp as a 2-process cluster
+    assert two["processes"] == 2 and two["steps"] and all(s["polls"] > 0 for s in two["steps"])
     mem = r["memory"]
     assert mem["tags_configured"] == 15 and mem["startup_complete"]
     assert mem["peak_rss_mb"] >= mem["peak_rss_after_startup_mb"] > 0

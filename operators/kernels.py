@@ -1,0 +1,326 @@
+"""Compiled loops (numba) for the operators' quiet common case: one call per batch.
+
+On a 100-tag device batch the numpy fast paths cost ~150 small numpy calls per batch across the
+chain, ~1 µs each, whatever the batch size; a compiled loop does the same arithmetic in one call
+(a few µs, mostly argument unboxing). Each kernel first checks that its case applies and leaves
+every array untouched when it does not, so the caller falls back to its numpy path, which stays the
+reference: the kernels are an optimisation with the same results, never a second behaviour.
+
+Compiled on first use (about a second per kernel) and cached on disk: the package's
+``__pycache__``, or numba's user-wide cache when that is not writable (``NUMBA_CACHE_DIR`` moves it);
+with no writable folder at all, once per process. ``nogil``: a kernel does not hold the interpreter
+lock while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+
+def _compiled(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled on first use without the interpreter lock, cached on disk when some cache
+    folder is writable (else compiled once per process: numba refuses ``cache=True`` otherwise)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True)(fn)
+
+
+_BAD_QUALITY = 128
+_NO_TS = np.iinfo(np.int64).min
+
+FLIP_HIGH, FLIP_LOW, FLIP_STUCK, FLIP_RATE = 0, 1, 2, 3
+"""Kinds in a flip row, in the order alerts of one point are emitted (``anomaly._KINDS``)."""
+
+
+@_compiled
+def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    sids: np.ndarray,
+    tags: np.ndarray,
+    v: np.ndarray,
+    t: np.ndarray,
+    q: np.ndarray,
+    pf: np.ndarray,
+    pi: np.ndarray,
+    high_on: np.ndarray,
+    low_on: np.ndarray,
+    stuck_on: np.ndarray,
+    rate_on: np.ndarray,
+    ml_on: np.ndarray,
+    stuck_ref: np.ndarray,
+    stuck_start: np.ndarray,
+    stuck_count: np.ndarray,
+    rate_value: np.ndarray,
+    rate_ns: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Range, stuck and rate checks of a device batch, updating the state in place.
+
+    ``pf`` rows (aligned to ``sids``): high, high_clear, low, low_clear, stuck_eps, rate_max (NaN:
+    off); ``pi`` rows: has_stuck, stuck_n, stuck_ns; the rest is the state's arrays
+    (``AnomalyState``). Same expressions and conditions as ``AnomalyDetector._process_fast``.
+
+    Returns ``(-1, ...)`` with nothing touched when the case does not apply (a bad or non-finite
+    point, an unknown or repeated tag, a tag's first sample, time not advancing); else the number of
+    flag flips ``k`` and their rows in batch order, then kind order: ``ints[:k]`` = point index,
+    kind (``FLIP_*``), raised, stuck run length, stuck run ns; ``floats[:k]`` = value, limit.
+    """
+    m = sids.shape[0]
+    n = tags.shape[0]
+    ints = np.empty((4 * n, 5), np.int64)
+    floats = np.empty((4 * n, 2), np.float64)
+    if m < n or n == 0:
+        return -1, ints, floats
+    s = np.empty(n, np.int64)
+    seen = np.zeros(m, np.bool_)
+    same = m == n
+    if same:
+        for i in range(n):
+            if sids[i] != tags[i]:
+                same = False
+                break
+    for i in range(n):
+        if q[i] >= _BAD_QUALITY or not np.isfinite(v[i]):
+            return -1, ints, floats
+        if same:
+            k = i
+        else:
+            k = np.searchsorted(sids, tags[i])
+            if k >= m or sids[k] != tags[i]:
+                return -1, ints, floats
+        if seen[k]:
+            return -1, ints, floats
+        seen[k] = True
+        last = rate_ns[k]
+        if last == _NO_TS or not t[i] > last:
+            return -1, ints, floats
+        s[i] = k
+    f = 0
+    for i in range(n):
+        k = s[i]
+        x = v[i]
+        # range
+        high = pf[0, k]
+        old = high_on[k]
+        new = (not (x < pf[1, k])) if old else x > high
+        if np.isnan(high):
+            new = False
+        if new != old:
+            ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_HIGH, new
+            floats[f, 0], floats[f, 1] = x, high
+            high_on[k] = new
+            f += 1
+        low = pf[2, k]
+        old = low_on[k]
+        new = (not (x > pf[3, k])) if old else x < low
+        if np.isnan(low):
+            new = False
+        if new != old:
+            ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_LOW, new
+            floats[f, 0], floats[f, 1] = x, low
+            low_on[k] = new
+            f += 1
+        # stuck
+        count = stuck_count[k]
+        eps = pf[4, k]
+        changed = count == 0 or not (abs(x - stuck_ref[k]) <= eps)
+        run_len = count + 1
+        run_ns = t[i] - stuck_start[k]
+        stuck_now = run_len >= pi[1, k] or run_ns >= pi[2, k]
+        old = stuck_on[k]
+        new = (not changed) and (old or stuck_now) and pi[0, k] != 0
+        if new != old:
+            ints[f, 0], ints[f, 1], ints[f, 2], ints[f, 3], ints[f, 4] = i, FLIP_STUCK, new, run_len, run_ns
+            floats[f, 0], floats[f, 1] = x, eps
+            stuck_on[k] = new
+            f += 1
+        if changed:
+            stuck_ref[k] = x
+            stuck_start[k] = t[i]
+            stuck_count[k] = 1
+        else:
+            stuck_count[k] = run_len
+        # rate: every point advances its clock and none is a tag's first (checked above)
+        limit = pf[5, k]
+        rate = abs(x - rate_value[k]) / ((t[i] - rate_ns[k]) / 1e9)
+        old = rate_on[k]
+        new = rate > limit and not np.isnan(limit)
+        if new != old:
+            ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_RATE, new
+            floats[f, 0], floats[f, 1] = rate, limit
+            rate_on[k] = new
+            f += 1
+        rate_value[k] = x
+        rate_ns[k] = t[i]
+        ml_on[k] = False
+    return f, ints, floats
+
+
+@_compiled
+def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    a_ids: np.ndarray,
+    tags: np.ndarray,
+    ts: np.ndarray,
+    values: np.ndarray,
+    count: np.ndarray,
+    total: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    last_ts: np.ndarray,
+    last: np.ndarray,
+    area: np.ndarray,
+) -> tuple[bool, np.ndarray, np.ndarray]:
+    """Append one sample per tag to an open bucket's accumulators (aligned to ``a_ids``), into new
+    arrays: the inputs are never written (window state is immutable).
+
+    Returns ``(False, ...)`` when a tag is not in the bucket or occurs twice; else ``(True, ints,
+    floats)`` with ``ints`` rows count, last_ts and ``floats`` rows sum, min, max, last, area. The
+    arithmetic of ``WindowAggregator._process_fast``.
+    """
+    m = a_ids.shape[0]
+    n = tags.shape[0]
+    ints = np.empty((2, m), np.int64)
+    floats = np.empty((5, m), np.float64)
+    if m < n:
+        return False, ints, floats
+    s = np.empty(n, np.int64)
+    seen = np.zeros(m, np.bool_)
+    same = m == n
+    if same:
+        for i in range(n):
+            if a_ids[i] != tags[i]:
+                same = False
+                break
+    for i in range(n):
+        if same:
+            k = i
+        else:
+            k = np.searchsorted(a_ids, tags[i])
+            if k >= m or a_ids[k] != tags[i]:
+                return False, ints, floats
+        if seen[k]:
+            return False, ints, floats
+        seen[k] = True
+        s[i] = k
+    ints[0, :] = count
+    ints[1, :] = last_ts
+    floats[0, :] = total
+    floats[1, :] = lo
+    floats[2, :] = hi
+    floats[3, :] = last
+    floats[4, :] = area
+    for i in range(n):
+        k = s[i]
+        x = values[i]
+        ints[0, k] += 1
+        floats[0, k] += x
+        floats[1, k] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
+        floats[2, k] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
+        ints[1, k] = ts[i]
+        floats[3, k] = x
+        floats[4, k] += last[k] * (ts[i] - last_ts[k])
+    return True, ints, floats
+
+
+@_compiled
+def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    pos: np.ndarray,
+    values: np.ndarray,
+    quality: np.ndarray,
+    ts_ns: np.ndarray,
+    band: np.ndarray,
+    heartbeat_ns: np.ndarray,
+    s_value: np.ndarray,
+    s_ts: np.ndarray,
+    s_quality: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which points of a batch pass the deadband (``pos``: each point's row in the state), and the
+    state columns after them, as new arrays (a state is never written). ``(k, publish, value, ts,
+    quality)``; when ``k`` (the points passing) is 0 the columns are empty: the state is unchanged.
+    The comparisons of ``Deadband._process_fast``.
+    """
+    n = values.shape[0]
+    publish = np.empty(n, np.bool_)
+    k = 0
+    for i in range(n):
+        j = pos[i]
+        v = values[i]
+        last = s_value[j]
+        p = (
+            abs(v - last) > band[i]
+            or ts_ns[i] - s_ts[j] >= heartbeat_ns[i]
+            or quality[i] != s_quality[j]
+            or np.isnan(v) != np.isnan(last)
+        )
+        publish[i] = p
+        k += p
+    if k == 0:
+        return 0, publish, s_value[:0], s_ts[:0], s_quality[:0]
+    vo = s_value.copy()
+    to = s_ts.copy()
+    qo = s_quality.copy()
+    for i in range(n):
+        if publish[i]:
+            j = pos[i]
+            vo[j] = values[i]
+            to[j] = ts_ns[i]
+            qo[j] = quality[i]
+    return k, publish, vo, to, qo
+
+
+@_compiled
+def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    values: np.ndarray,
+    quality: np.ndarray,
+    gain: np.ndarray,
+    bias: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    good_limit: int,
+    clamped: int,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Scale and clamp a batch of good points: ``(status, values, quality)``.
+
+    Status -1: not applicable (a point not good, or a scaled value not finite), nothing returned;
+    0: done, no point clamped (``quality`` is empty: keep the batch's); 1: done, ``quality`` is a new
+    array with the clamped points marked ``clamped``. The arithmetic of ``Normalizer._apply_fast``.
+    """
+    n = values.shape[0]
+    out = np.empty(n, np.float64)
+    none = quality[:0]
+    for i in range(n):
+        if quality[i] >= good_limit:
+            return -1, out, none
+    any_clamped = False
+    for i in range(n):
+        x = values[i] * gain[i] + bias[i]
+        if not np.isfinite(x):
+            return -1, out, none
+        y = x if x > low[i] else low[i]
+        y = y if y < high[i] else high[i]
+        out[i] = y
+        any_clamped |= y != x
+    if not any_clamped:
+        return 0, out, none
+    q = quality.copy()
+    for i in range(n):
+        if out[i] != values[i] * gain[i] + bias[i]:
+            q[i] = clamped
+    return 1, out, q
+
+
+@_compiled
+def usable_span(ts: np.ndarray, quality: np.ndarray, values: np.ndarray) -> tuple[bool, int, int]:
+    """``(all usable, earliest ts, latest ts)`` of a batch: usable = not bad quality, not NaN."""
+    ok = True
+    lo = ts[0]
+    hi = ts[0]
+    for i in range(ts.shape[0]):
+        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
+            ok = False
+        lo = min(lo, ts[i])
+        hi = max(hi, ts[i])
+    return ok, lo, hi
