@@ -158,7 +158,7 @@ class ModbusTagAddress(_Frozen):
         if isinstance(order, str) and order in BYTE_ORDER_64:
             data = {**data, "byte_order": BYTE_ORDER_64[order]}
         word = data.get("word_order")
-        if word is not None and word in WORD_ORDER_ALIASES:
+        if isinstance(word, str) and word in WORD_ORDER_ALIASES:
             mapped = WORD_ORDER_ALIASES[word]
             given = data.get("byte_order")
             if given is not None and given != mapped:

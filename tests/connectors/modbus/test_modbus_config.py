@@ -153,6 +153,14 @@ def test_word_order_is_an_alias_of_byte_order() -> None:
     assert ModbusTagAddress(table="holding", address=0, byte_order="HGFEDCBA").byte_order == "DCBA"
 
 
+@pytest.mark.parametrize("word", [["big"], {"a": 1}, 3])
+def test_a_word_order_that_is_not_a_name_is_a_field_error(word: object) -> None:
+    """An unhashable or non-string ``word_order`` is a validation error on that field, not a crash."""
+    with pytest.raises(ValidationError) as exc:
+        ModbusTagAddress(table="holding", address=0, word_order=word)  # type: ignore[arg-type]
+    assert _error(exc)[0] == ("word_order",)
+
+
 def test_bit_and_string_need_their_fields() -> None:
     assert ModbusTagAddress(table="input", address=3, data_type="bit", bit=15).register_count == 1
     with pytest.raises(ValidationError, match="data_type 'bit' needs `bit`"):
