@@ -67,7 +67,9 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
             version="1.0.0",
             description="Flows, versions, deploys, devices and tags. Errors are application/problem+json (RFC 9457).",
             path="/schema",
-            openapi_router=Router(path="/schema", route_handlers=[], opt={"permission": "public"}),
+            openapi_router=Router(
+                path="/schema", route_handlers=[], opt={"permission": "public"}, include_in_schema=False
+            ),
         ),
         plugins=hooks["plugins"],
         middleware=hooks["middleware"],

@@ -406,11 +406,6 @@ class Accounts:
             s.add(row)
             return self._issue(s, _user(user), row.family)
 
-    def family_of(self, token: str) -> str | None:
-        with self._session() as s:
-            row = s.get(RefreshTokenRow, _sha256(token[:200]))
-            return row.family if row is not None else None
-
     def revoke_family(self, family: str) -> None:
         with self._session() as s:
             self._revoke_family(s, family, _now())

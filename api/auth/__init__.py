@@ -2,7 +2,8 @@
 
 The app-level guard (:func:`api.auth.guard.permission_guard`) authenticates every request and
 WebSocket and enforces each route's ``opt["permission"]``; the roles and permissions are in
-:mod:`api.auth.permissions`. Audit retention runs once at start and then daily.
+:mod:`api.auth.permissions`. Audit retention (and the removal of expired refresh tokens) runs once
+at start and then daily.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ async def _retention(app: Litestar) -> None:
     while True:
         try:
             await asyncio.to_thread(auth_of(app).audit.prune, days)
+            await asyncio.to_thread(auth_of(app).accounts.purge_expired)
         except Exception as exc:  # the database may be away: try again tomorrow
             log.warning("audit retention did not run: %s", type(exc).__name__)
         await asyncio.sleep(PRUNE_EVERY_S)

@@ -50,6 +50,11 @@ from control.errors import InvalidError
 
 AUTH_PATH = "/api/v1/auth"
 BAD_CREDENTIALS = "invalid user name or password"
+EXPIRED_COOKIES = [
+    Cookie(key=key, value="", path=path, max_age=0, httponly=key != CSRF_COOKIE, samesite="strict")
+    for key, path in ((ACCESS_COOKIE, "/"), (REFRESH_COOKIE, AUTH_PATH), (CSRF_COOKIE, "/"))
+]
+"""What log-out answers: the session's cookies, expired."""
 
 
 def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -181,17 +186,13 @@ class AuthController(Controller):
         sync_to_thread=True,
         opt={"permission": "auth:self"},
         responses=problems(401),
+        response_cookies=EXPIRED_COOKIES,
     )
-    def logout(self, request: Request[Any, Any, Any]) -> Response[None]:
+    def logout(self, request: Request[Any, Any, Any]) -> None:
         """End the session: its refresh tokens are revoked (access tokens of it stop working) and the cookies cleared."""
         principal = _principal(request)
         if principal.session is not None:
             auth_of(request.app).accounts.revoke_family(principal.session)
-        response: Response[None] = Response(None, status_code=204)
-        response.delete_cookie(ACCESS_COOKIE, path="/")
-        response.delete_cookie(REFRESH_COOKIE, path=AUTH_PATH)
-        response.delete_cookie(CSRF_COOKIE, path="/")
-        return response
 
     @get("/me", sync_to_thread=False, opt={"permission": "auth:self"}, responses=problems(401))
     def me(self, request: Request[Any, Any, Any]) -> MeOut:

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import psycopg
@@ -35,7 +36,7 @@ from api.auth.permissions import PERMISSIONS, PUBLIC, allowed
 from api.auth.tokens import TokenIssuer
 from control.accounts import KEY_PREFIX, Accounts
 from control.audit import AuditLog
-from control.errors import ControlError, UnavailableError
+from control.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,12 @@ def _is_options(handler: BaseRouteHandler) -> bool:
     return isinstance(handler, HTTPRouteHandler) and handler.http_methods == {"OPTIONS"}
 
 
+def _cross_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether a browser opened this from another site's page (cross-site WebSocket hijacking)."""
+    origin = connection.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != connection.headers.get("host")
+
+
 def _unauthorized(detail: str) -> NotAuthorizedException:
     return NotAuthorizedException(detail, headers={"WWW-Authenticate": 'Bearer realm="nexus"'})
 
@@ -186,8 +193,6 @@ async def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         principal = await _identify(connection, auth)
     except NotAuthorizedException as exc:
         raise _unauthorized(str(exc.detail)) from None
-    except ControlError:
-        raise
     if principal is None:
         raise _unauthorized("authentication required: log in or send 'Authorization: Bearer <token>'")
     connection.scope["user"] = principal
@@ -201,6 +206,8 @@ async def permission_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         and not auth.tokens.check_csrf(principal.session, connection.headers.get(CSRF_HEADER))
     ):
         reason = "missing or wrong X-CSRF-Token header (required with cookie authentication)"
+    elif principal.via == "cookie" and connection.scope["type"] == "websocket" and _cross_origin(connection):
+        reason = "a WebSocket from another origin may not use the session cookie"
     if reason is not None:
         detail = {"permission": permission, "role": principal.role, "via": principal.via, "reason": reason}
         try:

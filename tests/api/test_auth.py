@@ -273,6 +273,15 @@ def test_websocket_needs_a_cookie_or_a_one_use_ticket(client: TestClient[Any]) -
         client.websocket_connect(f"/api/v1/ws?ticket={ticket['ticket']}") as ws,
     ):
         ws.receive_json(timeout=5)  # used once already
+    client.post(LOGIN, json={"username": "viewer", "password": password_of("viewer")})  # the UI's cookie
+    with client.websocket_connect("/api/v1/ws", headers={"Origin": "http://testserver.local"}) as ws:
+        ws.send_json({"subscribe": ["flows"]})
+        assert ws.receive_json(timeout=10)["type"] == "subscribed"
+    with (
+        pytest.raises(WebSocketDisconnect),
+        client.websocket_connect("/api/v1/ws", headers={"Origin": "https://evil.example"}) as ws,
+    ):
+        ws.receive_json(timeout=5)  # another site's page riding on the cookie
     token = login(client, "viewer")["Authorization"].removeprefix("Bearer ")
     with pytest.raises(WebSocketDisconnect), client.websocket_connect(f"/api/v1/ws?ticket={token}") as ws:
         ws.receive_json(timeout=5)  # an access token is not a ticket

@@ -64,7 +64,7 @@ def api_schema(db: str, mqtt_url: str) -> Iterator[Any]:
 
 
 def admin_headers(app: Any, store: ConfigStore) -> dict[str, str]:
-    """A fresh admin session for each generated request, so a generated log-out ends only its own."""
+    """A new admin session (its bearer header)."""
     user = Accounts(store.engine).get_user("admin")
     assert user is not None
     grant = Accounts(store.engine).start_session(user)
@@ -96,6 +96,7 @@ def _reseed(store: ConfigStore) -> None:
     store.create_flow(SPEC, author="seed")
 
 
+@pytest.mark.timeout(3600)  # ~45 operations, each generated request through the auth guard
 def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
     """Every operation: positive and negative cases, and positive ones on the seeded flow (schemathesis's
     pytest plugin does not run on pytest 9, so the operations are driven here, one hypothesis run each)."""
@@ -103,6 +104,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
     statuses: list[int] = []
     operations = 0
     schema, store, app = api_schema
+    session = admin_headers(app, store)
     for result in schema.get_all_operations():
         operation = result.ok()
         _reseed(store)
@@ -118,7 +120,8 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
             @given(case=strategy)
             @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def run(case: Any) -> None:
-                headers = admin_headers(app, store)
+                # one session for the run; a generated log-out ends only a fresh session of its own
+                headers = admin_headers(app, store) if case.path.endswith("/logout") else session
                 statuses.append(case.call_and_validate(headers=headers, checks=CHECKS).status_code)
 
             try:
