@@ -21,7 +21,15 @@ from api.openapi import add_model_examples
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics", "api.auth")
+DOMAINS: tuple[str, ...] = (
+    "api.flows",
+    "api.devices",
+    "api.historian",
+    "api.ws",
+    "api.metrics",
+    "api.auth",
+    "api.commands",
+)
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})

@@ -189,19 +189,6 @@ def _live_status(mqtt_url: str) -> Any:
     return status
 
 
-def _command_audit(mqtt_url: str, store: Any) -> Any:
-    """Records the flows' refusals of unsigned or forged commands in the audit log."""
-    from control.audit import AuditLog
-    from control.command_audit import CommandAudit
-
-    audit = CommandAudit(mqtt_url, AuditLog(store.engine))
-    try:
-        audit.start()
-    except TimeoutError as exc:
-        log.warning("%s; it keeps trying in the background", exc)
-    return audit
-
-
 def redact_dsn(url: str) -> str:
     """A database URL or conninfo without its password, for printing (:func:`core.redact.redact_url`).
 
@@ -327,7 +314,6 @@ def run_up(
             pool.sync(store.desired_flows())
         supervisor = make_supervisor(store, settings, mqtt_url=mqtt_url, database_url=db_url)
         live = _live_status(mqtt_url)
-        command_audit = _command_audit(mqtt_url, store)
         app = create_app(settings, store=store, supervisor=supervisor, live=live)
         server = uvicorn.Server(uvicorn_config(app, settings))
         done = threading.Event()
@@ -377,7 +363,6 @@ def run_up(
             if pool is not None:
                 pool.stop()
             live.stop()
-            command_audit.close()
             store.close()
             signal.signal(signal.SIGINT, previous)
         print("stopped: API, flows, simulators, broker and database", flush=True)

@@ -4,6 +4,7 @@ tag write through a real command router and broker into the Modbus simulator (ac
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,14 +16,18 @@ from connectors.commands import CommandRouter
 from connectors.modbus.config import ModbusConnection, ModbusDevicePlan, ModbusTagAddress
 from connectors.modbus.simulator import ModbusSimulator, SimTag, SimulatedDevice
 from connectors.modbus.source import ModbusSource
+from connectors.mqtt.client import make_client, unique_client_id
+from connectors.mqtt.url import parse_mqtt_url
 from connectors.opcua.simulator import OpcUaSimulator, SimVariable
 from control.store import ConfigStore
 from core.batch import tag_id_for
 from core.settings import Settings
+from core.signing import sign_command
 from dataflows.compiler import writable_tags
 from dataflows.spec import parse_spec
 from nexus.embedded import free_port
 from tests.auth_helpers import login, make_users
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -192,6 +197,52 @@ def test_tag_write_goes_through_the_command_router(
         writer.close()
     missing = client.post("/api/v1/flows/line1/devices/press-01/tags/ghost/value", json={"value": 1})
     assert missing.status_code == 404
+
+
+def test_a_command_that_bypasses_the_api_writes_nothing_and_is_audited(
+    client: TestClient[Any], sim: ModbusSimulator, mqtt_url: str
+) -> None:
+    """Published straight to the broker (unsigned, or signed with another key): the register keeps
+    its value, the ack says why, and the API's listener records ``command.rejected``."""
+    client.post("/api/v1/flows/line1/deploy")
+    writer = PartitionWriter(sim.port)
+    router = CommandRouter(
+        mqtt_url, writable_tags(parse_spec(spec(sim.port))), timeout_s=5.0, command_key=KEY.encode()
+    ).start()
+    before = sim.get_registers("press-01", "holding", 1, 1)
+    try:
+        router.register("press-01", writer)
+        wait_for(lambda: client.app.state.command_audit.ready, what="the API's command audit subscription")
+        u = parse_mqtt_url(mqtt_url)
+        publish = make_client(u, unique_client_id("test-bypass"))
+        publish.connect(u.host, u.port)
+        publish.loop_start()
+        try:
+            forged = sign_command(b"guessed-key", "press-01", "setpoint", 300, request_id="forged")
+            for body in ({"value": 300, "request_id": "plain"}, forged):
+                info = publish.publish("$nexus/cmd/press-01/setpoint/set", json.dumps(body), qos=1)
+                info.wait_for_publish(5)
+            events = wait_for(
+                lambda: (
+                    (r := client.get("/api/v1/audit", params={"action": "command.rejected"})).status_code
+                    == 200
+                    and len(r.json()) >= 2
+                    and r.json()
+                ),
+                timeout=15,
+                what="two command.rejected audit entries",
+            )
+        finally:
+            publish.loop_stop()
+            publish.disconnect()
+    finally:
+        router.close()
+        writer.close()
+    assert sim.get_registers("press-01", "holding", 1, 1) == before
+    assert router.stats().unsigned == 2 and router.stats().written == 0
+    codes = {e["detail"]["request_id"]: e["detail"]["code"] for e in events}
+    assert codes == {"plain": "unsigned", "forged": "bad_signature"}
+    assert {e["target"] for e in events} == {"press-01/setpoint"}
 
 
 def test_tag_write_without_an_answer_is_504(client: TestClient[Any]) -> None:

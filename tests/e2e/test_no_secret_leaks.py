@@ -232,6 +232,17 @@ def test_no_secret_in_logs_status_messages_or_answers_and_only_loopback_listener
             timeout=20,
             what="the refusal of the unsigned command",
         )
+        if headers:  # with log-in (sec-auth): the refusal is in the audit log
+            wait_for(
+                lambda: any(
+                    e["detail"].get("request_id") == "nosig"
+                    for e in api.get(
+                        "/api/v1/audit", params={"action": "command.rejected"}, headers=headers
+                    ).json()
+                ),
+                timeout=20,
+                what="the command.rejected audit entry",
+            )
         # the API keeps a secret sent back masked, and answers errors without the secret
         r = api.get(f"/api/v1/flows/{FLOW}/devices/oven", headers=headers)
         device = r.json()
