@@ -119,8 +119,11 @@ def _meta(name: str, flow_id: str, config: FlowManifestConfig, **annotations: st
     }
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def flow_env(flow_id: str, version: int, processes: int, config: FlowManifestConfig) -> list[dict[str, Any]]:
@@ -132,6 +135,8 @@ def flow_env(flow_id: str, version: int, processes: int, config: FlowManifestCon
         {"name": "NEXUS_FLOW_VERSION", "value": str(version)},
         _secret_env("NEXUS_DATABASE_URL", config.secret, "database-url"),
         _secret_env("NEXUS_MQTT_URL", config.secret, "mqtt-url"),
+        # verifies the API's signed write commands; without it the flow refuses every command
+        _secret_env("NEXUS_COMMAND_KEY", config.secret, "command-key", optional=True),
         {"name": "NEXUS_SPOOL_DIR", "value": f"{STATE_DIR}/spool"},
         {"name": "NEXUS_LOG_FORMAT", "value": "json"},
         {"name": "BYTEWAX_RECOVERY_DIRECTORY", "value": f"{STATE_DIR}/recovery"},
