@@ -134,6 +134,13 @@ def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
     return out
 
 
+def _unsent(info: mqtt.MQTTMessageInfo, gone: bool) -> bool:
+    """Whether paho dropped (or, with ``gone``: will never write) this fast-path blob."""
+    if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+        return True
+    return gone and not info.is_published()
+
+
 class MqttPublishError(RuntimeError):
     """Base of the UNS publisher's errors."""
 
@@ -267,7 +274,7 @@ class UnsPublisher:
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
-        """QoS 0 messages handed to paho and discarded by it at a reconnect (never sent; re-spooled)."""
+        """QoS 0 messages handed to paho and discarded by it at a disconnect (never sent; sent again)."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -275,11 +282,16 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray]] = {}
-        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
-        bytes (paho holds them anyway until they are written)."""
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytearray, int]] = {}
+        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info,
+        bytes (paho holds them anyway until they are written) and, for a replayed blob, the offset of
+        its first message in the drain's list (-1: a live blob)."""
+        self._rewind: int | None = None
+        """The drain's list offset of the first replayed message paho discarded: publish again from it."""
         self.respooled = 0
-        """Of ``lost``: messages put back into the spool (all of them), replayed later."""
+        """Of ``lost``: live messages put back into the spool, replayed later."""
+        self.rewound = 0
+        """Of ``lost``: replayed messages the drain publishes again (their records are still spooled)."""
         self.spool = Spool(
             config.spool_dir,
             name=name,
@@ -330,7 +342,7 @@ class UnsPublisher:
                 self._connected = False
                 self._connect_error = str(reason)
             else:
-                self._sweep_blobs()  # blobs paho discarded at the reconnect
+                self._sweep_blobs(gone=True)  # blobs paho discarded at the reconnect
                 self._connected = True
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
@@ -338,6 +350,9 @@ class UnsPublisher:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
+            # paho closed the socket before calling us: a blob not written yet never will be. Spool
+            # it now, before the flag below sends later messages to the spool: per-tag order kept
+            self._sweep_blobs(gone=True)
             was = self._connected
             self._connected = False
             self._cond.notify_all()
@@ -352,30 +367,36 @@ class UnsPublisher:
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
 
-    def _sweep_blobs(self) -> None:
-        """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
+    def _sweep_blobs(self, *, gone: bool = False) -> None:
+        """Settle fast-path blobs paho will never send (caller holds ``_cond``).
 
         paho's ``reconnect()`` discards its queue of unsent packets and marks each QoS 0 packet's
-        info as published with ``rc = MQTT_ERR_CONN_LOST`` — without calling ``on_publish``. Those
-        messages are counted as lost here, so the outstanding count returns to zero.
+        info as published with ``rc = MQTT_ERR_CONN_LOST`` — without calling ``on_publish``. With
+        ``gone`` (paho's socket is closed: at the disconnect, or seen by a publishing thread) every
+        blob not fully written yet is settled too, before any later message can reach the spool.
+        Live blobs go back to the spool — where they come before every message spooled after the
+        disconnect, so the replay keeps each tag's order; replayed blobs set the drain's rewind
+        point instead (their records are still in the spool, unacknowledged). Either way they count
+        as ``lost`` (not sent), so the outstanding count returns to zero.
         """
-        # (``info.is_published()`` raises for a lost message, so look at ``rc`` first)
-        lost = [
-            mid for mid, (_n, info, _b) in self._blobs.items() if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST
-        ]
+        lost = [mid for mid, (_n, info, _b, _o) in self._blobs.items() if _unsent(info, gone)]
         if not lost:
             return
         records: list[bytes] = []
         n = 0
-        for mid in lost:
-            count, _info, blob = self._blobs.pop(mid)
+        for mid in lost:  # the dict keeps the order the blobs were queued in
+            count, _info, blob, offset = self._blobs.pop(mid)
+            self.lost += count
+            if offset >= 0:
+                self.rewound += count
+                self._rewind = offset if self._rewind is None else min(self._rewind, offset)
+                continue
             n += count
             records.append(encode_messages(unpack_publish_qos0(blob)))
-        # never sent: they go to the spool and are replayed (marked historical) like any other outage
-        self.spool.append_many(records)
-        self.lost += n
-        self.spooled += n
-        self.respooled += n
+        if records:  # never sent: replayed (marked historical) like any other outage
+            self.spool.append_many(records)
+            self.spooled += n
+            self.respooled += n
 
     def _on_spool_drop(self, drop: SpoolDrop) -> None:
         """The platform alert for a spool bound: published (best effort) on ``$nexus/alerts/spool/{name}``."""
@@ -471,11 +492,16 @@ class UnsPublisher:
             self.spooled += messages
             self._cond.notify_all()  # wake the drainer
 
-    def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
-        """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
+    def _publish_now(
+        self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1
+    ) -> int:
+        """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went.
+
+        ``offset``: the drain's list offset of ``messages[0]`` (-1: live messages).
+        """
         cfg = self.config
         if cfg.qos == 0 and self._fast_qos0:
-            return self._publish_packed(messages, limit)
+            return self._publish_packed(messages, limit, offset)
         publish = self._client.publish
         sent = 0
         with self._cond:
@@ -505,19 +531,24 @@ class UnsPublisher:
             hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
         )
 
-    def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+    def _publish_packed(
+        self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1
+    ) -> int:
         cfg = self.config
         client: Any = self._client
         sent = 0
         for blob, count in pack_publish_qos0(messages, cfg.retain):
             with self._cond:
                 # registered and queued under the lock that on_disconnect takes: a blob is either queued
-                # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
-                if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
+                # before the disconnect (then swept as lost) or not at all (spooled)
+                if client._sock is None:
+                    self._sweep_blobs(gone=True)  # the disconnect is under way: settle before spooling
+                    break
+                if not self._connected or self._outstanding_locked() >= limit:
                     break
                 mid = client._mid_generate()
                 info = mqtt.MQTTMessageInfo(mid)
-                self._blobs[mid] = (count, info, blob)
+                self._blobs[mid] = (count, info, blob, offset + sent if offset >= 0 else -1)
                 self.published += count
                 client._packet_queue(_PUBLISH, blob, mid, 0, info)
             sent += count
@@ -546,8 +577,6 @@ class UnsPublisher:
                 time.sleep(0.05)
                 continue
             started = time.monotonic()
-            with self._cond:
-                lost_before = self.lost
             messages: list[tuple[str, bytes]] = []
             for seq, rec in records:
                 try:
@@ -559,29 +588,40 @@ class UnsPublisher:
                     log.error("UNS spool %s: record %d unreadable (%s); skipped", self.name, seq, exc)
                     continue
                 messages += [(t, mark_historical(p)) for t, p in msgs]
-            done = 0
-            while done < len(messages) and not self._closed:
-                n = self._publish_now(messages[done:], limit)
-                done += n
-                if done < len(messages):
-                    if not self._connected:
-                        break
-                    with self._cond:
-                        self._cond.wait(0.05)  # room comes back as the broker acknowledges
-            if done < len(messages):
-                continue  # not all handed over: read the same records again later (at-least-once)
-            with self._cond:
-                self.replayed += done
-                target = self.published
-            if not self._wait_acked(target, cfg.publish_timeout_s):
-                continue
-            with self._cond:
-                if self.lost != lost_before:
-                    continue  # some QoS 0 blob was discarded at a reconnect: replay these records again
+            if not self._replay(messages, limit):
+                continue  # closing: the records stay in the spool for the next start
+            done = len(messages)
             self.spool.ack(records[-1][0])
             spare = done / cfg.drain_messages_per_s - (time.monotonic() - started)
             if spare > 0:
                 time.sleep(spare)
+
+    def _replay(self, messages: list[tuple[str, bytes]], limit: int) -> bool:
+        """Publish the drain's messages until the broker has them all; ``False`` if closed first.
+
+        Only what a disconnect discarded is published again — from the first replayed message paho
+        dropped (the rewind point), in order — not the whole read, so a reconnect during the drain
+        neither reorders nor re-sends what the broker already took.
+        """
+        done = 0
+        while not self._closed:
+            if done < len(messages):
+                done += self._publish_now(messages[done:], limit, offset=done)
+                if done < len(messages):
+                    with self._cond:
+                        self._cond.wait(0.05)  # room or the connection comes back
+            else:
+                with self._cond:
+                    target = self.published
+                acked = self._wait_acked(target, self.config.publish_timeout_s)
+                if acked and self._rewind is None:
+                    with self._cond:
+                        self.replayed += done
+                    return True
+            with self._cond:
+                if self._rewind is not None:
+                    done, self._rewind = min(done, self._rewind), None
+        return False
 
     def _wait_acked(self, target: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -657,7 +697,8 @@ class UnsPublisher:
                 "acked": self.acked,
                 "lost": self.lost,
                 "respooled": self.respooled,
-                "dropped": self.lost - self.respooled,
+                "rewound": self.rewound,
+                "dropped": self.lost - self.respooled - self.rewound,
                 "spooled": self.spooled,
                 "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,
