@@ -33,6 +33,7 @@ from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
+from core.memory import release_free_memory
 from core.quality import QUALITY_NAMES
 from core.tags import TagInfo
 
@@ -492,9 +493,7 @@ class UnsPublisher:
             self.spooled += messages
             self._cond.notify_all()  # wake the drainer
 
-    def _publish_now(
-        self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1
-    ) -> int:
+    def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1) -> int:
         """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went.
 
         ``offset``: the drain's list offset of ``messages[0]`` (-1: live messages).
@@ -592,6 +591,8 @@ class UnsPublisher:
                 continue  # closing: the records stay in the spool for the next start
             done = len(messages)
             self.spool.ack(records[-1][0])
+            if not self.spool.pending_records:
+                release_free_memory()  # the outage's replay buffers: back to the system (core.memory)
             spare = done / cfg.drain_messages_per_s - (time.monotonic() - started)
             if spare > 0:
                 time.sleep(spare)
