@@ -170,15 +170,26 @@ def paho_baseline(
 def publisher_capacity(
     url: str, tags: Mapping[int, TagInfo], batches: Sequence[PointBatch], qos: int
 ) -> dict[str, float]:
-    """The same batches through the UnsPublisher (formatting included), until every message is acked."""
+    """The same batches through the UnsPublisher (formatting included), until every message is acked.
+
+    Like the bare loop's window, the loop waits for room instead of letting the publisher spool what
+    exceeds its outstanding bound; every message must come back acknowledged (``acked``), or it fails.
+    """
     config = MqttSinkConfig(url=url, qos=qos)  # type: ignore[arg-type]
     with UnsPublisher(config, tags) as pub:
         t0 = time.perf_counter()
-        sent = 0
         for b in batches:
-            sent += pub.publish_batch(b)
+            pub.wait_for_room(len(b), 60)
+            pub.publish_batch(b)
+        pub.flush(300)
+        if not pub.wait_drained(300):
+            raise RuntimeError("UNS publisher bench: the spool did not drain")
         pub.flush(300)
         seconds = time.perf_counter() - t0
+        sent = pub.acked
+        expected = sum(len(b) for b in batches)
+        if sent != expected or pub.lost:
+            raise RuntimeError(f"UNS publisher bench: {sent} of {expected} acknowledged, {pub.lost} lost")
     out = _rate(sent, seconds)
     out["max_inflight"] = config.max_inflight
     return out

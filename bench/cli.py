@@ -37,8 +37,8 @@ from bench.monitor import Monitor
 from dataflows.spec import parse_spec
 from nexus.embedded import EmbeddedBroker, EmbeddedPostgres, MosquittoBroker, free_port
 
-STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "ramp", "memory", "cluster", "query")
-DEFAULT_STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cluster", "query")
+STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cost", "ramp", "memory", "cluster", "query")
+DEFAULT_STAGES = ("micro", "sinks", "sparkplug", "modbus", "e2e", "cost", "cluster", "query")
 """``ramp`` and ``memory`` take minutes of their own: ``just bench-full`` adds them."""
 RAMP_SKIP_LIMIT = 0.001
 """A ramp step holds while at most this fraction of its poll slots is skipped (and of its polls fails)."""
@@ -82,6 +82,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("e2e", "source"),
         default="e2e",
         help="ramp: the e2e flow (historian + UNS sinks) or the device source into a counting sink",
+    )
+    p.add_argument(
+        "--cost-devices", default="10,100,500", help="cost: device counts (x --tags at --interval)"
+    )
+    p.add_argument("--cost-warmup", type=float, default=10.0, help="cost: warm-up of each run, s")
+    p.add_argument("--cost-seconds", type=float, default=30.0, help="cost: measuring window of each run, s")
+    p.add_argument(
+        "--cost-profile",
+        default=None,
+        help="cost: folder for py-spy profiles of each flow run (collapsed stacks; needs py-spy)",
     )
     p.add_argument("--memory-devices", type=int, default=1000, help="memory: devices (x --tags tags)")
     p.add_argument("--memory-interval", type=float, default=5.0, help="memory: poll interval, s")
@@ -827,6 +837,16 @@ def table(r: dict[str, Any]) -> str:
                 "",
             )
         )
+    if r.get("cost"):
+        from bench.cost import rows as cost_rows
+
+        for name, value, base in cost_rows(r["cost"]):
+            v = f"{value:.4f}" if isinstance(value, float) else str(value)
+            b = f"{base:.4f}" if isinstance(base, float) else ""
+            num = value if isinstance(value, float) else None
+            if isinstance(value, str) and value != "-":
+                num = float(value.split()[0])
+            rows.append((name, v, b, f"{num / base:.2f}" if num and base else ""))
     w = [max(len(x[i]) for x in [("figure", "value", "baseline", "ratio"), *rows]) for i in range(4)]
     lines = [
         "  ".join(
@@ -890,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         if "micro" in stages:
             _say("micro: operator chain from memory ...")
             result["micro"] = stage_micro(load, args.micro_points)
-        need_services = {"sinks", "sparkplug", "e2e", "memory", "query"} & set(stages) or (
+        need_services = {"sinks", "sparkplug", "e2e", "cost", "memory", "query"} & set(stages) or (
             "ramp" in stages and args.ramp_flow == "e2e"
         )
         pg = broker = sim = None
@@ -939,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
                 _stop_sim(sim)
                 sim = None
             urls = {"pg_url": pg.url if pg else "", "mqtt_url": broker.url if broker else ""}
+            if "cost" in stages:
+                from bench.cost import stage_cost
+
+                _say(f"cost: CPU per 10,000 points, devices {args.cost_devices} x {load.tags} tags ...")
+                result["cost"] = stage_cost(args, load, work=work, say=_say, **urls)
             if "ramp" in stages:
                 _say(
                     f"ramp: {load.tags}-tag devices at {args.ramp_interval:g} s, devices {args.ramp_devices} ..."

@@ -47,6 +47,29 @@ def test_paho_internals_of_the_qos0_fast_path() -> None:
     )
 
 
+def test_paho_internals_of_the_batched_puback_reader() -> None:
+    import paho.mqtt.client as mqtt
+
+    used_by = "connectors/mqtt/batch_ack.py and publisher.py (QoS 1 packed publishes, batched PUBACKs)"
+    for name, params in (
+        ("_packet_read", []),
+        ("_packet_handle", []),
+        ("_sock_recv", ["bufsize"]),
+        ("_handle_pubackcomp", ["cmd"]),
+        ("_easy_log", ["level", "fmt"]),
+    ):
+        _expect_shape("paho-mqtt", mqtt.Client, name, params, used_by)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    why = f"paho-mqtt {version('paho-mqtt')}: a private attribute {used_by} relies on is gone"
+    assert set(client._in_packet) == {
+        "command", "have_remaining", "remaining_count", "remaining_mult", "remaining_length", "packet",
+        "to_process", "pos",
+    }, why  # fmt: skip
+    assert isinstance(client._last_mid, int) and hasattr(client._mid_generate_mutex, "__enter__"), why
+    assert hasattr(client._msgtime_mutex, "__enter__") and hasattr(client, "_last_bytes_received"), why
+    assert callable(getattr(mqtt, "time_func", None)), why
+
+
 def test_snap7_client_internals_of_the_packed_read() -> None:
     import snap7.client
     from snap7.s7protocol import S7Protocol

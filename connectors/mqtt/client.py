@@ -33,15 +33,17 @@ def make_client(
     clean_session: bool = True,
     reconnect_min_s: int = 1,
     reconnect_max_s: int = 30,
+    client_class: type[mqtt.Client] = mqtt.Client,
 ) -> mqtt.Client:
     """An MQTT 3.1.1 client (callback API v2) for ``url``: credentials from the URL, TLS for ``mqtts://``.
 
     Not connected yet: set the callbacks, then ``connect_async(url.host, url.port)`` and
     ``loop_start()``. paho reconnects by itself with a delay doubling from ``reconnect_min_s``
     to ``reconnect_max_s``; subscribe inside ``on_connect`` so every reconnect renews them.
+    ``client_class``: a paho ``Client`` subclass (the UNS publisher's batched-PUBACK client).
     """
     broker = parse_mqtt_url(url) if isinstance(url, str) else url
-    client = mqtt.Client(
+    client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv311,

@@ -29,6 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from connectors.mqtt.batch_ack import BatchAckClient
 from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
@@ -52,8 +53,14 @@ _QUALITY_JSON: tuple[str, ...] = tuple(f'"quality":{json.dumps(name)},' for name
 
 
 _PUBLISH = 0x30
+_PUBLISH_QOS1 = 0x32
 _MAX_BLOB = 1 << 20
 """QoS 0 fast path: PUBLISH packets are packed into blobs of about this many bytes."""
+_QOS1_WINDOW = 32_768
+"""QoS 1 fast path: at most this many messages awaiting their PUBACK (message ids are 16 bits and
+shared with paho's own publishes, so at most half of them are ours at any time)."""
+_QOS1_CHUNK = 4_096
+"""QoS 1 fast path: messages packed and handed to paho per write."""
 
 
 def _varint(n: int) -> bytes:
@@ -106,6 +113,42 @@ def pack_publish_qos0(
     if count:
         blobs.append((blob, count))
     return blobs
+
+
+def pack_publish_qos1(
+    messages: Sequence[tuple[str, str | bytes]], mids: Sequence[int], retain: bool
+) -> bytearray:
+    """MQTT 3.1.1 QoS 1 PUBLISH packets, one per message with the given message ids, concatenated.
+
+    >>> bytes(pack_publish_qos1([("a/b", b"1")], [258], retain=False))
+    b'2\\x08\\x00\\x03a/b\\x01\\x021'
+    """
+    header = bytes((_PUBLISH_QOS1 | (1 if retain else 0),))
+    blob = bytearray()
+    topics: dict[str, bytes] = {}
+    for (topic, payload), mid in zip(messages, mids, strict=True):
+        t = topics.get(topic)
+        if t is None:
+            if "+" in topic or "#" in topic or not topic:
+                raise ValueError(f"invalid topic for publishing: {topic!r}")
+            raw = topic.encode()
+            t = topics[topic] = len(raw).to_bytes(2, "big") + raw
+        p = payload.encode() if isinstance(payload, str) else payload
+        blob += header
+        blob += _varint(len(t) + 2 + len(p))
+        blob += t
+        blob += mid.to_bytes(2, "big")
+        blob += p
+    return blob
+
+
+def _take_mids(client: Any, n: int) -> list[int]:
+    """``n`` consecutive message ids from paho's own counter (1..65535, wrapping), in one lock."""
+    with client._mid_generate_mutex:
+        start = client._last_mid
+        mids = [(start + i) % 65535 + 1 for i in range(n)]
+        client._last_mid = mids[-1]
+    return mids
 
 
 def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
@@ -204,8 +247,10 @@ def mark_historical(payload: bytes) -> bytes:
 
     >>> mark_historical(b'{"value":1}'), mark_historical(b'{}'), mark_historical(b'7')
     (b'{"historical":true,"value":1}', b'{"historical":true}', b'7')
+    >>> mark_historical(mark_historical(b'{"value":1}'))  # replayed twice (lost again at a reconnect)
+    b'{"historical":true,"value":1}'
     """
-    if not payload.startswith(b"{"):
+    if not payload.startswith(b"{") or payload.startswith(b'{"historical":true'):
         return payload
     rest = payload[1:].lstrip()
     return b'{"historical":true' + (b"}" if rest.startswith(b"}") else b"," + payload[1:])
@@ -275,7 +320,8 @@ class UnsPublisher:
         self.acked = 0
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
-        """QoS 0 messages handed to paho and discarded by it at a disconnect (never sent; sent again)."""
+        """Messages handed over and not confirmed when the connection ended — QoS 0 discarded by paho
+        unsent, QoS 1 not acknowledged — sent again (re-spooled, or re-sent by the drain)."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -289,6 +335,9 @@ class UnsPublisher:
         its first message in the drain's list (-1: a live blob)."""
         self._rewind: int | None = None
         """The drain's list offset of the first replayed message paho discarded: publish again from it."""
+        self._inflight: dict[int, tuple[str, str | bytes, int]] = {}
+        """QoS 1 fast path: per message id awaiting its PUBACK, the message and its drain offset as for
+        ``_blobs`` (sent again if the connection drops before the broker acknowledged it)."""
         self.respooled = 0
         """Of ``lost``: live messages put back into the spool, replayed later."""
         self.rewound = 0
@@ -306,12 +355,14 @@ class UnsPublisher:
             self._broker,
             config.client_id or unique_client_id("nexus-uns"),
             reconnect_max_s=config.reconnect_max_s,
+            client_class=BatchAckClient,
         )
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(config.max_queue)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_pubacks = self._on_pubacks
         self._client = client
         client.connect_async(self._broker.host, self._broker.port, keepalive=config.keepalive_s)
         client.loop_start()
@@ -344,6 +395,7 @@ class UnsPublisher:
                 self._connect_error = str(reason)
             else:
                 self._sweep_blobs(gone=True)  # blobs paho discarded at the reconnect
+                self._sweep_inflight()  # QoS 1 messages the old connection never saw acknowledged
                 self._connected = True
                 self._connect_error = None
                 log.info("connected to MQTT broker %s", self._where)
@@ -354,6 +406,7 @@ class UnsPublisher:
             # paho closed the socket before calling us: a blob not written yet never will be. Spool
             # it now, before the flag below sends later messages to the spool: per-tag order kept
             self._sweep_blobs(gone=True)
+            self._sweep_inflight()
             was = self._connected
             self._connected = False
             self._cond.notify_all()
@@ -367,6 +420,38 @@ class UnsPublisher:
             blob = self._blobs.pop(mid, None)
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
+
+    def _on_pubacks(self, mids: list[int]) -> list[int]:
+        """PUBACKs of one socket read (network thread): settle ours, give paho back the others."""
+        with self._cond:
+            pop = self._inflight.pop
+            others = [m for m in mids if pop(m, None) is None]
+            if len(others) < len(mids):
+                self.acked += len(mids) - len(others)
+                self._cond.notify_all()
+        return others
+
+    def _sweep_inflight(self) -> None:
+        """QoS 1 fast path: messages not acknowledged on the connection that ended (caller holds
+        ``_cond``). With a clean session the broker forgets them: live ones go to the spool — at the
+        disconnect, before any later message, so each tag's order is kept — and replayed ones set the
+        drain's rewind point (their records are still spooled). At least once: one the broker did
+        receive but whose PUBACK was lost with the connection arrives twice."""
+        if not self._inflight:
+            return
+        live: list[tuple[str, str | bytes]] = []
+        for topic, payload, offset in self._inflight.values():  # in the order they were sent
+            if offset >= 0:
+                self.rewound += 1
+                self._rewind = offset if self._rewind is None else min(self._rewind, offset)
+            else:
+                live.append((topic, payload))
+        self.lost += len(self._inflight)
+        self._inflight.clear()
+        if live:
+            self.spool.append_many([encode_messages(live)])
+            self.spooled += len(live)
+            self.respooled += len(live)
 
     def _sweep_blobs(self, *, gone: bool = False) -> None:
         """Settle fast-path blobs paho will never send (caller holds ``_cond``).
@@ -462,8 +547,10 @@ class UnsPublisher:
 
         QoS 0 takes a fast path when the installed paho offers it: the batch's PUBLISH packets are
         packed into one buffer and handed to paho's network thread as a single write, instead of one
-        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1/2 go through
-        ``paho.publish`` one by one (paho keeps each message for its acknowledgement and redelivery).
+        queue entry, one wake-up and one ``send()`` per message (see BENCHMARKS.md). QoS 1 is packed the
+        same way with the publisher's own table of message ids awaiting their PUBACK
+        (:meth:`_publish_qos1`; at most ``_QOS1_WINDOW`` outstanding). QoS 2 goes through
+        ``paho.publish`` one by one (paho keeps each message for its handshake and redelivery).
         Whatever does not fit (disconnected, ``max_queue`` outstanding) goes to the spool.
         """
         if self._closed:
@@ -485,7 +572,10 @@ class UnsPublisher:
             return True
         if self.config.policy == "in_order" and self.spool.pending_records:
             return True
-        return self.outstanding >= self.config.max_queue
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        return self.outstanding >= limit
 
     def _spool_records(self, records: list[bytes], messages: int) -> None:
         self.spool.append_many(records)
@@ -499,8 +589,10 @@ class UnsPublisher:
         ``offset``: the drain's list offset of ``messages[0]`` (-1: live messages).
         """
         cfg = self.config
-        if cfg.qos == 0 and self._fast_qos0:
+        if cfg.qos == 0 and self._fast_path:
             return self._publish_packed(messages, limit, offset)
+        if cfg.qos == 1 and self._fast_path:
+            return self._publish_qos1(messages, min(limit, _QOS1_WINDOW), offset)
         publish = self._client.publish
         sent = 0
         with self._cond:
@@ -524,10 +616,13 @@ class UnsPublisher:
         return sent
 
     @property
-    def _fast_qos0(self) -> bool:
+    def _fast_path(self) -> bool:
         client = self._client
         return (
-            hasattr(client, "_packet_queue") and hasattr(client, "_mid_generate") and hasattr(client, "_sock")
+            hasattr(client, "_packet_queue")
+            and hasattr(client, "_mid_generate_mutex")
+            and hasattr(client, "_last_mid")
+            and hasattr(client, "_sock")
         )
 
     def _publish_packed(
@@ -552,6 +647,56 @@ class UnsPublisher:
                 client._packet_queue(_PUBLISH, blob, mid, 0, info)
             sent += count
         return sent
+
+    def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1) -> int:
+        """QoS 1 without paho's per-message bookkeeping: the PUBLISH packets of up to ``_QOS1_CHUNK``
+        messages get message ids from paho's counter, are packed into one buffer and queued as one
+        write; the publisher keeps each message by id until its PUBACK comes back (batched by
+        :class:`BatchAckClient`). A connection that drops sends again what was not acknowledged
+        (:meth:`_sweep_inflight`)."""
+        client: Any = self._client
+        retain = self.config.retain
+        sent, total = 0, len(messages)
+        while sent < total:
+            with self._cond:
+                room = limit - self._outstanding_locked()
+            if room <= 0 or not self._connected:
+                break
+            chunk = messages[sent : sent + min(room, _QOS1_CHUNK)]
+            mids = _take_mids(client, len(chunk))
+            blob = pack_publish_qos1(chunk, mids, retain)
+            with self._cond:
+                # as for QoS 0: queued before a disconnect (then swept) or not at all
+                if client._sock is None:
+                    self._sweep_inflight()  # the disconnect is under way: settle before spooling
+                    self._sweep_blobs(gone=True)
+                    break
+                if not self._connected:
+                    break
+                first = offset + sent if offset >= 0 else -1
+                self._inflight.update(
+                    (mid, (t, p, first + i if first >= 0 else -1))
+                    for i, (mid, (t, p)) in enumerate(zip(mids, chunk, strict=True))
+                )
+                self.published += len(chunk)
+                client._packet_queue(_PUBLISH, blob, 0, 1, None)
+            sent += len(chunk)
+        return sent
+
+    def wait_for_room(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` more messages fit under ``max_queue`` (or the QoS 1 window) without going
+        to the spool; for callers that prefer waiting to spooling (benchmarks, bulk loads)."""
+        limit = self.config.max_queue
+        if self.config.qos == 1 and self._fast_path:
+            limit = min(limit, _QOS1_WINDOW)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding_locked() + n > limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+            return True
 
     def _count_unknown(self, tag_ids: list[int], device_id: str) -> None:
         with self._cond:
@@ -684,6 +829,8 @@ class UnsPublisher:
             self._drainer.join(timeout=5)
             self._client.disconnect()
             self._client.loop_stop()
+            with self._cond:
+                self._sweep_inflight()  # QoS 1 never acknowledged: kept for the next start
             pending = self.spool.pending_records
             self.spool.close()
             if pending:
