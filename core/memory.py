@@ -7,9 +7,11 @@ blobs, multi-MiB spool read windows, COPY buffers). glibc serves a request above
 with its own mapping and unmaps it when freed, but each such free raises the threshold (up to
 32 MiB), so from then on those buffers come from the heap and their pages stay in the process.
 
-:func:`tune_malloc` pins the threshold (and the trim threshold) so large buffers keep going back to
-the system; :func:`release_free_memory` hands free heap pages back (``malloc_trim``) — the sinks call
-it when an outage's backlog is drained. Both are no-ops where glibc is not the allocator.
+:func:`tune_malloc` (called by every flow process, :func:`dataflows.telemetry.tune_interpreter`)
+pins the threshold (and the trim threshold), so large buffers keep going back to the system; a
+no-op where glibc is not the allocator. Measured: with it the soak's RSS stayed within the first
+flap's level (glibc's kept free memory ~4 MB instead of ~25 MB); ``malloc_trim`` after each replay
+without it did not help (BENCHMARKS.md, "Store and forward").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["malloc_stats", "release_free_memory", "tune_malloc"]
+__all__ = ["malloc_stats", "tune_malloc"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,7 @@ def _glibc() -> Any | None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-    except (OSError, AttributeError):  # musl and others: no mallopt / malloc_trim
+    except (OSError, AttributeError):  # musl and others: no mallopt
         return None
     return libc
 
@@ -58,13 +59,6 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
     if not ok:
         log.debug("mallopt refused the thresholds; glibc's defaults stay")
     return ok
-
-
-def release_free_memory() -> bool:
-    """Return free heap pages to the system (glibc ``malloc_trim(0)``); whether any were released."""
-    if _LIBC is None:
-        return False
-    return bool(_LIBC.malloc_trim(0))
 
 
 class _MallInfo2(ctypes.Structure):

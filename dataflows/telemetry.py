@@ -108,8 +108,7 @@ def tune_interpreter() -> None:
     of the garbage collector's full passes, which otherwise stall the flow for tens of ms; and the
     C allocator gives large buffers back to the system (:func:`core.memory.tune_malloc`).
     """
-    if os.environ.get("NEXUS_EXPERIMENT_NO_MALLOPT") != "1":
-        tune_malloc()
+    tune_malloc()
     sys.setswitchinterval(float(os.environ.get("NEXUS_SWITCH_INTERVAL_S") or SWITCH_INTERVAL_S))
     gc.collect()
     gc.freeze()

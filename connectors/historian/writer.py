@@ -37,7 +37,6 @@ from connectors.historian.latest import last_per_tag, write_latest
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
-from core.memory import release_free_memory
 from core.tags import TagInfo
 
 __all__ = [
@@ -329,7 +328,6 @@ class HistorianWriter:
         oldest = 0.0
         next_seq = self._done_seq + 1
         last_in_buffer = self._done_seq
-        catching_up = False
         try:
             while not self._abort.is_set():
                 backlog = self.spool.last_seq >= next_seq
@@ -402,9 +400,6 @@ class HistorianWriter:
                         if spare > 0 and self._abort.wait(spare):
                             break
                     parts, rows = [], 0
-                if catching_up and not behind:  # the outage's backlog is written
-                    release_free_memory()  # its read and COPY buffers: back to the system
-                catching_up = behind
                 if not rows and last_in_buffer > self._done_seq:
                     self.spool.ack(last_in_buffer)
                     with self._committed:

@@ -34,7 +34,6 @@ from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
-from core.memory import release_free_memory
 from core.quality import QUALITY_NAMES
 from core.tags import TagInfo
 
@@ -736,8 +735,6 @@ class UnsPublisher:
                 continue  # closing: the records stay in the spool for the next start
             done = len(messages)
             self.spool.ack(records[-1][0])
-            if not self.spool.pending_records:
-                release_free_memory()  # the outage's replay buffers: back to the system (core.memory)
             spare = done / cfg.drain_messages_per_s - (time.monotonic() - started)
             if spare > 0:
                 time.sleep(spare)

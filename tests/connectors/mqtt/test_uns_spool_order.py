@@ -73,6 +73,7 @@ def test_messages_lost_at_a_broker_kill_are_replayed_before_later_ones(
     try:
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGSTOP)  # it stops reading: the socket fills, paho queues
+
         def flood() -> bool:
             for _ in range(50):
                 publish()
