@@ -361,6 +361,7 @@ def _wait(cond: Callable[[], bool], timeout: float, tick: Callable[[], None] | N
 def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any]:
     folder = rig.work / name
     folder.mkdir()
+    load_before = os.getloadavg()[0]
     stats = folder / "stats"
     stats.mkdir()
     spool = folder / "spool"
@@ -543,6 +544,7 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         "flow_crashes": len(flow.crashes),
         "skipped_polls": int(_get(st, "skipped_polls")),
         "poll_failures": int(_get(st, "failures")),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         **fault,
     }
     if name == "flow_kill9":
@@ -641,6 +643,7 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
                     "heap_mb": round(_get(st, "malloc", "in_use") / 2**20, 1),
                     "free_kept_mb": round(_get(st, "malloc", "free_kept") / 2**20, 1),
                     "uns_outstanding": int(_get(st, "uns", "outstanding")),
+                    "load": round(os.getloadavg()[0], 1),
                 }
                 timeline.append(line)
                 _say(f"  soak {json.dumps(line)}")
@@ -704,6 +707,7 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         "flow_crashes": len(flow.crashes),
         "drain_exit_code": code,
         "skipped_polls": int(_get(st, "skipped_polls")),
+        "load_average_max": max((line["load"] for line in timeline), default=None),
         "timeline": timeline,
     }
 

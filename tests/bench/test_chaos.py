@@ -47,3 +47,7 @@ def test_chaos_short(tmp_path: Path) -> None:
     kill = scenarios["flow_kill9"]
     # the killed run's last counters are up to 0.5 s old: everything it reported read is stored
     assert kill["lost_historian"] <= 0, kill
+    # issue 11 item 4: what the sinks had accepted (in their spools) at the kill all arrives, and the
+    # UNS re-sends at most one snapshot interval's worth
+    assert kill["historian_accepted_lost"] == 0 and kill["mqtt_spooled_lost"] == 0, kill
+    assert kill["dup_mqtt"] <= kill["dup_mqtt_bound"], kill
