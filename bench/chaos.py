@@ -723,6 +723,7 @@ COLUMNS = (
     ("dup_mqtt", "dup M"),
     ("ooo_historian", "ooo H"),
     ("ooo_mqtt_live", "ooo M live"),
+    ("ooo_mqtt_replayed", "ooo M replay"),
     ("spool_peak_bytes", "spool peak B"),
     ("spool_dropped_records", "spool drops"),
     ("rss_peak_mb", "RSS peak MB"),
