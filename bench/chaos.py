@@ -46,17 +46,22 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import psycopg
 import yaml
 
+from bench.chaos_sub import message_key
 from bench.cli import ROOT, _flow_stats, _get, start_sim
 from bench.load import Load
+from connectors.mqtt.publisher import _KIND_BATCH, _encode_tags, decode_messages, format_batch
+from connectors.spool import Spool, decode_batch
+from dataflows.spec import load_spec
 from nexus.embedded import EmbeddedPostgres, _wait_for_broker, free_port
 
 SCENARIOS = (
@@ -130,9 +135,10 @@ class Mosquitto:
 class Flow:
     """The flow process (bench.flow:flow) with Bytewax recovery; restartable on the same folders."""
 
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, env: dict[str, str], snapshot_s: float = 1.0) -> None:
         self.folder = folder
         self.env = env
+        self.snapshot_s = snapshot_s
         self.recovery = folder / "recovery"
         self.recovery.mkdir(parents=True)
         subprocess.run(
@@ -155,7 +161,7 @@ class Flow:
             "-r",
             str(self.recovery),
             "-s",
-            "1",
+            f"{self.snapshot_s:g}",
             "-b",
             "0",
         ]
@@ -288,6 +294,59 @@ def _db_figures(url: str) -> dict[str, int]:
     return {"rows": int(rows), "distinct": int(distinct), "out_of_order": int(ooo[0] if ooo else 0)}
 
 
+def _pending_records(root: Path, sink: str) -> Iterator[bytes]:
+    """Every unacknowledged record of one sink's spools (one per worker) in a copy of the spool folder."""
+    for folder in sorted(root.glob(f"*/{sink}/w*")):
+        spool = Spool(folder, name=f"at-kill-{sink}-{folder.name}")
+        try:
+            after = None
+            while records := spool.read(after, max_records=1000):
+                yield from (bytes(r) for _seq, r in records)
+                after = records[-1][0]
+        finally:
+            spool.close()
+
+
+def _historian_keys_at_kill(root: Path) -> np.ndarray:
+    """(tag id, microseconds since 1970) of every row the historian had accepted, not yet committed."""
+    keys = [
+        np.column_stack((b.tag_ids.astype(np.int64), b.ts_ns // 1000))
+        for b in (decode_batch(r) for r in _pending_records(root, "historian"))
+    ]
+    return np.concatenate(keys) if keys else np.empty((0, 2), np.int64)
+
+
+def _mqtt_keys_at_kill(root: Path, spec_path: Path) -> np.ndarray:
+    """:func:`bench.chaos_sub.message_key` of every message the UNS had spooled, not yet replayed."""
+    encoded = _encode_tags(load_spec(str(spec_path)).tag_infos())
+    out: list[int] = []
+    for rec in _pending_records(root, "uns"):
+        if rec[:1] == _KIND_BATCH:
+            msgs, _unknown = format_batch(decode_batch(rec[1:]), encoded)
+        else:
+            msgs = decode_messages(rec)
+        for topic, payload in msgs:
+            at = payload.find(b'"timestamp":"') + 13
+            out.append(message_key(topic.encode(), payload[at : at + 27]))
+    return np.array(out, dtype=np.int64)
+
+
+def _missing_rows(url: str, keys: np.ndarray) -> int:
+    """How many of the (tag id, microseconds) keys have no row in ``nexus_points``."""
+    if not len(keys):
+        return 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE at_kill (tag_id bigint, us bigint)")
+        with conn.cursor().copy("COPY at_kill (tag_id, us) FROM STDIN") as copy:
+            for tag_id, us in keys.tolist():
+                copy.write_row((tag_id, us))
+        row = conn.execute(
+            "SELECT count(*) FROM at_kill k WHERE NOT EXISTS (SELECT 1 FROM nexus_points p WHERE "
+            "p.tag_id = k.tag_id AND p.time = timestamptz 'epoch' + k.us * interval '1 microsecond')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _wait(cond: Callable[[], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -302,6 +361,7 @@ def _wait(cond: Callable[[], bool], timeout: float, tick: Callable[[], None] | N
 def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any]:
     folder = rig.work / name
     folder.mkdir()
+    load_before = os.getloadavg()[0]
     stats = folder / "stats"
     stats.mkdir()
     spool = folder / "spool"
@@ -333,6 +393,7 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         **extra_env,
     }
     sub_stats = folder / "subscriber.json"
+    sub_keys = folder / "subscriber-keys.npy"
     sub_id = f"chaos-sub-{name}-{os.getpid()}"
     sub = subprocess.Popen(
         [
@@ -344,6 +405,7 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
             "bench/#",
             str(sub_stats),
             sub_id,
+            *([str(sub_keys)] if name == "flow_kill9" else []),
         ],
         cwd=ROOT,
     )
@@ -356,7 +418,7 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
 
     if not _wait(lambda: bool(sub_report().get("subscribed")), 30):
         raise RuntimeError("the chaos subscriber did not subscribe")
-    flow = Flow(folder, env)
+    flow = Flow(folder, env, args.snapshot_s)
     flow.start()
     fault: dict[str, Any] = {}
 
@@ -411,6 +473,8 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
             read_before = _get(s(), "points_read")
             flow.kill9()
             fault["read_at_kill"] = read_before
+            # what the sinks had accepted (durable in their spools) and not yet handed on at the kill
+            shutil.copytree(spool, folder / "spool-at-kill")
             time.sleep(2)
             reports = len(list(stats.glob("flow-*.json")))
             flow.start()
@@ -480,10 +544,20 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         "flow_crashes": len(flow.crashes),
         "skipped_polls": int(_get(st, "skipped_polls")),
         "poll_failures": int(_get(st, "failures")),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         **fault,
     }
     if name == "flow_kill9":
         out["union_stored_received"] = max(db["distinct"], received)
+        # issue 11 item 4: nothing accepted downstream is lost; the UNS re-sends at most one snapshot
+        hist_keys = _historian_keys_at_kill(folder / "spool-at-kill")
+        mqtt_keys = _mqtt_keys_at_kill(folder / "spool-at-kill", spec_path)
+        got = np.load(sub_keys) if sub_keys.exists() else np.empty(0, np.int64)
+        out["historian_accepted_at_kill"] = len(hist_keys)
+        out["historian_accepted_lost"] = _missing_rows(rig.pg.url, hist_keys)
+        out["mqtt_spooled_at_kill"] = len(mqtt_keys)
+        out["mqtt_spooled_lost"] = int((~np.isin(mqtt_keys, got)).sum())
+        out["dup_mqtt_bound"] = int(args.snapshot_s * rig.load.points_per_s)
     if name == "spool_full":
         out["tmpfs"] = mounted
     return out
@@ -533,7 +607,7 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
 
     if not _wait(lambda: bool(sub_report().get("subscribed")), 30):
         raise RuntimeError("the soak subscriber did not subscribe")
-    flow = Flow(folder, env)
+    flow = Flow(folder, env, args.snapshot_s)
     flow.start()
     stats = folder / "stats"
     timeline: list[dict[str, Any]] = []
@@ -565,6 +639,11 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
                         _get(st, "uns", "spool_pending_records")
                         + _get(st, "historian", "spool_pending_records")
                     ),
+                    # glibc's view: live heap vs freed memory the allocator keeps (RSS growth's cause)
+                    "heap_mb": round(_get(st, "malloc", "in_use") / 2**20, 1),
+                    "free_kept_mb": round(_get(st, "malloc", "free_kept") / 2**20, 1),
+                    "uns_outstanding": int(_get(st, "uns", "outstanding")),
+                    "load": round(os.getloadavg()[0], 1),
                 }
                 timeline.append(line)
                 _say(f"  soak {json.dumps(line)}")
@@ -628,6 +707,7 @@ def run_soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         "flow_crashes": len(flow.crashes),
         "drain_exit_code": code,
         "skipped_polls": int(_get(st, "skipped_polls")),
+        "load_average_max": max((line["load"] for line in timeline), default=None),
         "timeline": timeline,
     }
 
@@ -643,6 +723,7 @@ COLUMNS = (
     ("dup_mqtt", "dup M"),
     ("ooo_historian", "ooo H"),
     ("ooo_mqtt_live", "ooo M live"),
+    ("ooo_mqtt_replayed", "ooo M replay"),
     ("spool_peak_bytes", "spool peak B"),
     ("spool_dropped_records", "spool drops"),
     ("rss_peak_mb", "RSS peak MB"),
@@ -683,6 +764,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=5.0, help="live running after the spools drained, s")
     p.add_argument("--recovery-timeout", type=float, default=600.0)
     p.add_argument("--spool-tmpfs-mb", type=int, default=16)
+    p.add_argument("--snapshot-s", type=float, default=1.0, help="Bytewax recovery: snapshot interval, s")
     p.add_argument("--soak-minutes", type=float, default=30.0)
     p.add_argument("--soak-warmup", type=float, default=3.0, help="minutes before the RSS baseline")
     p.add_argument("--flap-every", type=float, default=300.0, help="soak: a broker flap every this many s")

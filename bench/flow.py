@@ -42,6 +42,7 @@ from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
+from core.memory import malloc_stats
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, device_plans
 from dataflows.routing import WorkerLocalSource
@@ -207,7 +208,7 @@ def build() -> Dataflow:
     pauses = _GcPauses()
 
     def collect_all() -> dict[str, Any]:
-        return {**collect(), "gc": dict(pauses.stats)}
+        return {**collect(), "gc": dict(pauses.stats), "malloc": malloc_stats()}
 
     reporter = _Reporter(collect_all)
     import atexit

@@ -29,6 +29,7 @@ from bytewax.dataflow import Dataflow
 
 from connectors.commands import CommandRouter
 from core.logs import configure_logging
+from core.memory import tune_malloc
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, writable_tags
 from dataflows.hot import ENV_FLOW_ID, ConfigListener, start_version
@@ -104,8 +105,10 @@ def tune_interpreter() -> None:
     """Process settings for a flow: the GIL is handed over every ``NEXUS_SWITCH_INTERVAL_S``
     (default 1 ms, Python's is 5 ms) so the shared poll loop, the sinks' network threads and the
     worker take turns quickly; and what start-up built (modules, the spec, clients) is frozen out
-    of the garbage collector's full passes, which otherwise stall the flow for tens of ms.
+    of the garbage collector's full passes, which otherwise stall the flow for tens of ms; and the
+    C allocator gives large buffers back to the system (:func:`core.memory.tune_malloc`).
     """
+    tune_malloc()
     sys.setswitchinterval(float(os.environ.get("NEXUS_SWITCH_INTERVAL_S") or SWITCH_INTERVAL_S))
     gc.collect()
     gc.freeze()

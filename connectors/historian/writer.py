@@ -175,6 +175,8 @@ class HistorianWriter:
         self.last_error: str | None = None
         self.backlog_rows = 0
         """Rows written from the spool because they were not in the in-memory queue (a catch-up)."""
+        self.cache_peak = 0
+        """Most batches held in memory ahead of the write cursor (bounded: 4x ``queue_batches``)."""
         self.recovered_records = self.spool.pending_records
         """Records found in the spool at start (accepted before the last stop or crash)."""
         if self.recovered_records:
@@ -287,6 +289,7 @@ class HistorianWriter:
                 "errors": self.errors,
                 "last_error": self.last_error,
                 "queued_batches": self._queue.qsize(),
+                "cache_peak": self.cache_peak,
                 "connected": self._conn is not None and not self._conn.closed,
                 "mode": self._mode,
                 **spool,
@@ -328,6 +331,7 @@ class HistorianWriter:
         oldest = 0.0
         next_seq = self._done_seq + 1
         last_in_buffer = self._done_seq
+        cache_max = 4 * cfg.queue_batches
         try:
             while not self._abort.is_set():
                 backlog = self.spool.last_seq >= next_seq
@@ -339,14 +343,17 @@ class HistorianWriter:
                         item = None
                     if item is not None:
                         cache[item[0]] = item[1]
-                # take whatever else is queued without waiting
+                # take whatever else is queued without waiting; while behind, keep at most
+                # ``cache_max`` of them: the rest is read back from the spool when its turn comes
+                # (the cache used to grow with the backlog: the soak's RSS rose with it)
                 while True:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is not None:
+                    if item is not None and len(cache) < cache_max:
                         cache[item[0]] = item[1]
+                self.cache_peak = max(self.cache_peak, len(cache))
                 next_seq = max(next_seq, self.spool.acked + 1)
                 for seq in [s for s in cache if s < next_seq]:
                     del cache[seq]

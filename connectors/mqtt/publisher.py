@@ -180,6 +180,13 @@ def unpack_publish_qos0(blob: bytes | bytearray) -> list[tuple[str, bytes]]:
     return out
 
 
+def _unsent(info: mqtt.MQTTMessageInfo, gone: bool) -> bool:
+    """Whether paho dropped (or, with ``gone``: will never write) this fast-path blob."""
+    if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+        return True
+    return gone and not info.is_published()
+
+
 class MqttPublishError(RuntimeError):
     """Base of the UNS publisher's errors."""
 
@@ -387,7 +394,7 @@ class UnsPublisher:
         """Messages sent (QoS 0) or acknowledged by the broker (QoS 1/2)."""
         self.lost = 0
         """Messages handed over and not confirmed when the connection ended — QoS 0 discarded by paho
-        unsent, QoS 1 not acknowledged — re-spooled and replayed."""
+        unsent, QoS 1 not acknowledged — sent again (re-spooled, or re-sent by the drain)."""
         self.spooled = 0
         """Messages written to the disk spool instead of the broker."""
         self.replayed = 0
@@ -395,14 +402,19 @@ class UnsPublisher:
         self.unknown_tags = 0
         """Points skipped because their tag id is not configured."""
         self._closed = False
-        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytes | bytearray]] = {}
-        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info and
-        bytes (paho holds them anyway until they are written)."""
-        self._inflight: dict[int, tuple[str, str | bytes]] = {}
-        """QoS 1 fast path: per message id awaiting its PUBACK, the message (re-spooled if the
-        connection drops before the broker acknowledged it)."""
+        self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytes | bytearray, int]] = {}
+        """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info,
+        bytes (paho holds them anyway until they are written) and, for a replayed blob, the offset of
+        its first message in the drain's list (-1: a live blob)."""
+        self._rewind: int | None = None
+        """The drain's list offset of the first replayed message paho discarded: publish again from it."""
+        self._inflight: dict[int, tuple[str, str | bytes, int]] = {}
+        """QoS 1 fast path: per message id awaiting its PUBACK, the message and its drain offset as for
+        ``_blobs`` (sent again if the connection drops before the broker acknowledged it)."""
         self.respooled = 0
-        """Of ``lost``: messages put back into the spool (all of them), replayed later."""
+        """Of ``lost``: live messages put back into the spool, replayed later."""
+        self.rewound = 0
+        """Of ``lost``: replayed messages the drain publishes again (their records are still spooled)."""
         self.spool = Spool(
             config.spool_dir,
             name=name,
@@ -460,7 +472,7 @@ class UnsPublisher:
                 self._connected = False
                 self._connect_error = str(reason)
             else:
-                self._sweep_blobs()  # blobs paho discarded at the reconnect
+                self._sweep_blobs(gone=True)  # blobs paho discarded at the reconnect
                 self._sweep_inflight()  # QoS 1 messages the old connection never saw acknowledged
                 self._connected = True
                 self._connect_error = None
@@ -470,6 +482,10 @@ class UnsPublisher:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         with self._cond:
+            # paho closed the socket before calling us: a blob not written yet never will be. Spool
+            # it now, before the flag below sends later messages to the spool: per-tag order kept
+            self._sweep_blobs(gone=True)
+            self._sweep_inflight()
             was = self._connected
             self._connected = False
             self._cond.notify_all()
@@ -495,46 +511,59 @@ class UnsPublisher:
         return others
 
     def _sweep_inflight(self) -> None:
-        """QoS 1 fast path: messages not acknowledged on the connection that ended go to the spool
-        (caller holds ``_cond``). With a clean session the broker forgets them, so they are replayed
-        from the spool (``"historical": true``) — at least once: one the broker did receive but whose
-        PUBACK was lost with the connection arrives twice."""
+        """QoS 1 fast path: messages not acknowledged on the connection that ended (caller holds
+        ``_cond``). With a clean session the broker forgets them: live ones go to the spool — at the
+        disconnect, before any later message, so each tag's order is kept — and replayed ones set the
+        drain's rewind point (their records are still spooled). At least once: one the broker did
+        receive but whose PUBACK was lost with the connection arrives twice."""
         if not self._inflight:
             return
-        messages = list(self._inflight.values())
+        live: list[tuple[str, str | bytes]] = []
+        for topic, payload, offset in self._inflight.values():  # in the order they were sent
+            if offset >= 0:
+                self.rewound += 1
+                self._rewind = offset if self._rewind is None else min(self._rewind, offset)
+            else:
+                live.append((topic, payload))
+        self.lost += len(self._inflight)
         self._inflight.clear()
-        self.spool.append_many([encode_messages(messages)])
-        n = len(messages)
-        self.lost += n
-        self.spooled += n
-        self.respooled += n
-        self._drain_cond.notify_all()
+        if live:
+            self.spool.append_many([encode_messages(live)])
+            self.spooled += len(live)
+            self.respooled += len(live)
+            self._drain_cond.notify_all()
 
-    def _sweep_blobs(self) -> None:
-        """Settle fast-path blobs paho finished without ``on_publish`` (caller holds ``_cond``).
+    def _sweep_blobs(self, *, gone: bool = False) -> None:
+        """Settle fast-path blobs paho will never send (caller holds ``_cond``).
 
         paho's ``reconnect()`` discards its queue of unsent packets and marks each QoS 0 packet's
-        info as published with ``rc = MQTT_ERR_CONN_LOST`` — without calling ``on_publish``. Those
-        messages are counted as lost here, so the outstanding count returns to zero.
+        info as published with ``rc = MQTT_ERR_CONN_LOST`` — without calling ``on_publish``. With
+        ``gone`` (paho's socket is closed: at the disconnect, or seen by a publishing thread) every
+        blob not fully written yet is settled too, before any later message can reach the spool.
+        Live blobs go back to the spool — where they come before every message spooled after the
+        disconnect, so the replay keeps each tag's order; replayed blobs set the drain's rewind
+        point instead (their records are still in the spool, unacknowledged). Either way they count
+        as ``lost`` (not sent), so the outstanding count returns to zero.
         """
-        # (``info.is_published()`` raises for a lost message, so look at ``rc`` first)
-        lost = [
-            mid for mid, (_n, info, _b) in self._blobs.items() if info.rc == MQTTErrorCode.MQTT_ERR_CONN_LOST
-        ]
+        lost = [mid for mid, (_n, info, _b, _o) in self._blobs.items() if _unsent(info, gone)]
         if not lost:
             return
         records: list[bytes] = []
         n = 0
-        for mid in lost:
-            count, _info, blob = self._blobs.pop(mid)
+        for mid in lost:  # the dict keeps the order the blobs were queued in
+            count, _info, blob, offset = self._blobs.pop(mid)
+            self.lost += count
+            if offset >= 0:
+                self.rewound += count
+                self._rewind = offset if self._rewind is None else min(self._rewind, offset)
+                continue
             n += count
             records.append(encode_messages(unpack_publish_qos0(blob)))
-        # never sent: they go to the spool and are replayed (marked historical) like any other outage
-        self.spool.append_many(records)
-        self._drain_cond.notify_all()
-        self.lost += n
-        self.spooled += n
-        self.respooled += n
+        if records:  # never sent: replayed (marked historical) like any other outage
+            self.spool.append_many(records)
+            self.spooled += n
+            self.respooled += n
+            self._drain_cond.notify_all()
 
     def _on_spool_drop(self, drop: SpoolDrop) -> None:
         """The platform alert for a spool bound: published (best effort) on ``$nexus/alerts/spool/{name}``."""
@@ -684,13 +713,16 @@ class UnsPublisher:
             self.spooled += messages
             self._drain_cond.notify_all()
 
-    def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
-        """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went."""
+    def _publish_now(self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1) -> int:
+        """Hand messages to paho while connected and fewer than ``limit`` are outstanding; how many went.
+
+        ``offset``: the drain's list offset of ``messages[0]`` (-1: live messages).
+        """
         cfg = self.config
         if cfg.qos == 0 and self._fast_path:
-            return self._publish_packed(messages, limit)
+            return self._publish_packed(messages, limit, offset)
         if cfg.qos == 1 and self._fast_path:
-            return self._publish_qos1(messages, min(limit, _QOS1_WINDOW))
+            return self._publish_qos1(messages, min(limit, _QOS1_WINDOW), offset)
         publish = self._client.publish
         sent = 0
         with self._cond:
@@ -723,36 +755,43 @@ class UnsPublisher:
             and hasattr(client, "_sock")
         )
 
-    def _publish_packed(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+    def _publish_packed(
+        self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1
+    ) -> int:
         cfg = self.config
         sent = 0
         for blob, count in pack_publish_qos0(messages, cfg.retain):
-            if not self._queue_qos0_blob(blob, count, limit):
+            if not self._queue_qos0_blob(blob, count, limit, offset + sent if offset >= 0 else -1):
                 break
             sent += count
         return sent
 
-    def _queue_qos0_blob(self, blob: bytes | bytearray, count: int, limit: int) -> bool:
+    def _queue_qos0_blob(self, blob: bytes | bytearray, count: int, limit: int, offset: int = -1) -> bool:
         """Hand one packed blob to paho's network thread; False (nothing queued) when disconnected or
-        ``limit`` messages are outstanding."""
+        ``limit`` messages are outstanding. ``offset``: the drain's list offset of the blob's first
+        message (-1: live messages)."""
         client: Any = self._client
         with self._cond:
             # registered and queued under the lock that on_disconnect takes: a blob is either queued
-            # before the disconnect (then swept as lost after the reconnect) or not at all (spooled)
-            if not self._connected or client._sock is None or self._outstanding_locked() >= limit:
+            # before the disconnect (then swept as lost) or not at all (spooled)
+            if client._sock is None:
+                self._sweep_blobs(gone=True)  # the disconnect is under way: settle before spooling
+                return False
+            if not self._connected or self._outstanding_locked() >= limit:
                 return False
             mid = client._mid_generate()
             info = mqtt.MQTTMessageInfo(mid)
-            self._blobs[mid] = (count, info, blob)
+            self._blobs[mid] = (count, info, blob, offset)
             self.published += count
             client._packet_queue(_PUBLISH, blob, mid, 0, info)
         return True
 
-    def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int) -> int:
+    def _publish_qos1(self, messages: Sequence[tuple[str, str | bytes]], limit: int, offset: int = -1) -> int:
         """QoS 1 without paho's per-message bookkeeping: the PUBLISH packets of up to ``_QOS1_CHUNK``
         messages get message ids from paho's counter, are packed into one buffer and queued as one
         write; the publisher keeps each message by id until its PUBACK comes back (batched by
-        :class:`BatchAckClient`). A connection that drops re-spools what was not acknowledged."""
+        :class:`BatchAckClient`). A connection that drops sends again what was not acknowledged
+        (:meth:`_sweep_inflight`)."""
         client: Any = self._client
         retain = self.config.retain
         sent, total = 0, len(messages)
@@ -765,10 +804,18 @@ class UnsPublisher:
             mids = _take_mids(client, len(chunk))
             blob = pack_publish_qos1(chunk, mids, retain)
             with self._cond:
-                # as for QoS 0: queued before a disconnect (then swept at the reconnect) or not at all
-                if not self._connected or client._sock is None:
+                # as for QoS 0: queued before a disconnect (then swept) or not at all
+                if client._sock is None:
+                    self._sweep_inflight()  # the disconnect is under way: settle before spooling
+                    self._sweep_blobs(gone=True)
                     break
-                self._inflight.update(zip(mids, chunk, strict=True))
+                if not self._connected:
+                    break
+                first = offset + sent if offset >= 0 else -1
+                self._inflight.update(
+                    (mid, (t, p, first + i if first >= 0 else -1))
+                    for i, (mid, (t, p)) in enumerate(zip(mids, chunk, strict=True))
+                )
                 self.published += len(chunk)
                 client._packet_queue(_PUBLISH, blob, 0, 1, None)
             sent += len(chunk)
@@ -812,8 +859,6 @@ class UnsPublisher:
                 time.sleep(0.05)
                 continue
             started = time.monotonic()
-            with self._cond:
-                lost_before = self.lost
             messages: list[tuple[str, bytes]] = []
             for seq, rec in records:
                 try:
@@ -825,29 +870,40 @@ class UnsPublisher:
                     log.error("UNS spool %s: record %d unreadable (%s); skipped", self.name, seq, exc)
                     continue
                 messages += [(t, mark_historical(p)) for t, p in msgs]
-            done = 0
-            while done < len(messages) and not self._closed:
-                n = self._publish_now(messages[done:], limit)
-                done += n
-                if done < len(messages):
-                    if not self._connected:
-                        break
-                    with self._cond:
-                        self._cond.wait(0.05)  # room comes back as the broker acknowledges
-            if done < len(messages):
-                continue  # not all handed over: read the same records again later (at-least-once)
-            with self._cond:
-                self.replayed += done
-                target = self.published
-            if not self._wait_acked(target, cfg.publish_timeout_s):
-                continue
-            with self._cond:
-                if self.lost != lost_before:
-                    continue  # some QoS 0 blob was discarded at a reconnect: replay these records again
+            if not self._replay(messages, limit):
+                continue  # closing: the records stay in the spool for the next start
+            done = len(messages)
             self.spool.ack(records[-1][0])
             spare = done / cfg.drain_messages_per_s - (time.monotonic() - started)
             if spare > 0:
                 time.sleep(spare)
+
+    def _replay(self, messages: list[tuple[str, bytes]], limit: int) -> bool:
+        """Publish the drain's messages until the broker has them all; ``False`` if closed first.
+
+        Only what a disconnect discarded is published again — from the first replayed message paho
+        dropped (the rewind point), in order — not the whole read, so a reconnect during the drain
+        neither reorders nor re-sends what the broker already took.
+        """
+        done = 0
+        while not self._closed:
+            if done < len(messages):
+                done += self._publish_now(messages[done:], limit, offset=done)
+                if done < len(messages):
+                    with self._cond:
+                        self._cond.wait(0.05)  # room or the connection comes back
+            else:
+                with self._cond:
+                    target = self.published
+                acked = self._wait_acked(target, self.config.publish_timeout_s)
+                if acked and self._rewind is None:
+                    with self._cond:
+                        self.replayed += done
+                    return True
+            with self._cond:
+                if self._rewind is not None:
+                    done, self._rewind = min(done, self._rewind), None
+        return False
 
     def _wait_acked(self, target: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -926,7 +982,8 @@ class UnsPublisher:
                 "acked": self.acked,
                 "lost": self.lost,
                 "respooled": self.respooled,
-                "dropped": self.lost - self.respooled,
+                "rewound": self.rewound,
+                "dropped": self.lost - self.respooled - self.rewound,
                 "spooled": self.spooled,
                 "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,

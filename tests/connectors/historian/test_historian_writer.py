@@ -273,3 +273,23 @@ def test_close_keeps_unwritten_rows_in_the_spool_folder(db: str, tmp_path: Path)
     with HistorianWriter(HistorianConfig(url=db, spool_dir=spool), TAGS) as again:
         again.flush(30)
     assert count(db) == 3
+
+
+def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Callable[..., Any]) -> None:
+    """Issue 11 (soak RSS): behind the spool, the writer keeps at most 4x ``queue_batches`` batches in
+    memory — the rest it reads back from the spool — instead of every batch that arrived meanwhile."""
+    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000)
+    w = HistorianWriter(cfg, TAGS)
+    try:
+        for i in range(200):  # far faster than the paced catch-up (10 s): the writer falls behind
+            w.write(batch(100, t0=T0 + i * 1_000_000_000))
+        for i in range(200, 260):  # then one at a time, each taken off the queue while it is behind
+            w.write(batch(100, t0=T0 + i * 1_000_000_000))
+            wait_for(lambda: w.stats()["queued_batches"] == 0, timeout=30, what="the writer taking it")
+        w.flush(timeout=120)
+        s = w.stats()
+    finally:
+        w.close()
+    assert s["rows_written"] == 26_000 and count(db) == 26_000, s
+    assert s["backlog_rows"] > 0, s  # it was behind: rows came back from the spool
+    assert 0 < s["cache_peak"] <= 16, s
