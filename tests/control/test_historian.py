@@ -413,3 +413,23 @@ def test_json_built_by_postgres_equals_the_python_answer(
     assert [s["source"] for s in js["series"]] == (
         ["nexus_points", "nexus_points"] if bucket.total_seconds() % 60 else ["nexus_points", "nexus_agg_1m"]
     )
+
+
+def test_http_acknowledge_a_raised_alert(client: TestClient) -> None:  # type: ignore[type-arg]
+    window = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1))}
+    alerts = client.get("/api/v1/historian/alerts", params=window).json()
+    raised = next(a for a in alerts if a["state"] == "raised")
+    cleared = next(a for a in alerts if a["state"] == "cleared")
+    assert cleared["id"] is None and raised["acked_by"] is None
+    r = client.post(f"/api/v1/historian/alerts/{raised['id']}/ack", headers={"X-Nexus-Author": "olga"})
+    assert r.status_code == 200, r.text
+    assert r.json()["acked_by"] == "olga"
+    again = client.post(f"/api/v1/historian/alerts/{raised['id']}/ack", headers={"X-Nexus-Author": "bob"})
+    assert again.json()["acked_by"] == "olga"  # the first acknowledgement stands
+    listed = {a["id"]: a for a in client.get("/api/v1/historian/alerts", params=window).json()}
+    assert listed[raised["id"]]["acked_by"] == "olga" and listed[raised["id"]]["acked_at"]
+    tag, kind, micros = raised["id"].split(":")
+    missing = client.post(f"/api/v1/historian/alerts/{tag}:{kind}:{int(micros) + 1}/ack")
+    assert missing.status_code == 404, missing.text
+    bad = client.post("/api/v1/historian/alerts/not-an-id/ack")
+    assert bad.status_code == 422 and bad.json()["problems"][0]["path"] == "path.alert_id"
