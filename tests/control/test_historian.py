@@ -26,6 +26,7 @@ from core.quality import Quality
 from core.records import AggBatch, Alert, OeeResult
 from core.settings import Settings
 from core.tags import TagInfo
+from tests.auth_helpers import login, prepare
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,7 @@ def loaded(postgres_url: str) -> Iterator[str]:
         ]
     )  # fmt: skip
     d.close()
+    prepare(url)  # the API's users live in the same database
     yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -119,6 +121,7 @@ async def with_historian(url: str, fn: Any) -> Any:
 @pytest.fixture
 def client(loaded: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(app=create_app(Settings(database_url=loaded))) as c:
+        c.headers.update(login(c, "viewer"))
         yield c
 
 
@@ -383,7 +386,7 @@ def test_database_down_is_503_not_500() -> None:
 
     settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nexus")
     with TestClient(app=create_app(settings)) as c:
-        r = c.get("/api/v1/historian/tags")
+        r = c.get("/api/v1/historian/tags", headers={"X-API-Key": "nxk_" + "0" * 18 + "_" + "A" * 43})
     assert r.status_code == 503 and r.json()["title"] == "Service unavailable"
 
 
