@@ -116,4 +116,6 @@ def test_create_a_modbus_device_with_three_tags_and_change_a_scale_hot(ui: UI, p
         timeout=30_000,
     )
     assert value_cell(ui, "press-7/beta").inner_text() == "200"
-    assert ui.platform.api.get(f"/api/v1/flows/{FLOW}/status").json()["pids"] == pid_before, "not hot: restarted"
+    assert ui.platform.api.get(f"/api/v1/flows/{FLOW}/status").json()["pids"] == pid_before, (
+        "not hot: restarted"
+    )
