@@ -29,6 +29,7 @@ DOMAINS: tuple[str, ...] = (
     "api.metrics",
     "api.auth",
     "api.commands",
+    "api.ui",
 )
 
 
