@@ -80,5 +80,22 @@ soak *ARGS:
 bench-spool *ARGS:
     {{python}} -m bench.spool {{ARGS}}
 
+# build the web UI from ui/ into api/ui_dist (shipped in the package): npm ci, type check, vite build
+ui:
+    cd ui && npm ci --no-audit --no-fund && npm run build
+
+# rebuild the web UI and fail if the committed bundle in api/ui_dist differs (stale or edited by hand)
+ui-check: ui
+    git diff --exit-code --stat -- api/ui_dist
+    test -z "$(git status --porcelain -- api/ui_dist)" || (git status --porcelain -- api/ui_dist; echo "api/ui_dist is stale: run just ui and commit it"; exit 1)
+
+# regenerate ui/src/api/schema.d.ts (the API's types) from the app's OpenAPI document
+ui-schema:
+    cd ui && PYTHON={{python}} npm run schema
+
+# screenshots of every page of the web UI, against the real API on embedded services (into test-artifacts/shots)
+ui-shots *ARGS:
+    {{python}} -m pytest tests/ui/test_shots.py -q -p no:randomly {{ARGS}}
+
 # everything CI checks: lint, types, tests
 ci: lint typecheck test

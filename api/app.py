@@ -19,7 +19,7 @@ from api.openapi import add_model_examples
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics")
+DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics", "api.ui")
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})

@@ -1,0 +1,107 @@
+// One WebSocket per tab to /api/v1/ws, shared by every component: channels are reference-counted
+// (subscribed while anyone listens), re-subscribed after a reconnect (with backoff). The browser sends
+// the session cookie with the upgrade (same origin), which is how the API authenticates it.
+import { useEffect, useRef, useState } from "react";
+
+export interface LiveEvent<T = Record<string, unknown>> {
+  channel: string;
+  data: T;
+}
+
+type Listener = (event: LiveEvent) => void;
+
+class LiveSocket {
+  private socket: WebSocket | null = null;
+  private listeners = new Map<string, Set<Listener>>();
+  private statusListeners = new Set<(open: boolean) => void>();
+  private retry = 0;
+  private timer: number | null = null;
+  open = false;
+
+  listen(channel: string, fn: Listener): () => void {
+    let set = this.listeners.get(channel);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(channel, set);
+      this.send({ subscribe: [channel] });
+    }
+    set.add(fn);
+    this.ensure();
+    return () => {
+      const current = this.listeners.get(channel);
+      if (!current) return;
+      current.delete(fn);
+      if (current.size === 0) {
+        this.listeners.delete(channel);
+        this.send({ unsubscribe: [channel] });
+      }
+    };
+  }
+
+  onStatus(fn: (open: boolean) => void): () => void {
+    this.statusListeners.add(fn);
+    return () => this.statusListeners.delete(fn);
+  }
+
+  private send(message: object): void {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
+  }
+
+  private setOpen(open: boolean): void {
+    this.open = open;
+    this.statusListeners.forEach((fn) => fn(open));
+  }
+
+  private ensure(): void {
+    if (this.socket || this.timer !== null) return;
+    const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${window.location.host}/api/v1/ws`);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.retry = 0;
+      this.setOpen(true);
+      const channels = [...this.listeners.keys()];
+      if (channels.length) this.send({ subscribe: channels });
+    };
+    socket.onmessage = (msg) => {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(String(msg.data));
+      } catch {
+        return;
+      }
+      const event = parsed as Partial<LiveEvent>;
+      if (typeof event.channel !== "string" || !event.data) return;
+      this.listeners.get(event.channel)?.forEach((fn) => fn(event as LiveEvent));
+    };
+    socket.onclose = () => {
+      this.socket = null;
+      this.setOpen(false);
+      if (this.listeners.size === 0) return;
+      const delay = Math.min(10_000, 500 * 2 ** this.retry++);
+      this.timer = window.setTimeout(() => {
+        this.timer = null;
+        this.ensure();
+      }, delay);
+    };
+  }
+}
+
+export const live = new LiveSocket();
+
+/** Calls `onEvent` for every event on `channel` while mounted (`null`: no channel). */
+export function useChannel<T = Record<string, unknown>>(channel: string | null, onEvent: (data: T) => void): void {
+  const ref = useRef(onEvent);
+  ref.current = onEvent;
+  useEffect(() => {
+    if (!channel) return;
+    return live.listen(channel, (e) => ref.current(e.data as T));
+  }, [channel]);
+}
+
+/** Whether the live socket is connected (for the "live" badge in the header). */
+export function useLiveStatus(): boolean {
+  const [open, setOpen] = useState(live.open);
+  useEffect(() => live.onStatus(setOpen), []);
+  return open;
+}

@@ -1,0 +1,7 @@
+export default function DevicesPage() {
+  return (
+    <section className="page">
+      <h1>Devices</h1>
+    </section>
+  );
+}
