@@ -1,7 +1,7 @@
 // A form generated from the flow spec's JSON Schema (react-jsonschema-form) for one part of the
 // document. It never validates on its own (the API does, see matcher.ts) and never fills in
 // defaults, so a form that is opened and closed leaves the document exactly as it was.
-import Form from "@rjsf/core";
+import Form from "@rjsf/core/lib/components/Form.js";
 import type { ErrorSchema, RJSFSchema, UiSchema } from "@rjsf/utils";
 
 import { validator } from "./matcher";

@@ -1,6 +1,3 @@
-import { readFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
-
 import { describe, expect, it } from "vitest";
 
 import { EditError, PALETTE, addNode, connect, disconnect, moveNode, removeNode, updateGroup, updateNode } from "./edits";
@@ -9,14 +6,20 @@ import { type DesignState, emptyState } from "./model";
 import { pinProblems } from "./problems";
 import { parseSpecText, specToYaml } from "./yaml";
 
-const SPECS = join(__dirname, "../../../dataflows/specs");
+/** Every shipped spec's text (the repository's dataflows/specs/). */
+const SPECS = import.meta.glob<string>("../../../dataflows/specs/*.{yaml,yml,json}", {
+  query: "?raw",
+  import: "default",
+  eager: true,
+});
 const item = (type: string) => PALETTE.find((p) => p.type === type)!;
 const edgesOf = (s: DesignState) => deriveGraph(s).edges.map((e) => e.id).sort();
 
 describe("spec ⇄ graph", () => {
-  for (const name of readdirSync(SPECS).filter((f) => /\.(ya?ml|json)$/.test(f))) {
+  it("finds the shipped specs", () => expect(Object.keys(SPECS).length).toBeGreaterThan(0));
+  for (const [name, text] of Object.entries(SPECS)) {
     it(`round-trips ${name} through the graph, layout moves and YAML`, () => {
-      const original = parseSpecText(readFileSync(join(SPECS, name), "utf8"));
+      const original = parseSpecText(text);
       let state: DesignState = { spec: original, layout: { nodes: {} }, drafts: [] };
       for (const node of deriveGraph(state).nodes) state = moveNode(state, node.id, { x: 1, y: 2 });
       expect(parseSpecText(specToYaml(state.spec))).toEqual(original);

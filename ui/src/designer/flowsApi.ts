@@ -1,43 +1,16 @@
-// The flows API calls the designer makes (through the app's one API client).
+// The flows API calls the designer makes (through the app's one API client; shapes from the
+// types generated from the OpenAPI document).
 import { api } from "../api/client";
+import type { components } from "../api/schema";
 import type { Json, Layout, SpecDoc } from "./model";
 
-export interface VersionSummary {
-  flow_id: string;
-  number: number;
-  parent_number: number | null;
-  author: string;
-  message: string;
-  created_at: string;
-}
-
-export interface VersionOut extends VersionSummary {
-  spec: SpecDoc;
-  layout: { [key: string]: Json } | null;
-  source_format: "yaml" | "json";
-}
-
-export interface FlowOut {
-  id: string;
-  desired_state: "running" | "stopped";
-  deployed_version: number | null;
-  latest_version: number;
-}
-
-export interface DeployOut {
-  flow_id: string;
-  version: number;
-  against: number | null;
-  path: "hot" | "redeploy" | "noop";
-  reasons: string[];
-  devices: string[];
-  desired_state: "running" | "stopped";
-}
-
-export interface DiffOut {
-  changes: { path: string; op: string; old?: Json; new?: Json }[];
-  plan: { path: "hot" | "redeploy" | "noop"; reasons: string[]; devices: string[] };
-}
+type Schemas = components["schemas"];
+export type VersionSummary = Schemas["VersionSummary"];
+/** A version; its `spec` is a flow spec document (secrets masked). */
+export type VersionOut = Omit<Schemas["VersionOut"], "spec"> & { spec: SpecDoc };
+export type FlowOut = Schemas["FlowOut"];
+export type DeployOut = Schemas["DeployOut"];
+export type DiffOut = Schemas["DiffOut"];
 
 const base = (id: string) => `/api/v1/flows/${encodeURIComponent(id)}`;
 const ifMatch = (n: number) => ({ "If-Match": `"${n}"` });

@@ -1,1 +1,0 @@
-import{n as e,t}from"./index-DGTPsNiq.js";var n=e();function r(){let{id:e}=t();return(0,n.jsxs)(`section`,{className:`page`,children:[(0,n.jsxs)(`h1`,{children:[`Flow `,e]}),(0,n.jsx)(`p`,{className:`muted`,children:`The flow designer is not built yet.`})]})}export{r as default};
