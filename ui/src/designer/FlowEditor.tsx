@@ -14,7 +14,7 @@ import {
 } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
 import { type DragEvent, useEffect, useMemo, useRef, useState } from "react";
-import { useNavigate } from "react-router";
+import { useLocation, useNavigate } from "react-router";
 
 import { ApiError } from "../api/client";
 import { useAuth } from "../api/auth";
@@ -120,6 +120,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
   const readOnly = !can("flows:write");
   const canDeploy = can("flows:deploy");
   const navigate = useNavigate();
+  const arrived = useLocation().state as { deployed?: DeployOut; notice?: string } | null;
   const queries = useQueryClient();
   const flow = useReactFlow();
   const [design, setDesign] = useState<DesignState>(initial);
@@ -130,8 +131,10 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
   const [selectedEdge, setSelectedEdge] = useState<string | null>(null);
   const [dims, setDims] = useState<Dims>({});
   const [problems, setProblems] = useState<Pinned>(NO_PROBLEMS);
-  const [notice, setNotice] = useState<{ text: string; bad: boolean } | null>(null);
-  const [deployed, setDeployed] = useState<DeployOut | null>(null);
+  const [notice, setNotice] = useState<{ text: string; bad: boolean } | null>(
+    arrived?.notice ? { text: arrived.notice, bad: false } : null,
+  );
+  const [deployed, setDeployed] = useState<DeployOut | null>(arrived?.deployed ?? null);
   const [busy, setBusy] = useState(false);
   const [showVersions, setShowVersions] = useState(false);
   const fileInput = useRef<HTMLInputElement>(null);
@@ -280,8 +283,9 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
     }
   }
 
-  const afterCreate = (id: string) => {
-    if (flowId === null) navigate(`/flows/${encodeURIComponent(id)}`, { replace: true });
+  /** A new flow's first save makes it a stored flow: its page (what was shown goes along). */
+  const afterCreate = (id: string, state: { deployed?: DeployOut; notice?: string }) => {
+    if (flowId === null) navigate(`/flows/${encodeURIComponent(id)}`, { replace: true, state });
   };
 
   const onSave = () =>
@@ -289,7 +293,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
       const n = await save();
       if (n !== null) {
         setNotice({ text: `Saved version ${n}`, bad: false });
-        afterCreate(String(current.current.spec.id));
+        afterCreate(String(current.current.spec.id), { notice: `Saved version ${n}` });
       }
     });
 
@@ -303,10 +307,11 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
         setDeployed(result);
         setNotice(null);
         await queries.invalidateQueries({ queryKey: ["flows"] });
+        afterCreate(id, { deployed: result });
       } catch (e) {
         setNotice({ text: `Not deployed: ${describe(e)}`, bad: true });
+        afterCreate(id, { notice: `Saved version ${n}; not deployed: ${describe(e)}` });
       }
-      afterCreate(id);
     });
 
   async function onImport(file: File) {
@@ -315,6 +320,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
       edit((d) => ({ spec, layout: d.layout, drafts: [] }));
       setSelected(null);
       setNotice({ text: `Imported ${file.name}`, bad: false });
+      requestAnimationFrame(() => void flow.fitView({ maxZoom: 1 }));
     } catch (e) {
       if (!(e instanceof ImportError)) throw e;
       setNotice({ text: `Not imported: ${e.message}`, bad: true });
@@ -403,7 +409,9 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
             nodesDraggable={!readOnly}
             nodesConnectable={!readOnly}
             deleteKeyCode={readOnly ? null : ["Delete", "Backspace"]}
-            fitView
+            fitView={flowId !== null}
+            fitViewOptions={{ maxZoom: 1 }}
+            defaultViewport={{ x: 20, y: 20, zoom: 1 }}
             proOptions={{ hideAttribution: true }}
           >
             <Background />
