@@ -273,3 +273,64 @@ def test_import_export_round_trip(page: Any, platform: Platform, spec_file: str,
     exported = tmp_path / "exported.yaml"
     download.value.save_as(exported)
     assert yaml.safe_load(exported.read_text()) == original
+
+
+def api_client(platform: Platform, pg: Any) -> httpx.Client:
+    """The API as the browser's user (its cookies and CSRF token when the API has log-in)."""
+    cookies = {c["name"]: c["value"] for c in pg.context.cookies()}
+    headers = {"X-CSRF-Token": cookies["nexus_csrf"]} if "nexus_csrf" in cookies else {}
+    return httpx.Client(base_url=platform.url, timeout=30, cookies=cookies, headers=headers)
+
+
+def test_keyboard_connect_menu_delete_versions_diff_rollback(page: Any, platform: Platform) -> None:
+    pg = page
+    pg.goto(platform.url + "/flows/new")
+    pg.get_by_test_id("canvas").wait_for()
+    pg.locator("#f-flow_id").fill("kb-line")
+    # palette items are buttons: Enter adds the node (and selects it)
+    for item in ("modbus", "normalize", "deadband", "historian"):
+        pg.get_by_test_id(f"palette-{item}").focus()
+        pg.keyboard.press("Enter")
+    # connect through the inspector's menu: select a node, pick the target, Connect
+    for source, target in (("devices:modbus", "normalize"), ("normalize", "deadband"), ("deadband", "historian")):
+        node(pg, source).click()
+        pg.get_by_label("connect to node").select_option(target)
+        pg.get_by_role("button", name="Connect", exact=True).click()
+    wait_for(lambda: pg.locator(".react-flow__edge").count() == 3, timeout=10, what="three edges")
+    # select with the keyboard (focus + Enter) and delete with the Delete key: the chain closes up
+    node(pg, "deadband").locator("xpath=..").focus()
+    pg.keyboard.press("Enter")
+    pg.keyboard.press("Delete")
+    node(pg, "deadband").wait_for(state="detached")
+    wait_for(lambda: pg.locator(".react-flow__edge").count() == 2, timeout=10, what="two edges")
+    pg.get_by_test_id("save").click()
+    pg.wait_for_url("**/flows/kb-line")
+
+    # a second version through the designer: a deadband again, after normalize
+    node(pg, "normalize").wait_for()
+    pg.get_by_test_id("palette-deadband").click()
+    node(pg, "normalize").click()
+    pg.get_by_label("connect to node").select_option("deadband")
+    pg.get_by_role("button", name="Connect", exact=True).click()
+    pg.get_by_test_id("save").click()
+    pg.get_by_test_id("notice").filter(has_text="Saved version 2").wait_for()
+
+    api = api_client(platform, pg)
+    v2 = api.get("/api/v1/flows/kb-line/versions/2").json()["spec"]
+    assert [o["id"] for o in v2["operators"]] == ["normalize", "deadband"]
+    assert v2["sinks"] == [{"id": "historian", "type": "historian", "input": "normalize"}]
+
+    # versions: compare 1 and 2 side by side, then roll back to 1
+    pg.get_by_role("button", name="Versions").click()
+    pg.get_by_label("compare version 1").check()
+    pg.get_by_label("compare version 2").check()
+    diff = pg.get_by_test_id("diff")
+    diff.wait_for()
+    assert "deadband" in diff.locator(".diff-add").all_inner_texts().__str__()
+    pg.once("dialog", lambda d: d.accept())
+    pg.get_by_role("button", name="Roll back to 1").click()
+    result = pg.get_by_test_id("deploy-result")
+    result.wait_for()
+    assert "Deployed version 3" in result.inner_text()
+    v3 = api.get("/api/v1/flows/kb-line/versions/3").json()["spec"]
+    assert [o["id"] for o in v3["operators"]] == ["normalize"]

@@ -32,7 +32,7 @@ import {
   updateSettings,
 } from "./edits";
 import { type DeployOut, flowsApi } from "./flowsApi";
-import { type DesignNode, deriveGraph } from "./graph";
+import { type DesignNode, deriveGraph, freePosition } from "./graph";
 import Inspector from "./Inspector";
 import { type DesignState, type Json, type JsonObject, type Layout, type Protocol, isObject } from "./model";
 import NodeView from "./NodeView";
@@ -193,9 +193,6 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
           setSelected(c.id);
           setSelectedEdge(null);
         } else setSelected((s) => (s === c.id ? null : s));
-      } else if (c.type === "remove" && !readOnly) {
-        edit((d) => removeNode(d, c.id));
-        setSelected((s) => (s === c.id ? null : s));
       }
     }
     if (Object.keys(newDims).length) setDims((d) => ({ ...d, ...newDims }));
@@ -208,19 +205,28 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
           setSelectedEdge(c.id);
           setSelected(null);
         } else setSelectedEdge((s) => (s === c.id ? null : s));
-      } else if (c.type === "remove" && !readOnly) {
-        const e = graph.edges.find((x) => x.id === c.id);
-        if (e) edit((d) => disconnect(d, e.target));
       }
     }
   }
 
+  /** The Delete key: deleted nodes leave the spec; a deleted edge alone detaches its target
+   * (the edges of a deleted node go with it, they detach nothing). */
+  function onDelete({ nodes: gone, edges: cut }: { nodes: DesignNode[]; edges: { target: string; source: string }[] }) {
+    if (readOnly) return;
+    const ids = new Set(gone.map((n) => n.id));
+    for (const n of gone) edit((d) => removeNode(d, n.id));
+    for (const e of cut) if (!ids.has(e.target) && !ids.has(e.source)) edit((d) => disconnect(d, e.target));
+    setSelected((s) => (s !== null && ids.has(s) ? null : s));
+    setSelectedEdge(null);
+  }
+
   function add(item: PaletteItem, position?: { x: number; y: number }) {
     let id = "";
-    const at = position ?? flow.screenToFlowPosition({ x: window.innerWidth / 2, y: window.innerHeight / 2 });
+    const at = position ?? freePosition(graph.nodes, item.kind);
     if (edit((d) => ([d, id] = addNode(d, item, at))[0])) {
       setSelected(id);
       setSelectedEdge(null);
+      if (!position) requestAnimationFrame(() => void flow.fitView({ maxZoom: 1 }));
     }
   }
 
@@ -401,6 +407,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
             nodeTypes={NODE_TYPES}
             onNodesChange={onNodesChange}
             onEdgesChange={onEdgesChange}
+            onDelete={onDelete}
             onConnect={(c: Connection) => edit((d) => connect(d, c.source, c.target))}
             onPaneClick={() => {
               setSelected(null);

@@ -178,3 +178,13 @@ export function deriveGraph(
   });
   return { nodes, edges };
 }
+
+/** Where a node added without a drop point goes: its kind's column, the first free row. */
+export function freePosition(nodes: DesignNode[], kind: NodeKind): Position {
+  const operators = nodes.filter((n) => n.data.kind === "operator").length;
+  const x = kind === "source" ? 0 : kind === "operator" ? COLUMN * (operators + 1) : COLUMN * (operators + 2);
+  const near = (p: Position, y: number) => Math.abs(p.x - x) < COLUMN * 0.8 && Math.abs(p.y - y) < ROW * 0.8;
+  let y = 0;
+  while (nodes.some((n) => near(n.position, y))) y += ROW;
+  return { x, y };
+}
