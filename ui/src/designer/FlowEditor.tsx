@@ -10,6 +10,7 @@ import {
   type NodeChange,
   ReactFlow,
   ReactFlowProvider,
+  useNodesInitialized,
   useReactFlow,
 } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
@@ -138,6 +139,16 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
   const [busy, setBusy] = useState(false);
   const [showVersions, setShowVersions] = useState(false);
   const fileInput = useRef<HTMLInputElement>(null);
+  const [fitPending, setFitPending] = useState(false);
+  const measured = useNodesInitialized();
+
+  // Fit the view once the nodes an import or a keyboard add made have their sizes.
+  useEffect(() => {
+    if (fitPending && measured) {
+      void flow.fitView({ maxZoom: 1, padding: 0.1 });
+      setFitPending(false);
+    }
+  }, [fitPending, measured, flow]);
 
   /** Apply an edit to the newest state; a refused edit shows its reason instead. */
   function edit(change: (d: DesignState) => DesignState, layoutOnly = false): boolean {
@@ -226,7 +237,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
     if (edit((d) => ([d, id] = addNode(d, item, at))[0])) {
       setSelected(id);
       setSelectedEdge(null);
-      if (!position) requestAnimationFrame(() => void flow.fitView({ maxZoom: 1 }));
+      if (!position) setFitPending(true);
     }
   }
 
@@ -326,7 +337,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
       edit((d) => ({ spec, layout: d.layout, drafts: [] }));
       setSelected(null);
       setNotice({ text: `Imported ${file.name}`, bad: false });
-      requestAnimationFrame(() => void flow.fitView({ maxZoom: 1 }));
+      setFitPending(true);
     } catch (e) {
       if (!(e instanceof ImportError)) throw e;
       setNotice({ text: `Not imported: ${e.message}`, bad: true });
@@ -418,6 +429,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
             deleteKeyCode={readOnly ? null : ["Delete", "Backspace"]}
             fitView={flowId !== null}
             fitViewOptions={{ maxZoom: 1 }}
+            minZoom={0.2}
             defaultViewport={{ x: 20, y: 20, zoom: 1 }}
             proOptions={{ hideAttribution: true }}
           >

@@ -36,7 +36,7 @@ export const PALETTE: PaletteItem[] = [
   {
     kind: "source",
     type: "modbus",
-    label: "Modbus devices",
+    label: "Modbus",
     template: {
       id: "device",
       protocol: "modbus",
@@ -49,7 +49,7 @@ export const PALETTE: PaletteItem[] = [
   {
     kind: "source",
     type: "opcua",
-    label: "OPC UA devices",
+    label: "OPC UA",
     template: {
       id: "server",
       protocol: "opcua",
@@ -61,7 +61,7 @@ export const PALETTE: PaletteItem[] = [
   {
     kind: "source",
     type: "s7",
-    label: "S7 devices",
+    label: "Siemens S7",
     template: {
       id: "plc",
       protocol: "s7",
@@ -73,7 +73,7 @@ export const PALETTE: PaletteItem[] = [
   {
     kind: "source",
     type: "mqtt",
-    label: "MQTT devices",
+    label: "MQTT",
     template: {
       id: "gateway",
       protocol: "mqtt",

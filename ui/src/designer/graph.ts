@@ -43,11 +43,14 @@ export type DesignEdge = Edge<EdgeData>;
 const COLUMN = 240;
 const ROW = 110;
 
-/** Where a node without a stored position goes: sources left, operators in a row, sinks right. */
+const PER_ROW = 4;
+
+/** Where a node without a stored position goes: sources left, operators in rows of four (a long
+ * chain stays readable on a laptop screen), sinks right. */
 function defaultPosition(kind: NodeKind, index: number, operators: number): Position {
   if (kind === "source") return { x: 0, y: index * ROW };
-  if (kind === "operator") return { x: COLUMN * (index + 1), y: 0 };
-  return { x: COLUMN * (operators + 1), y: index * ROW };
+  if (kind === "operator") return { x: COLUMN * (1 + (index % PER_ROW)), y: Math.floor(index / PER_ROW) * ROW * 1.5 };
+  return { x: COLUMN * (1 + Math.min(operators, PER_ROW)), y: index * ROW };
 }
 
 const PROTOCOL_LABEL: Record<Protocol, string> = {
