@@ -3,7 +3,8 @@
 Each domain package (``api.flows``, ``api.historian``, ``api.ws``, ...) exposes ``route_handlers()``
 and may expose ``plugins()``, ``middleware()``, ``on_startup()`` and ``on_shutdown()`` (each a list);
 ``DOMAINS`` lists the ones the app mounts. Every route declares the permission it needs in its
-``opt["permission"]`` (enforced by the security layer once it exists).
+``opt["permission"]``; ``api.auth``'s guard enforces it and the app refuses to start with a route
+that has none (see :mod:`api.auth.permissions`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litestar import Litestar, get
+from litestar import Litestar, Router, get
 from litestar.openapi import OpenAPIConfig
 
+from api.auth.guard import check_routes
 from api.errors import EXCEPTION_HANDLERS
 from api.openapi import add_model_examples
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
-DOMAINS: tuple[str, ...] = ("api.flows", "api.devices", "api.historian", "api.ws", "api.metrics", "api.ui")
+DOMAINS: tuple[str, ...] = (
+    "api.flows",
+    "api.devices",
+    "api.historian",
+    "api.ws",
+    "api.metrics",
+    "api.auth",
+    "api.ui",
+)
 
 
 @get("/health", sync_to_thread=False, opt={"permission": "public"})
@@ -35,7 +45,13 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
     """The app; ``services`` (store, supervisor, live status, ...) land on ``app.state`` by name."""
     settings = settings or Settings.from_env()
     handlers: list[Any] = [health]
-    hooks: dict[str, list[Any]] = {"plugins": [], "middleware": [], "on_startup": [], "on_shutdown": []}
+    hooks: dict[str, list[Any]] = {
+        "plugins": [],
+        "middleware": [],
+        "guards": [],
+        "on_startup": [],
+        "on_shutdown": [],
+    }
     for name in DOMAINS:
         module = importlib.import_module(name)
         handlers.extend(module.route_handlers())
@@ -51,12 +67,15 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
             version="1.0.0",
             description="Flows, versions, deploys, devices and tags. Errors are application/problem+json (RFC 9457).",
             path="/schema",
+            openapi_router=Router(path="/schema", route_handlers=[], opt={"permission": "public"}),
         ),
         plugins=hooks["plugins"],
         middleware=hooks["middleware"],
+        guards=hooks["guards"],
         on_startup=hooks["on_startup"],
         on_shutdown=hooks["on_shutdown"],
     )
+    check_routes(app)
     add_model_examples(app)
     app.state.settings = settings
     for key, service in services.items():

@@ -6,9 +6,10 @@ import re
 from typing import Any
 
 from litestar import Request
+from litestar.exceptions import NotAuthorizedException
 
 from control.errors import InvalidError, UnavailableError
-from control.store import ConfigStore
+from control.store import ConfigStore, VersionInfo
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
@@ -43,12 +44,42 @@ def etag(number: int) -> dict[str, str]:
 
 
 def author_of(request: Request[Any, Any, Any]) -> str:
-    """Who made a change: the authenticated user once issue 7 lands; until then ``X-Nexus-Author`` or ``api``."""
+    """Who made a change: the authenticated caller (a user name, or ``key:<name>`` for an API key)."""
     user = request.scope.get("user")
-    if isinstance(user, str) and user:
-        return user[:200]
-    name = getattr(user, "name", None) or getattr(user, "username", None)
+    name = getattr(user, "username", None)
     if isinstance(name, str) and name:
         return name[:200]
-    header = request.headers.get("x-nexus-author", "").strip()
-    return header[:200] if header else "api"
+    raise NotAuthorizedException("authentication required")
+
+
+def audit(
+    request: Request[Any, Any, Any],
+    action: str,
+    *,
+    target: str | None = None,
+    detail: dict[str, Any] | None = None,
+    outcome: str = "ok",
+) -> None:
+    """Record what the authenticated caller did in the audit log (see :mod:`control.audit`)."""
+    from api.auth.guard import auth_of, client_address
+
+    auth_of(request.app).audit.record(
+        action,
+        actor=author_of(request),
+        source=client_address(request),
+        target=target,
+        detail=detail,
+        outcome=outcome,
+    )
+
+
+def audit_version(request: Request[Any, Any, Any], action: str, v: VersionInfo, target: str) -> None:
+    """Audit a change that wrote version ``v``: its number and the diff from the version it was based
+    on (field paths, old and new values; secrets masked)."""
+    from control.service import diff_versions
+
+    detail: dict[str, Any] = {"version": v.number}
+    if v.parent_number is not None:
+        detail["from_version"] = v.parent_number
+        detail["changes"] = diff_versions(store_of(request), v.flow_id, v.parent_number, v.number)["changes"]
+    audit(request, action, target=target, detail=detail)

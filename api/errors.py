@@ -44,6 +44,8 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
 
 TITLES = {
     400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
@@ -51,6 +53,7 @@ TITLES = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid input",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
     504: "Timed out",
@@ -114,9 +117,10 @@ def problem_response(
 
 
 def problems(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI ``responses`` for the problem answers a route can give (400 and 422 always)."""
+    """OpenAPI ``responses`` for the problem answers a route can give (400, 401, 403 and 422 always:
+    every route but the public ones needs authentication and a permission)."""
     out = {}
-    for code in sorted({400, 422, *codes}):
+    for code in sorted({400, 401, 403, 422, *codes}):
         out[code] = ResponseSpec(
             data_container=Problem,
             description=TITLES.get(code, "Error"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,17 @@ MAX_RAW_POINTS = 100_000
 MAX_TAGS = 10_000
 """Tags in one request."""
 MAX_SPAN = timedelta(days=3660)
+_ALERT_ID = re.compile(r"^(-?[0-9]{1,19}):([A-Za-z0-9_.\-]{1,64}):(-?[0-9]{1,19})$")
+_ACKS_DDL = """
+CREATE TABLE IF NOT EXISTS nexus_alert_acks (
+    tag_id bigint NOT NULL,
+    kind text NOT NULL,
+    raised_at timestamptz NOT NULL,
+    acked_by text NOT NULL,
+    acked_at timestamptz NOT NULL,
+    PRIMARY KEY (tag_id, kind, raised_at)
+)"""
+"""Who acknowledged which raised alert (the alert rows themselves are written by the flows only)."""
 AGG_FIELDS = ("min", "max", "avg", "count", "sum", "first", "last", "twa")
 _NICE_STEPS_S = (
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
@@ -690,9 +702,14 @@ class Historian:
                 await self._load_tables(conn)
                 if "nexus_alerts" not in self._tables:
                     return []
+        await self._ensure_acks()
         return await self._fetch(
             'SELECT a.time, a.device_id, a.tag_id, t.name AS tag, a.kind, a.state, a.severity, a.value, a."limit", '
-            "a.message FROM nexus_alerts a LEFT JOIN nexus_tags t ON t.tag_id = a.tag_id "
+            "a.message, CASE WHEN a.state = 'raised' THEN a.tag_id::text || ':' || a.kind || ':' || "
+            "(extract(epoch FROM a.time) * 1000000)::bigint::text END AS id, k.acked_by, k.acked_at "
+            "FROM nexus_alerts a LEFT JOIN nexus_tags t ON t.tag_id = a.tag_id "
+            "LEFT JOIN nexus_alert_acks k ON a.state = 'raised' AND k.tag_id = a.tag_id AND k.kind = a.kind "
+            "AND k.raised_at = a.time "
             "WHERE a.time >= %(start)s AND a.time < %(end)s "
             "AND (%(device)s::text IS NULL OR a.device_id = %(device)s) "
             "AND (%(tag)s::bigint IS NULL OR a.tag_id = %(tag)s) "
@@ -701,6 +718,60 @@ class Historian:
             {"start": start, "end": end, "device": device, "tag": tag_id, "state": state, "limit": limit},
             dicts=True,
         )
+
+    async def _ensure_acks(self) -> None:
+        """The acknowledgements table (made by the API on first use: the flows never write it)."""
+        if getattr(self, "_acks_ready", False):
+            return
+        async with self._conn() as conn:
+            await conn.execute("SET TRANSACTION READ WRITE")
+            await conn.execute(_ACKS_DDL)
+        self._acks_ready = True
+
+    async def ack_alert(self, alert_id: str, *, actor: str) -> dict[str, Any]:
+        """Acknowledge a raised alert (its ``id`` from :meth:`alerts`: ``tag_id:kind:epoch µs``).
+
+        The first acknowledgement stands (a second one answers the first's who and when); an id that
+        names no raised alert is a 404, a malformed one a 422 on ``path.alert_id``.
+        """
+        m = _ALERT_ID.match(alert_id)
+        if m is None:
+            raise InvalidError(
+                "bad alert id",
+                [("path.alert_id", f"{alert_id[:80]!r} is not like 4242:high:1795000000000000")],
+            )
+        tag_id, kind, micros = int(m.group(1)), m.group(2), int(m.group(3))
+        raised_at = datetime.fromtimestamp(micros // 1_000_000, UTC) + timedelta(
+            microseconds=micros % 1_000_000
+        )
+        await self._ensure_open()
+        async with self._conn() as conn:
+            if "nexus_alerts" not in await self._tables_now(conn):
+                raise NotFoundError(f"no alert {alert_id}")
+        await self._ensure_acks()
+        async with self._conn() as conn:
+            await conn.execute("SET TRANSACTION READ WRITE")  # the pool's sessions default to read-only
+            found = await (
+                await conn.execute(
+                    "SELECT 1 FROM nexus_alerts WHERE tag_id = %s AND kind = %s AND state = 'raised' AND time = %s",
+                    (tag_id, kind, raised_at),
+                )
+            ).fetchone()
+            if found is None:
+                raise NotFoundError(f"no raised alert {alert_id}")
+            await conn.execute(
+                "INSERT INTO nexus_alert_acks (tag_id, kind, raised_at, acked_by, acked_at) "
+                "VALUES (%s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                (tag_id, kind, raised_at, actor),
+            )
+            row = await (
+                await conn.execute(
+                    "SELECT acked_by, acked_at FROM nexus_alert_acks WHERE tag_id = %s AND kind = %s AND raised_at = %s",
+                    (tag_id, kind, raised_at),
+                )
+            ).fetchone()
+        assert row is not None
+        return {"id": alert_id, "acked_by": row[0], "acked_at": row[1]}
 
     async def oee(
         self, start: datetime, end: datetime, *, machine: str | None = None, limit: int = 1000

@@ -111,6 +111,18 @@ class FlowVersionRow(SQLModel, table=True):
 metadata = SQLModel.metadata
 """The tables of the config store (what the migrations must produce; a test compares them)."""
 
+MODEL_MODULES = ("control.audit", "control.accounts")
+"""Modules whose table models live in this schema too (imported before comparing with the database)."""
+
+
+def load_models() -> None:
+    """Register every table model of the schema on :data:`metadata` (they import this module, so
+    they are loaded late rather than at the top)."""
+    import importlib
+
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+
 
 @dataclass(frozen=True, slots=True)
 class FlowInfo:
@@ -254,6 +266,8 @@ class ConfigStore:
         """
         from alembic.autogenerate import compare_metadata
         from alembic.migration import MigrationContext
+
+        load_models()
 
         with self.engine.connect() as conn:
             ctx = MigrationContext.configure(

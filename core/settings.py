@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +32,12 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_API_HOST": "address the API of `nexus up` binds to (default 127.0.0.1)",
     "NEXUS_API_PORT": "TCP port of the API of `nexus up` (default 8080)",
     "NEXUS_SNAPSHOT_INTERVAL_S": "seconds between a supervised flow's recovery snapshots (default 5)",
+    "NEXUS_ADMIN_PASSWORD": "password of the `admin` user made on first start (unset: a random one is printed "
+    "once and written to {NEXUS_DATA_DIR}/admin-password, mode 0600)",
+    "NEXUS_AUTH_SECRET": "key that signs the API's access tokens, >= 32 characters; set the same on every API "
+    "process behind one address (unset: random per process, clients refresh after a restart)",
+    "NEXUS_ACCESS_TOKEN_TTL_S": "seconds an access token is valid (default 900)",
+    "NEXUS_AUDIT_RETENTION_DAYS": "days audit events are kept (default 365)",
 }
 
 
@@ -59,6 +65,10 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     snapshot_interval_s: int = 5
+    admin_password: str | None = field(default=None, repr=False)
+    auth_secret: str | None = field(default=None, repr=False)
+    access_token_ttl_s: int = 900
+    audit_retention_days: int = 365
 
     @property
     def effective_database_url(self) -> str:
@@ -79,9 +89,9 @@ class Settings:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            if f.name == "snapshot_interval_s":
+            if f.name in ("snapshot_interval_s", "access_token_ttl_s", "audit_retention_days"):
                 if not raw.isdigit() or int(raw) < 1:
-                    raise ValueError(f"{key} must be a whole number of seconds >= 1, got {raw!r}")
+                    raise ValueError(f"{key} must be a whole number >= 1, got {raw!r}")
                 values[f.name] = int(raw)
             elif f.name in ("pg_port", "mqtt_port", "api_port"):
                 try:

@@ -1,4 +1,4 @@
-"""The ``nexus`` command: demo, run, services, simulate, browse, validate, schema."""
+"""The ``nexus`` command: demo, up, run, services, simulate, browse, validate, schema, flows, users."""
 
 from __future__ import annotations
 
@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nexus.flows_cli import add_flows_parser
 
     add_flows_parser(sub)
+
+    from nexus.users_cli import add_users_parser
+
+    add_users_parser(sub)
     return parser
 
 

@@ -216,11 +216,13 @@ def run_up(
     from api.app import create_app
     from control.store import ConfigStore
     from dataflows.spec import load_spec
+    from nexus.users_cli import ensure_admin
 
     demo_spec = load_spec(import_spec) if import_spec is not None else None  # refused before anything starts
     with services(settings) as (db_url, mqtt_url):
         store = ConfigStore(db_url)
         store.migrate()
+        ensure_admin(store, settings)
         if import_spec is not None and ensure_flow(store, import_spec):
             print(f"imported and deployed {import_spec}", flush=True)
         pool = SimulatorPool() if simulate else None

@@ -13,10 +13,10 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.common import author_of, base_version, etag, store_of
+from api.common import audit, audit_version, author_of, base_version, etag, store_of
 from api.errors import problems
 from control import service as svc
-from control.errors import InvalidError
+from control.errors import ControlError, InvalidError
 from control.store import VersionInfo
 from core.settings import Settings
 
@@ -233,6 +233,7 @@ class DevicesController(Controller):
             base=base_version(if_match),
             author=author_of(request),
         )
+        audit_version(request, "device.create", v, f"{flow_id}/{data.get('id')}")
         response = Written.of(v)
         response.status_code = 201
         return response
@@ -268,6 +269,7 @@ class DevicesController(Controller):
             base=base_version(if_match),
             author=author_of(request),
         )
+        audit_version(request, "device.update", v, f"{flow_id}/{device_id}")
         return Written.of(v)
 
     @delete(
@@ -281,11 +283,11 @@ class DevicesController(Controller):
         self, request: Request[Any, Any, Any], flow_id: FlowId, device_id: DeviceId, if_match: IfMatch = None
     ) -> Response[Written]:
         """Remove a device (a new version; the flow needs at least one device)."""
-        return Written.of(
-            svc.delete_device(
-                store_of(request), flow_id, device_id, base=base_version(if_match), author=author_of(request)
-            )
+        v = svc.delete_device(
+            store_of(request), flow_id, device_id, base=base_version(if_match), author=author_of(request)
         )
+        audit_version(request, "device.delete", v, f"{flow_id}/{device_id}")
+        return Written.of(v)
 
     @post(
         "/{device_id:str}/test",
@@ -364,6 +366,7 @@ class TagsController(Controller):
             base=base_version(if_match),
             author=author_of(request),
         )
+        audit_version(request, "tag.create", v, f"{flow_id}/{device_id}/{data.get('name')}")
         response = Written.of(v)
         response.status_code = 201
         return response
@@ -401,6 +404,7 @@ class TagsController(Controller):
             base=base_version(if_match),
             author=author_of(request),
         )
+        audit_version(request, "tag.update", v, f"{flow_id}/{device_id}/{tag}")
         return Written.of(v)
 
     @patch(
@@ -429,6 +433,7 @@ class TagsController(Controller):
             author=author_of(request),
             merge=True,
         )
+        audit_version(request, "tag.update", v, f"{flow_id}/{device_id}/{tag}")
         return Written.of(v)
 
     @delete(
@@ -447,16 +452,11 @@ class TagsController(Controller):
         if_match: IfMatch = None,
     ) -> Response[Written]:
         """Remove a tag (a new version)."""
-        return Written.of(
-            svc.delete_tag(
-                store_of(request),
-                flow_id,
-                device_id,
-                tag,
-                base=base_version(if_match),
-                author=author_of(request),
-            )
+        v = svc.delete_tag(
+            store_of(request), flow_id, device_id, tag, base=base_version(if_match), author=author_of(request)
         )
+        audit_version(request, "tag.delete", v, f"{flow_id}/{device_id}/{tag}")
+        return Written.of(v)
 
     @post(
         "/{tag:str}/value",
@@ -477,15 +477,23 @@ class TagsController(Controller):
 
         `ok: false` with `error` when the router or the device refused the value (read-only tag, out of limits, ...)."""
         settings: Settings = request.app.state.settings
-        ack = svc.write_tag(
-            store_of(request),
-            settings.effective_mqtt_url,
-            flow_id,
-            device_id,
-            tag,
-            data.value,
-            timeout_s=data.timeout_s,
-        )
+        target = f"{flow_id}/{device_id}/{tag}"
+        try:
+            ack = svc.write_tag(
+                store_of(request),
+                settings.effective_mqtt_url,
+                flow_id,
+                device_id,
+                tag,
+                data.value,
+                timeout_s=data.timeout_s,
+            )
+        except ControlError as exc:
+            detail = {"value": data.value, "error": str(exc)}
+            audit(request, "tag.write", target=target, detail=detail, outcome="error")
+            raise
+        outcome = "ok" if ack.get("ok") else "refused"
+        audit(request, "tag.write", target=target, detail={"value": data.value, "ack": ack}, outcome=outcome)
         return AckOut.model_validate(ack)
 
 

@@ -8,7 +8,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from api.common import author_of, base_version, etag, service, store_of
+from api.common import audit, audit_version, author_of, base_version, etag, service, store_of
 from api.errors import problems
 from api.flows.schemas import (
     EXAMPLE_SPEC,
@@ -103,6 +103,7 @@ class FlowsController(Controller):
             layout=data.layout,
             processes=data.processes,
         )
+        audit_version(request, "flow.create", v, v.flow_id)
         return Response(VersionOut.of(v), status_code=201, headers=etag(v.number))
 
     @post(
@@ -122,6 +123,8 @@ class FlowsController(Controller):
         v, changed = svc.import_text(
             store_of(request), data.text, author=author_of(request), message=data.message, fmt=data.format
         )
+        if changed:
+            audit_version(request, "flow.create" if v.number == 1 else "flow.update", v, v.flow_id)
         return Response(VersionOut.of(v), status_code=201 if changed else 200, headers=etag(v.number))
 
     @get("/{flow_id:str}", sync_to_thread=True, opt={"permission": "flows:read"}, responses=problems(404))
@@ -153,6 +156,7 @@ class FlowsController(Controller):
             message=data.message,
             layout=data.layout,
         )
+        audit_version(request, "flow.update", v, flow_id)
         return Response(VersionOut.of(v), headers=etag(v.number))
 
     @patch(
@@ -166,7 +170,10 @@ class FlowsController(Controller):
         if_match: IfMatch = None,
     ) -> Response[FlowOut]:
         """Change how the flow runs (`processes`, applied at its next start)."""
+        before = store_of(request).get_flow(flow_id).processes
         f = store_of(request).set_processes(flow_id, data.processes, base=base_version(if_match))
+        change = {"processes": {"before": before, "after": f.processes}}
+        audit(request, "flow.update", target=flow_id, detail={"changes": change})
         svc._wake(service(request, "supervisor"))
         return Response(FlowOut.of(f), headers=etag(f.latest_version))
 
@@ -175,7 +182,9 @@ class FlowsController(Controller):
     )
     def delete_flow(self, request: Request[Any, Any, Any], flow_id: FlowId, if_match: IfMatch = None) -> None:
         """Delete a stopped flow and its history (409 while it is wanted running)."""
+        latest = store_of(request).get_flow(flow_id).latest_version
         store_of(request).delete_flow(flow_id, base=base_version(if_match))
+        audit(request, "flow.delete", target=flow_id, detail={"latest_version": latest})
         svc._wake(service(request, "supervisor"))
 
     @get(
@@ -284,6 +293,7 @@ class FlowsController(Controller):
             base=base_version(if_match),
             supervisor=service(request, "supervisor"),
         )
+        audit(request, "flow.deploy", target=flow_id, detail=result.as_json())
         return DeployOut.model_validate(result.as_json())
 
     @post(
@@ -310,6 +320,7 @@ class FlowsController(Controller):
             message=data.message,
             supervisor=service(request, "supervisor"),
         )
+        audit(request, "flow.rollback", target=flow_id, detail={"to": data.version, **result.as_json()})
         return DeployOut.model_validate(result.as_json())
 
     @post(
@@ -321,9 +332,9 @@ class FlowsController(Controller):
     )
     def start(self, request: Request[Any, Any, Any], flow_id: FlowId) -> FlowOut:
         """Want the deployed version running (409 when nothing is deployed)."""
-        return FlowOut.of(
-            svc.set_state(store_of(request), flow_id, "running", service(request, "supervisor"))
-        )
+        f = svc.set_state(store_of(request), flow_id, "running", service(request, "supervisor"))
+        audit(request, "flow.start", target=flow_id, detail={"deployed_version": f.deployed_version})
+        return FlowOut.of(f)
 
     @post(
         "/{flow_id:str}/stop",
@@ -334,9 +345,9 @@ class FlowsController(Controller):
     )
     def stop(self, request: Request[Any, Any, Any], flow_id: FlowId) -> FlowOut:
         """Want the flow stopped (the supervisor drains it)."""
-        return FlowOut.of(
-            svc.set_state(store_of(request), flow_id, "stopped", service(request, "supervisor"))
-        )
+        f = svc.set_state(store_of(request), flow_id, "stopped", service(request, "supervisor"))
+        audit(request, "flow.stop", target=flow_id, detail={"deployed_version": f.deployed_version})
+        return FlowOut.of(f)
 
     @get(
         "/{flow_id:str}/status",

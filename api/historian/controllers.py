@@ -10,13 +10,14 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, MediaType, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.common import author_of
 from api.errors import problems
 from control.errors import InvalidError
 from control.historian import MAX_BUCKETS, MAX_TAGS, Historian
@@ -171,6 +172,18 @@ class HistorianController(Controller):
         return await (await historian_of(state)).alerts(
             start, end, device=device, tag_id=tag, state=alert_state, limit=limit
         )
+
+    @post(
+        "/alerts/{alert_id:str}/ack",
+        status_code=200,
+        opt={"permission": "alerts:ack"},
+        responses=problems(404, 422, 503),
+    )
+    async def ack_alert(
+        self, request: Request[Any, Any, Any], state: State, alert_id: FromPath[str]
+    ) -> dict[str, Any]:
+        """Acknowledge a raised alert (its `id` from `GET /alerts`); the first acknowledgement stands."""
+        return await (await historian_of(state)).ack_alert(alert_id[:200], actor=author_of(request))
 
     @get("/oee", opt={"permission": "historian:read"}, responses=problems(404, 413, 503))
     async def oee(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from control.store import SCHEMA, include_name, metadata
+from control.store import SCHEMA, include_name, load_models, metadata
+
+load_models()
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only the store runs these migrations

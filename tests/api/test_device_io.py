@@ -22,6 +22,7 @@ from core.settings import Settings
 from dataflows.compiler import writable_tags
 from dataflows.spec import parse_spec
 from nexus.embedded import free_port
+from tests.auth_helpers import login, make_users
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,9 @@ def client(db: str, mqtt_url: str, sim: ModbusSimulator) -> Iterator[TestClient[
     store = ConfigStore(db)
     store.migrate()
     store.create_flow(spec(sim.port), author="test")
+    make_users(store)
     with TestClient(app=create_app(Settings(mqtt_url=mqtt_url), store=store)) as c:
+        c.headers.update(login(c, "admin"))
         yield c
     store.close()
 

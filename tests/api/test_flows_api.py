@@ -15,6 +15,7 @@ from api.app import create_app
 from control.store import ConfigStore
 from control.types import FlowRuntime
 from core.settings import Settings
+from tests.auth_helpers import login, make_users
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,9 @@ def store(db: str) -> Iterator[ConfigStore]:
 @pytest.fixture
 def client(store: ConfigStore, mqtt_url: str) -> Iterator[TestClient[Any]]:
     app = create_app(Settings(mqtt_url=mqtt_url), store=store)
+    make_users(store)
     with TestClient(app=app) as c:
+        c.headers.update(login(c, "admin"))
         yield c
 
 
@@ -87,7 +90,7 @@ def assert_problem(r: Any, status: int) -> dict[str, Any]:
 def test_flow_crud_and_etags(client: TestClient[Any]) -> None:
     r = create(client)
     assert r.headers["etag"] == '"1"'
-    assert r.json()["number"] == 1 and r.json()["author"] == "api"
+    assert r.json()["number"] == 1 and r.json()["author"] == "admin"
     r = client.get("/api/v1/flows/line1")
     assert r.json()["latest_version"] == 1 and r.headers["etag"] == '"1"'
     assert [f["id"] for f in client.get("/api/v1/flows").json()] == ["line1"]

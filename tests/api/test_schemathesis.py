@@ -1,6 +1,7 @@
 """Schemathesis against the OpenAPI document (a CI-sized run): no 5xx, every response fits its schema.
 
-Runs in-process over ASGI against a real PostgreSQL config store that holds one flow. The three
+Runs in-process over ASGI against a real PostgreSQL config store that holds one flow, authenticated
+as admin (every operation is allowed, so every one is reached). The three
 operations that reach out to devices or the broker (device test read, OPC UA browse, tag write) are
 left out: generated connections would point at arbitrary hosts. They have their own tests against
 the real pymodbus and asyncua servers and a real broker (tests/api/test_device_io.py).
@@ -24,9 +25,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from api.auth.guard import auth_of
+from control.accounts import Accounts
 from control.errors import NotFoundError
 from control.store import ConfigStore
 from core.settings import Settings
+from tests.auth_helpers import make_users
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +58,17 @@ def api_schema(db: str, mqtt_url: str) -> Iterator[Any]:
     store.create_flow(SPEC, author="seed")
     # the historian routes read the same database (as under `nexus up`)
     app = create_app(Settings(mqtt_url=mqtt_url, database_url=db), store=store)
-    yield schemathesis.openapi.from_asgi("/schema/openapi.json", app).exclude(path_regex=NETWORK), store
+    make_users(store)
+    yield schemathesis.openapi.from_asgi("/schema/openapi.json", app).exclude(path_regex=NETWORK), store, app
     store.close()
+
+
+def admin_headers(app: Any, store: ConfigStore) -> dict[str, str]:
+    """A fresh admin session for each generated request, so a generated log-out ends only its own."""
+    user = Accounts(store.engine).get_user("admin")
+    assert user is not None
+    grant = Accounts(store.engine).start_session(user)
+    return {"Authorization": f"Bearer {auth_of(app).tokens.access_token('admin', grant.family)}"}
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -89,7 +102,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
     failures: list[str] = []
     statuses: list[int] = []
     operations = 0
-    schema, store = api_schema
+    schema, store, app = api_schema
     for result in schema.get_all_operations():
         operation = result.ok()
         _reseed(store)
@@ -105,7 +118,8 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
             @given(case=strategy)
             @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def run(case: Any) -> None:
-                statuses.append(case.call_and_validate(checks=CHECKS).status_code)
+                headers = admin_headers(app, store)
+                statuses.append(case.call_and_validate(headers=headers, checks=CHECKS).status_code)
 
             try:
                 run()

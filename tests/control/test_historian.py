@@ -26,6 +26,7 @@ from core.quality import Quality
 from core.records import AggBatch, Alert, OeeResult
 from core.settings import Settings
 from core.tags import TagInfo
+from tests.auth_helpers import login, prepare
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,7 @@ def loaded(postgres_url: str) -> Iterator[str]:
         ]
     )  # fmt: skip
     d.close()
+    prepare(url)  # the API's users live in the same database
     yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -119,6 +121,7 @@ async def with_historian(url: str, fn: Any) -> Any:
 @pytest.fixture
 def client(loaded: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(app=create_app(Settings(database_url=loaded))) as c:
+        c.headers.update(login(c, "viewer"))
         yield c
 
 
@@ -383,7 +386,7 @@ def test_database_down_is_503_not_500() -> None:
 
     settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nexus")
     with TestClient(app=create_app(settings)) as c:
-        r = c.get("/api/v1/historian/tags")
+        r = c.get("/api/v1/historian/tags", headers={"X-API-Key": "nxk_" + "0" * 18 + "_" + "A" * 43})
     assert r.status_code == 503 and r.json()["title"] == "Service unavailable"
 
 
@@ -413,3 +416,26 @@ def test_json_built_by_postgres_equals_the_python_answer(
     assert [s["source"] for s in js["series"]] == (
         ["nexus_points", "nexus_points"] if bucket.total_seconds() % 60 else ["nexus_points", "nexus_agg_1m"]
     )
+
+
+def test_http_acknowledge_a_raised_alert(client: TestClient) -> None:  # type: ignore[type-arg]
+    window = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1))}
+    alerts = client.get("/api/v1/historian/alerts", params=window).json()
+    raised = next(a for a in alerts if a["state"] == "raised")
+    cleared = next(a for a in alerts if a["state"] == "cleared")
+    assert cleared["id"] is None and raised["acked_by"] is None
+    path = f"/api/v1/historian/alerts/{raised['id']}/ack"
+    assert client.post(path).status_code == 403  # the client is a viewer: acknowledging needs alerts:ack
+    operator = login(client, "operator")
+    r = client.post(path, headers=operator)
+    assert r.status_code == 200, r.text
+    assert r.json()["acked_by"] == "operator"
+    again = client.post(path, headers=login(client, "admin"))
+    assert again.json()["acked_by"] == "operator"  # the first acknowledgement stands
+    listed = {a["id"]: a for a in client.get("/api/v1/historian/alerts", params=window).json()}
+    assert listed[raised["id"]]["acked_by"] == "operator" and listed[raised["id"]]["acked_at"]
+    tag, kind, micros = raised["id"].split(":")
+    missing = client.post(f"/api/v1/historian/alerts/{tag}:{kind}:{int(micros) + 1}/ack", headers=operator)
+    assert missing.status_code == 404, missing.text
+    bad = client.post("/api/v1/historian/alerts/not-an-id/ack", headers=operator)
+    assert bad.status_code == 422 and bad.json()["problems"][0]["path"] == "path.alert_id"

@@ -22,6 +22,7 @@ from connectors.mqtt.url import parse_mqtt_url
 from control.live import LiveStatus
 from core.settings import Settings
 from core.tags import TagInfo
+from tests.auth_helpers import login, password_of, prepare
 
 # ---------------------------------------------------------------------------------- throttle (fake clock)
 
@@ -128,14 +129,28 @@ def receive_until(
             return got
 
 
+def ticket_socket(client: TestClient[Any]) -> Any:
+    """The WebSocket as a script connects: a one-use ticket from ``POST /api/v1/auth/ws-ticket``."""
+    ticket = client.post("/api/v1/auth/ws-ticket", headers=login(client, "viewer")).json()["ticket"]
+    return client.websocket_connect(f"/api/v1/ws?ticket={ticket}")
+
+
+def cookie_socket(client: TestClient[Any]) -> Any:
+    """The WebSocket as the UI connects: with the session cookie of a log-in."""
+    r = client.post("/api/v1/auth/login", json={"username": "viewer", "password": password_of("viewer")})
+    assert r.status_code == 200, r.text
+    return client.websocket_connect("/api/v1/ws")
+
+
 @pytest.mark.integration
 def test_status_and_alerts_reach_a_websocket_client(db: str, mqtt_url: str, publisher: mqtt.Client) -> None:
     flow = f"f-{uuid.uuid4().hex[:8]}"
     topic = f"$nexus/status/flows/{flow}/host-1"
     publisher.publish(topic, json.dumps({"flow": flow, "state": "running", "points_read": 10,
                                          "time": "2026-11-30T10:00:00+00:00"}), qos=1, retain=True).wait_for_publish(5)  # fmt: skip
+    prepare(db)
     app = create_app(Settings(database_url=db, mqtt_url=mqtt_url))
-    with TestClient(app=app) as client, client.websocket_connect("/api/v1/ws") as ws:
+    with TestClient(app=app) as client, ticket_socket(client) as ws:
         live: LiveStatus = app.state.live
         assert live.wait_connected(10)
         ws.send_json({"subscribe": ["flows", "alerts", "bogus channel"]})
@@ -172,8 +187,9 @@ def test_values_are_throttled_to_ten_per_second_per_tag(
     with psycopg.connect(db, autocommit=True) as conn:
         ensure_schema(conn, HistorianConfig(url=db))
         upsert_tags(conn, [TagInfo(4242, "press-01", "temp", "degC", tag_topic)])
+    prepare(db)
     app = create_app(Settings(database_url=db, mqtt_url=mqtt_url))
-    with TestClient(app=app) as client, client.websocket_connect("/api/v1/ws") as ws:
+    with TestClient(app=app) as client, cookie_socket(client) as ws:
         assert app.state.live.wait_connected(10)
         ws.send_json({"subscribe": ["values:4242", "values:777"]})
         msgs = receive_until(ws, lambda m: m.get("type") == "subscribed")
@@ -216,15 +232,17 @@ def test_values_are_throttled_to_ten_per_second_per_tag(
 
 
 @pytest.mark.integration
-def test_metrics_expose_control_plane_counters_and_request_latency() -> None:
+def test_metrics_expose_control_plane_counters_and_request_latency(db: str) -> None:
     from control.metrics import DEPLOYS, FLOW_RESTARTS, set_flow_states
 
     set_flow_states({"a": "running", "b": "failed"})
     FLOW_RESTARTS.labels(flow="a").inc()
     DEPLOYS.labels(path="hot").inc()
-    with TestClient(app=create_app(Settings())) as client:
+    prepare(db)
+    with TestClient(app=create_app(Settings(database_url=db))) as client:
         assert client.get("/health").status_code == 200
-        text = client.get("/metrics").text
+        assert client.get("/metrics").status_code == 401
+        text = client.get("/metrics", headers=login(client, "viewer")).text
     assert 'nexus_flows{state="running"} 1.0' in text and 'nexus_flows{state="failed"} 1.0' in text
     assert 'nexus_flows{state="stopped"} 0.0' in text
     assert 'nexus_flow_restarts_total{flow="a"}' in text and 'nexus_deploys_total{path="hot"}' in text

@@ -59,7 +59,15 @@ def test_upgrade_from_empty_creates_the_tables_and_matches_the_models(db: str) -
     try:
         assert _tables(db) == set()
         store.migrate()
-        assert _tables(db) == {"flow", "flow_version", "alembic_version"}
+        assert _tables(db) == {
+            "flow",
+            "flow_version",
+            "audit_event",
+            "app_user",
+            "api_key",
+            "refresh_token",
+            "alembic_version",
+        }
         assert _drift(store) == [], "the models and the migrations disagree: write a migration"
         store.migrate()  # idempotent
     finally:

@@ -43,6 +43,8 @@ pytestmark = pytest.mark.integration
 FLOW = "e2e-line"
 POLL_S = 1.0
 START_S = 150.0  # a flow's first start imports the whole project; slow on a busy shared machine
+ADMIN_PASSWORD = "e2e-admin-password-0123"
+"""`nexus up` makes its first admin with this password (NEXUS_ADMIN_PASSWORD)."""
 
 
 def spec_doc(sim_port: int) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class Platform:
             "NEXUS_DATA_DIR": str(self.data),
             "NEXUS_API_PORT": str(self.port),
             "NEXUS_SNAPSHOT_INTERVAL_S": "1",
+            "NEXUS_ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -181,6 +184,11 @@ class Platform:
             stderr=subprocess.STDOUT,
         )
         wait_for(lambda: port_accepts("127.0.0.1", self.port), timeout=START_S, what="the API")
+        # each start signs tokens with a new key (no NEXUS_AUTH_SECRET): log in again
+        r = self.api.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+        assert r.status_code == 200, r.text
+        self.api.cookies.clear()
+        self.api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
     def logs(self) -> str:
         return "".join(

@@ -67,6 +67,11 @@ def test_demo_imports_once_serves_simulators_and_ctrl_c_stops_everything(
         assert [(f, i) for f, i, _ in procs] == [("line", 0)]
         log = (tmp_path / "nexus-0.log").read_text()
         assert f"http://127.0.0.1:{api_port}" in log
+        # the first start made an admin: its random password printed once and kept in a 0600 file
+        password_file = data / "admin-password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        assert len(password) >= 20 and log.count(password) == 1
     finally:
         rc = _stop(proc)
     assert rc == 0, (tmp_path / "nexus-0.log").read_text()[-3000:]
@@ -86,6 +91,7 @@ def test_demo_imports_once_serves_simulators_and_ctrl_c_stops_everything(
     finally:
         assert _stop(proc) == 0
     assert flow_processes(data) == []
+    assert "created user" not in (tmp_path / "nexus-1.log").read_text()  # the admin exists: made once
 
 
 def test_simulation_key_ignores_what_simulators_do_not_serve() -> None:

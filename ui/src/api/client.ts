@@ -104,6 +104,18 @@ async function problemOf(res: Response): Promise<Problem> {
   return { status: res.status, title: res.statusText, detail: text.slice(0, 300) };
 }
 
+const BIG_ID = /("tag_id"\s*:\s*)(-?\d+)/g;
+
+/** JSON with every `tag_id` as a string: tag ids are 64-bit and a JS number keeps only 53 bits. */
+export function parseJson(text: string): unknown {
+  return JSON.parse(text.replace(BIG_ID, '$1"$2"'));
+}
+
+/** A JSON list of tag ids (digit strings) written as numbers, exactly. */
+export function idList(ids: string[]): string {
+  return `[${ids.filter((id) => /^-?\d+$/.test(id)).join(",")}]`;
+}
+
 export async function api<T = unknown>(path: string, opts: RequestOptions = {}): Promise<T> {
   let res = await send(path, opts);
   if (res.status === 401 && !AUTH_PATHS.includes(path)) {
@@ -114,7 +126,8 @@ export async function api<T = unknown>(path: string, opts: RequestOptions = {}):
   if (opts.text) return (await res.text()) as T;
   if (res.status === 204 || res.headers.get("content-length") === "0") return undefined as T;
   const type = res.headers.get("content-type") ?? "";
-  return (type.includes("json") ? await res.json() : await res.text()) as T;
+  const text = await res.text();
+  return (type.includes("json") ? parseJson(text) : text) as T;
 }
 
 /** The query string of the defined entries (arrays repeat the key). */

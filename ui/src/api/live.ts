@@ -2,6 +2,7 @@
 // (subscribed while anyone listens), re-subscribed after a reconnect (with backoff). The browser sends
 // the session cookie with the upgrade (same origin), which is how the API authenticates it.
 import { useEffect, useRef, useState } from "react";
+import { parseJson } from "./client";
 
 export interface LiveEvent<T = Record<string, unknown>> {
   channel: string;
@@ -66,7 +67,7 @@ class LiveSocket {
     socket.onmessage = (msg) => {
       let parsed: unknown;
       try {
-        parsed = JSON.parse(String(msg.data));
+        parsed = parseJson(String(msg.data));
       } catch {
         return;
       }

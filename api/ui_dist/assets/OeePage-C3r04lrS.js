@@ -1,1 +1,0 @@
-import{l as e}from"./index-Bn6kCN15.js";var t=e();function n(){return(0,t.jsx)(`section`,{className:`page`,children:(0,t.jsx)(`h1`,{children:`Oee`})})}export{n as default};
