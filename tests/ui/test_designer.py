@@ -9,151 +9,35 @@ again, and the export must equal the original as data.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import psycopg
 import pytest
 import yaml
 
-from control.supervisor import flow_processes
-from nexus.embedded import free_port, port_accepts
+from nexus.embedded import free_port
 from tests.conftest import wait_for
+from tests.ui.conftest import START_S, UI, Platform
 
 pytestmark = pytest.mark.integration
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SPECS = Path(__file__).resolve().parents[2] / "dataflows" / "specs"
-START_S = 150.0  # a flow's first start imports the whole project; slow on a busy shared machine
-ADMIN_PASSWORD = "designer-test-password-1"
-
-
-class Platform:
-    """``nexus up --simulate`` as a subprocess, its API on a free port."""
-
-    def __init__(self, tmp_path: Path, db: str, mqtt_url: str) -> None:
-        self.tmp_path = tmp_path
-        self.data = tmp_path / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "nexus-up.log"
-        self.env = {
-            **os.environ,
-            "NEXUS_DATABASE_URL": db,
-            "NEXUS_MQTT_URL": mqtt_url,
-            "NEXUS_DATA_DIR": str(self.data),
-            "NEXUS_API_PORT": str(self.port),
-            "NEXUS_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nexus.cli", "up", "--simulate"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: port_accepts("127.0.0.1", self.port), timeout=START_S, what="the API")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for _, _, pid in flow_processes(self.data):  # whatever a failed test left behind
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
-def platform(tmp_path: Path, db: str, mqtt_url: str) -> Iterator[Platform]:
-    p = Platform(tmp_path, db, mqtt_url)
-    try:
-        p.start()
-        yield p
-    finally:
-        p.stop()
+def designer(ui: UI) -> Iterator[UI]:
+    """A logged-in page; the API's 422 for an invalid document is an answer the designer expects."""
+    ui.expected.append(ui.platform.url + "/api/v1/flows/validate")
+    ui.login("engineer")
+    yield ui
 
 
-EXPECTED_FAILURES = {
-    ("POST", "/api/v1/flows/validate", 422),  # the designer asks the API about an invalid document
-    ("GET", "/api/v1/auth/me", 404),  # an API without log-in: the app runs as an anonymous admin
-}
-"""Answers >= 400 a page may get; chromium logs each failed load as a console error too."""
-
-
-@pytest.fixture
-def page(platform: Platform, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A logged-in page at 1280x800; fails the test on any console error or unexpected failed
-    request; saves a screenshot on failure."""
-    errors: list[str] = []
-    failed_before = request.session.testsfailed
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-        pg = context.new_page()
-        pg.on(
-            "console",
-            lambda m: (
-                errors.append(m.text)
-                if m.type == "error" and not m.text.startswith("Failed to load resource")
-                else None
-            ),
-        )
-        pg.on(
-            "response",
-            lambda r: (
-                errors.append(f"{r.request.method} {r.url} -> {r.status}")
-                if r.status >= 400
-                and (r.request.method, urlsplit(r.url).path, r.status) not in EXPECTED_FAILURES
-                else None
-            ),
-        )
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.set_default_timeout(20_000)
-        try:
-            pg.goto(platform.url + "/flows")
-            log_in_if_asked(pg)
-            yield pg
-            assert not errors, f"console errors: {errors}"
-        finally:
-            if request.session.testsfailed > failed_before or errors:
-                ARTIFACTS.mkdir(exist_ok=True)
-                pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-            context.close()
-            browser.close()
-
-
-def log_in_if_asked(pg: Any) -> None:
-    """Log in as the admin when the app asks (an API with log-in); nothing to do on one without."""
-    pg.wait_for_load_state("networkidle")
-    if "/login" not in pg.url:
-        return
-    pg.get_by_label("Username").fill("admin")
-    pg.get_by_label("Password").fill(ADMIN_PASSWORD)
-    pg.get_by_role("button", name="Log in").click()
-    pg.wait_for_url(lambda u: "/login" not in u)
+def stop_flow(platform: Platform, flow: str) -> None:
+    """Stop a flow a test deployed, so it does not load the session's shared platform."""
+    r = platform.api.post(f"/api/v1/flows/{flow}/stop")
+    assert r.status_code == 200, r.text
 
 
 def node(pg: Any, node_id: str) -> Any:
@@ -184,13 +68,13 @@ def historian_points(db: str, flow_device: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_build_flow_by_dragging_and_connecting(page: Any, platform: Platform, db: str) -> None:
-    pg = page
-    pg.goto(platform.url + "/flows/new")
+def test_build_flow_by_dragging_and_connecting(designer: UI, ui_db: str) -> None:
+    pg, platform = designer.page, designer.platform
+    designer.goto("/flows/new")
     pg.get_by_test_id("canvas").wait_for()
 
     # the flow's id, in the flow settings form (nothing selected)
-    pg.locator("#f-flow_id").fill("ui-line")
+    pg.locator("#f-flow_id").fill("designer-line")
 
     drop(pg, "modbus", 30, 40)
     drop(pg, "normalize", 30, 200)
@@ -207,11 +91,11 @@ def test_build_flow_by_dragging_and_connecting(page: Any, platform: Platform, db
     edges = pg.locator(".react-flow__edge")
     wait_for(lambda: edges.count() == 4, timeout=10, what="four edges on the canvas")
 
-    # the device: a loopback port the simulator serves (the palette's template says 502)
+    # the device: its id, and a loopback port the simulator serves (the palette's template says 502)
     node(pg, "devices:modbus").click()
+    pg.locator("input[id$='_0_id']").fill("designer-press")
     sim_port = free_port()
-    port = pg.locator("input[id$='_0_connection_port']")
-    port.fill(str(sim_port))
+    pg.locator("input[id$='_0_connection_port']").fill(str(sim_port))
 
     # an invalid window length: the API's error is pinned on the window node
     node(pg, "window").click()
@@ -227,62 +111,59 @@ def test_build_flow_by_dragging_and_connecting(page: Any, platform: Platform, db
     result = pg.get_by_test_id("deploy-result")
     result.wait_for(timeout=60_000)
     assert "Deployed version 1" in result.inner_text()
-    assert "redeploy" in result.inner_text() or "hot" in result.inner_text()
-    pg.wait_for_url("**/flows/ui-line")
+    assert "redeploy" in result.inner_text()
+    pg.wait_for_url("**/flows/designer-line")
 
-    # what was stored is what was drawn: the chain, the sinks' inputs and the layout
-    api = httpx.Client(base_url=platform.url, timeout=30)
-    version = api.get("/api/v1/flows/ui-line/versions/1")
-    if version.status_code == 401:  # an API with log-in: the same request as the browser's
-        cookies = {c["name"]: c["value"] for c in pg.context.cookies()}
-        api.cookies.update(cookies)
-        version = api.get("/api/v1/flows/ui-line/versions/1")
-    assert version.status_code == 200, version.text
-    stored = version.json()
-    spec = stored["spec"]
-    assert [(o["id"], o["type"]) for o in spec["operators"]] == [
-        ("normalize", "normalize"),
-        ("window", "window"),
-    ]
-    assert spec["operators"][1]["windows"] == ["10s"]
-    assert {(s["type"], s.get("input")) for s in spec["sinks"]} == {
-        ("historian", "window"),
-        ("mqtt_uns", "window"),
-    }
-    assert spec["devices"][0]["connection"]["port"] == sim_port
-    assert set(stored["layout"]["nodes"]) == {
-        "devices:modbus",
-        "normalize",
-        "window",
-        "historian",
-        "mqtt_uns",
-    }
+    try:
+        # what was stored is what was drawn: the chain, the sinks' inputs and the layout
+        version = platform.api.get("/api/v1/flows/designer-line/versions/1")
+        assert version.status_code == 200, version.text
+        stored = version.json()
+        spec = stored["spec"]
+        assert [(o["id"], o["type"]) for o in spec["operators"]] == [
+            ("normalize", "normalize"),
+            ("window", "window"),
+        ]
+        assert spec["operators"][1]["windows"] == ["10s"]
+        assert {(s["type"], s.get("input")) for s in spec["sinks"]} == {
+            ("historian", "window"),
+            ("mqtt_uns", "window"),
+        }
+        assert spec["devices"][0]["connection"]["port"] == sim_port
+        assert set(stored["layout"]["nodes"]) == {
+            "devices:modbus",
+            "normalize",
+            "window",
+            "historian",
+            "mqtt_uns",
+        }
 
-    # the flow runs and its points arrive in the historian
-    device = spec["devices"][0]["id"]
-    wait_for(
-        lambda: historian_points(db, device) > 0,
-        timeout=START_S,
-        interval=1.0,
-        what="points in the historian",
-    )
+        # the flow runs and its points arrive in the historian
+        wait_for(
+            lambda: historian_points(ui_db, "designer-press") > 0,
+            timeout=START_S,
+            interval=1.0,
+            what="points in the historian",
+        )
 
-    # reopened, the flow looks as it was left
-    positions = {n: node(pg, n).bounding_box() for n in ("normalize", "window")}
-    pg.reload()
-    node(pg, "window").wait_for()
-    for n, box in positions.items():
-        again = node(pg, n).bounding_box()
-        assert box is not None and again is not None
-        assert abs(again["x"] - box["x"]) < 2 and abs(again["y"] - box["y"]) < 2, n
+        # reopened, the flow looks as it was left
+        positions = {n: node(pg, n).bounding_box() for n in ("normalize", "window")}
+        pg.reload()
+        node(pg, "window").wait_for()
+        for n, box in positions.items():
+            again = node(pg, n).bounding_box()
+            assert box is not None and again is not None
+            assert abs(again["x"] - box["x"]) < 2 and abs(again["y"] - box["y"]) < 2, n
+    finally:
+        stop_flow(platform, "designer-line")
 
 
 @pytest.mark.parametrize(
-    "spec_file", sorted(p.name for p in SPECS.glob("*.y*ml")) + sorted(p.name for p in SPECS.glob("*.json"))
+    "spec_file", sorted(p.name for p in SPECS.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
 )
-def test_import_export_round_trip(page: Any, platform: Platform, spec_file: str, tmp_path: Path) -> None:
-    pg = page
-    pg.goto(platform.url + "/flows/new")
+def test_import_export_round_trip(designer: UI, spec_file: str, tmp_path: Path) -> None:
+    pg = designer.page
+    designer.goto("/flows/new")
     pg.get_by_test_id("canvas").wait_for()
     pg.get_by_test_id("import-file").set_input_files(str(SPECS / spec_file))
     notice = pg.get_by_test_id("notice")
@@ -299,31 +180,32 @@ def test_import_export_round_trip(page: Any, platform: Platform, spec_file: str,
     assert yaml.safe_load(exported.read_text()) == original
 
 
-def api_client(platform: Platform, pg: Any) -> httpx.Client:
-    """The API as the browser's user (its cookies and CSRF token when the API has log-in)."""
-    cookies = {c["name"]: c["value"] for c in pg.context.cookies()}
-    headers = {"X-CSRF-Token": cookies["nexus_csrf"]} if "nexus_csrf" in cookies else {}
-    return httpx.Client(base_url=platform.url, timeout=30, cookies=cookies, headers=headers)
+def connect_by_menu(pg: Any, source: str, target: str) -> None:
+    node(pg, source).click()
+    pg.get_by_label("connect to node").select_option(target)
+    pg.get_by_role("button", name="Connect", exact=True).click()
 
 
-def test_keyboard_connect_menu_delete_versions_diff_rollback(page: Any, platform: Platform) -> None:
-    pg = page
-    pg.goto(platform.url + "/flows/new")
+def test_keyboard_connect_menu_delete_versions_diff_rollback(designer: UI) -> None:
+    pg, platform = designer.page, designer.platform
+    designer.goto("/flows/new")
     pg.get_by_test_id("canvas").wait_for()
     pg.locator("#f-flow_id").fill("kb-line")
     # palette items are buttons: Enter adds the node (and selects it)
     for item in ("modbus", "normalize", "deadband", "historian"):
         pg.get_by_test_id(f"palette-{item}").focus()
         pg.keyboard.press("Enter")
+    pg.locator("input[id$='_0_connection_port']").wait_for(state="detached")  # the historian is selected
+    node(pg, "devices:modbus").click()
+    pg.locator("input[id$='_0_id']").fill("kb-press")
+    pg.locator("input[id$='_0_connection_port']").fill(str(free_port()))
     # connect through the inspector's menu: select a node, pick the target, Connect
     for source, target in (
         ("devices:modbus", "normalize"),
         ("normalize", "deadband"),
         ("deadband", "historian"),
     ):
-        node(pg, source).click()
-        pg.get_by_label("connect to node").select_option(target)
-        pg.get_by_role("button", name="Connect", exact=True).click()
+        connect_by_menu(pg, source, target)
     wait_for(lambda: pg.locator(".react-flow__edge").count() == 3, timeout=10, what="three edges")
     # select with the keyboard (focus + Enter) and delete with the Delete key: the chain closes up
     node(pg, "deadband").locator("xpath=..").focus()
@@ -337,28 +219,28 @@ def test_keyboard_connect_menu_delete_versions_diff_rollback(page: Any, platform
     # a second version through the designer: a deadband again, after normalize
     node(pg, "normalize").wait_for()
     pg.get_by_test_id("palette-deadband").click()
-    node(pg, "normalize").click()
-    pg.get_by_label("connect to node").select_option("deadband")
-    pg.get_by_role("button", name="Connect", exact=True).click()
+    connect_by_menu(pg, "normalize", "deadband")
     pg.get_by_test_id("save").click()
     pg.get_by_test_id("notice").filter(has_text="Saved version 2").wait_for()
 
-    api = api_client(platform, pg)
-    v2 = api.get("/api/v1/flows/kb-line/versions/2").json()["spec"]
+    v2 = platform.api.get("/api/v1/flows/kb-line/versions/2").json()["spec"]
     assert [o["id"] for o in v2["operators"]] == ["normalize", "deadband"]
     assert v2["sinks"] == [{"id": "historian", "type": "historian", "input": "normalize"}]
 
-    # versions: compare 1 and 2 side by side, then roll back to 1
+    # versions: compare 1 and 2 side by side, then roll back to 1 (which deploys it)
     pg.get_by_role("button", name="Versions").click()
     pg.get_by_label("compare version 1").check()
     pg.get_by_label("compare version 2").check()
     diff = pg.get_by_test_id("diff")
     diff.wait_for()
     assert any("deadband" in line for line in diff.locator(".diff-add").all_inner_texts())
-    pg.once("dialog", lambda d: d.accept())
-    pg.get_by_role("button", name="Roll back to 1").click()
-    result = pg.get_by_test_id("deploy-result")
-    result.wait_for()
-    assert "Deployed version 3" in result.inner_text()
-    v3 = api.get("/api/v1/flows/kb-line/versions/3").json()["spec"]
-    assert [o["id"] for o in v3["operators"]] == ["normalize"]
+    try:
+        pg.once("dialog", lambda d: d.accept())
+        pg.get_by_role("button", name="Roll back to 1").click()
+        result = pg.get_by_test_id("deploy-result")
+        result.wait_for()
+        assert "Deployed version 3" in result.inner_text()
+        v3 = platform.api.get("/api/v1/flows/kb-line/versions/3").json()["spec"]
+        assert [o["id"] for o in v3["operators"]] == ["normalize"]
+    finally:
+        stop_flow(platform, "kb-line")
