@@ -244,3 +244,17 @@ def test_keyboard_connect_menu_delete_versions_diff_rollback(designer: UI) -> No
         assert [o["id"] for o in v3["operators"]] == ["normalize"]
     finally:
         stop_flow(platform, "kb-line")
+
+
+def test_viewer_sees_the_flow_but_no_edit_controls(ui: UI) -> None:
+    if not ui.platform.auth:
+        pytest.skip("an API without log-in has no viewer")
+    ui.login("viewer")
+    pg = ui.page
+    ui.goto("/flows/ui-line")
+    node(pg, "normalize").wait_for()
+    for control in ("deploy", "save", "palette-normalize", "palette-historian"):
+        assert pg.get_by_test_id(control).is_disabled(), control
+    assert pg.get_by_role("button", name="Delete node").count() == 0  # nothing selected yet
+    node(pg, "normalize").click()
+    assert pg.get_by_role("button", name="Delete node").is_disabled()
