@@ -121,7 +121,8 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
   const readOnly = !can("flows:write");
   const canDeploy = can("flows:deploy");
   const navigate = useNavigate();
-  const arrived = useLocation().state as { deployed?: DeployOut; notice?: string } | null;
+  const location = useLocation();
+  const arrived = location.state as { deployed?: DeployOut; notice?: string } | null;
   const queries = useQueryClient();
   const flow = useReactFlow();
   const [design, setDesign] = useState<DesignState>(initial);
@@ -140,6 +141,11 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
   const [showVersions, setShowVersions] = useState(false);
   const fileInput = useRef<HTMLInputElement>(null);
   const [fitPending, setFitPending] = useState(false);
+
+  // What the previous page showed (a first save, a rollback) is shown once: not again on reload.
+  useEffect(() => {
+    if (arrived) navigate(location.pathname, { replace: true, state: null });
+  }, []); // eslint-disable-line react-hooks/exhaustive-deps -- once, on mount
   const measured = useNodesInitialized();
 
   // Fit the view once the nodes an import or a keyboard add made have their sizes.
@@ -405,6 +411,7 @@ function Editor({ flowId, baseVersion, deployedVersion, initial, schema, onReloa
           canDeploy={canDeploy}
           onRolledBack={(r) => {
             setDeployed(r);
+            navigate(location.pathname, { replace: true, state: { deployed: r } }); // survives the reload
             onReload();
           }}
         />
