@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { api, idList } from "./client";
+import { qualityName } from "../components/format";
 import { live, useChannel } from "./live";
 import type { DeviceStats, FlowOut, HistTag, LatestValue, LiveValue } from "./types";
 
@@ -62,7 +63,7 @@ export function useLiveValues(ids: string[]): Map<string, LiveValue> {
       api<LatestValue[]>("/api/v1/historian/latest", { method: "POST", body: `{"tags": ${idList(missing)}}` })
         .then((rows) => {
           if (cancelled) return;
-          for (const r of rows) if (!values.current.has(r.tag_id)) values.current.set(r.tag_id, { tag_id: r.tag_id, value: r.value, quality: r.quality ?? undefined, timestamp: r.time ?? undefined });
+          for (const r of rows) if (!values.current.has(r.tag_id)) values.current.set(r.tag_id, { tag_id: r.tag_id, value: r.value, quality: qualityName(r.quality), timestamp: r.time ?? undefined });
           bump();
         })
         .catch(() => undefined);

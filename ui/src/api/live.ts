@@ -17,6 +17,7 @@ class LiveSocket {
   private statusListeners = new Set<(open: boolean) => void>();
   private retry = 0;
   private timer: number | null = null;
+  private keepOpen = false;
   open = false;
 
   listen(channel: string, fn: Listener): () => void {
@@ -37,6 +38,12 @@ class LiveSocket {
         this.send({ unsubscribe: [channel] });
       }
     };
+  }
+
+  /** Open the socket (the header's live badge keeps it open, so every page shows whether it is live). */
+  connect(): void {
+    this.keepOpen = true;
+    this.ensure();
   }
 
   onStatus(fn: (open: boolean) => void): () => void {
@@ -78,7 +85,7 @@ class LiveSocket {
     socket.onclose = () => {
       this.socket = null;
       this.setOpen(false);
-      if (this.listeners.size === 0) return;
+      if (this.listeners.size === 0 && !this.keepOpen) return;
       const delay = Math.min(10_000, 500 * 2 ** this.retry++);
       this.timer = window.setTimeout(() => {
         this.timer = null;
@@ -103,6 +110,10 @@ export function useChannel<T = Record<string, unknown>>(channel: string | null, 
 /** Whether the live socket is connected (for the "live" badge in the header). */
 export function useLiveStatus(): boolean {
   const [open, setOpen] = useState(live.open);
-  useEffect(() => live.onStatus(setOpen), []);
+  useEffect(() => {
+    const stop = live.onStatus(setOpen);
+    live.connect();
+    return stop;
+  }, []);
   return open;
 }

@@ -26,7 +26,8 @@ export interface LatestValue {
   tag_id: string;
   time: string | null;
   value: number | null;
-  quality: string | null;
+  /** A code of core/quality.py (0 good, 64.. uncertain, 128.. bad). */
+  quality: number | string | null;
 }
 
 export interface LiveValue {

@@ -12,9 +12,23 @@ export function fmtTime(iso: string | null | undefined): string {
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
 
-export function qualityClass(q: string | null | undefined): string {
-  if (!q) return "muted";
-  return q === "good" ? "good" : q.startsWith("uncertain") ? "warn" : "bad";
+/** Stored qualities are codes (core/quality.py); live ones are names. */
+const QUALITY_NAMES: Record<number, string> = {
+  0: "good", 64: "uncertain", 65: "clamped", 66: "stale", 67: "replayed",
+  128: "bad", 129: "comm_error", 130: "device_exception", 131: "out_of_range", 132: "config_error",
+};
+
+export function qualityName(q: unknown): string | undefined {
+  if (q === null || q === undefined || q === "") return undefined;
+  if (typeof q === "number") return QUALITY_NAMES[q] ?? String(q);
+  return String(q);
+}
+
+export function qualityClass(q: unknown): string {
+  const name = qualityName(q);
+  if (!name) return "muted";
+  if (name === "good") return "good";
+  return typeof q === "number" ? (q < 128 ? "warn" : "bad") : ["uncertain", "clamped", "stale", "replayed"].includes(name) ? "warn" : "bad";
 }
 
 export function stateClass(state: string | null | undefined): string {

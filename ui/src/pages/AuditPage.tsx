@@ -33,10 +33,10 @@ export default function AuditPage() {
             {list.map((e, i) => (
               <tr key={String(e.id ?? i)}>
                 <td>{fmtTime(String(e.time ?? e.at ?? ""))}</td><td>{e.actor}</td><td className="mono">{e.action}</td>
-                <td>{String(e.target ?? "—")}</td>
+                <td style={{ maxWidth: 280, overflow: "hidden", textOverflow: "ellipsis" }} title={String(e.target ?? "")}>{String(e.target ?? "—")}</td>
                 <td><span className={`badge ${e.outcome === "ok" ? "good" : "bad"}`}>{String(e.outcome ?? "")}</span></td>
                 <td className="mono">{String(e.source ?? "")}</td>
-                <td className="mono" style={{ whiteSpace: "normal", maxWidth: 420, overflowWrap: "anywhere" }}>{e.detail ? JSON.stringify(e.detail) : ""}</td>
+                <td className="mono" style={{ maxWidth: 360, overflow: "hidden", textOverflow: "ellipsis" }} title={e.detail ? JSON.stringify(e.detail, null, 1) : ""}>{e.detail ? JSON.stringify(e.detail) : ""}</td>
               </tr>
             ))}
           </tbody>
