@@ -1,1 +1,0 @@
-import{m as e}from"./index-DihvGYpL.js";import{t}from"./jsx-runtime-B4UN2VIk.js";var n=t();function r(){let{id:t}=e();return(0,n.jsxs)(`section`,{className:`page`,children:[(0,n.jsxs)(`h1`,{children:[`Flow `,t]}),(0,n.jsx)(`p`,{className:`muted`,children:`The flow designer is not built yet.`})]})}export{r as default};
