@@ -84,8 +84,9 @@ bench-spool *ARGS:
 ui:
     cd ui && npm ci --no-audit --no-fund && npm run build
 
-# rebuild the web UI and fail if the committed bundle in api/ui_dist differs (stale or edited by hand)
+# rebuild the web UI, run its unit tests, and fail if the committed bundle in api/ui_dist differs (stale or edited by hand)
 ui-check: ui
+    cd ui && npm test
     git diff --exit-code --stat -- api/ui_dist
     test -z "$(git status --porcelain -- api/ui_dist)" || (git status --porcelain -- api/ui_dist; echo "api/ui_dist is stale: run just ui and commit it"; exit 1)
 
@@ -97,5 +98,5 @@ ui-schema:
 ui-shots *ARGS:
     {{python}} -m pytest tests/ui/test_shots.py -q -p no:randomly {{ARGS}}
 
-# everything CI checks: lint, types, tests
-ci: lint typecheck test
+# everything CI checks: lint, types, the UI (type check, build, unit tests, stale bundle), tests
+ci: lint typecheck ui-check test
