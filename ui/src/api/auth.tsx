@@ -1,5 +1,5 @@
-// Who is logged in (GET /api/v1/auth/me) and what they may do. Until the auth endpoints exist on the API
-// (404 there), the UI runs as an anonymous admin so it stays usable on an API without auth.
+// Who is logged in (GET /api/v1/auth/me) and what they may do: the permissions come from the API
+// (api/auth/permissions.py), never from a copy of its table here.
 import { createContext, useContext, type ReactNode } from "react";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, ApiError } from "./client";
@@ -11,33 +11,6 @@ export interface Me {
   username: string;
   role: Role;
   permissions: string[];
-  /** The API has no auth endpoints (a build before log-in existed). */
-  anonymous?: boolean;
-}
-
-/** Permission -> minimal role, as api/auth/permissions.py (used only when `me` lists no permissions). */
-const MIN_ROLE: Record<string, Role> = {
-  "flows:read": "viewer",
-  "historian:read": "viewer",
-  "live:read": "viewer",
-  "metrics:read": "viewer",
-  "auth:self": "viewer",
-  "tags:write_value": "operator",
-  "alerts:ack": "operator",
-  "flows:operate": "operator",
-  "flows:write": "engineer",
-  "flows:deploy": "engineer",
-  "users:admin": "admin",
-  "keys:admin": "admin",
-  "settings:admin": "admin",
-  "audit:read": "admin",
-};
-
-export function permissionsOf(role: Role): string[] {
-  const rank = ROLES.indexOf(role);
-  return Object.entries(MIN_ROLE)
-    .filter(([, min]) => ROLES.indexOf(min) <= rank)
-    .map(([p]) => p);
 }
 
 async function fetchMe(): Promise<Me | null> {
@@ -45,9 +18,6 @@ async function fetchMe(): Promise<Me | null> {
     return await api<Me>("/api/v1/auth/me", { noRedirect: true });
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return null;
-    if (e instanceof ApiError && e.status === 404) {
-      return { username: "anonymous", role: "admin", permissions: permissionsOf("admin"), anonymous: true };
-    }
     throw e;
   }
 }
@@ -65,7 +35,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
   const client = useQueryClient();
   const query = useQuery({ queryKey: ["me"], queryFn: fetchMe, staleTime: 60_000, retry: false });
   const me = query.data ?? null;
-  const granted = new Set(me ? (me.permissions.length ? me.permissions : permissionsOf(me.role)) : []);
+  const granted = new Set(me?.permissions ?? []);
   const value: AuthValue = {
     me,
     loading: query.isPending,

@@ -27,11 +27,9 @@ export default function UserMenu() {
       {open && (
         <div className="menu-list" role="menu">
           <span className="muted">Signed in as {me.username}, role {me.role}</span>
-          {!me.anonymous && (
-            <button role="menuitem" onClick={logout}>
-              Log out
-            </button>
-          )}
+          <button role="menuitem" onClick={logout}>
+            Log out
+          </button>
         </div>
       )}
     </div>
