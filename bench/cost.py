@@ -110,11 +110,12 @@ def run_flow(
             time.sleep(0.2)
         time.sleep(warmup)
         spy = None
-        if profile is not None:
+        spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if profile is not None and Path(spy_exe).exists():  # a profiling tool, not a dependency
             profile.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen(
                 [
-                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                    spy_exe,
                     "record", "--nonblocking", "--rate", "100", "--format", "raw", "--threads",
                     "-d", str(int(seconds)), "-p", str(proc.pid),
                     "-o", str(profile / f"{flow}-{load.devices}.txt"),

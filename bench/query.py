@@ -228,14 +228,28 @@ def _start_api(url: str, work: Path, port: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _viewer_key(url: str) -> str:
+    """An API key with the viewer role in the benchmark's database (the API answers no one without one)."""
+    from control.accounts import Accounts
+    from control.store import ConfigStore
+
+    store = ConfigStore(url)
+    try:
+        store.migrate()
+        return Accounts(store.engine).create_key("bench-query", "viewer", created_by="bench")[1]
+    finally:
+        store.close()
+
+
 class _Http:
     """A keep-alive HTTP/1.1 client on the stdlib (less client overhead than httpx for tiny answers)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: str) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.auth = {"Authorization": f"Bearer {key}"}
 
     def _send(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": "application/json", **self.auth} if body is not None else dict(self.auth)
         self.conn.request(method, path, body=body, headers=headers)
         r = self.conn.getresponse()
         data = r.read()
@@ -257,6 +271,7 @@ def measure(
     tag_ids: list[int] = loaded["tag_ids"]
     start = datetime.fromisoformat(loaded["start"])
     end = datetime.fromisoformat(loaded["end"])
+    key = _viewer_key(url)
     api = _start_api(url, work, port)
     out: dict[str, Any] = {}
     try:
@@ -273,7 +288,7 @@ def measure(
             if api.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the API did not start; see {work / 'api.log'}")
             time.sleep(0.2)
-        client = _Http(port)
+        client = _Http(port, key)
         with psycopg.connect(url, autocommit=True) as conn:
 
             def run(

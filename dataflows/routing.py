@@ -18,7 +18,7 @@ is not snapshotted): the polling sources (``snapshot()`` is ``None``, live polls
 
 >>> worker_of("dev0000", 1)
 0
->>> sorted({worker_of(f"dev{i:04d}", 2) for i in range(8)})
+>>> sorted({worker_of(f"dev{i:04d}", 2) for i in range(16)})
 [0, 1]
 """
 

@@ -15,7 +15,6 @@ away from the real one. Tags without parameters, and points carrying a string in
 ``text`` side channel, are always published.
 
 >>> from core.batch import PointBatch
-from operators.kernels import deadband_fast
 >>> db = Deadband({1: DeadbandParams(absolute=0.5, heartbeat_s=10.0)})
 >>> state = DeadbandState.empty()
 >>> s = 1_000_000_000

@@ -176,6 +176,10 @@ def platform(ui_db: str, mqtt_url: str) -> Iterator[Platform]:
             p.auth = True
             p.passwords["admin"] = ADMIN_PASSWORD
             p.api.headers.update({"Authorization": f"Bearer {probe.json()['access_token']}"})
+            # the session outlives an access token (15 min): the tests' own client uses an API key
+            key = p.api.post("/api/v1/keys", json={"name": "ui-tests", "role": "admin"})
+            assert key.status_code == 201, key.text
+            p.api.headers.update({"Authorization": f"Bearer {key.json()['key']}"})
         r = p.api.post("/api/v1/flows", json={"spec": seed_spec(free_port()), "message": "UI test seed"})
         assert r.status_code == 201, r.text
         r = p.api.post(f"/api/v1/flows/{FLOW}/deploy", json={})
@@ -227,7 +231,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 # Network answers the UI expects and handles (Chromium logs each failed request as a console error):
 # the "who am I" probe before log-in (401) and on an API without log-in (404).
-EXPECTED_NETWORK = re.compile(r"/api/v1/auth/(me|refresh)$")
+EXPECTED_NETWORK = re.compile(r"/api/v1/auth/(me|refresh|ws-ticket)$")
 
 
 @dataclass

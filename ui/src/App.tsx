@@ -35,7 +35,7 @@ const NAV: NavItem[] = [
 function Shell() {
   const { me, loading, can } = useAuth();
   const location = useLocation();
-  const liveOpen = useLiveStatus();
+  const liveOpen = useLiveStatus(me !== null);
   if (loading) return <div className="page muted">Loading…</div>;
   if (!me) return <Navigate to={`/login?next=${encodeURIComponent(location.pathname + location.search)}`} replace />;
   return (

@@ -1,8 +1,10 @@
 // One WebSocket per tab to /api/v1/ws, shared by every component: channels are reference-counted
-// (subscribed while anyone listens), re-subscribed after a reconnect (with backoff). The browser sends
-// the session cookie with the upgrade (same origin), which is how the API authenticates it.
+// (subscribed while anyone listens), re-subscribed after a reconnect (with backoff). Each connection
+// is opened with a one-use ticket (POST /api/v1/auth/ws-ticket through the API client, which renews
+// an expired session first), so a socket is never tried with credentials the API would refuse — and
+// only while someone is logged in.
 import { useEffect, useRef, useState } from "react";
-import { parseJson } from "./client";
+import { api, parseJson } from "./client";
 
 export interface LiveEvent<T = Record<string, unknown>> {
   channel: string;
@@ -18,6 +20,7 @@ class LiveSocket {
   private retry = 0;
   private timer: number | null = null;
   private keepOpen = false;
+  private opening = false;
   open = false;
 
   listen(channel: string, fn: Listener): () => void {
@@ -46,6 +49,27 @@ class LiveSocket {
     this.ensure();
   }
 
+  /** Logged out: close the socket and stop reconnecting. */
+  disconnect(): void {
+    this.keepOpen = false;
+    if (this.timer !== null) window.clearTimeout(this.timer);
+    this.timer = null;
+    this.socket?.close();
+  }
+
+  private wanted(): boolean {
+    return this.keepOpen || this.listeners.size > 0;
+  }
+
+  private retryLater(): void {
+    if (!this.wanted() || this.timer !== null) return;
+    const delay = Math.min(10_000, 500 * 2 ** this.retry++);
+    this.timer = window.setTimeout(() => {
+      this.timer = null;
+      this.ensure();
+    }, delay);
+  }
+
   onStatus(fn: (open: boolean) => void): () => void {
     this.statusListeners.add(fn);
     return () => this.statusListeners.delete(fn);
@@ -61,9 +85,22 @@ class LiveSocket {
   }
 
   private ensure(): void {
-    if (this.socket || this.timer !== null) return;
+    if (this.socket || this.timer !== null || this.opening || !this.wanted()) return;
+    this.opening = true;
+    api<{ ticket: string }>("/api/v1/auth/ws-ticket", { method: "POST", noRedirect: true })
+      .then(({ ticket }) => {
+        this.opening = false;
+        if (this.wanted()) this.openWith(ticket);
+      })
+      .catch(() => {
+        this.opening = false;
+        this.retryLater();
+      });
+  }
+
+  private openWith(ticket: string): void {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${window.location.host}/api/v1/ws`);
+    const socket = new WebSocket(`${scheme}://${window.location.host}/api/v1/ws?ticket=${encodeURIComponent(ticket)}`);
     this.socket = socket;
     socket.onopen = () => {
       this.retry = 0;
@@ -85,12 +122,7 @@ class LiveSocket {
     socket.onclose = () => {
       this.socket = null;
       this.setOpen(false);
-      if (this.listeners.size === 0 && !this.keepOpen) return;
-      const delay = Math.min(10_000, 500 * 2 ** this.retry++);
-      this.timer = window.setTimeout(() => {
-        this.timer = null;
-        this.ensure();
-      }, delay);
+      this.retryLater();
     };
   }
 }
@@ -107,13 +139,14 @@ export function useChannel<T = Record<string, unknown>>(channel: string | null, 
   }, [channel]);
 }
 
-/** Whether the live socket is connected (for the "live" badge in the header). */
-export function useLiveStatus(): boolean {
+/** Whether the live socket is connected (for the "live" badge in the header); kept open while `enabled`
+ * (someone is logged in). */
+export function useLiveStatus(enabled: boolean): boolean {
   const [open, setOpen] = useState(live.open);
+  useEffect(() => live.onStatus(setOpen), []);
   useEffect(() => {
-    const stop = live.onStatus(setOpen);
-    live.connect();
-    return stop;
-  }, []);
+    if (enabled) live.connect();
+    else live.disconnect();
+  }, [enabled]);
   return open;
 }
