@@ -45,7 +45,7 @@ from connectors.mqtt.sink import UnsSink
 from core.memory import malloc_stats
 from core.settings import Settings
 from dataflows.compiler import Runtime, compile_flow, device_plans
-from dataflows.routing import WorkerLocalSource
+from dataflows.routing import WorkerLocalSource, worker_local_input
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
 from dataflows.telemetry import tune_interpreter
 
@@ -272,9 +272,7 @@ def build_synthetic() -> Dataflow:
     chain = Chain.for_load(load)
     sink = CountingSink()
     synthetic = SyntheticSource(load, polls=int(cfg["polls"]), ts0_ns=int(cfg["ts0_ns"]))
-    source: Any = synthetic
-    if cfg.get("routing", "local") == "local":  # as the compiler does; "bytewax": Bytewax places partitions
-        source = WorkerLocalSource(synthetic, str)
+    local = cfg.get("routing", "local") == "local"  # as the compiler does; "bytewax": Bytewax places them
 
     def collect() -> dict[str, Any]:
         cpu = (
@@ -295,7 +293,10 @@ def build_synthetic() -> Dataflow:
 
     atexit.register(reporter.close)
     flow = Dataflow("bench_synthetic")
-    batches = op.input("devices", flow, source)
+    if local:
+        batches = worker_local_input("devices", flow, WorkerLocalSource(synthetic, str))
+    else:
+        batches = op.input("devices", flow, synthetic)
     chain.build_flow(flow, batches, sink)
     return flow
 

@@ -40,6 +40,7 @@ from core.batch import PointBatch, tag_id_for
 from core.device_config import DeviceConfig
 from core.timestamps import DEFAULT_WINDOW, TimestampWindow
 from core.uns import uns_topic
+from dataflows.routing import WorkerLocalSource, worker_local_input
 from dataflows.spec import (
     AnomalyNode,
     CalculatedTagSpec,
@@ -580,6 +581,11 @@ def _device_key(batch: PointBatch | DeviceConfig) -> str:
     return batch.device_id
 
 
+def _part_device(part_key: str) -> str:
+    """The device id (the state key, see ``_device_key``) of a polling partition ``protocol:device``."""
+    return part_key.split(":", 1)[1]
+
+
 def _count_read(status: FlowStatus, item: PointBatch | DeviceConfig) -> None:
     if isinstance(item, PointBatch):
         status.count_read(len(item))
@@ -679,10 +685,7 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         if runtime.status is not None:
             runtime.status.add_device_stats(polled.stats)
         # each worker polls the devices whose state Bytewax routes to it: batches stay in-process
-        # Not wrapped in dataflows.routing.WorkerLocalSource (device-local routing, issue 15) yet: with
-        # it, a supervised flow with a Modbus and an OPC UA device exited at once with code 0
-        # (tests/e2e/test_no_secret_leaks.py); the wrapper is measured in the bench's cluster stage.
-        streams.append(op.input(SOURCE_STEP, flow, polled))
+        streams.append(worker_local_input(SOURCE_STEP, flow, WorkerLocalSource(polled, _part_device)))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
         source = MqttSource(

@@ -16,6 +16,15 @@ through recovery behave as before: with a new worker count both the devices and 
 the same rule. Only sources whose partitions keep no resume state may be wrapped (a dynamic source
 is not snapshotted): the polling sources (``snapshot()`` is ``None``, live polls cannot replay).
 
+Add it with :func:`worker_local_input`, not ``op.input`` alone: with recovery on, a Bytewax 0.21 worker
+runs until the stream of *snapshots* is complete (``src/worker.rs``: the probe sits on the
+concatenated snapshots of the fixed-partitioned inputs and sinks and the stateful steps, not on the
+outputs). A dynamic source writes no snapshots, so a flow whose other steps keep no state (devices
+straight to the UNS and the historian) had an empty snapshot stream and ended at once with exit
+code 0, having read nothing. :func:`worker_local_input` hangs an empty stateful step on the source,
+whose snapshot stream stays open exactly as long as the source runs, as a fixed-partitioned source's
+own did.
+
 >>> worker_of("dev0000", 1)
 0
 >>> sorted({worker_of(f"dev{i:04d}", 2) for i in range(16)})
@@ -25,16 +34,19 @@ is not snapshotted): the polling sources (``snapshot()`` is ``None``, live polls
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import (
     DynamicSource,
     FixedPartitionedSource,
     StatefulSourcePartition,
     StatelessSourcePartition,
 )
+from bytewax.operators import StatefulBatchLogic
 
 X = TypeVar("X")
 
@@ -114,6 +126,36 @@ class WorkerLocalSource(DynamicSource[X], Generic[X]):
             p: self.inner.build_part(step_id, p, None) for p in self.parts_for(worker_index, worker_count)
         }
         return _LocalParts(parts)
+
+
+def worker_local_input(step_id: str, flow: Dataflow, source: WorkerLocalSource[X]) -> Stream[X]:
+    """``op.input(step_id, flow, source)``, kept running under recovery (see the module doc).
+
+    The anchor, ``{step_id}_recovery_anchor``, is a stateful step fed an empty stream (one Python
+    call per batch of source items drops them all): it holds no key and snapshots nothing, but its
+    snapshot stream is complete only once the source's partitions on every worker have ended.
+    """
+    stream = op.input(step_id, flow, source)
+    nothing = op.flat_map_batch(f"{step_id}_recovery_anchor_in", stream, _drop)
+    op.stateful_batch(f"{step_id}_recovery_anchor", nothing, _Stateless)
+    return stream
+
+
+def _drop(_items: list[Any]) -> Iterable[tuple[str, Any]]:
+    return ()
+
+
+class _Stateless(StatefulBatchLogic[Any, Any, None]):
+    """The anchor's logic: it gets no items (its input is empty) and never keeps a key."""
+
+    def __init__(self, _resume_state: None) -> None:
+        pass
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        return (), StatefulBatchLogic.DISCARD
+
+    def snapshot(self) -> None:
+        return None
 
 
 class _LocalParts(StatelessSourcePartition[X], Generic[X]):
