@@ -6,7 +6,9 @@ The device source of a compiled flow is a :class:`~dataflows.routing.WorkerLocal
   no stateful step reads both until it is drained: it used to end at once, having read nothing
   (the recovery probe followed an empty stream of snapshots, see ``dataflows.routing``);
 - as a 2-process cluster (``bytewax.run -i/-a``, recovery on) every device is polled by exactly one
-  process, and the stateful step's output for a device comes out of the process that polls it;
+  process, and the stateful step's output for a device comes out of the process that polls it; the
+  cluster resumes the recovery store of a 1-process run (rescaling through recovery: the devices and
+  their deadband state move together);
 - a recovery store written by the flow as compiled before (Bytewax placing the device partitions)
   resumes: the deadband's state comes back.
 """
@@ -190,17 +192,17 @@ _CLUSTER_FLOW = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from core.batch import PointBatch
+    from core.batch import PointBatch, tag_id_for
     from dataflows.compiler import Runtime, compile_flow
     from dataflows.spec import parse_spec
     from dataflows.telemetry import install_stop_handlers
 
     OUT = Path(os.environ["OUT"])
-    polled, seen = set(), {{}}
+    polled, seen, levels = set(), {{}}, set()
 
     def dump():
         tmp = OUT.with_suffix(".tmp")
-        tmp.write_text(json.dumps({{"polled": sorted(polled), "seen": seen}}))
+        tmp.write_text(json.dumps({{"polled": sorted(polled), "seen": seen, "levels": sorted(levels)}}))
         tmp.replace(OUT)
 
     class Registry:
@@ -219,6 +221,8 @@ _CLUSTER_FLOW = textwrap.dedent(
                     for b in items:
                         if isinstance(b, PointBatch):
                             seen[b.device_id] = seen.get(b.device_id, 0) + 1
+                            if tag_id_for(b.device_id, "level") in b.tag_ids.tolist():
+                                levels.add(b.device_id)
                     dump()
             return Part()
 
@@ -236,7 +240,7 @@ def test_a_two_process_cluster_polls_each_device_once_where_its_state_is(tmp_pat
     modbus = ModbusSimulator(port=0, devices=sims)
     opcua = OpcUaSimulator([SimVariable("Zone1", "Double", 180.0)])
     with modbus, opcua:
-        devices = [modbus_device(d, modbus.port, i + 1) for i, d in enumerate(modbus_ids)]
+        devices = [modbus_device(d, modbus.port, i + 1, deadband=True) for i, d in enumerate(modbus_ids)]
         devices += [opcua_device(d, opcua.endpoint, opcua.node_id("Zone1")) for d in ("oven-a", "oven-b")]
         doc = spec_doc(devices, [{"id": "band", "type": "deadband"}])
         spec = parse_spec(doc)
@@ -247,6 +251,16 @@ def test_a_two_process_cluster_polls_each_device_once_where_its_state_is(tmp_pat
         recovery = tmp_path / "recovery"
         recovery.mkdir()
         init_db_dir(recovery, 2)
+        # one process first: every steady `level` passes its deadband once, the drain snapshots it
+        stop = threading.Event()
+        levels = {tag_id_for(d, "level") for d in modbus_ids}
+        first = Collect(stop, lambda batches: {t for b in batches for t in b.tag_ids.tolist()} >= levels)
+        run_main(
+            compile_flow(spec, Runtime(stop_event=stop, sinks={"out": first})),
+            epoch_interval=timedelta(seconds=1),
+            recovery_config=RecoveryConfig(str(recovery)),
+        )
+        assert stop.is_set()
         addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
         outs = [tmp_path / f"out-{i}.json" for i in range(2)]
         procs = []
@@ -258,7 +272,10 @@ def test_a_two_process_cluster_polls_each_device_once_where_its_state_is(tmp_pat
             procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
 
         def results() -> list[dict[str, Any]]:
-            return [json.loads(o.read_text()) if o.exists() else {"polled": [], "seen": {}} for o in outs]
+            return [
+                json.loads(o.read_text()) if o.exists() else {"polled": [], "seen": {}, "levels": []}
+                for o in outs
+            ]
 
         def each_device_seen_often() -> bool:
             counts: dict[str, int] = {}
@@ -281,3 +298,4 @@ def test_a_two_process_cluster_polls_each_device_once_where_its_state_is(tmp_pat
     for i, r in enumerate(results()):
         assert r["polled"] == sorted(d for d in names if worker_of(d, 2) == i)
         assert sorted(r["seen"]) == r["polled"], "a device's batches left the process that polls it"
+        assert r["levels"] == [], "a deadband did not get its state back after rescaling"
