@@ -110,6 +110,18 @@ class Collect(DynamicSink[Any]):
         return Part()
 
 
+def run_until_drained(spec: FlowSpec, runtime: Runtime, recovery: RecoveryConfig) -> None:
+    """Run the compiled flow until its sink sets ``runtime.stop_event``; a deadline sets it too, so a
+    flow that never gets there fails the test's assertions instead of hanging it."""
+    assert runtime.stop_event is not None
+    deadline = threading.Timer(90, runtime.stop_event.set)
+    deadline.start()
+    try:
+        run_main(compile_flow(spec, runtime), epoch_interval=timedelta(seconds=1), recovery_config=recovery)
+    finally:
+        deadline.cancel()
+
+
 def good_tags(batches: list[PointBatch]) -> set[int]:
     return {
         t
@@ -135,11 +147,7 @@ def test_a_flow_without_stateful_steps_reads_under_recovery_until_drained(tmp_pa
         stop = threading.Event()
         sink = Collect(stop, lambda batches: good_tags(batches) >= expected)
         init_db_dir(tmp_path, 1)
-        run_main(
-            compile_flow(spec, Runtime(stop_event=stop, sinks={"out": sink})),
-            epoch_interval=timedelta(seconds=1),
-            recovery_config=RecoveryConfig(str(tmp_path)),
-        )
+        run_until_drained(spec, Runtime(stop_event=stop, sinks={"out": sink}), RecoveryConfig(str(tmp_path)))
     assert stop.is_set(), "the flow ended before it was drained"
     assert good_tags(sink.batches) >= expected
     level = [v for b in sink.batches for t, v in zip(b.tag_ids.tolist(), b.values.tolist(), strict=True)
@@ -168,21 +176,13 @@ def test_a_recovery_store_of_the_flow_as_compiled_before_resumes(tmp_path: Path)
         stop = threading.Event()
         before = Collect(stop, polls_with(level, 1))
         placed = DeviceSource(device_plans(spec), stop_event=stop)
-        run_main(
-            compile_flow(spec, Runtime(source=placed, stop_event=stop, sinks={"out": before})),
-            epoch_interval=timedelta(seconds=1),
-            recovery_config=recovery,
-        )
+        run_until_drained(spec, Runtime(source=placed, stop_event=stop, sinks={"out": before}), recovery)
         assert good_tags(before.batches) >= {level}
 
         stop = threading.Event()
         after = Collect(stop, polls_with(count, 5))
-        run_main(
-            compile_flow(spec, Runtime(stop_event=stop, sinks={"out": after})),
-            epoch_interval=timedelta(seconds=1),
-            recovery_config=recovery,
-        )
-    assert stop.is_set()
+        run_until_drained(spec, Runtime(stop_event=stop, sinks={"out": after}), recovery)
+    assert polls_with(count, 5)(after.batches), "the resumed flow did not poll"
     assert all(level not in b.tag_ids.tolist() for b in after.batches), "the deadband started afresh"
 
 
@@ -255,12 +255,8 @@ def test_a_two_process_cluster_polls_each_device_once_where_its_state_is(tmp_pat
         stop = threading.Event()
         levels = {tag_id_for(d, "level") for d in modbus_ids}
         first = Collect(stop, lambda batches: {t for b in batches for t in b.tag_ids.tolist()} >= levels)
-        run_main(
-            compile_flow(spec, Runtime(stop_event=stop, sinks={"out": first})),
-            epoch_interval=timedelta(seconds=1),
-            recovery_config=RecoveryConfig(str(recovery)),
-        )
-        assert stop.is_set()
+        run_until_drained(spec, Runtime(stop_event=stop, sinks={"out": first}), RecoveryConfig(str(recovery)))
+        assert {t for b in first.batches for t in b.tag_ids.tolist()} >= levels
         addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
         outs = [tmp_path / f"out-{i}.json" for i in range(2)]
         procs = []
