@@ -228,6 +228,7 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
 @_compiled
 def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     pos: np.ndarray,
+    tag_ids: np.ndarray,
     values: np.ndarray,
     quality: np.ndarray,
     ts_ns: np.ndarray,
@@ -236,11 +237,14 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     s_value: np.ndarray,
     s_ts: np.ndarray,
     s_quality: np.ndarray,
-) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Which points of a batch pass the deadband (``pos``: each point's row in the state), and the
-    state columns after them, as new arrays (a state is never written). ``(k, publish, value, ts,
-    quality)``; when ``k`` (the points passing) is 0 the columns are empty: the state is unchanged.
-    The comparisons of ``Deadband._process_fast``.
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which points of a batch pass the deadband (``pos``: each point's row in the state), the state
+    columns after them as new arrays (a state is never written), and the passing points' columns.
+
+    ``(k, value, ts, quality, out_ts, out_tags, out_values, out_quality)``: ``k`` points pass; when
+    ``k`` is 0 the state columns are empty (the state is unchanged); the ``out_*`` columns (the
+    passing points in batch order, what ``PointBatch.select`` gives) are empty unless ``0 < k < n``
+    (with ``k == n`` the batch passes whole). The comparisons of ``Deadband._process_fast``.
     """
     n = values.shape[0]
     publish = np.empty(n, np.bool_)
@@ -257,18 +261,30 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         )
         publish[i] = p
         k += p
+    m = k if k < n else 0
+    out_ts = np.empty(m, np.int64)
+    out_tags = np.empty(m, np.int64)
+    out_values = np.empty(m, np.float64)
+    out_quality = np.empty(m, np.uint8)
     if k == 0:
-        return 0, publish, s_value[:0], s_ts[:0], s_quality[:0]
+        return 0, s_value[:0], s_ts[:0], s_quality[:0], out_ts, out_tags, out_values, out_quality
     vo = s_value.copy()
     to = s_ts.copy()
     qo = s_quality.copy()
+    o = 0
     for i in range(n):
         if publish[i]:
             j = pos[i]
             vo[j] = values[i]
             to[j] = ts_ns[i]
             qo[j] = quality[i]
-    return k, publish, vo, to, qo
+            if m:
+                out_ts[o] = ts_ns[i]
+                out_tags[o] = tag_ids[i]
+                out_values[o] = values[i]
+                out_quality[o] = quality[i]
+                o += 1
+    return k, vo, to, qo, out_ts, out_tags, out_values, out_quality
 
 
 @_compiled
