@@ -630,22 +630,17 @@ class AnomalyDetector:
         if flips == 0:
             return []
         if flips > 0:
-            return self._flip_alerts(batch, ints[:flips].tolist(), floats[:flips].tolist())
+            return self._flip_alerts(batch.device_id, ints.tolist(), floats.tolist())
         return None
 
-    def _flip_alerts(
-        self, batch: PointBatch, ints: list[list[int]], floats: list[list[float]]
-    ) -> list[Alert]:
+    def _flip_alerts(self, device: str, ints: list[list[int]], floats: list[list[float]]) -> list[Alert]:
         """The alerts of the compiled kernel's flip rows (already in batch order, then kind order)."""
         out = []
-        values, ts, tags = batch.values, batch.ts_ns, batch.tag_ids
-        for (i, kind, raised, run_len, run_ns), (val, lim) in zip(ints, floats, strict=True):
-            alert = self._alert(
-                _KINDS[kind], int(tags[i]), bool(raised), float(values[i]), int(ts[i]), val, lim,
-                run_len, run_ns, batch.device_id,
-            )  # fmt: skip
-            if alert is not None:
-                out.append(alert)
+        alert = self._alert
+        for (_, kind, raised, run_len, run_ns, tag, ts), (val, lim, point) in zip(ints, floats, strict=True):
+            a = alert(_KINDS[kind], tag, raised == 1, point, ts, val, lim, run_len, run_ns, device)
+            if a is not None:
+                out.append(a)
         return out
 
     def _hst_scores(

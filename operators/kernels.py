@@ -65,13 +65,14 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
 
     Returns ``(-1, ...)`` with nothing touched when the case does not apply (a bad or non-finite
     point, an unknown or repeated tag, a tag's first sample, time not advancing); else the number of
-    flag flips ``k`` and their rows in batch order, then kind order: ``ints[:k]`` = point index,
-    kind (``FLIP_*``), raised, stuck run length, stuck run ns; ``floats[:k]`` = value, limit.
+    flag flips ``k`` and their ``k`` rows in batch order, then kind order: ``ints`` = point index,
+    kind (``FLIP_*``), raised, stuck run length, stuck run ns (0 unless stuck), tag id, point ts;
+    ``floats`` = value, limit, point value (all an alert needs: no per-alert numpy indexing).
     """
     m = sids.shape[0]
     n = tags.shape[0]
-    ints = np.empty((4 * n, 5), np.int64)
-    floats = np.empty((4 * n, 2), np.float64)
+    ints = np.zeros((4 * n, 7), np.int64)
+    floats = np.empty((4 * n, 3), np.float64)
     if m < n or n == 0:
         return -1, ints, floats
     s = np.empty(n, np.int64)
@@ -156,7 +157,12 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         rate_value[k] = x
         rate_ns[k] = t[i]
         ml_on[k] = False
-    return f, ints, floats
+    for r in range(f):
+        i = ints[r, 0]
+        ints[r, 5] = tags[i]
+        ints[r, 6] = t[i]
+        floats[r, 2] = v[i]
+    return f, ints[:f], floats[:f]
 
 
 @_compiled
