@@ -554,7 +554,12 @@ class AnomalyDetector:
         fast = self._process_fast(state, batch)
         if fast is not None:
             return state, fast
-        state = self._align(state, batch.tag_ids)
+        aligned = self._align(state, batch.tag_ids)
+        if aligned is not state:  # rows for new tags (a device's first batch): the common case again?
+            state = aligned
+            fast = self._process_fast(state, batch)
+            if fast is not None:
+                return state, fast
         sidx, known = _lookup(state.tag_ids, batch.tag_ids)
         usable = known & (batch.quality < _BAD_QUALITY) & np.isfinite(batch.values)
         if usable.all():
@@ -609,8 +614,8 @@ class AnomalyDetector:
         """The common case, or ``None`` (nothing touched) when the general path is needed.
 
         Applies when every point is usable, each tag occurs once and already has a state row, no
-        tag has an ML check, and every point advances its tag's rate clock (so the rate check
-        needs no special cases). The checks are the same elementwise expressions as in
+        tag has an ML check, and every point advances its tag's rate clock or is its tag's first
+        sample. The checks are the same elementwise expressions as in
         :meth:`_round`, on the batch in its own order, in one compiled call
         (:func:`operators.kernels.anomaly_fast`); the alerts are built in Python for the flips only.
         """

@@ -64,7 +64,7 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     (``AnomalyState``). Same expressions and conditions as ``AnomalyDetector._process_fast``.
 
     Returns ``(-1, ...)`` with nothing touched when the case does not apply (a bad or non-finite
-    point, an unknown or repeated tag, a tag's first sample, time not advancing); else the number of
+    point, an unknown or repeated tag, time not advancing); else the number of
     flag flips ``k`` and their ``k`` rows in batch order, then kind order: ``ints`` = point index,
     kind (``FLIP_*``), raised, stuck run length, stuck run ns (0 unless stuck), tag id, point ts;
     ``floats`` = value, limit, point value (all an alert needs: no per-alert numpy indexing).
@@ -96,7 +96,10 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             return -1, ints, floats
         seen[k] = True
         last = rate_ns[k]
-        if last == _NO_TS or not t[i] > last:
+        if last == _NO_TS:
+            if rate_on[k] and np.isnan(pf[5, k]):
+                return -1, ints, floats  # a flag that a removed check must clear: rare, general path
+        elif not t[i] > last:
             return -1, ints, floats
         s[i] = k
     f = 0
@@ -144,16 +147,17 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             stuck_count[k] = 1
         else:
             stuck_count[k] = run_len
-        # rate: every point advances its clock and none is a tag's first (checked above)
-        limit = pf[5, k]
-        rate = abs(x - rate_value[k]) / ((t[i] - rate_ns[k]) / 1e9)
-        old = rate_on[k]
-        new = rate > limit and not np.isnan(limit)
-        if new != old:
-            ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_RATE, new
-            floats[f, 0], floats[f, 1] = rate, limit
-            rate_on[k] = new
-            f += 1
+        # rate: every point advances its clock (checked above); a tag's first sample only sets it
+        if rate_ns[k] != _NO_TS:
+            limit = pf[5, k]
+            rate = abs(x - rate_value[k]) / ((t[i] - rate_ns[k]) / 1e9)
+            old = rate_on[k]
+            new = rate > limit and not np.isnan(limit)
+            if new != old:
+                ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_RATE, new
+                floats[f, 0], floats[f, 1] = rate, limit
+                rate_on[k] = new
+                f += 1
         rate_value[k] = x
         rate_ns[k] = t[i]
         ml_on[k] = False
