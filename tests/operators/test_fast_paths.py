@@ -281,3 +281,19 @@ def test_a_devices_first_batch_takes_the_anomaly_fast_path(counted: dict[str, in
     assert counted == {"AnomalyDetector": 1}
     assert [(a.tag_id, a.kind, a.state) for a in alerts] == [(1, "high", "raised")]
     assert state.rate_ns.tolist() == [T0, T0]
+
+
+def test_alerts_built_without_init_are_alerts() -> None:
+    """The hot path's alert constructor gives the same frozen, picklable Alert as ``Alert(...)``."""
+    import dataclasses
+
+    from core.records import Alert
+    from operators.anomaly import _new_alert
+
+    assert _new_alert is not Alert  # the fast constructor is in use
+    args = ("press-01", 7, "high", "raised", "warning", 212.5, 200.0, T0, "value 212.5 above high limit 200")
+    a, b = _new_alert(*args), Alert(*args)
+    assert type(a) is Alert and a == b and pickle.loads(pickle.dumps(a)) == b
+    assert dataclasses.astuple(a) == args
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.value = 1.0  # type: ignore[misc]
