@@ -172,9 +172,16 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
 @_compiled
 def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     a_ids: np.ndarray,
+    bucket_ns: int,
+    window_ns: int,
     tags: np.ndarray,
     ts: np.ndarray,
     values: np.ndarray,
+    quality: np.ndarray,
+    watermark: int,
+    closed: int,
+    lateness_ns: int,
+    future_limit: int,
     count: np.ndarray,
     total: np.ndarray,
     lo: np.ndarray,
@@ -182,20 +189,43 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     last_ts: np.ndarray,
     last: np.ndarray,
     area: np.ndarray,
-) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Append one sample per tag to an open bucket's accumulators (aligned to ``a_ids``), into new
-    arrays: the inputs are never written (window state is immutable).
+) -> tuple[bool, int, np.ndarray, np.ndarray]:
+    """Append a batch to the one open bucket (``bucket_ns``) of a window length, when the batch is
+    the common case; the accumulators (aligned to ``a_ids``) come back as new arrays: the inputs
+    are never written (window state is immutable).
 
-    Returns ``(False, ...)`` when a tag is not in the bucket or occurs twice; else ``(True, ints,
-    floats)`` with ``ints`` rows count, last_ts and ``floats`` rows sum, min, max, last, area. The
-    arithmetic of ``WindowAggregator._process_fast``.
+    The case: every point usable (quality < 128, not NaN), none before the ``watermark`` or after
+    ``future_limit``, all inside the bucket, which neither closes (``watermark - lateness_ns``)
+    nor ends at or before ``closed``; each tag once and already in the bucket. Returns ``(False,
+    ...)`` otherwise; else ``(True, latest ts, ints, floats)`` with ``ints`` rows count, last_ts and
+    ``floats`` rows sum, min, max, last, area. The conditions and arithmetic of
+    ``WindowAggregator._process_fast``.
     """
+    n = tags.shape[0]
+    t_lo = ts[0]
+    t_hi = ts[0]
+    for i in range(n):
+        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
+            return False, t_hi, np.empty((2, 0), np.int64), np.empty((5, 0), np.float64)
+        t_lo = min(t_lo, ts[i])
+        t_hi = max(t_hi, ts[i])
+    end = t_lo // window_ns * window_ns + window_ns
+    threshold = max(watermark, t_hi) - lateness_ns
+    if (
+        t_lo < watermark
+        or t_hi > future_limit
+        or end - window_ns != bucket_ns
+        or t_hi >= end
+        or end <= closed
+        or threshold >= end
+    ):
+        return False, t_hi, np.empty((2, 0), np.int64), np.empty((5, 0), np.float64)
     m = a_ids.shape[0]
     n = tags.shape[0]
     ints = np.empty((2, m), np.int64)
     floats = np.empty((5, m), np.float64)
     if m < n:
-        return False, ints, floats
+        return False, t_hi, ints, floats
     s = np.empty(n, np.int64)
     seen = np.zeros(m, np.bool_)
     same = m == n
@@ -210,9 +240,9 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         else:
             k = np.searchsorted(a_ids, tags[i])
             if k >= m or a_ids[k] != tags[i]:
-                return False, ints, floats
+                return False, t_hi, ints, floats
         if seen[k]:
-            return False, ints, floats
+            return False, t_hi, ints, floats
         seen[k] = True
         s[i] = k
     ints[0, :] = count
@@ -232,7 +262,7 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         ints[1, k] = ts[i]
         floats[3, k] = x
         floats[4, k] += last[k] * (ts[i] - last_ts[k])
-    return True, ints, floats
+    return True, t_hi, ints, floats
 
 
 @_compiled
@@ -336,17 +366,3 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
         if out[i] != values[i] * gain[i] + bias[i]:
             q[i] = clamped
     return 1, out, q
-
-
-@_compiled
-def usable_span(ts: np.ndarray, quality: np.ndarray, values: np.ndarray) -> tuple[bool, int, int]:
-    """``(all usable, earliest ts, latest ts)`` of a batch: usable = not bad quality, not NaN."""
-    ok = True
-    lo = ts[0]
-    hi = ts[0]
-    for i in range(ts.shape[0]):
-        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
-            ok = False
-        lo = min(lo, ts[i])
-        hi = max(hi, ts[i])
-    return ok, lo, hi
