@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.batch import PointBatch
+from operators.fastinit import slot_constructor
 from operators.kernels import deadband_fast
 
 __all__ = ["Deadband", "DeadbandParams", "DeadbandState"]
@@ -141,6 +142,10 @@ class DeadbandState:
         if i < len(self.tag_ids) and self.tag_ids[i] == tag_id:
             return float(self.value[i]), int(self.ts_ns[i]), int(self.quality[i])
         return None
+
+
+_new_state = slot_constructor(DeadbandState)
+"""``DeadbandState(...)`` without the frozen dataclass's ``__init__`` (the fast path's, every poll)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +326,7 @@ class Deadband:
         )  # fmt: skip
         if k == 0:
             return state, self._empty_batch(device)
-        new = DeadbandState(state.tag_ids, value, ts, quality)
+        new = _new_state(state.tag_ids, value, ts, quality)
         if len(out_ts) == 0:  # every point passes: the batch itself
             return new, batch
         return new, PointBatch(device, out_ts, out_tags, out_values, out_quality)

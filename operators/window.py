@@ -80,6 +80,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import AggBatch
+from operators.fastinit import slot_constructor
 from operators.kernels import window_append
 
 SECOND = 1_000_000_000
@@ -316,6 +317,12 @@ class WindowState:
         return sum(len(w.open) for w in self.windows)
 
 
+# The fast path builds these on every batch (see operators.fastinit).
+_new_acc = slot_constructor(Accumulators)
+_new_buckets = slot_constructor(WindowBuckets)
+_new_state = slot_constructor(WindowState)
+
+
 # --------------------------------------------------------------------------------------------------
 # The aggregator
 
@@ -498,16 +505,14 @@ class WindowAggregator:
                 return None
             count, last_ts = ints
             total, lo, hi, last, area = floats
-            new_acc = Accumulators(
+            new_acc = _new_acc(
                 acc.bucket_ns, acc.tag_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
             )
-            new_windows.append(
-                WindowBuckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
-            )
+            new_windows.append(_new_buckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values))
         watermark = max(watermark, t_hi)
         threshold = watermark - lateness
         device = batch.device_id
-        new_st = WindowState(
+        new_st = _new_state(
             tuple(new_windows),
             device,
             watermark,
