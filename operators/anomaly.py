@@ -552,8 +552,9 @@ class AnomalyDetector:
 
     def process(self, state: AnomalyState | None, batch: PointBatch) -> tuple[AnomalyState, list[Alert]]:
         """Run every check on ``batch``; returns the state to keep and the alerts."""
-        if state is None:
-            state = AnomalyState.empty()
+        if state is None:  # a device's first batch: rows for its configured tags straight away
+            _, configured = _lookup(self._params.tag_ids, batch.tag_ids)
+            state = AnomalyState.empty(batch.tag_ids[configured])
         if len(batch) == 0:
             return state, []
         fast = self._process_fast(state, batch)

@@ -309,10 +309,19 @@ class Deadband:
     def _process_fast(
         self, state: DeadbandState, batch: PointBatch, al: _Aligned
     ) -> tuple[DeadbandState, PointBatch] | None:
-        """The common case: unique, configured tags that all have published before (``None``
-        otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true,
+        """The common case: unique, configured tags that all have published before, or a device's
+        first batch (``None`` otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true,
         in one compiled call (:func:`operators.kernels.deadband_fast`) that also gathers the
         passing points (what ``batch.select`` would)."""
+        if not len(state):  # the device's first batch: every point publishes and makes the state
+            order = np.argsort(al.tag_ids)
+            tags, values, ts, quality = (
+                al.tag_ids[order],
+                batch.values[order],
+                batch.ts_ns[order],
+                batch.quality[order],
+            )
+            return _new_state(tags, values, ts, quality), batch
         device = batch.device_id
         sp = self._state_pos.get(device)
         if sp is None or sp.state_ids is not state.tag_ids or sp.batch_ids is not al.tag_ids:
