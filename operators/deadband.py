@@ -310,9 +310,9 @@ class Deadband:
         self, state: DeadbandState, batch: PointBatch, al: _Aligned
     ) -> tuple[DeadbandState, PointBatch] | None:
         """The common case: unique, configured tags that all have published before, or a device's
-        first batch (``None`` otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true,
-        in one compiled call (:func:`operators.kernels.deadband_fast`) that also gathers the
-        passing points (what ``batch.select`` would)."""
+        first batch (``None`` otherwise). The same comparisons as :meth:`_round`, without the masks
+        that are all-true, in one compiled call (:func:`operators.kernels.deadband_fast`) that also
+        gathers the passing points (what ``batch.select`` would)."""
         if not len(state):  # the device's first batch: every point publishes and makes the state
             order = np.argsort(al.tag_ids)
             tags, values, ts, quality = (
