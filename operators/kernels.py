@@ -186,27 +186,33 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     total: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
+    first_ts: np.ndarray,
+    first: np.ndarray,
     last_ts: np.ndarray,
     last: np.ndarray,
     area: np.ndarray,
-) -> tuple[bool, int, np.ndarray, np.ndarray]:
+) -> tuple[bool, int, np.ndarray, np.ndarray, np.ndarray]:
     """Append a batch to the one open bucket (``bucket_ns``) of a window length, when the batch is
     the common case; the accumulators (aligned to ``a_ids``) come back as new arrays: the inputs
     are never written (window state is immutable).
 
     The case: every point usable (quality < 128, not NaN), none before the ``watermark`` or after
     ``future_limit``, all inside the bucket, which neither closes (``watermark - lateness_ns``)
-    nor ends at or before ``closed``; each tag once and already in the bucket. Returns ``(False,
-    ...)`` otherwise; else ``(True, latest ts, ints, floats)`` with ``ints`` rows count, last_ts and
-    ``floats`` rows sum, min, max, last, area. The conditions and arithmetic of
+    nor ends at or before ``closed``; each tag once. A tag new to the bucket gets a row of its
+    own (inserted in tag order), as merging the batch's one-sample accumulators would give it.
+    Returns ``(False, ...)`` otherwise; else ``(True, latest ts, tag_ids, ints, floats)``:
+    ``tag_ids`` is ``a_ids`` itself when no tag was new, ``ints`` rows count, first_ts, last_ts and
+    ``floats`` rows sum, min, max, first, last, area. The conditions and arithmetic of
     ``WindowAggregator._process_fast``.
     """
     n = tags.shape[0]
     t_lo = ts[0]
     t_hi = ts[0]
+    fail_i = np.empty((3, 0), np.int64)
+    fail_f = np.empty((6, 0), np.float64)
     for i in range(n):
         if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
-            return False, t_hi, np.empty((2, 0), np.int64), np.empty((5, 0), np.float64)
+            return False, t_hi, a_ids, fail_i, fail_f
         t_lo = min(t_lo, ts[i])
         t_hi = max(t_hi, ts[i])
     end = t_lo // window_ns * window_ns + window_ns
@@ -219,15 +225,12 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         or end <= closed
         or threshold >= end
     ):
-        return False, t_hi, np.empty((2, 0), np.int64), np.empty((5, 0), np.float64)
+        return False, t_hi, a_ids, fail_i, fail_f
     m = a_ids.shape[0]
-    n = tags.shape[0]
-    ints = np.empty((2, m), np.int64)
-    floats = np.empty((5, m), np.float64)
-    if m < n:
-        return False, t_hi, ints, floats
-    s = np.empty(n, np.int64)
+    # each point's row in the bucket, or -1 for a tag new to it
+    k_of = np.empty(n, np.int64)
     seen = np.zeros(m, np.bool_)
+    n_new = 0
     same = m == n
     if same:
         for i in range(n):
@@ -240,29 +243,77 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         else:
             k = np.searchsorted(a_ids, tags[i])
             if k >= m or a_ids[k] != tags[i]:
-                return False, t_hi, ints, floats
+                k_of[i] = -1
+                n_new += 1
+                continue
         if seen[k]:
-            return False, t_hi, ints, floats
+            return False, t_hi, a_ids, fail_i, fail_f
         seen[k] = True
-        s[i] = k
-    ints[0, :] = count
-    ints[1, :] = last_ts
-    floats[0, :] = total
-    floats[1, :] = lo
-    floats[2, :] = hi
-    floats[3, :] = last
-    floats[4, :] = area
+        k_of[i] = k
+    size = m + n_new
+    ids = a_ids
+    out_row = np.arange(m)  # bucket row -> output row
+    new_row = np.empty(n, np.int64)  # point -> output row, for tags new to the bucket
+    if n_new:
+        fresh = np.empty(n_new, np.int64)
+        j = 0
+        for i in range(n):
+            if k_of[i] < 0:
+                fresh[j] = i
+                j += 1
+        order = np.argsort(tags[fresh])
+        fresh = fresh[order]
+        for j in range(1, n_new):
+            if tags[fresh[j]] == tags[fresh[j - 1]]:
+                return False, t_hi, a_ids, fail_i, fail_f  # a new tag twice in the batch
+        ids = np.empty(size, np.int64)
+        a = 0
+        for r in range(size):
+            j = r - a  # new tags placed so far
+            if j >= n_new or (a < m and a_ids[a] < tags[fresh[j]]):
+                ids[r] = a_ids[a]
+                out_row[a] = r
+                a += 1
+            else:
+                ids[r] = tags[fresh[j]]
+                new_row[fresh[j]] = r
+    ints = np.empty((3, size), np.int64)
+    floats = np.empty((6, size), np.float64)
+    for j in range(m):
+        r = out_row[j]
+        ints[0, r] = count[j]
+        ints[1, r] = first_ts[j]
+        ints[2, r] = last_ts[j]
+        floats[0, r] = total[j]
+        floats[1, r] = lo[j]
+        floats[2, r] = hi[j]
+        floats[3, r] = first[j]
+        floats[4, r] = last[j]
+        floats[5, r] = area[j]
     for i in range(n):
-        k = s[i]
         x = values[i]
-        ints[0, k] += 1
-        floats[0, k] += x
-        floats[1, k] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
-        floats[2, k] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
-        ints[1, k] = ts[i]
-        floats[3, k] = x
-        floats[4, k] += last[k] * (ts[i] - last_ts[k])
-    return True, t_hi, ints, floats
+        k = k_of[i]
+        if k < 0:
+            r = new_row[i]
+            ints[0, r] = 1
+            ints[1, r] = ts[i]
+            ints[2, r] = ts[i]
+            floats[0, r] = x
+            floats[1, r] = x
+            floats[2, r] = x
+            floats[3, r] = x
+            floats[4, r] = x
+            floats[5, r] = 0.0
+            continue
+        r = out_row[k]
+        ints[0, r] += 1
+        floats[0, r] += x
+        floats[1, r] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
+        floats[2, r] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
+        ints[2, r] = ts[i]
+        floats[4, r] = x
+        floats[5, r] += last[k] * (ts[i] - last_ts[k])
+    return True, t_hi, ids, ints, floats
 
 
 @_compiled

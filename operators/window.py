@@ -480,9 +480,9 @@ class WindowAggregator:
         """The common case of a device poll, or ``None`` when the general path is needed.
 
         Applies when every point is usable (good or uncertain, not NaN), none is in the future or
-        late, all of them fall into one already open bucket per window length that holds each of
-        the batch's tags already, each tag occurs once, no timestamp is before the watermark (so
-        every sample appends: the twa stays exact) and no bucket closes. Then each window's
+        late, all of them fall into one already open bucket per window length (a tag new to it gets
+        its row there), each tag occurs once, no timestamp is before the watermark (so every sample
+        appends: the twa stays exact) and no bucket closes. Then each window's
         columns are updated in one compiled call (:func:`operators.kernels.window_append`), with
         exactly the arithmetic of :func:`_merge`.
         """
@@ -497,17 +497,15 @@ class WindowAggregator:
             if len(wb.open) != 1:
                 return None
             acc = wb.open[0]
-            ok, t_hi, ints, floats = window_append(
+            ok, t_hi, ids, ints, floats = window_append(
                 acc.tag_ids, acc.bucket_ns, w, tags, ts, values, quality, watermark, closed, lateness, limit,
-                acc.count, acc.sum, acc.min, acc.max, acc.last_ts, acc.last, acc.area,
+                acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
             )  # fmt: skip
             if not ok:
                 return None
-            count, last_ts = ints
-            total, lo, hi, last, area = floats
-            new_acc = _new_acc(
-                acc.bucket_ns, acc.tag_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
-            )
+            count, first_ts, last_ts = ints
+            total, lo, hi, first, last, area = floats
+            new_acc = _new_acc(acc.bucket_ns, ids, count, total, lo, hi, first_ts, first, last_ts, last, area)
             new_windows.append(_new_buckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values))
         watermark = max(watermark, t_hi)
         threshold = watermark - lateness

@@ -208,6 +208,7 @@ def test_fast_path_states_stay_immutable_and_pickle() -> None:
 _GENERAL = {
     "anomaly": (AnomalyDetector, "_process_fast"),
     "deadband": (Deadband, "_process_fast"),
+    "window": (WindowAggregator, "_process_fast"),
 }
 
 
@@ -239,9 +240,10 @@ def device_polls(draw: st.DrawFn) -> list[PointBatch]:
 @given(batches=device_polls())
 @settings(max_examples=150, deadline=None)
 def test_fast_path_equals_general_path_on_random_polls(core: str, batches: list[PointBatch]) -> None:
-    """Deadband (the kernel gathers the passing points) and anomaly checks (the kernel also takes a
-    tag's first sample and a device's first batch): fast and general paths agree on every output
-    and state, whatever the sequence of tag subsets, values and timestamps."""
+    """Deadband (the kernel gathers the passing points), anomaly checks (the kernel also takes a
+    tag's first sample and a device's first batch) and windows (the kernel also inserts tags new
+    to the open bucket): fast and general paths agree on every output and state, whatever the
+    sequence of tag subsets, values and timestamps (some cross minute boundaries)."""
     tags = [3, 11, 12, 40, 2**62 + 7]
     checks = TagChecks(
         range=RangeCheck(low=5.0, high=95.0, hysteresis=2.0),
@@ -252,15 +254,21 @@ def test_fast_path_equals_general_path_on_random_polls(core: str, batches: list[
     def run() -> tuple[list[Any], Any]:
         det = AnomalyDetector(dict.fromkeys(tags, checks))
         db = Deadband({t: DeadbandParams(absolute=1.0 if t % 2 else 0.0, heartbeat_s=20.0) for t in tags})
-        state: Any = None if core == "anomaly" else db.initial_state()
+        win = WindowAggregator([60.0], lateness_s=0.0, max_future_s=0.0)
+        state: Any = db.initial_state() if core == "deadband" else None
         outs: list[Any] = []
         for b in batches:
             if core == "anomaly":
                 state, alerts = det.process(state, b)
                 outs.append(alerts)
+            elif core == "window":
+                state, aggs, late = win.process(state, b, int(b.ts_ns.max()))
+                outs.append((aggs, late))
             else:
                 state, passed = db.process(state, b)
                 outs.append(passed)
+        if core == "window":
+            outs.append(win.flush(state))
         return outs, state.__getstate__() if core == "anomaly" else state
 
     fast_out, fast_state = run()
