@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import Alert, Severity
+from operators.fastinit import slot_constructor
 from operators.kernels import anomaly_fast
 
 __all__ = [
@@ -66,6 +67,10 @@ def _check_severity(owner: str, severity: str) -> None:
 def _finite(owner: str, name: str, value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{owner}: `{name}` must be finite, got {value!r}")
+
+
+_new_alert = slot_constructor(Alert)
+"""``Alert(...)`` at a third of the cost: alert storms put several alerts in each device poll."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,14 +552,20 @@ class AnomalyDetector:
 
     def process(self, state: AnomalyState | None, batch: PointBatch) -> tuple[AnomalyState, list[Alert]]:
         """Run every check on ``batch``; returns the state to keep and the alerts."""
-        if state is None:
-            state = AnomalyState.empty()
+        if state is None:  # a device's first batch: rows for its configured tags straight away
+            _, configured = _lookup(self._params.tag_ids, batch.tag_ids)
+            state = AnomalyState.empty(batch.tag_ids[configured])
         if len(batch) == 0:
             return state, []
         fast = self._process_fast(state, batch)
         if fast is not None:
             return state, fast
-        state = self._align(state, batch.tag_ids)
+        aligned = self._align(state, batch.tag_ids)
+        if aligned is not state:  # rows for new tags (a device's first batch): the common case again?
+            state = aligned
+            fast = self._process_fast(state, batch)
+            if fast is not None:
+                return state, fast
         sidx, known = _lookup(state.tag_ids, batch.tag_ids)
         usable = known & (batch.quality < _BAD_QUALITY) & np.isfinite(batch.values)
         if usable.all():
@@ -609,8 +620,8 @@ class AnomalyDetector:
         """The common case, or ``None`` (nothing touched) when the general path is needed.
 
         Applies when every point is usable, each tag occurs once and already has a state row, no
-        tag has an ML check, and every point advances its tag's rate clock (so the rate check
-        needs no special cases). The checks are the same elementwise expressions as in
+        tag has an ML check, and every point advances its tag's rate clock or is its tag's first
+        sample. The checks are the same elementwise expressions as in
         :meth:`_round`, on the batch in its own order, in one compiled call
         (:func:`operators.kernels.anomaly_fast`); the alerts are built in Python for the flips only.
         """
@@ -630,22 +641,17 @@ class AnomalyDetector:
         if flips == 0:
             return []
         if flips > 0:
-            return self._flip_alerts(batch, ints[:flips].tolist(), floats[:flips].tolist())
+            return self._flip_alerts(batch.device_id, ints.tolist(), floats.tolist())
         return None
 
-    def _flip_alerts(
-        self, batch: PointBatch, ints: list[list[int]], floats: list[list[float]]
-    ) -> list[Alert]:
+    def _flip_alerts(self, device: str, ints: list[list[int]], floats: list[list[float]]) -> list[Alert]:
         """The alerts of the compiled kernel's flip rows (already in batch order, then kind order)."""
         out = []
-        values, ts, tags = batch.values, batch.ts_ns, batch.tag_ids
-        for (i, kind, raised, run_len, run_ns), (val, lim) in zip(ints, floats, strict=True):
-            alert = self._alert(
-                _KINDS[kind], int(tags[i]), bool(raised), float(values[i]), int(ts[i]), val, lim,
-                run_len, run_ns, batch.device_id,
-            )  # fmt: skip
-            if alert is not None:
-                out.append(alert)
+        alert = self._alert
+        for (_, kind, raised, run_len, run_ns, tag, ts), (val, lim, point) in zip(ints, floats, strict=True):
+            a = alert(_KINDS[kind], tag, raised == 1, point, ts, val, lim, run_len, run_ns, device)
+            if a is not None:
+                out.append(a)
         return out
 
     def _hst_scores(
@@ -860,14 +866,6 @@ class AnomalyDetector:
                 return None
             relation = "above" if raised else "back under"
             msg = f"{check.model} score {val:.3g} {relation} threshold {lim:g} (value {point:g})"
-        return Alert(
-            device,
-            tag,
-            kind,
-            "raised" if raised else "cleared",
-            check.severity,
-            val,
-            lim,
-            ts_ns,
-            msg,
+        return _new_alert(
+            device, tag, kind, "raised" if raised else "cleared", check.severity, val, lim, ts_ns, msg
         )

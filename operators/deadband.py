@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.batch import PointBatch
+from operators.fastinit import slot_constructor
 from operators.kernels import deadband_fast
 
 __all__ = ["Deadband", "DeadbandParams", "DeadbandState"]
@@ -143,6 +144,10 @@ class DeadbandState:
         return None
 
 
+_new_state = slot_constructor(DeadbandState)
+"""``DeadbandState(...)`` without the frozen dataclass's ``__init__`` (the fast path's, every poll)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Aligned:
     """Per-point parameters for one tag_ids array (the last one seen for a device)."""
@@ -190,6 +195,7 @@ class Deadband:
         self._hb = np.array([_NO_HEARTBEAT if h is None else h for h in hbs], dtype=np.int64)
         self._aligned: dict[str, tuple[_I64, _Aligned]] = {}
         self._state_pos: dict[str, _StatePos] = {}
+        self._empty: dict[str, PointBatch] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"params": dict(self.params)}
@@ -303,21 +309,45 @@ class Deadband:
     def _process_fast(
         self, state: DeadbandState, batch: PointBatch, al: _Aligned
     ) -> tuple[DeadbandState, PointBatch] | None:
-        """The common case: unique, configured tags that all have published before (``None``
-        otherwise). The same comparisons as :meth:`_round`, without the masks that are all-true,
-        in one compiled call (:func:`operators.kernels.deadband_fast`)."""
-        pos, _ = self._positions(state, batch.device_id, al.tag_ids, True)
-        sp = self._state_pos.get(batch.device_id)
-        if sp is None or sp.pos is not pos or not sp.all_found:
+        """The common case: unique, configured tags that all have published before, or a device's
+        first batch (``None`` otherwise). The same comparisons as :meth:`_round`, without the masks
+        that are all-true, in one compiled call (:func:`operators.kernels.deadband_fast`) that also
+        gathers the passing points (what ``batch.select`` would)."""
+        if not len(state):  # the device's first batch: every point publishes and makes the state
+            order = np.argsort(al.tag_ids)
+            tags, values, ts, quality = (
+                al.tag_ids[order],
+                batch.values[order],
+                batch.ts_ns[order],
+                batch.quality[order],
+            )
+            return _new_state(tags, values, ts, quality), batch
+        device = batch.device_id
+        sp = self._state_pos.get(device)
+        if sp is None or sp.state_ids is not state.tag_ids or sp.batch_ids is not al.tag_ids:
+            self._positions(state, device, al.tag_ids, True)
+            sp = self._state_pos[device]
+        if not sp.all_found:
             return None
-        k, publish, value_out, ts_out, quality_out = deadband_fast(
-            pos, batch.values, batch.quality, batch.ts_ns, al.band, al.heartbeat_ns,
+        k, value, ts, quality, out_ts, out_tags, out_values, out_quality = deadband_fast(
+            sp.pos, batch.tag_ids, batch.values, batch.quality, batch.ts_ns, al.band, al.heartbeat_ns,
             state.value, state.ts_ns, state.quality,
         )  # fmt: skip
         if k == 0:
-            return state, batch.select(publish)
-        new = DeadbandState(state.tag_ids, value_out, ts_out, quality_out)
-        return new, (batch if k == len(publish) else batch.select(publish))
+            return state, self._empty_batch(device)
+        new = _new_state(state.tag_ids, value, ts, quality)
+        if len(out_ts) == 0:  # every point passes: the batch itself
+            return new, batch
+        return new, PointBatch(device, out_ts, out_tags, out_values, out_quality)
+
+    def _empty_batch(self, device: str) -> PointBatch:
+        """A shared empty batch per device (batches are never mutated)."""
+        empty = self._empty.get(device)
+        if empty is None:
+            if len(self._empty) >= _CACHE_MAX_DEVICES:
+                self._empty.clear()
+            empty = self._empty[device] = PointBatch.empty(device)
+        return empty
 
     def _positions(
         self, state: DeadbandState, device_id: str, tag_ids: _I64, cache: bool

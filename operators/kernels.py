@@ -64,14 +64,15 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     (``AnomalyState``). Same expressions and conditions as ``AnomalyDetector._process_fast``.
 
     Returns ``(-1, ...)`` with nothing touched when the case does not apply (a bad or non-finite
-    point, an unknown or repeated tag, a tag's first sample, time not advancing); else the number of
-    flag flips ``k`` and their rows in batch order, then kind order: ``ints[:k]`` = point index,
-    kind (``FLIP_*``), raised, stuck run length, stuck run ns; ``floats[:k]`` = value, limit.
+    point, an unknown or repeated tag, time not advancing); else the number of
+    flag flips ``k`` and their ``k`` rows in batch order, then kind order: ``ints`` = point index,
+    kind (``FLIP_*``), raised, stuck run length, stuck run ns (0 unless stuck), tag id, point ts;
+    ``floats`` = value, limit, point value (all an alert needs: no per-alert numpy indexing).
     """
     m = sids.shape[0]
     n = tags.shape[0]
-    ints = np.empty((4 * n, 5), np.int64)
-    floats = np.empty((4 * n, 2), np.float64)
+    ints = np.zeros((4 * n, 7), np.int64)
+    floats = np.empty((4 * n, 3), np.float64)
     if m < n or n == 0:
         return -1, ints, floats
     s = np.empty(n, np.int64)
@@ -95,7 +96,10 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             return -1, ints, floats
         seen[k] = True
         last = rate_ns[k]
-        if last == _NO_TS or not t[i] > last:
+        if last == _NO_TS:
+            if rate_on[k] and np.isnan(pf[5, k]):
+                return -1, ints, floats  # a flag that a removed check must clear: rare, general path
+        elif not t[i] > last:
             return -1, ints, floats
         s[i] = k
     f = 0
@@ -143,51 +147,90 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             stuck_count[k] = 1
         else:
             stuck_count[k] = run_len
-        # rate: every point advances its clock and none is a tag's first (checked above)
-        limit = pf[5, k]
-        rate = abs(x - rate_value[k]) / ((t[i] - rate_ns[k]) / 1e9)
-        old = rate_on[k]
-        new = rate > limit and not np.isnan(limit)
-        if new != old:
-            ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_RATE, new
-            floats[f, 0], floats[f, 1] = rate, limit
-            rate_on[k] = new
-            f += 1
+        # rate: every point advances its clock (checked above); a tag's first sample only sets it
+        if rate_ns[k] != _NO_TS:
+            limit = pf[5, k]
+            rate = abs(x - rate_value[k]) / ((t[i] - rate_ns[k]) / 1e9)
+            old = rate_on[k]
+            new = rate > limit and not np.isnan(limit)
+            if new != old:
+                ints[f, 0], ints[f, 1], ints[f, 2] = i, FLIP_RATE, new
+                floats[f, 0], floats[f, 1] = rate, limit
+                rate_on[k] = new
+                f += 1
         rate_value[k] = x
         rate_ns[k] = t[i]
         ml_on[k] = False
-    return f, ints, floats
+    for r in range(f):
+        i = ints[r, 0]
+        ints[r, 5] = tags[i]
+        ints[r, 6] = t[i]
+        floats[r, 2] = v[i]
+    return f, ints[:f], floats[:f]
 
 
 @_compiled
 def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     a_ids: np.ndarray,
+    bucket_ns: int,
+    window_ns: int,
     tags: np.ndarray,
     ts: np.ndarray,
     values: np.ndarray,
+    quality: np.ndarray,
+    watermark: int,
+    closed: int,
+    lateness_ns: int,
+    future_limit: int,
     count: np.ndarray,
     total: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
+    first_ts: np.ndarray,
+    first: np.ndarray,
     last_ts: np.ndarray,
     last: np.ndarray,
     area: np.ndarray,
-) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Append one sample per tag to an open bucket's accumulators (aligned to ``a_ids``), into new
-    arrays: the inputs are never written (window state is immutable).
+) -> tuple[bool, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Append a batch to the one open bucket (``bucket_ns``) of a window length, when the batch is
+    the common case; the accumulators (aligned to ``a_ids``) come back as new arrays: the inputs
+    are never written (window state is immutable).
 
-    Returns ``(False, ...)`` when a tag is not in the bucket or occurs twice; else ``(True, ints,
-    floats)`` with ``ints`` rows count, last_ts and ``floats`` rows sum, min, max, last, area. The
-    arithmetic of ``WindowAggregator._process_fast``.
+    The case: every point usable (quality < 128, not NaN), none before the ``watermark`` or after
+    ``future_limit``, all inside the bucket, which neither closes (``watermark - lateness_ns``)
+    nor ends at or before ``closed``; each tag once. A tag new to the bucket gets a row of its
+    own (inserted in tag order), as merging the batch's one-sample accumulators would give it.
+    Returns ``(False, ...)`` otherwise; else ``(True, latest ts, tag_ids, ints, floats)``:
+    ``tag_ids`` is ``a_ids`` itself when no tag was new, ``ints`` rows count, first_ts, last_ts and
+    ``floats`` rows sum, min, max, first, last, area. The conditions and arithmetic of
+    ``WindowAggregator._process_fast``.
     """
-    m = a_ids.shape[0]
     n = tags.shape[0]
-    ints = np.empty((2, m), np.int64)
-    floats = np.empty((5, m), np.float64)
-    if m < n:
-        return False, ints, floats
-    s = np.empty(n, np.int64)
+    t_lo = ts[0]
+    t_hi = ts[0]
+    fail_i = np.empty((3, 0), np.int64)
+    fail_f = np.empty((6, 0), np.float64)
+    for i in range(n):
+        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
+            return False, t_hi, a_ids, fail_i, fail_f
+        t_lo = min(t_lo, ts[i])
+        t_hi = max(t_hi, ts[i])
+    end = t_lo // window_ns * window_ns + window_ns
+    threshold = max(watermark, t_hi) - lateness_ns
+    if (
+        t_lo < watermark
+        or t_hi > future_limit
+        or end - window_ns != bucket_ns
+        or t_hi >= end
+        or end <= closed
+        or threshold >= end
+    ):
+        return False, t_hi, a_ids, fail_i, fail_f
+    m = a_ids.shape[0]
+    # each point's row in the bucket, or -1 for a tag new to it
+    k_of = np.empty(n, np.int64)
     seen = np.zeros(m, np.bool_)
+    n_new = 0
     same = m == n
     if same:
         for i in range(n):
@@ -200,34 +243,83 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         else:
             k = np.searchsorted(a_ids, tags[i])
             if k >= m or a_ids[k] != tags[i]:
-                return False, ints, floats
+                k_of[i] = -1
+                n_new += 1
+                continue
         if seen[k]:
-            return False, ints, floats
+            return False, t_hi, a_ids, fail_i, fail_f
         seen[k] = True
-        s[i] = k
-    ints[0, :] = count
-    ints[1, :] = last_ts
-    floats[0, :] = total
-    floats[1, :] = lo
-    floats[2, :] = hi
-    floats[3, :] = last
-    floats[4, :] = area
+        k_of[i] = k
+    size = m + n_new
+    ids = a_ids
+    out_row = np.arange(m)  # bucket row -> output row
+    new_row = np.empty(n, np.int64)  # point -> output row, for tags new to the bucket
+    if n_new:
+        fresh = np.empty(n_new, np.int64)
+        j = 0
+        for i in range(n):
+            if k_of[i] < 0:
+                fresh[j] = i
+                j += 1
+        order = np.argsort(tags[fresh])
+        fresh = fresh[order]
+        for j in range(1, n_new):
+            if tags[fresh[j]] == tags[fresh[j - 1]]:
+                return False, t_hi, a_ids, fail_i, fail_f  # a new tag twice in the batch
+        ids = np.empty(size, np.int64)
+        a = 0
+        for r in range(size):
+            j = r - a  # new tags placed so far
+            if j >= n_new or (a < m and a_ids[a] < tags[fresh[j]]):
+                ids[r] = a_ids[a]
+                out_row[a] = r
+                a += 1
+            else:
+                ids[r] = tags[fresh[j]]
+                new_row[fresh[j]] = r
+    ints = np.empty((3, size), np.int64)
+    floats = np.empty((6, size), np.float64)
+    for j in range(m):
+        r = out_row[j]
+        ints[0, r] = count[j]
+        ints[1, r] = first_ts[j]
+        ints[2, r] = last_ts[j]
+        floats[0, r] = total[j]
+        floats[1, r] = lo[j]
+        floats[2, r] = hi[j]
+        floats[3, r] = first[j]
+        floats[4, r] = last[j]
+        floats[5, r] = area[j]
     for i in range(n):
-        k = s[i]
         x = values[i]
-        ints[0, k] += 1
-        floats[0, k] += x
-        floats[1, k] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
-        floats[2, k] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
-        ints[1, k] = ts[i]
-        floats[3, k] = x
-        floats[4, k] += last[k] * (ts[i] - last_ts[k])
-    return True, ints, floats
+        k = k_of[i]
+        if k < 0:
+            r = new_row[i]
+            ints[0, r] = 1
+            ints[1, r] = ts[i]
+            ints[2, r] = ts[i]
+            floats[0, r] = x
+            floats[1, r] = x
+            floats[2, r] = x
+            floats[3, r] = x
+            floats[4, r] = x
+            floats[5, r] = 0.0
+            continue
+        r = out_row[k]
+        ints[0, r] += 1
+        floats[0, r] += x
+        floats[1, r] = min(lo[k], x) if not np.isnan(lo[k]) else lo[k]
+        floats[2, r] = max(hi[k], x) if not np.isnan(hi[k]) else hi[k]
+        ints[2, r] = ts[i]
+        floats[4, r] = x
+        floats[5, r] += last[k] * (ts[i] - last_ts[k])
+    return True, t_hi, ids, ints, floats
 
 
 @_compiled
 def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     pos: np.ndarray,
+    tag_ids: np.ndarray,
     values: np.ndarray,
     quality: np.ndarray,
     ts_ns: np.ndarray,
@@ -236,11 +328,14 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     s_value: np.ndarray,
     s_ts: np.ndarray,
     s_quality: np.ndarray,
-) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Which points of a batch pass the deadband (``pos``: each point's row in the state), and the
-    state columns after them, as new arrays (a state is never written). ``(k, publish, value, ts,
-    quality)``; when ``k`` (the points passing) is 0 the columns are empty: the state is unchanged.
-    The comparisons of ``Deadband._process_fast``.
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which points of a batch pass the deadband (``pos``: each point's row in the state), the state
+    columns after them as new arrays (a state is never written), and the passing points' columns.
+
+    ``(k, value, ts, quality, out_ts, out_tags, out_values, out_quality)``: ``k`` points pass; when
+    ``k`` is 0 the state columns are empty (the state is unchanged); the ``out_*`` columns (the
+    passing points in batch order, what ``PointBatch.select`` gives) are empty unless ``0 < k < n``
+    (with ``k == n`` the batch passes whole). The comparisons of ``Deadband._process_fast``.
     """
     n = values.shape[0]
     publish = np.empty(n, np.bool_)
@@ -257,18 +352,30 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         )
         publish[i] = p
         k += p
+    m = k if k < n else 0
+    out_ts = np.empty(m, np.int64)
+    out_tags = np.empty(m, np.int64)
+    out_values = np.empty(m, np.float64)
+    out_quality = np.empty(m, np.uint8)
     if k == 0:
-        return 0, publish, s_value[:0], s_ts[:0], s_quality[:0]
+        return 0, s_value[:0], s_ts[:0], s_quality[:0], out_ts, out_tags, out_values, out_quality
     vo = s_value.copy()
     to = s_ts.copy()
     qo = s_quality.copy()
+    o = 0
     for i in range(n):
         if publish[i]:
             j = pos[i]
             vo[j] = values[i]
             to[j] = ts_ns[i]
             qo[j] = quality[i]
-    return k, publish, vo, to, qo
+            if m:
+                out_ts[o] = ts_ns[i]
+                out_tags[o] = tag_ids[i]
+                out_values[o] = values[i]
+                out_quality[o] = quality[i]
+                o += 1
+    return k, vo, to, qo, out_ts, out_tags, out_values, out_quality
 
 
 @_compiled
@@ -310,17 +417,3 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
         if out[i] != values[i] * gain[i] + bias[i]:
             q[i] = clamped
     return 1, out, q
-
-
-@_compiled
-def usable_span(ts: np.ndarray, quality: np.ndarray, values: np.ndarray) -> tuple[bool, int, int]:
-    """``(all usable, earliest ts, latest ts)`` of a batch: usable = not bad quality, not NaN."""
-    ok = True
-    lo = ts[0]
-    hi = ts[0]
-    for i in range(ts.shape[0]):
-        if quality[i] >= _BAD_QUALITY or np.isnan(values[i]):
-            ok = False
-        lo = min(lo, ts[i])
-        hi = max(hi, ts[i])
-    return ok, lo, hi

@@ -80,7 +80,8 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import AggBatch
-from operators.kernels import usable_span, window_append
+from operators.fastinit import slot_constructor
+from operators.kernels import window_append
 
 SECOND = 1_000_000_000
 NO_TIME = -(2**63)
@@ -316,6 +317,12 @@ class WindowState:
         return sum(len(w.open) for w in self.windows)
 
 
+# The fast path builds these on every batch (see operators.fastinit).
+_new_acc = slot_constructor(Accumulators)
+_new_buckets = slot_constructor(WindowBuckets)
+_new_state = slot_constructor(WindowState)
+
+
 # --------------------------------------------------------------------------------------------------
 # The aggregator
 
@@ -473,46 +480,37 @@ class WindowAggregator:
         """The common case of a device poll, or ``None`` when the general path is needed.
 
         Applies when every point is usable (good or uncertain, not NaN), none is in the future or
-        late, all of them fall into one already open bucket per window length that holds each of
-        the batch's tags already, each tag occurs once, no timestamp is before the watermark (so
-        every sample appends: the twa stays exact) and no bucket closes. Then each window's
+        late, all of them fall into one already open bucket per window length (a tag new to it gets
+        its row there), each tag occurs once, no timestamp is before the watermark (so every sample
+        appends: the twa stays exact) and no bucket closes. Then each window's
         columns are updated in one compiled call (:func:`operators.kernels.window_append`), with
         exactly the arithmetic of :func:`_merge`.
         """
-        ts = batch.ts_ns
-        values = batch.values
-        usable, t_lo, t_hi = usable_span(ts, batch.quality, values)
-        if not usable or t_lo < st.watermark_ns or t_hi > now_ns + self._future_ns:
-            return None
-        watermark = t_hi if t_hi > st.watermark_ns else st.watermark_ns
-        threshold = watermark - self._lateness_ns
+        tags, ts, values, quality = batch.tag_ids, batch.ts_ns, batch.values, batch.quality
+        watermark = st.watermark_ns
         closed = st.closed_ns
-        tags = batch.tag_ids
+        lateness = self._lateness_ns
+        limit = now_ns + self._future_ns
+        t_hi = watermark
         new_windows = []
         for wb, w in zip(st.windows, self._window_ns, strict=True):
-            b = t_lo // w * w
-            end = b + w
-            if t_hi >= end or end <= closed or len(wb.open) != 1 or threshold >= end:
+            if len(wb.open) != 1:
                 return None
             acc = wb.open[0]
-            if acc.bucket_ns != b:
-                return None
-            ok, ints, floats = window_append(
-                acc.tag_ids, tags, ts, values,
-                acc.count, acc.sum, acc.min, acc.max, acc.last_ts, acc.last, acc.area,
+            ok, t_hi, ids, ints, floats = window_append(
+                acc.tag_ids, acc.bucket_ns, w, tags, ts, values, quality, watermark, closed, lateness, limit,
+                acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
             )  # fmt: skip
             if not ok:
-                return None  # a tag new to the bucket, or one that occurs twice
-            count, last_ts = ints
-            total, lo, hi, last, area = floats
-            new_acc = Accumulators(
-                b, acc.tag_ids, count, total, lo, hi, acc.first_ts, acc.first, last_ts, last, area
-            )
-            new_windows.append(
-                WindowBuckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
-            )
+                return None
+            count, first_ts, last_ts = ints
+            total, lo, hi, first, last, area = floats
+            new_acc = _new_acc(acc.bucket_ns, ids, count, total, lo, hi, first_ts, first, last_ts, last, area)
+            new_windows.append(_new_buckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values))
+        watermark = max(watermark, t_hi)
+        threshold = watermark - lateness
         device = batch.device_id
-        new_st = WindowState(
+        new_st = _new_state(
             tuple(new_windows),
             device,
             watermark,
@@ -569,9 +567,10 @@ class WindowAggregator:
 
     def expired(self, state: WindowState, now_ns: int) -> bool:
         """True when the device has no open buckets and sent nothing for ``tag_ttl_s``."""
-        return state.open_buckets == 0 and (
-            state.last_seen_ns is None or now_ns - state.last_seen_ns >= self._ttl_ns
-        )
+        for wb in state.windows:  # a plain loop: Bytewax's window step asks after every batch
+            if wb.open:
+                return False
+        return state.last_seen_ns is None or now_ns - state.last_seen_ns >= self._ttl_ns
 
     def expiry_ns(self, state: WindowState) -> int | None:
         """When a state without open buckets becomes :meth:`expired` (``None`` if it has open ones

@@ -13,7 +13,7 @@ from fresh state on recovery while the rest of the flow resumes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -60,7 +60,9 @@ class WindowLogic(StatefulLogic[PointBatch | DeviceConfig, Tagged, WindowState])
         self.state = state if state is not None else core.initial_state()
 
     @staticmethod
-    def _tag(aggs: list[AggBatch], late: PointBatch | None = None) -> list[Tagged]:
+    def _tag(aggs: list[AggBatch], late: PointBatch | None = None) -> Sequence[Tagged]:
+        if not aggs and (late is None or not len(late)):
+            return ()  # most batches close nothing and are on time
         out: list[Tagged] = [("agg", a) for a in aggs]
         if late is not None and len(late):
             out.append(("late", late))

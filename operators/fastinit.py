@@ -1,0 +1,55 @@
+"""Constructors for the frozen, slotted dataclasses the operators' fast paths build on every batch.
+
+A frozen dataclass's generated ``__init__`` sets each field through ``object.__setattr__``: about
+0.2 µs per field, so ~2 µs for an 11-column window accumulator or an alert. At 20,000 device
+polls per second every fast path builds several of them per poll. :func:`slot_constructor` makes
+a function that creates the same object by setting its slots directly (about 3x cheaper), the way
+unpickling does; the result is indistinguishable (type, fields, equality, pickling, still frozen).
+Only for classes without ``__post_init__`` (a check to run would be skipped); every field is a
+positional argument, defaults included.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True, slots=True)
+... class P:
+...     x: int
+...     y: float = 0.0
+>>> make = slot_constructor(P)
+>>> make(1, 2.5) == P(1, 2.5), type(make(1, 2.5)) is P
+(True, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import keyword
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["slot_constructor"]
+
+T = TypeVar("T")
+
+
+def slot_constructor(cls: type[T]) -> Callable[..., T]:
+    """A function ``(field1, field2, ...) -> cls`` that sets the slots of a new instance directly.
+
+    ``TypeError`` unless ``cls`` is a slotted dataclass without ``__post_init__``.
+    """
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+        raise TypeError(f"slot_constructor: {cls.__name__} is not a slotted dataclass")
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"slot_constructor: {cls.__name__} has a __post_init__ that would be skipped")
+    names = [f.name for f in dataclasses.fields(cls)]
+    if any(keyword.iskeyword(n) or not n.isidentifier() for n in names):  # pragma: no cover - dataclass names
+        raise TypeError(f"slot_constructor: {cls.__name__} has a field name that is not an identifier")
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        scope[f"_s{i}"] = getattr(cls, name).__set__  # the slot's member descriptor
+        lines.append(f"    _s{i}(o, {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), scope)  # generated from the class's own field names, as dataclasses does
+    make: Callable[..., T] = scope["make"]
+    make.__qualname__ = make.__name__ = f"new_{cls.__name__}"
+    make.__doc__ = f"A {cls.__name__} from all its fields, positionally (see operators.fastinit)."
+    return make
