@@ -497,8 +497,9 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             return datetime.now(UTC) + self._wake_slack
         if self._stop_event is not None and self._stop_event.is_set():
             return None
-        if nap is not None and nap.is_sleeper(self):
-            return datetime.fromtimestamp(self._clock(), tz=UTC)  # at once: its next call naps
+        if not self._nap_looked_up or (nap is not None and nap.is_sleeper(self)):
+            # at once: a first call attaches to the worker's nap, a sleeper's next call naps
+            return datetime.fromtimestamp(self._clock(), tz=UTC)
         return datetime.fromtimestamp(self._schedule.next_deadline, tz=UTC)
 
     def snapshot(self) -> None:
