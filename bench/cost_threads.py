@@ -65,7 +65,7 @@ def rates(
     The first thread of the process (its main thread) is named ``main`` whatever its ``comm``.
     """
     main = min(after) if after else 0
-    out = []
+    out: list[dict[str, Any]] = []
     for tid, a in after.items():
         b = before.get(tid)
         if b is None:
@@ -78,7 +78,7 @@ def rates(
                 "cores": round((a.cpu_s - b.cpu_s) / seconds, 4),
             }
         )
-    out.sort(key=lambda r: (-r["cores"], -r["wakeups_per_s"]))
+    out.sort(key=lambda r: (-float(r["cores"]), -float(r["wakeups_per_s"])))
     return out
 
 

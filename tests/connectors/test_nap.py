@@ -199,3 +199,28 @@ def _nap_of(thread: threading.Thread) -> WorkerNap | None:
     from connectors import nap as module
 
     return module._naps.get(thread.ident or 0)
+
+
+def test_a_device_source_naps_through_worker_local_routing() -> None:
+    """Wrapped in :class:`~dataflows.routing.WorkerLocalSource` (its partitions driven as one), an
+    idle device's partition still becomes the sleeper and the flow still drains on its stop event."""
+    from dataflows.routing import WorkerLocalSource
+
+    temp = ModbusTagAddress(table="holding", address=0, data_type="int16")
+    plan = ModbusDevicePlan("idle", ModbusConnection(host="127.0.0.1", port=1), 3600.0, ((1, temp),))
+    stop = threading.Event()
+    flow = Dataflow("nap_local")
+    source = WorkerLocalSource(
+        DeviceSource([plan], stop_event=stop, max_wait_s=0.02), key_of=lambda p: p.split(":", 1)[1]
+    )
+    op.output("out", op.input("poll", flow, source), _Collect())
+    runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while (nap := _nap_of(runner)) is None or nap.naps < 5:
+            assert time.monotonic() < deadline, "the worker never napped"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        assert ended(runner, 20), "the flow did not drain on its stop event"
