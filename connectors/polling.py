@@ -440,6 +440,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         """The nap of the worker thread that calls :meth:`next_batch` (``None``: napping is off or
         not looked up yet). See :mod:`connectors.nap`."""
         self._nap_looked_up = max_wait_s <= 0
+        self._called_at = 0.0
+        """When :meth:`next_batch` was last entered (the sleeper's next wake time)."""
         self._max_wait_s = max_wait_s
         self._notify: Callable[[Any], None] = lambda _fut: None
 
@@ -447,6 +449,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 
     def next_batch(self) -> list[PointBatch]:
         nap = self._nap if self._nap_looked_up else self._attach_nap()
+        self._called_at = self._clock()
         out: list[PointBatch] = []
         fut = self._inflight
         if fut is not None and fut.done():
@@ -497,9 +500,12 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             return datetime.now(UTC) + self._wake_slack
         if self._stop_event is not None and self._stop_event.is_set():
             return None
-        if not self._nap_looked_up or (nap is not None and nap.is_sleeper(self)):
-            # at once: a first call attaches to the worker's nap, a sleeper's next call naps
-            return datetime.fromtimestamp(self._clock(), tz=UTC)
+        if not self._nap_looked_up:
+            return datetime.fromtimestamp(self._clock(), tz=UTC)  # at once: attach to the worker's nap
+        if nap is not None and nap.is_sleeper(self):
+            # At once, its next call naps. Not "now": Bytewax would activate the source again only
+            # after (now - the time it started this activation), i.e. after a nap's length of spinning.
+            return datetime.fromtimestamp(self._called_at, tz=UTC)
         return datetime.fromtimestamp(self._schedule.next_deadline, tz=UTC)
 
     def snapshot(self) -> None:

@@ -361,6 +361,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         """The nap of the worker thread calling :meth:`next_batch` (:mod:`connectors.nap`; ``None``:
         napping off or not looked up yet); ``on_message`` wakes it."""
         self._nap_looked_up = max_wait_s <= 0
+        self._called_at = datetime.now(UTC)
         self.device_id = device_id
         self._subs = list(subscriptions)
         self._stop_event = stop_event
@@ -496,6 +497,7 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
     # -- the Bytewax contract ------------------------------------------------------------------
 
     def next_batch(self) -> list[PointBatch]:
+        self._called_at = datetime.now(UTC)
         if not self._nap_looked_up:
             self._nap = worker_nap(self._max_wait_s)
             self._nap_looked_up = True
@@ -564,6 +566,8 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             or (self._stop_event is not None and self._stop_event.is_set())
         ):
             return None
+        if self._nap is not None and self._nap.is_sleeper(self):
+            return self._called_at  # at once (see PollingPartition.next_awake): its next call naps
         if self._nap is not None and self._nap.active:  # the sleeper paces the activations
             return datetime.now(UTC)
         return datetime.now(UTC) + self._idle
