@@ -11,7 +11,8 @@ against simulators in their own process:
 Each runs ``--cost-warmup`` s, then ``--cost-seconds`` s measured: the process's CPU time (user +
 system, psutil) over the window divided by the points handled in it. CPU-seconds per 10,000 points
 equals cores per 10,000 points/s. The flow processes are ``bench.flow:flow`` (the project's compiler
-and sinks; the harness adds a per-sink counter and a stats file written twice a second).
+and sinks; the harness adds a per-sink counter and a stats file written twice a second). Each flow's
+figures include its threads' wake-ups per second and cores over the window (:mod:`bench.cost_threads`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import psutil
 import yaml
 
+from bench import cost_threads
 from bench.load import Load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,11 +126,13 @@ def run_flow(
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
         s0, c0, t0 = cli._flow_stats(stats), _cpu(proc), time.monotonic()
+        th0 = cost_threads.sample(proc.pid)
         while time.monotonic() - t0 < seconds:
             time.sleep(min(1.0, max(0.0, seconds - (time.monotonic() - t0))))
             if procs[0].poll() is not None:
                 raise RuntimeError(f"the cost flow exited early; see {folder}")
         s1, c1, t1 = cli._flow_stats(stats), _cpu(proc), time.monotonic()
+        threads = cost_threads.rates(th0, cost_threads.sample(proc.pid), t1 - t0)
         if spy is not None:
             spy.wait(30)
     finally:
@@ -139,6 +143,7 @@ def run_flow(
 
     out = _figures(c1 - c0, d("points_read"), d("completed"), t1 - t0)
     out["skipped_polls"] = int(d("skipped_polls"))
+    out["threads"] = threads
     out["uns_acked"] = int(d("uns", "acked"))
     if flow == "full":
         out["rows_written"] = int(d("historian", "rows_written"))

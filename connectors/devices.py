@@ -46,6 +46,7 @@ class DeviceSource(PollingSource):
         close_timeout_s: float = 3.0,
         write_registry: WriteRegistry | None = None,
         config_registry: ConfigRegistry | None = None,
+        max_wait_s: float | None = None,
     ) -> None:
         self._plans = {plan.device_id: plan for plan in plans}
         super().__init__(
@@ -55,6 +56,7 @@ class DeviceSource(PollingSource):
             close_timeout_s=close_timeout_s,
             write_registry=write_registry,
             config_registry=config_registry,
+            max_wait_s=max_wait_s,
         )
 
     def make_client(self, device_id: str) -> DeviceClient:

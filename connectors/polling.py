@@ -57,6 +57,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Gauge
 
+from connectors.nap import WorkerNap, max_wait_from_env, worker_nap
 from connectors.resilience import SKIPPED_POLLS
 from core.batch import PointBatch
 from core.quality import Quality
@@ -400,9 +401,11 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         close_timeout_s: float,
         clock: Callable[[], float] = time.time,
         loop_thread: _LoopThread | None = None,
+        max_wait_s: float = 0.0,
     ) -> None:
         """``loop_thread``: the event loop thread shared with other partitions (a source passes its
-        own); ``None``: a loop thread for this partition alone."""
+        own); ``None``: a loop thread for this partition alone. ``max_wait_s`` > 0: the partition may
+        be its worker's sleeper (:mod:`connectors.nap`), waiting up to that long in ``next_batch``."""
         self.device_id = device.device_id
         self.protocol = protocol
         self._stop_event = stop_event
@@ -433,10 +436,20 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._m_interval.set(self._schedule.interval)
         self._loop_thread = loop_thread or _LoopThread(f"{protocol}:{device.device_id}")
         self._loop, self._thread = self._loop_thread.acquire()
+        self._nap: WorkerNap | None = None
+        """The nap of the worker thread that calls :meth:`next_batch` (``None``: napping is off or
+        not looked up yet). See :mod:`connectors.nap`."""
+        self._nap_looked_up = max_wait_s <= 0
+        self._called_at = 0.0
+        """When :meth:`next_batch` was last entered (the sleeper's next wake time)."""
+        self._max_wait_s = max_wait_s
+        self._notify: Callable[[Any], None] = lambda _fut: None
 
     # -- the Bytewax contract ------------------------------------------------------------------
 
     def next_batch(self) -> list[PointBatch]:
+        nap = self._nap if self._nap_looked_up else self._attach_nap()
+        self._called_at = self._clock()
         out: list[PointBatch] = []
         fut = self._inflight
         if fut is not None and fut.done():
@@ -448,6 +461,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
                 self._adapt(batch)
         if self._stop_event is not None and self._stop_event.is_set():
             if self._inflight is None and not out:
+                if nap is not None:
+                    nap.release(self)
                 raise StopIteration
             return out
         slots = self._schedule.take(self._clock())
@@ -461,19 +476,36 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
                     )
                 else:
                     self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
+                if nap is not None:
+                    self._inflight.add_done_callback(self._notify)
                 self._inflight_slot = self._schedule.last_slot
                 self._polls += 1
                 slots -= 1
             if slots:
                 self._skipped += slots
                 self._m_skipped.inc(slots)
+        if nap is not None:
+            nap.set_due(self, None if self._inflight is not None else self._schedule.next_deadline)
+            if out:
+                nap.handed_over()
+            elif nap.attach(self):
+                nap.nap(self, self._clock())
         return out
 
     def next_awake(self) -> datetime | None:
+        nap = self._nap
         if self._inflight is not None:
+            if nap is not None and nap.active:  # the sleeper paces the activations
+                return datetime.now(UTC)
             return datetime.now(UTC) + self._wake_slack
         if self._stop_event is not None and self._stop_event.is_set():
             return None
+        if not self._nap_looked_up:
+            return datetime.fromtimestamp(self._clock(), tz=UTC)  # at once: attach to the worker's nap
+        if nap is not None and nap.is_sleeper(self):
+            # At once, its next call naps. Not "now": Bytewax would activate the source again only
+            # after (now - the time it started this activation), i.e. after a nap's length of spinning.
+            return datetime.fromtimestamp(self._called_at, tz=UTC)
         return datetime.fromtimestamp(self._schedule.next_deadline, tz=UTC)
 
     def snapshot(self) -> None:
@@ -483,6 +515,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._closed:
             return
         self._closed = True
+        if self._nap:
+            self._nap.release(self)
         for callback in self.on_close:
             callback()
         deadline = time.monotonic() + self._close_timeout_s
@@ -559,6 +593,14 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _attach_nap(self) -> WorkerNap | None:
+        nap = self._nap = worker_nap(self._max_wait_s)
+        self._nap_looked_up = True
+        if nap is not None:
+            notify = nap.notify
+            self._notify = lambda _fut: notify()  # run by the loop thread when a poll finishes
+        return nap
+
     def _adapt(self, batch: PointBatch) -> None:
         assert self._adaptive is not None
         interval = self._adaptive.observe(batch)
@@ -590,8 +632,10 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 class PollingSource(FixedPartitionedSource[PointBatch, None]):
     """Polls each device on its own schedule; one partition per device, ``{protocol}:{device_id}``.
 
-    ``wake_slack_s`` is how soon Bytewax looks again while a poll is in flight; ``close_timeout_s``
-    bounds how long closing a partition may take.
+    ``wake_slack_s`` is how soon Bytewax looks again while a poll is in flight (when the worker has
+    no sleeper, see :mod:`connectors.nap`); ``close_timeout_s`` bounds how long closing a partition
+    may take; ``max_wait_s`` is how long a partition with nothing to hand over may wait for one
+    (``None``: ``NEXUS_SOURCE_MAX_WAIT_MS``, default 20 ms; 0: never).
     """
 
     protocol: str = "device"
@@ -605,6 +649,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         close_timeout_s: float = 2.0,
         write_registry: WriteRegistry | None = None,
         config_registry: ConfigRegistry | None = None,
+        max_wait_s: float | None = None,
     ) -> None:
         if not wake_slack_s > 0:
             raise ValueError(f"`wake_slack_s` must be > 0, got {wake_slack_s}")
@@ -624,6 +669,9 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             self._devices[key] = device
         self.stop_event = stop_event
         self.wake_slack_s = wake_slack_s
+        self.max_wait_s = max_wait_from_env() if max_wait_s is None else max_wait_s
+        """How long a partition may nap in ``next_batch`` (:mod:`connectors.nap`; 0: never);
+        default ``NEXUS_SOURCE_MAX_WAIT_MS``."""
         self.close_timeout_s = close_timeout_s
         self._parts: dict[str, PollingPartition] = {}
         self._loop_thread: _LoopThread | None = None
@@ -660,6 +708,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             wake_slack_s=self.wake_slack_s,
             close_timeout_s=self.close_timeout_s,
             loop_thread=self._loop_thread,
+            max_wait_s=self.max_wait_s,
         )
         self._parts[for_part] = part
         if self.write_registry is not None:

@@ -10,10 +10,12 @@ the newest values are the ones worth keeping.
 
 ``next_batch`` never blocks: it swaps the queue out under a lock, decodes every message (JSON
 paths, timestamps, qualities) and returns one columnar :class:`~core.batch.PointBatch` for the
-device per drain. ``next_awake`` returns ``None`` (call again at once) while messages are waiting,
-else ``now + idle_wake_s``. Bytewax cannot be woken from another thread, so an event set by
-``on_message`` would buy nothing over looking at the queue: a lone message waits at most
-``idle_wake_s`` (20 ms by default) and an idle source costs ~50 cheap calls per second.
+device per drain. ``next_awake`` returns ``None`` (call again at once) while messages are waiting.
+With napping on (``max_wait_s``, :mod:`connectors.nap`) a partition with nothing queued may be its
+worker's sleeper, waiting in ``next_batch`` until ``on_message`` wakes it, and otherwise asks to be
+called at every activation the sleeper paces: a message is handed over as soon as it arrives.
+With napping off, ``next_awake`` is ``now + idle_wake_s`` when the queue is empty: a lone message
+waits at most ``idle_wake_s`` (20 ms by default) and an idle source costs ~50 cheap calls per second.
 
 Payload problems never stop the flow. The tag gets a NaN point with a bad quality and a counted,
 rate-limited warning names the topic and the path:
@@ -75,6 +77,7 @@ from connectors.mqtt.source_config import (
     MqttSubscription,
     PathPart,
 )
+from connectors.nap import WorkerNap, max_wait_from_env, worker_nap
 from connectors.polling import ConfigRegistry, DeviceChange
 from connectors.spool import Spool, batches_from, encode_batch
 from core.batch import PointBatch, tag_id_for
@@ -350,8 +353,15 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         stop_event: threading.Event | None,
         spool_dir: str | None = None,
         resume_state: int | None = None,
+        max_wait_s: float = 0.0,
     ) -> None:
         self.config = config
+        self._max_wait_s = max_wait_s
+        self._nap: WorkerNap | None = None
+        """The nap of the worker thread calling :meth:`next_batch` (:mod:`connectors.nap`; ``None``:
+        napping off or not looked up yet); ``on_message`` wakes it."""
+        self._nap_looked_up = max_wait_s <= 0
+        self._called_at = datetime.now(UTC)
         self.device_id = device_id
         self._subs = list(subscriptions)
         self._stop_event = stop_event
@@ -466,6 +476,9 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             q.append(item)
             self._acks.append((msg.mid, msg.qos))
             self._c.received += 1
+        nap = self._nap
+        if nap is not None:
+            nap.notify()
         if dropped[1]:
             client.ack(*dropped)  # counted as dropped: let the broker go on delivering
 
@@ -484,6 +497,10 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
     # -- the Bytewax contract ------------------------------------------------------------------
 
     def next_batch(self) -> list[PointBatch]:
+        self._called_at = datetime.now(UTC)
+        if not self._nap_looked_up:
+            self._nap = worker_nap(self._max_wait_s)
+            self._nap_looked_up = True
         if self._replay_after is not None:
             return self._replay()
         with self._lock:
@@ -517,7 +534,15 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             if change.on_applied is not None:
                 change.on_applied(change.version)
         if not out and self._stop_event is not None and self._stop_event.is_set():
+            if self._nap is not None:
+                self._nap.release(self)
             raise StopIteration
+        nap = self._nap
+        if nap is not None:
+            if out:
+                nap.handed_over()
+            elif nap.attach(self):
+                nap.nap(self)
         return out
 
     def _replay(self) -> list[PointBatch]:
@@ -541,6 +566,10 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
             or (self._stop_event is not None and self._stop_event.is_set())
         ):
             return None
+        if self._nap is not None and self._nap.is_sleeper(self):
+            return self._called_at  # at once (see PollingPartition.next_awake): its next call naps
+        if self._nap is not None and self._nap.active:  # the sleeper paces the activations
+            return datetime.now(UTC)
         return datetime.now(UTC) + self._idle
 
     def snapshot(self) -> int:
@@ -590,6 +619,8 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         if self._closed:
             return
         self._closed = True
+        if self._nap is not None:
+            self._nap.release(self)
         for callback in self.on_close:
             callback()
         self.spool.sync()  # acknowledges what is durable before the connection goes
@@ -770,9 +801,14 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
         stop_event: threading.Event | None = None,
         spool_dir: str | None = None,
         config_registry: ConfigRegistry | None = None,
+        max_wait_s: float | None = None,
     ) -> None:
         self.config = config
         self.stop_event = stop_event
+        self.max_wait_s = max_wait_from_env() if max_wait_s is None else max_wait_s
+        """How long a partition with nothing queued may nap in ``next_batch`` for a message
+        (:mod:`connectors.nap`; 0: never, it is looked at every ``idle_wake_s``); default
+        ``NEXUS_SOURCE_MAX_WAIT_MS``."""
         self.spool_dir = spool_dir
         """Base folder of the partitions' spools (``{spool_dir}/{device}``); ``None``: temporary folders."""
         self.config_registry = config_registry
@@ -788,7 +824,13 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
         device = subs[0].device_id
         folder = None if self.spool_dir is None else f"{self.spool_dir}/{device}"
         part = _MqttPartition(
-            self.config, device, subs, stop_event=self.stop_event, spool_dir=folder, resume_state=resume_state
+            self.config,
+            device,
+            subs,
+            stop_event=self.stop_event,
+            spool_dir=folder,
+            resume_state=resume_state,
+            max_wait_s=self.max_wait_s,
         )
         self._parts[for_part] = part
         if self.config_registry is not None:
