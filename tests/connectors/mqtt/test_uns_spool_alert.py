@@ -58,7 +58,7 @@ def test_spool_drops_during_an_outage_are_alerted_once_the_broker_is_back(
     sub.loop_start()
     pub: UnsPublisher | None = None
     try:
-        wait_for(lambda: sub.is_connected(), timeout=10, what="the watcher's connection")
+        wait_for(sub.is_connected, timeout=10, what="the watcher's connection")
         wait_for(lambda: sub.subscribed, timeout=10, what="the watcher's subscription")
         broker.stop()  # it saves the persistent session: the alert is queued for the watcher at once
         cfg = MqttSinkConfig(
