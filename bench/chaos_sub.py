@@ -3,7 +3,9 @@
 A raw-socket MQTT 3.1.1 client (no per-message client machinery, so it keeps up with 20,000
 messages/s): a fixed client id with a persistent session (``clean session = 0``) and a QoS 1
 subscription, so the broker keeps what arrives while the subscriber reconnects; every QoS 1
-PUBLISH is acknowledged. It reconnects by itself when the broker goes away.
+PUBLISH is acknowledged. It reconnects by itself when the broker goes away. It also subscribes to
+the platform's alerts (``$nexus/alerts/#``, which ``#`` does not match) and counts the spool-drop
+alerts and the records they report — the proof that a full spool is never a silent loss.
 
 Per message it keeps a 64-bit key of ``(topic, timestamp)`` — to count distinct points and
 duplicates at the end — and per topic the last timestamp of the live and of the replayed
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 _TS = b'"timestamp":"'
+_ALERTS = b"$nexus/alerts/"
 _HIST = b'{"historical":true'
 
 
@@ -85,8 +88,15 @@ class Counter:
         self.connects = 0
         self.subscribed = False
         self.last_at = 0.0
+        self.alerts = 0
+        self.alerted_records = 0
 
     def on_publish(self, topic: bytes, payload: bytes) -> None:
+        if topic.startswith(_ALERTS):
+            self.alerts += 1
+            if topic.startswith(_ALERTS + b"spool/"):
+                self.alerted_records += int(json.loads(payload).get("records", 0))
+            return
         self.messages += 1
         at = payload.find(_TS)
         ts = payload[at + len(_TS) : at + len(_TS) + 27] if at >= 0 else b""
@@ -111,6 +121,8 @@ class Counter:
             "out_of_order_live": self.out_of_order_live,
             "out_of_order_historical": self.out_of_order_hist,
             "topics": len(self.last_live.keys() | self.last_hist.keys()),
+            "alerts": self.alerts,
+            "alerted_records": self.alerted_records,
             "last_at": self.last_at,
             "final": final,
         }
@@ -140,6 +152,7 @@ def run(  # noqa: PLR0917 - the command line's arguments, in order
         try:
             sock.sendall(_connect_packet(client_id))
             sock.sendall(_subscribe_packet(topic))
+            sock.sendall(_subscribe_packet(_ALERTS + b"#"))
             sock.settimeout(0.5)
             buf = b""
             while not stop.is_set():
