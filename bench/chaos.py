@@ -610,6 +610,8 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         "ooo_historian": db["out_of_order"],
         "ooo_mqtt_live": int(sub_final.get("out_of_order_live", 0)),
         "ooo_mqtt_replayed": int(sub_final.get("out_of_order_historical", 0)),
+        "mqtt_redelivered": int(sub_final.get("redelivered", 0)),
+        "ooo_mqtt_redelivered": int(sub_final.get("out_of_order_redelivered", 0)),
         "replayed": int(_get(st, "uns", "replayed")),
         "spooled_msgs": int(_get(st, "uns", "spooled")),
         "spool_dropped_records": int(
@@ -829,8 +831,10 @@ COLUMNS = (
     ("ooo_mqtt_replayed", "ooo M replay"),
     ("spool_peak_bytes", "spool peak B"),
     ("spool_dropped_records", "spool drops"),
+    ("rss_warm_mb", "RSS warm MB"),
     ("rss_peak_mb", "RSS peak MB"),
     ("recovery_s", "recovery s"),
+    ("drain_replayed_per_s", "replayed/s"),
     ("flow_crashes", "crashes"),
 )
 

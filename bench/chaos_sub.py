@@ -85,13 +85,19 @@ class Counter:
         self.last_hist: dict[bytes, bytes] = {}
         self.out_of_order_live = 0
         self.out_of_order_hist = 0
+        self.redelivered = 0
+        """PUBLISHes with the DUP flag: the broker sending again what it had sent before (after its
+        restart from its persistence file, which can be up to ``autosave_interval`` old)."""
+        self.out_of_order_redelivered = 0
+        """Of ``redelivered``: older than a message of the same tag received before — a broker's
+        re-delivery, not counted in the streams' order (each was delivered in order the first time)."""
         self.connects = 0
         self.subscribed = False
         self.last_at = 0.0
         self.alerts = 0
         self.alerted_records = 0
 
-    def on_publish(self, topic: bytes, payload: bytes) -> None:
+    def on_publish(self, topic: bytes, payload: bytes, dup: bool = False) -> None:
         if topic.startswith(_ALERTS):
             self.alerts += 1
             if topic.startswith(_ALERTS + b"spool/"):
@@ -101,14 +107,19 @@ class Counter:
         at = payload.find(_TS)
         ts = payload[at + len(_TS) : at + len(_TS) + 27] if at >= 0 else b""
         self.keys.append(message_key(topic, ts))
-        if payload.startswith(_HIST):
-            self.historical += 1
-            last = self.last_hist
-            if ts < last.get(topic, b""):
+        hist = payload.startswith(_HIST)
+        self.historical += hist
+        last = self.last_hist if hist else self.last_live
+        previous = last.get(topic, b"")
+        if dup:
+            self.redelivered += 1
+            if ts < previous:
+                self.out_of_order_redelivered += 1
+                return  # the stream's position stays at the newest message
+        elif ts < previous:
+            if hist:
                 self.out_of_order_hist += 1
-        else:
-            last = self.last_live
-            if ts < last.get(topic, b""):
+            else:
                 self.out_of_order_live += 1
         last[topic] = ts
 
@@ -120,6 +131,8 @@ class Counter:
             "historical": self.historical,
             "out_of_order_live": self.out_of_order_live,
             "out_of_order_historical": self.out_of_order_hist,
+            "redelivered": self.redelivered,
+            "out_of_order_redelivered": self.out_of_order_redelivered,
             "topics": len(self.last_live.keys() | self.last_hist.keys()),
             "alerts": self.alerts,
             "alerted_records": self.alerted_records,
@@ -189,7 +202,7 @@ def run(  # noqa: PLR0917 - the command line's arguments, in order
                             if qos:
                                 acks += b"\x40\x02" + buf[p : p + 2]
                                 p += 2
-                            c.on_publish(t, buf[p : i + length])
+                            c.on_publish(t, buf[p : i + length], bool(header & 0x08))
                         elif kind == 9:
                             c.subscribed = True
                         pos = i + length
