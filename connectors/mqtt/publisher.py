@@ -60,11 +60,6 @@ _QOS1_WINDOW = 32_768
 shared with paho's own publishes, so at most half of them are ours at any time)."""
 _QOS1_CHUNK = 4_096
 """QoS 1 fast path: messages packed and handed to paho per write."""
-_DRAIN_READ_RECORDS = 256
-"""Spool records per drain read (a device poll each: 25,600 messages at 100 tags). The drain waits for
-the broker's acknowledgement of a whole read before it acknowledges its records and reads on, so each
-read ends with a round trip with nothing replayed in flight; with 64 records per read the replay ran
-at ~27,000 messages/s beside 20,000 live (BENCHMARKS.md, QoS 1): larger reads amortise that wait."""
 
 
 def _varint(n: int) -> bytes:
@@ -880,15 +875,13 @@ class UnsPublisher:
     def _drain_loop(self) -> None:
         cfg = self.config
         limit = max(1, cfg.max_queue // 2)
-        if cfg.qos == 1 and self._fast_path:
-            limit = min(limit, _QOS1_WINDOW // 2)  # the other half of the window stays free for live
         while not self._closed:
             self._announce_drops()
             with self._cond:
                 if not (self._connected and self.spool.pending_records):
                     self._drain_cond.wait(5.0)
                     continue
-            records = self.spool.read(max_records=_DRAIN_READ_RECORDS, max_bytes=4 << 20)
+            records = self.spool.read(max_records=64, max_bytes=4 << 20)
             if not records:
                 time.sleep(0.05)
                 continue

@@ -118,8 +118,8 @@ def test_a_broker_kill_during_the_replay_resends_only_what_was_lost(
 ) -> None:
     """The drain re-publishes from the first message the dead connection lost, not its whole read.
 
-    QoS 1, so "lost" is exact: the stopped broker acknowledges nothing. (At QoS 0 what a kill
-    loses sits in the sockets' buffers — not countable.) Every
+    QoS 1, so "lost" is exact: the stopped broker acknowledges nothing. (At QoS 0 one drain read,
+    64 records, fits in the sockets' buffers, so a kill loses it there — not countable.) Every
     spooled message is then acknowledged exactly once: ``acked`` equals the number spooled. (The
     drain used to re-read and re-publish its whole read, and the lost ones were also re-spooled.)
     """
