@@ -503,6 +503,8 @@ class UnsPublisher:
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, _reason: object, _p: object) -> None:
         with self._cond:
             blob = self._blobs.pop(mid, None)
+            if blob is None and self.config.qos < 2 and self._fast_path:
+                return  # not one of ours (they are blobs, or PUBACKs in _on_pubacks): a spool-drop alert
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
 
