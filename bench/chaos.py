@@ -651,16 +651,14 @@ def run_scenario(rig: Rig, name: str, args: argparse.Namespace) -> dict[str, Any
         out["dup_mqtt_bound"] = int(args.snapshot_s * rig.load.points_per_s)
     if name == "spool_full":
         out["tmpfs"] = mounted
-    # a full spool is never a silent loss: what is lost was counted as dropped (rows exactly; UNS
-    # messages from the records' average size), and the UNS's drops reached the alert topic
-    uns_records = _get(st, "uns", "spool_dropped_records")
-    per_record = _get(st, "uns", "spooled") / max(1.0, _get(st, "uns", "spool_appended"))
+    # a full spool is never a silent loss: what is lost was counted as dropped (the spools count the
+    # rows and messages of the records they drop), and the UNS's drops reached the alert topic
     out["dropped_rows_historian"] = int(_get(st, "historian", "rows_dropped"))
-    out["dropped_msgs_uns_est"] = round(uns_records * per_record)
+    out["dropped_msgs_uns"] = int(_get(st, "uns", "spool_dropped_messages"))
     out["unaccounted_historian"] = out["lost_historian"] - out["dropped_rows_historian"]
-    out["unaccounted_mqtt_est"] = out["lost_mqtt"] - out["dropped_msgs_uns_est"]
+    out["unaccounted_mqtt"] = out["lost_mqtt"] - out["dropped_msgs_uns"]
     out["alerted_records_uns"] = int(sub_final.get("alerted_records", 0))
-    out["uns_dropped_records"] = int(uns_records)
+    out["uns_dropped_records"] = int(_get(st, "uns", "spool_dropped_records"))
     return out
 
 

@@ -421,6 +421,8 @@ class UnsPublisher:
         broker is away, so the alert must wait for it, not be skipped."""
         self.alerts = 0
         """Spool-drop alerts handed to the broker."""
+        self.dropped_messages = 0
+        """Messages in spool records dropped by a bound or a full volume (counted, alerted)."""
         self.spool = Spool(
             config.spool_dir,
             name=name,
@@ -428,6 +430,7 @@ class UnsPublisher:
             max_age_s=config.spool_max_age_s,
             sync_interval_s=config.spool_sync_interval_s,
             on_drop=self._on_spool_drop,
+            count=self._messages_in,
         )
 
         client = make_client(
@@ -577,11 +580,18 @@ class UnsPublisher:
         """The platform alert for a spool bound: noted here (any thread, maybe under ``_cond``), published
         on ``$nexus/alerts/spool/{name}`` by the drain thread as soon as the broker is reachable."""
         with self._cond:
+            self.dropped_messages += drop.items or 0
             got = self._unannounced.setdefault(drop.reason, [0, 0, drop.first_seq, drop.last_seq])
             got[0] += drop.records
             got[1] += drop.bytes
             got[3] = drop.last_seq
             self._drain_cond.notify_all()
+
+    def _messages_in(self, record: memoryview) -> int:
+        """Messages one spool record holds (the spool counts what it drops)."""
+        if bytes(record[:1]) == _KIND_BATCH:
+            return self._known(decode_batch(record[1:]))
+        return len(decode_messages(record))
 
     def _announce_drops(self) -> None:
         """Publish the spool drops noted since the last announcement, one QoS 1 alert per reason (drain
@@ -1017,6 +1027,7 @@ class UnsPublisher:
                 "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,
                 "spool_drop_alerts": self.alerts,
+                "spool_dropped_messages": self.dropped_messages,
                 "outstanding": self._outstanding_locked(),
                 **spool,
             }

@@ -41,25 +41,26 @@ def test_spool_drops_during_an_outage_are_alerted_once_the_broker_is_back(
     alerts: list[dict[str, Any]] = []
     lock = threading.Lock()
 
+    subscribed = threading.Event()
+
     def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
-        sub.subscribed = True  # type: ignore[attr-defined]
+        subscribed.set()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with lock:
             alerts.append({"topic": msg.topic, **json.loads(msg.payload)})
 
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="alert-watcher", clean_session=False)
-    sub.subscribed = False  # type: ignore[attr-defined]
     sub.on_subscribe = on_subscribe
     sub.on_message = on_message
-    sub.reconnect_delay_set(0.1, 0.5)
+    sub.reconnect_delay_set(1, 1)
     sub.connect("127.0.0.1", broker.port)
     sub.subscribe("$nexus/alerts/spool/#", qos=1)
     sub.loop_start()
     pub: UnsPublisher | None = None
     try:
         wait_for(sub.is_connected, timeout=10, what="the watcher's connection")
-        wait_for(lambda: sub.subscribed, timeout=10, what="the watcher's subscription")
+        wait_for(subscribed.is_set, timeout=10, what="the watcher's subscription")
         broker.stop()  # it saves the persistent session: the alert is queued for the watcher at once
         cfg = MqttSinkConfig(
             url=broker.url, qos=1, connect_timeout_s=0.2, reconnect_max_s=1,
@@ -89,6 +90,7 @@ def test_spool_drops_during_an_outage_are_alerted_once_the_broker_is_back(
     assert {a["topic"] for a in alerts} == {"$nexus/alerts/spool/uns"}
     assert {a["reason"] for a in alerts} == {"max_bytes"}
     assert sum(a["records"] for a in alerts) == dropped == stats["spool_dropped_records"]
+    assert stats["spool_dropped_messages"] == 100 * dropped  # each record: one poll of the 100 tags
     assert stats["spool_drop_alerts"] == len(alerts)
     # the alerts are not UNS messages: the publisher's own counts stay exact
     assert stats["acked"] == stats["published"] == stats["replayed"] and stats["outstanding"] == 0, stats
