@@ -68,13 +68,13 @@ bench *ARGS:
 bench-full *ARGS:
     {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 3000000 --cluster-repeats 3 --ramp-processes 1,2 --stages micro,sinks,modbus,e2e,ramp,memory,cluster {{ARGS}}
 
-# fault injection: broker/database/flow/spool-volume/device faults at 20,000 points/s; per-scenario figures (about 20 minutes)
+# fault injection: broker/database/flow/spool-volume/device faults at 20,000 points/s, QoS 1; per-scenario figures (about 25 minutes)
 chaos *ARGS:
-    {{python}} -m bench.chaos --devices 200 --tags 100 --interval 1 --outage 60 {{ARGS}}
+    {{python}} -m bench.chaos --devices 200 --tags 100 --interval 1 --outage 60 --qos 1 {{ARGS}}
 
-# the soak: 30 minutes at 20,000 points/s with a broker flap every 5 minutes (RSS growth, spool empty, read = stored = received)
+# the soak: 30 minutes at 20,000 points/s, QoS 1, a broker flap every 5 minutes; prints PASS/FAIL for RSS growth after warm-up < 5 %, spool empty at the end, read = stored = received
 soak *ARGS:
-    {{python}} -m bench.chaos --scenarios soak --soak-minutes 30 --flap-every 300 {{ARGS}}
+    {{python}} -m bench.chaos --devices 200 --tags 100 --interval 1 --qos 1 --scenarios soak --soak-minutes 30 --flap-every 300 {{ARGS}}
 
 # the spool's candidates (segment files, SQLite WAL) measured with group commit
 bench-spool *ARGS:

@@ -3,7 +3,9 @@
 A raw-socket MQTT 3.1.1 client (no per-message client machinery, so it keeps up with 20,000
 messages/s): a fixed client id with a persistent session (``clean session = 0``) and a QoS 1
 subscription, so the broker keeps what arrives while the subscriber reconnects; every QoS 1
-PUBLISH is acknowledged. It reconnects by itself when the broker goes away.
+PUBLISH is acknowledged. It reconnects by itself when the broker goes away. It also subscribes to
+the platform's alerts (``$nexus/alerts/#``, which ``#`` does not match) and counts the spool-drop
+alerts and the records they report — the proof that a full spool is never a silent loss.
 
 Per message it keeps a 64-bit key of ``(topic, timestamp)`` — to count distinct points and
 duplicates at the end — and per topic the last timestamp of the live and of the replayed
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 _TS = b'"timestamp":"'
+_ALERTS = b"$nexus/alerts/"
 _HIST = b'{"historical":true'
 
 
@@ -82,23 +85,41 @@ class Counter:
         self.last_hist: dict[bytes, bytes] = {}
         self.out_of_order_live = 0
         self.out_of_order_hist = 0
+        self.redelivered = 0
+        """PUBLISHes with the DUP flag: the broker sending again what it had sent before (after its
+        restart from its persistence file, which can be up to ``autosave_interval`` old)."""
+        self.out_of_order_redelivered = 0
+        """Of ``redelivered``: older than a message of the same tag received before — a broker's
+        re-delivery, not counted in the streams' order (each was delivered in order the first time)."""
         self.connects = 0
         self.subscribed = False
         self.last_at = 0.0
+        self.alerts = 0
+        self.alerted_records = 0
 
-    def on_publish(self, topic: bytes, payload: bytes) -> None:
+    def on_publish(self, topic: bytes, payload: bytes, dup: bool = False) -> None:
+        if topic.startswith(_ALERTS):
+            self.alerts += 1
+            if topic.startswith(_ALERTS + b"spool/"):
+                self.alerted_records += int(json.loads(payload).get("records", 0))
+            return
         self.messages += 1
         at = payload.find(_TS)
         ts = payload[at + len(_TS) : at + len(_TS) + 27] if at >= 0 else b""
         self.keys.append(message_key(topic, ts))
-        if payload.startswith(_HIST):
-            self.historical += 1
-            last = self.last_hist
-            if ts < last.get(topic, b""):
+        hist = payload.startswith(_HIST)
+        self.historical += hist
+        last = self.last_hist if hist else self.last_live
+        previous = last.get(topic, b"")
+        if dup:
+            self.redelivered += 1
+            if ts < previous:
+                self.out_of_order_redelivered += 1
+                return  # the stream's position stays at the newest message
+        elif ts < previous:
+            if hist:
                 self.out_of_order_hist += 1
-        else:
-            last = self.last_live
-            if ts < last.get(topic, b""):
+            else:
                 self.out_of_order_live += 1
         last[topic] = ts
 
@@ -110,7 +131,11 @@ class Counter:
             "historical": self.historical,
             "out_of_order_live": self.out_of_order_live,
             "out_of_order_historical": self.out_of_order_hist,
+            "redelivered": self.redelivered,
+            "out_of_order_redelivered": self.out_of_order_redelivered,
             "topics": len(self.last_live.keys() | self.last_hist.keys()),
+            "alerts": self.alerts,
+            "alerted_records": self.alerted_records,
             "last_at": self.last_at,
             "final": final,
         }
@@ -140,6 +165,7 @@ def run(  # noqa: PLR0917 - the command line's arguments, in order
         try:
             sock.sendall(_connect_packet(client_id))
             sock.sendall(_subscribe_packet(topic))
+            sock.sendall(_subscribe_packet(_ALERTS + b"#"))
             sock.settimeout(0.5)
             buf = b""
             while not stop.is_set():
@@ -176,7 +202,7 @@ def run(  # noqa: PLR0917 - the command line's arguments, in order
                             if qos:
                                 acks += b"\x40\x02" + buf[p : p + 2]
                                 p += 2
-                            c.on_publish(t, buf[p : i + length])
+                            c.on_publish(t, buf[p : i + length], bool(header & 0x08))
                         elif kind == 9:
                             c.subscribed = True
                         pos = i + length

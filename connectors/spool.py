@@ -33,7 +33,8 @@ a bad record found later while reading skips the rest of its segment (``corrupt_
 is never returned as a record.
 
 Bounds: ``max_bytes`` and ``max_age_s``. Beyond them the oldest segment is deleted, its records
-counted in ``dropped_records`` / ``dropped_bytes``, logged at ERROR, counted in the Prometheus
+counted in ``dropped_records`` / ``dropped_bytes`` (and ``dropped_items``: points or messages, when the
+sink gives ``count``), logged at ERROR, counted in the Prometheus
 counter ``nexus_spool_dropped_records_total{spool, reason}`` and passed to ``on_drop`` (the platform
 alert): never a silent loss. A full volume (``ENOSPC``) drops the oldest segment and retries once; if
 the record still does not fit it is dropped and counted the same way — never a crash.
@@ -105,6 +106,8 @@ class SpoolDrop:
     bytes: int
     first_seq: int
     last_seq: int
+    items: int | None = None
+    """What the records held (points, messages), by the sink's ``count``; ``None`` without one."""
 
 
 @dataclass(slots=True)
@@ -154,6 +157,7 @@ class Spool:
         sync_interval_s: float = 0.1,
         on_drop: Callable[[SpoolDrop], None] | None = None,
         on_durable: Callable[[int], None] | None = None,
+        count: Callable[[memoryview], int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0:
@@ -175,6 +179,9 @@ class Spool:
         self.sync_interval_s = sync_interval_s
         self.on_drop = on_drop
         self.on_durable = on_durable
+        self.count = count
+        """How many items (points, messages) one record holds: dropped records are counted in items
+        too, read back before their segment goes — a loss the sink can match exactly."""
         self.clock = clock
         self._lock = threading.RLock()
         self._durable_cond = threading.Condition(self._lock)
@@ -192,6 +199,7 @@ class Spool:
         self.appended = 0
         self.dropped_records = 0
         self.dropped_bytes = 0
+        self.dropped_items = 0
         self.torn_bytes = 0
         self.corrupt_bytes = 0
         self.write_errors = 0
@@ -311,7 +319,7 @@ class Spool:
                     and self._drop_oldest("disk_full")
                 ):
                     continue
-                self._count_drop("disk_full", 1, size, seq, seq)
+                self._count_drop("disk_full", 1, size, seq, seq, self._items((payload,)))
                 log.error("spool %s: record %d not stored: %s", self.name, seq, exc)
                 self._next_seq = seq + 1
                 return False
@@ -374,18 +382,51 @@ class Spool:
         if not self._segments or (len(self._segments) == 1 and self._fd is not None):
             return False
         seg = self._segments.pop(0)
-        seg.path.unlink(missing_ok=True)
         first = max(seg.first_seq, self._acked + 1)
         records = seg.last_seq - first + 1
+        items = self._items(self._payloads(seg, first)) if records > 0 else None
+        seg.path.unlink(missing_ok=True)
         if records > 0:
-            self._count_drop(reason, records, seg.size, first, seg.last_seq)
+            self._count_drop(reason, records, seg.size, first, seg.last_seq, items)
         self._acked = max(self._acked, seg.last_seq)
         self._read_pos = None
         return True
 
-    def _count_drop(self, reason: str, records: int, size: int, first: int, last: int) -> None:
+    def _payloads(self, seg: _Segment, first: int) -> Iterable[memoryview]:
+        """The payloads of a segment's records from seq ``first`` on, up to the first bad header."""
+        try:
+            data = seg.path.read_bytes()
+        except OSError:
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos + _HEAD <= len(data):
+            magic, length, rseq, _t, _crc = _HEADER.unpack_from(data, pos)
+            end = pos + _HEAD + length
+            if magic != _MAGIC or end > len(data):
+                return
+            if rseq >= first:
+                yield view[pos + _HEAD : end]
+            pos = end
+
+    def _items(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int | None:
+        """The sink's ``count`` summed over records about to be dropped (``None`` without one)."""
+        if self.count is None:
+            return None
+        total = 0
+        for payload in payloads:
+            try:
+                total += self.count(memoryview(payload))
+            except Exception:  # an unreadable record is still dropped and counted as a record
+                log.exception("spool %s: cannot count the items of a dropped record", self.name)
+        return total
+
+    def _count_drop(  # noqa: PLR0917 - one drop's figures
+        self, reason: str, records: int, size: int, first: int, last: int, items: int | None = None
+    ) -> None:
         self.dropped_records += records
         self.dropped_bytes += size
+        self.dropped_items += items or 0
         self._m["dropped"].labels(self.name, reason).inc(records)
         log.error(
             "spool %s: %d records (%d bytes, seq %d..%d) dropped: %s",
@@ -393,7 +434,7 @@ class Spool:
         )  # fmt: skip
         if self.on_drop is not None:
             try:
-                self.on_drop(SpoolDrop(self.name, reason, records, size, first, last))
+                self.on_drop(SpoolDrop(self.name, reason, records, size, first, last, items))
             except Exception:  # an alert hook must not take the sink down
                 log.exception("spool %s: on_drop hook failed", self.name)
 
@@ -632,6 +673,7 @@ class Spool:
                 "spool_appended": self.appended,
                 "spool_dropped_records": self.dropped_records,
                 "spool_dropped_bytes": self.dropped_bytes,
+                "spool_dropped_items": self.dropped_items,
                 "spool_torn_bytes": self.torn_bytes,
                 "spool_corrupt_bytes": self.corrupt_bytes,
                 "spool_write_errors": self.write_errors,

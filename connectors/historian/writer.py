@@ -161,6 +161,7 @@ class HistorianWriter:
             max_age_s=config.spool_max_age_s,
             sync_interval_s=config.spool_sync_interval_s,
             on_drop=self._on_drop,
+            count=_rows_in,
         )
         self._done_seq = self.spool.acked
         self._flush_target = 0
@@ -314,11 +315,13 @@ class HistorianWriter:
             raise HistorianError("historian writer thread is not running")
 
     def _on_drop(self, drop: SpoolDrop) -> None:
-        # rows per dropped record are not kept in memory: estimate from the average batch size
         with self._lock:
             self.records_dropped += drop.records
-            per = self.rows_accepted / max(1, self.spool.appended)
-            self.rows_dropped += round(per * drop.records)
+            if drop.items is not None:  # the spool counted the dropped records' rows
+                self.rows_dropped += drop.items
+            else:
+                per = self.rows_accepted / max(1, self.spool.appended)
+                self.rows_dropped += round(per * drop.records)
             self._committed.notify_all()
 
     # ------------------------------------------------------------------ writer thread
@@ -544,6 +547,11 @@ class HistorianWriter:
 
 class _Aborted(Exception):  # noqa: N818
     """Internal: close() gave up while the database was unreachable."""
+
+
+def _rows_in(record: memoryview) -> int:
+    """Rows of one spooled batch (the spool counts what it drops)."""
+    return len(decode_batch(record))
 
 
 def _decode(seq: int, record: memoryview) -> PointBatch | None:

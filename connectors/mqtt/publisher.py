@@ -415,6 +415,14 @@ class UnsPublisher:
         """Of ``lost``: live messages put back into the spool, replayed later."""
         self.rewound = 0
         """Of ``lost``: replayed messages the drain publishes again (their records are still spooled)."""
+        self._unannounced: dict[str, list[int]] = {}
+        """Spool drops not yet announced, per reason: records, bytes, first and last sequence. The
+        drain thread publishes them (outside the lock) once connected: a spool fills because the
+        broker is away, so the alert must wait for it, not be skipped."""
+        self.alerts = 0
+        """Spool-drop alerts handed to the broker."""
+        self.dropped_messages = 0
+        """Messages in spool records dropped by a bound or a full volume (counted, alerted)."""
         self.spool = Spool(
             config.spool_dir,
             name=name,
@@ -422,6 +430,7 @@ class UnsPublisher:
             max_age_s=config.spool_max_age_s,
             sync_interval_s=config.spool_sync_interval_s,
             on_drop=self._on_spool_drop,
+            count=self._messages_in,
         )
 
         client = make_client(
@@ -497,6 +506,8 @@ class UnsPublisher:
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, _reason: object, _p: object) -> None:
         with self._cond:
             blob = self._blobs.pop(mid, None)
+            if blob is None and self.config.qos < 2 and self._fast_path:
+                return  # not one of ours (they are blobs, or PUBACKs in _on_pubacks): a spool-drop alert
             self.acked += 1 if blob is None else blob[0]
             self._cond.notify_all()
 
@@ -566,20 +577,47 @@ class UnsPublisher:
             self._drain_cond.notify_all()
 
     def _on_spool_drop(self, drop: SpoolDrop) -> None:
-        """The platform alert for a spool bound: published (best effort) on ``$nexus/alerts/spool/{name}``."""
-        if not self._connected:
-            return
-        payload = json.dumps(
-            {
-                "kind": "spool_drop",
-                "spool": drop.spool,
-                "reason": drop.reason,
-                "records": drop.records,
-                "bytes": drop.bytes,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-        )
-        self._client.publish(f"$nexus/alerts/spool/{self.name}", payload, qos=1)
+        """The platform alert for a spool bound: noted here (any thread, maybe under ``_cond``), published
+        on ``$nexus/alerts/spool/{name}`` by the drain thread as soon as the broker is reachable."""
+        with self._cond:
+            self.dropped_messages += drop.items or 0
+            got = self._unannounced.setdefault(drop.reason, [0, 0, drop.first_seq, drop.last_seq])
+            got[0] += drop.records
+            got[1] += drop.bytes
+            got[3] = drop.last_seq
+            self._drain_cond.notify_all()
+
+    def _messages_in(self, record: memoryview) -> int:
+        """Messages one spool record holds (the spool counts what it drops)."""
+        if bytes(record[:1]) == _KIND_BATCH:
+            return self._known(decode_batch(record[1:]))
+        return len(decode_messages(record))
+
+    def _announce_drops(self) -> None:
+        """Publish the spool drops noted since the last announcement, one QoS 1 alert per reason (drain
+        thread, without ``_cond``: paho's publish takes its own locks, which its network thread holds
+        while calling back into ours)."""
+        with self._cond:
+            if not (self._connected and self._unannounced):
+                return
+            drops, self._unannounced = self._unannounced, {}
+        for reason, (records, size, first, last) in drops.items():
+            payload = json.dumps(
+                {
+                    "kind": "spool_drop",
+                    "spool": self.name,
+                    "reason": reason,
+                    "records": records,
+                    "bytes": size,
+                    "first_seq": first,
+                    "last_seq": last,
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+            # QoS 1: should the connection drop now, paho keeps it and sends it after the reconnect
+            self._client.publish(f"$nexus/alerts/spool/{self.name}", payload, qos=1)
+            with self._cond:
+                self.alerts += 1
 
     # ---------------------------------------------------------------- API
 
@@ -850,6 +888,7 @@ class UnsPublisher:
         cfg = self.config
         limit = max(1, cfg.max_queue // 2)
         while not self._closed:
+            self._announce_drops()
             with self._cond:
                 if not (self._connected and self.spool.pending_records):
                     self._drain_cond.wait(5.0)
@@ -987,6 +1026,8 @@ class UnsPublisher:
                 "spooled": self.spooled,
                 "replayed": self.replayed,
                 "unknown_tags": self.unknown_tags,
+                "spool_drop_alerts": self.alerts,
+                "spool_dropped_messages": self.dropped_messages,
                 "outstanding": self._outstanding_locked(),
                 **spool,
             }

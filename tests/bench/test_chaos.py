@@ -51,6 +51,9 @@ def _run_and_check(out: Path, work: Path) -> None:
         assert r["ooo_historian"] == 0, (name, r)
         assert r["recovery_s"] is not None, (name, r)  # the spools drained
         assert r["spool_dropped_records"] == 0, (name, r)
+        # order per tag: the live and the replayed stream (a broker's re-deliveries are counted apart)
+        assert r["ooo_mqtt_live"] == 0 and r["ooo_mqtt_replayed"] == 0, (name, r)
+        assert r["rss_warm_mb"] and r["rss_peak_mb"] >= r["rss_warm_mb"], (name, r)
     for name in ("broker_down", "db_down"):
         r = scenarios[name]
         assert r["lost_historian"] == 0 and r["lost_mqtt"] == 0, (name, r)

@@ -151,6 +151,28 @@ def test_concurrent_appends_keep_every_record(tmp_path: Path) -> None:
             assert mine == sorted(mine)
 
 
+def _items(record: memoryview) -> int:
+    return record[0]  # the test's records say how many items (points, messages) they hold
+
+
+def test_dropped_records_are_counted_in_items_too(tmp_path: Path) -> None:
+    """A sink matches its loss exactly: the spool reads back what a dropped segment held."""
+    drops: list[SpoolDrop] = []
+    total = 0
+    with Spool(
+        tmp_path, max_bytes=64 * 1024, segment_bytes=8 * 1024, on_drop=drops.append, count=_items
+    ) as s:
+        for i in range(2000):
+            n = i % 7 + 1
+            total += n
+            s.append(bytes([n]) * 100)
+        kept = sum(p[0] for p in payloads(s))
+        st = s.stats()
+    assert st["spool_dropped_records"] > 0  # the case under test happened
+    assert st["spool_dropped_items"] == sum(d.items or 0 for d in drops) == total - kept
+    assert all(d.items is not None for d in drops)
+
+
 @pytest.fixture
 def tiny_volume(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "vol"
@@ -168,10 +190,11 @@ def tiny_volume(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_volume_drops_counted_never_raises(tiny_volume: Path) -> None:
     drops: list[SpoolDrop] = []
-    with Spool(tiny_volume, segment_bytes=32 * 1024, on_drop=drops.append) as s:
-        kept = [s.append(os.urandom(1000)) for _ in range(1000)]  # 1 MB into 256 kB
+    with Spool(tiny_volume, segment_bytes=32 * 1024, on_drop=drops.append, count=_items) as s:
+        kept = [s.append(bytes([3]) + os.urandom(999)) for _ in range(1000)]  # 1 MB into 256 kB
         st = s.stats()
         assert st["spool_dropped_records"] > 0 and drops and {d.reason for d in drops} == {"disk_full"}
+        assert st["spool_dropped_items"] == 3 * st["spool_dropped_records"]  # each dropped record's items
         assert st["spool_write_errors"] > 0
         readable = s.read(max_records=10_000)
         assert len(readable) == s.pending_records  # what is counted as kept can be read back

@@ -293,3 +293,26 @@ def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Cal
     assert s["rows_written"] == 26_000 and count(db) == 26_000, s
     assert s["backlog_rows"] > 0, s  # it was behind: rows came back from the spool
     assert 0 < s["cache_peak"] <= 16, s
+
+
+def test_rows_of_dropped_spool_records_are_counted_exactly() -> None:
+    """Database unreachable, spool bound small: the oldest records go, and ``rows_dropped`` is their
+    rows, read back from the dropped segments (it used to be an estimate from the average batch)."""
+    from connectors.historian.writer import HistorianTimeout
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nexus"
+    cfg = HistorianConfig(url=url, retry_initial_s=0.05, retry_max_s=0.2, spool_max_bytes=16 * 1024)
+    w = HistorianWriter(cfg, TAGS)
+    sizes = {}
+    try:
+        for i in range(300):  # batches of 1 to 7 rows: an average says little about the dropped ones
+            sizes[i + 1] = i % 7 + 1
+            w.write(batch(i % 7 + 1, t0=T0 + i * 10**9))
+        kept = {seq for seq, _rec in w.spool.read(0, max_records=10_000)}
+        st = w.stats()
+    finally:
+        with pytest.raises(HistorianTimeout):
+            w.close(timeout=0.5)
+    dropped = set(sizes) - kept
+    assert st["spool_dropped_records"] == len(dropped) > 0, st  # the case under test happened
+    assert st["rows_dropped"] == sum(sizes[seq] for seq in dropped), st
