@@ -10,7 +10,7 @@ worker thread, the *sleeper*, ends a ``next_batch`` that found nothing by waitin
 - a source of this worker has something: a poll finished, an MQTT message arrived (:meth:`notify`,
   from any thread);
 - the earliest time a partition of this worker said it must run comes (:meth:`set_due`: a poll slot);
-- ``max_wait_s`` passes (``NEXUS_SOURCE_MAX_WAIT_MS``, default 20; 0 turns napping off).
+- ``max_wait_s`` passes (``NEXUS_SOURCE_MAX_WAIT_MS``, default 0: off; e.g. 20).
 
 Data is handed over the moment it arrives, so source latency does not grow. What waits up to
 ``max_wait_s`` is other work of the same worker that no source announces: window and other
@@ -43,7 +43,10 @@ import threading
 import time
 from collections.abc import Callable
 
-DEFAULT_MAX_WAIT_MS = 20
+DEFAULT_MAX_WAIT_MS = 0
+"""Off by default: measured on a loaded flow it saved no CPU (see BENCHMARKS.md, the worker nap); it
+helps an idle flow (0.016 -> 0.007 cores).
+"""
 ENV_MAX_WAIT = "NEXUS_SOURCE_MAX_WAIT_MS"
 STALE_S = 1.0
 """A sleeper not seen for this long (its flow ended without closing it) gives up its role."""
@@ -168,7 +171,9 @@ def max_wait_from_env(env: dict[str, str] | None = None) -> float:
     """``NEXUS_SOURCE_MAX_WAIT_MS`` in seconds (0: no napping).
 
     >>> max_wait_from_env({}), max_wait_from_env({"NEXUS_SOURCE_MAX_WAIT_MS": "0"})
-    (0.02, 0.0)
+    (0.0, 0.0)
+    >>> max_wait_from_env({"NEXUS_SOURCE_MAX_WAIT_MS": "20"})
+    0.02
     >>> max_wait_from_env({"NEXUS_SOURCE_MAX_WAIT_MS": "-1"})
     Traceback (most recent call last):
     ...

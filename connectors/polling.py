@@ -635,7 +635,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
     ``wake_slack_s`` is how soon Bytewax looks again while a poll is in flight (when the worker has
     no sleeper, see :mod:`connectors.nap`); ``close_timeout_s`` bounds how long closing a partition
     may take; ``max_wait_s`` is how long a partition with nothing to hand over may wait for one
-    (``None``: ``NEXUS_SOURCE_MAX_WAIT_MS``, default 20 ms; 0: never).
+    (``None``: ``NEXUS_SOURCE_MAX_WAIT_MS``, default 0: never).
     """
 
     protocol: str = "device"

@@ -54,7 +54,7 @@ ENV_DOC: dict[str, str] = {
     "NEXUS_K8S_IMAGE": "kubernetes backend: the image the flow pods run (default nexus-edge:0.1.0)",
     "NEXUS_K8S_FLOW_SECRET": "kubernetes backend: Secret with the flows' database-url and mqtt-url (default nexus-flow)",
     "NEXUS_SOURCE_MAX_WAIT_MS": "flows: how long a source with nothing to hand over may keep its worker asleep "
-    "(0..1000 ms, default 20; 0: the worker polls every 1 ms as Bytewax does), see connectors/nap.py",
+    "(0..1000 ms, default 0: the worker polls every 1 ms as Bytewax does; e.g. 20 for mostly idle flows), see connectors/nap.py",
 }
 
 
