@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,22 @@ from dataflows.telemetry import tune_interpreter
 
 
 class _GcPauses:
-    """Garbage-collector pauses of this process (all threads stop while one runs), by generation."""
+    """Garbage-collector pauses of this process (all threads stop while one runs), by generation.
+
+    ``stats``: count, total and longest pause per generation, and what the collections freed
+    (``gen{g}_collected``: objects in unreachable cycles); ``recent``: the last ``RECENT`` pauses of
+    ``LONG_MS`` or more as ``[unix time, generation, ms, collected]``, so a harness can take the
+    longest pause of its own measuring window.
+    """
+
+    RECENT = 256
+    LONG_MS = 10.0
 
     def __init__(self) -> None:
-        self.stats = {f"gen{g}_{k}": 0.0 for g in range(3) for k in ("count", "total_ms", "max_ms")}
+        self.stats = {
+            f"gen{g}_{k}": 0.0 for g in range(3) for k in ("count", "total_ms", "max_ms", "collected")
+        }
+        self.recent: deque[list[float]] = deque(maxlen=self.RECENT)
         self._t0 = 0.0
         gc.callbacks.append(self._callback)
 
@@ -67,6 +80,31 @@ class _GcPauses:
         self.stats[f"gen{g}_count"] += 1
         self.stats[f"gen{g}_total_ms"] += ms
         self.stats[f"gen{g}_max_ms"] = max(self.stats[f"gen{g}_max_ms"], ms)
+        self.stats[f"gen{g}_collected"] += info.get("collected", 0)
+        if ms >= self.LONG_MS:
+            self.recent.append([time.time(), g, round(ms, 1), info.get("collected", 0)])
+
+
+def _gc_census(after_s: float, into: dict[str, Any]) -> None:
+    """After ``after_s``, count the objects a full collection walks (every tracked object that is
+    not frozen) by type, once, into ``into`` (``NEXUS_BENCH_GC_CENSUS``: a diagnostic; the count
+    holds the GIL for a moment, so it is off in measured runs)."""
+
+    def run() -> None:
+        time.sleep(after_s)
+        objects = gc.get_objects()
+        by_type = Counter(type(o).__qualname__ for o in objects)
+        into.update(
+            {
+                "tracked": len(objects),
+                "frozen": gc.get_freeze_count(),
+                "by_generation": [len(gc.get_objects(g)) for g in range(3)],
+                "top": by_type.most_common(40),
+            }
+        )
+        del objects
+
+    threading.Thread(target=run, name="bench-gc-census", daemon=True).start()
 
 
 def _switch_interval() -> None:
@@ -206,9 +244,18 @@ def build() -> Dataflow:
         return out
 
     pauses = _GcPauses()
+    census: dict[str, Any] = {}
+    if os.environ.get("NEXUS_BENCH_GC_CENSUS"):
+        _gc_census(float(os.environ["NEXUS_BENCH_GC_CENSUS"]), census)
 
     def collect_all() -> dict[str, Any]:
-        return {**collect(), "gc": dict(pauses.stats), "malloc": malloc_stats()}
+        return {
+            **collect(),
+            "gc": dict(pauses.stats),
+            "gc_pauses": list(pauses.recent),
+            "gc_census": census,
+            "malloc": malloc_stats(),
+        }
 
     reporter = _Reporter(collect_all)
     import atexit
