@@ -293,9 +293,9 @@ def _flow_stats(folder: Path) -> dict[str, Any]:
 
 
 def _gc_window(folder: Path, t0: float, t1: float) -> dict[str, Any]:
-    """Each flow process's collector pauses of 10 ms or more between Unix times ``t0`` and ``t1``
-    (``bench.flow``'s ``gc_pauses``: ``[time, generation, ms, collected]``), the longest of them, and
-    the object census when the flow took one (``NEXUS_BENCH_GC_CENSUS``)."""
+    """Each flow process's collector pauses of 10 ms or more (or 5 ms of CPU) between Unix times ``t0``
+    and ``t1`` (``bench.flow``'s ``gc_pauses``: ``[time, generation, wall ms, collected, cpu ms]``),
+    the longest of them, and the object census when the flow took one (``NEXUS_BENCH_GC_CENSUS``)."""
     pauses: list[list[float]] = []
     census: list[dict[str, Any]] = []
     for f in folder.glob("flow-*.json"):
@@ -306,11 +306,13 @@ def _gc_window(folder: Path, t0: float, t1: float) -> dict[str, Any]:
         pauses += [p for p in data.get("gc_pauses", []) if t0 <= p[0] <= t1]
         if data.get("gc_census"):
             census.append(data["gc_census"])
-    full = [p[2] for p in pauses if p[1] == 2]
+    full = [p for p in pauses if p[1] == 2]
     out: dict[str, Any] = {
         "max_pause_ms": max((p[2] for p in pauses), default=0.0),
-        "full_collections": len(full),
-        "full_max_ms": max(full, default=0.0),
+        "max_pause_cpu_ms": max((p[4] for p in pauses if len(p) > 4), default=0.0),
+        "full_collections_over_10ms": len(full),
+        "full_max_ms": max((p[2] for p in full), default=0.0),
+        "full_max_cpu_ms": max((p[4] for p in full if len(p) > 4), default=0.0),
         "pauses_over_10ms": sorted(pauses),
     }
     if census:
@@ -664,8 +666,8 @@ def _ramp(  # noqa: PLR0917 - the stage's context, passed through
         _say(
             f"\r\033[K  {label}: read {r['points_read_per_s']:,.0f} pts/s, skipped "
             f"{r['skipped_polls']:,.0f} ({100 * (r['skipped_fraction'] or 0):.2f} %), "
-            f"failed {r['poll_failures']:,.0f}, full collections {gc_window['full_collections']} (longest pause"
-            f" {gc_window['max_pause_ms']:.0f} ms) -> {'holds' if r['holds'] else 'does not hold'}"
+            f"failed {r['poll_failures']:,.0f}, full collections {r['gc'].get('gen2_count', 0):.0f} (longest pause"
+            f" {gc_window['max_pause_ms']:.0f} ms, {gc_window['max_pause_cpu_ms']:.0f} ms CPU) -> {'holds' if r['holds'] else 'does not hold'}"
         )
         if not r["holds"]:
             break
