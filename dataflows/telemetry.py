@@ -99,7 +99,7 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 SWITCH_INTERVAL_S = 0.001
-GC_FREEZE_AFTER_S = 10.0
+GC_FREEZE_AFTER_S = 5.0
 
 
 def tune_interpreter() -> None:
@@ -108,7 +108,7 @@ def tune_interpreter() -> None:
     worker take turns quickly; the C allocator gives large buffers back to the system
     (:func:`core.memory.tune_malloc`); and the heap is frozen out of the garbage collector's passes
     twice: what start-up built (modules, the spec) now, and ``NEXUS_GC_FREEZE_AFTER_S`` (default
-    10 s; 0: never) later what the running flow built once (device clients and their read plans, tag
+    5 s; 0: never) later what the running flow built once (device clients and their read plans, tag
     metadata, metrics, the operators' compiled kernels) — :func:`freeze_heap`.
 
     Why the second freeze: a full collection walks every tracked object that is not frozen, and
