@@ -61,4 +61,5 @@ class HistorianConfig(BaseModel):
     spool_sync_interval_s: float = Field(default=0.1, gt=0)
     """Group commit: the spool is fsynced at most this often."""
     drain_rows_per_s: float = Field(default=200_000.0, gt=0)
-    """Pace of the catch-up after an outage (rows/s), so the database keeps room for live rows."""
+    """Pace of the catch-up after an outage or a restart with rows in the spool (rows/s), so the
+    database keeps room for live rows and other clients; rows arriving live are never paced."""

@@ -7,9 +7,12 @@ the queue only a cache: when the queue is full, or the thread is retrying an out
 back from the spool. The thread writes records strictly in spool order (policy ``in_order``): rows
 are buffered until ``batch_rows`` are waiting or the oldest has waited ``max_delay_s``, written in one
 transaction, then acknowledged in the spool (whole segments behind the cursor are deleted). After an
-outage the backlog drains in chunks of ``batch_rows`` at most ``drain_rows_per_s``, so the database
-keeps room. A restart resumes after the spool's cursor: rows accepted before a crash (even a
-``kill -9``) are written then. A replayed chunk (unique violation on ``(tag_id, time)``) is
+outage, and after a restart that found rows in the spool, the backlog drains in chunks of
+``batch_rows`` at most ``drain_rows_per_s`` until the writer has caught up, so the database keeps
+room. Rows that come faster than one COPY stream takes them, with no outage, are not paced: pacing
+live rows would only grow the spool (the writer then reads them back from it at full speed). A
+restart resumes after the spool's cursor: rows accepted before a crash (even a ``kill -9``) are
+written then. A replayed chunk (unique violation on ``(tag_id, time)``) is
 rewritten through a staging table with ``ON CONFLICT DO NOTHING``, so replays never duplicate.
 
 >>> payload = encode_copy_binary(np.array([0]), np.array([7]), np.array([1.5]), np.array([0], np.uint8))
@@ -178,6 +181,8 @@ class HistorianWriter:
         """Rows written from the spool because they were not in the in-memory queue (a catch-up)."""
         self.cache_peak = 0
         """Most batches held in memory ahead of the write cursor (bounded: 4x ``queue_batches``)."""
+        self.paced_s = 0.0
+        """Seconds a catch-up after an outage or a restart waited to keep ``drain_rows_per_s``."""
         self.recovered_records = self.spool.pending_records
         """Records found in the spool at start (accepted before the last stop or crash)."""
         if self.recovered_records:
@@ -291,6 +296,7 @@ class HistorianWriter:
                 "last_error": self.last_error,
                 "queued_batches": self._queue.qsize(),
                 "cache_peak": self.cache_peak,
+                "paced_s": round(self.paced_s, 3),
                 "connected": self._conn is not None and not self._conn.closed,
                 "mode": self._mode,
                 **spool,
@@ -335,6 +341,7 @@ class HistorianWriter:
         next_seq = self._done_seq + 1
         last_in_buffer = self._done_seq
         cache_max = 4 * cfg.queue_batches
+        catching_up = self.recovered_records > 0  # a backlog from before this start: paced
         try:
             while not self._abort.is_set():
                 backlog = self.spool.last_seq >= next_seq
@@ -394,6 +401,7 @@ class HistorianWriter:
                         if rows >= cfg.batch_rows:
                             break
                 behind = next_seq <= self.spool.last_seq
+                catching_up = catching_up and behind
                 due = (
                     rows >= cfg.batch_rows
                     or behind
@@ -402,13 +410,16 @@ class HistorianWriter:
                 flush_wanted = self._flush_waiting()
                 if rows and (due or flush_wanted):
                     started = time.monotonic()
-                    self._write_with_retry(_concat(parts))
+                    if self._write_with_retry(_concat(parts)):  # an outage: its backlog is paced
+                        catching_up = True
                     with self._lock:
                         self.backlog_rows += from_spool
-                    if behind:  # catching up: pace it so live rows and other clients keep room
+                    if catching_up and behind:  # so live rows and other clients keep room
                         spare = rows / cfg.drain_rows_per_s - (time.monotonic() - started)
-                        if spare > 0 and self._abort.wait(spare):
-                            break
+                        if spare > 0:
+                            self.paced_s += spare
+                            if self._abort.wait(spare):
+                                break
                     parts, rows = [], 0
                 if not rows and last_in_buffer > self._done_seq:
                     self.spool.ack(last_in_buffer)
@@ -454,7 +465,8 @@ class HistorianWriter:
         self._conn = conn
         return conn
 
-    def _write_with_retry(self, chunk: _Chunk) -> None:
+    def _write_with_retry(self, chunk: _Chunk) -> bool:
+        """Write ``chunk``, retrying until it is stored; whether it had to wait for the database."""
         attempt = 0
         outage_since: float | None = None
         while True:
@@ -474,7 +486,7 @@ class HistorianWriter:
                 self._copy(conn, chunk)
                 if outage_since is not None:
                     log.warning("historian: database back after %.1f s", time.monotonic() - outage_since)
-                return
+                return outage_since is not None
             except psycopg.Error as exc:  # connection lost, server restarting, deadlock...
                 if self._conn is not None:
                     self._conn.close()

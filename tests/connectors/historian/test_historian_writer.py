@@ -275,15 +275,31 @@ def test_close_keeps_unwritten_rows_in_the_spool_folder(db: str, tmp_path: Path)
     assert count(db) == 3
 
 
-def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Callable[..., Any]) -> None:
+def _spool_backlog(spool: str, batches: int, t0: int = T0) -> None:
+    """``batches`` x 100 rows from ``t0`` on, accepted by a writer whose database never answered, left
+    in ``spool``."""
+    from connectors.historian.writer import HistorianTimeout
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nexus"  # nobody listens
+    w = HistorianWriter(HistorianConfig(url=url, retry_initial_s=0.05, spool_dir=spool), TAGS)
+    for i in range(batches):
+        w.write(batch(100, t0=t0 + i * 1_000_000_000))
+    with pytest.raises(HistorianTimeout):
+        w.close(timeout=0.2)
+
+
+def test_batches_held_in_memory_stay_bounded_while_behind(
+    db: str, tmp_path: Path, wait_for: Callable[..., Any]
+) -> None:
     """Issue 11 (soak RSS): behind the spool, the writer keeps at most 4x ``queue_batches`` batches in
     memory — the rest it reads back from the spool — instead of every batch that arrived meanwhile."""
-    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000)
+    spool = str(tmp_path / "spool")
+    _spool_backlog(spool, 200)
+    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000, spool_dir=spool)
     w = HistorianWriter(cfg, TAGS)
     try:
-        for i in range(200):  # far faster than the paced catch-up (10 s): the writer falls behind
-            w.write(batch(100, t0=T0 + i * 1_000_000_000))
-        for i in range(200, 260):  # then one at a time, each taken off the queue while it is behind
+        assert w.recovered_records == 200  # a restart with a backlog: its catch-up is paced (10 s)
+        for i in range(200, 260):  # live batches one at a time, each taken off the queue while behind
             w.write(batch(100, t0=T0 + i * 1_000_000_000))
             wait_for(lambda: w.stats()["queued_batches"] == 0, timeout=30, what="the writer taking it")
         w.flush(timeout=120)
@@ -292,7 +308,28 @@ def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Cal
         w.close()
     assert s["rows_written"] == 26_000 and count(db) == 26_000, s
     assert s["backlog_rows"] > 0, s  # it was behind: rows came back from the spool
+    assert s["paced_s"] > 0, s
     assert 0 < s["cache_peak"] <= 16, s
+
+
+def test_only_a_catch_up_is_paced_not_rows_that_arrive_fast(db: str, tmp_path: Path) -> None:
+    """Rows faster than one COPY stream takes them fall behind into the spool and are written at full
+    speed (pacing live rows would only grow the spool); the backlog of a restart is paced."""
+    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000)
+    with HistorianWriter(cfg, TAGS) as live:
+        for i in range(100):
+            live.write(batch(100, t0=T0 + i * 1_000_000_000))
+        live.flush(timeout=120)
+        s = live.stats()
+    assert s["rows_written"] == 10_000 and s["backlog_rows"] > 0, s  # it was behind
+    assert s["paced_s"] == 0, s
+
+    spool = str(tmp_path / "spool")
+    _spool_backlog(spool, 10, t0=T0 + 10**12)
+    with HistorianWriter(cfg.model_copy(update={"spool_dir": spool}), TAGS) as restarted:
+        restarted.flush(timeout=120)
+        s = restarted.stats()
+    assert s["rows_written"] == 1_000 and s["paced_s"] > 0, s
 
 
 def test_rows_of_dropped_spool_records_are_counted_exactly() -> None:
