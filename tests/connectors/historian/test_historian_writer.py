@@ -120,6 +120,33 @@ def test_replay_is_idempotent(db: str) -> None:
     assert s["rows_written"] == 20 and s["duplicates_skipped"] == 20 and s["rows_pending"] == 0
 
 
+def latest(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT tag_id, time, value FROM nexus_latest ORDER BY tag_id").fetchall()
+
+
+def test_nexus_latest_is_upserted_at_most_every_interval_and_by_every_flush(
+    db: str, wait_for: Callable[..., Any]
+) -> None:
+    """Issue 15: one upsert per ``latest_interval_s`` with each tag's newest row since, never ahead
+    of ``nexus_points``; a flush returns only once ``nexus_latest`` shows every committed row."""
+    cfg = HistorianConfig(url=db, batch_rows=10, max_delay_s=600, latest_interval_s=3600)
+    with HistorianWriter(cfg, TAGS) as w:
+        w.write(batch(10, t0=T0))
+        w.flush(30)
+        after_first = latest(db)
+        for i in (1, 2):  # two chunks (10 rows each) committed without an upsert of nexus_latest
+            w.write(batch(10, t0=T0 + i * 10**9))
+        wait_for(lambda: count(db) == 30, timeout=30, what="30 rows committed")
+        lagging = latest(db)
+        w.flush(30)
+        current = latest(db)
+    newest = {r[1]: (r[0], r[2]) for r in rows(db)}  # tag -> its newest (time, value): rows sort by time
+    assert [(t, v) for _, t, v in current] == [newest[1], newest[BIG]]
+    assert lagging == after_first != current  # behind by the interval, never ahead
+    assert all(t < current[0][1] for _, t, _ in after_first)
+
+
 def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..., Any]) -> None:
     w = HistorianWriter(HistorianConfig(url=db, batch_rows=1_000_000, max_delay_s=0.3), TAGS)
     try:
