@@ -307,7 +307,12 @@ def build_source_only() -> Dataflow:
     pauses = _GcPauses()
 
     def collect() -> dict[str, Any]:
-        return {**collect_source(), "sink": dict(sink.counts), "gc": dict(pauses.stats)}
+        return {
+            **collect_source(),
+            "sink": dict(sink.counts),
+            "gc": dict(pauses.stats),
+            "gc_pauses": list(pauses.recent),
+        }
 
     reporter = _Reporter(collect)
     import atexit
