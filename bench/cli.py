@@ -214,7 +214,9 @@ def stage_sinks(pg_url: str, mqtt_url: str, load: Load, rows: int, messages: int
     per_poll = load.devices * load.tags
     now = time.time_ns()
     batches = load.batches(max(1, rows // per_poll), now - 6 * 3600 * 10**9)
-    b_copy, b_writer = batches, bl.shifted(batches, 2 * 3600 * 10**9)
+    # a day apart, so each starts on an empty daily partition (an empty primary key index); the writer
+    # used to follow the baseline into its partition, where a second bare COPY measured ~15 % slower
+    b_copy, b_writer = batches, bl.shifted(batches, 24 * 3600 * 10**9)
     bl.prepare_historian(pg_url, tags, b_copy + b_writer)
     out: dict[str, Any] = {}
     _say(f"  bare COPY of {sum(len(b) for b in b_copy):,} rows ...")
@@ -290,6 +292,34 @@ def _flow_stats(folder: Path) -> dict[str, Any]:
             elif isinstance(v, int | float):
                 total[k] = total.get(k, 0) + v
     return total
+
+
+def _gc_window(folder: Path, t0: float, t1: float) -> dict[str, Any]:
+    """Each flow process's collector pauses of 10 ms or more (or 5 ms of CPU) between Unix times ``t0``
+    and ``t1`` (``bench.flow``'s ``gc_pauses``: ``[time, generation, wall ms, collected, cpu ms]``),
+    the longest of them, and the object census when the flow took one (``NEXUS_BENCH_GC_CENSUS``)."""
+    pauses: list[list[float]] = []
+    census: list[dict[str, Any]] = []
+    for f in folder.glob("flow-*.json"):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        pauses += [p for p in data.get("gc_pauses", []) if t0 <= p[0] <= t1]
+        if data.get("gc_census"):
+            census.append(data["gc_census"])
+    full = [p for p in pauses if p[1] == 2]
+    out: dict[str, Any] = {
+        "max_pause_ms": max((p[2] for p in pauses), default=0.0),
+        "max_pause_cpu_ms": max((p[4] for p in pauses if len(p) > 4), default=0.0),
+        "full_collections_over_10ms": len(full),
+        "full_max_ms": max((p[2] for p in full), default=0.0),
+        "full_max_cpu_ms": max((p[4] for p in full if len(p) > 4), default=0.0),
+        "pauses_over_10ms": sorted(pauses),
+    }
+    if census:
+        out["census"] = census
+    return out
 
 
 def _bytewax_cmd(module: str, processes: int, index: int, addresses: str, workers: int = 1) -> list[str]:
@@ -436,6 +466,7 @@ def stage_e2e(
         s1, sub1, w1 = _flow_stats(stats), json.loads(sub_stats.read_text()), time.time()
         seconds = time.monotonic() - m0
         resources = mon.report()
+        gc_window = _gc_window(stats, w0, w1)
         _say("")
     finally:
         stop_procs(procs)
@@ -469,6 +500,7 @@ def stage_e2e(
         "latency_subscriber": {"samples": len(lat), "p50_ms": pct(0.5), "p99_ms": pct(0.99)},
         "gc": {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k},
         "gc_max_pause_ms": max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None),
+        "gc_window": gc_window,
         "resources": resources,
     }
 
@@ -605,7 +637,7 @@ def _ramp(  # noqa: PLR0917 - the stage's context, passed through
                 check_alive()
                 time.sleep(0.5)
             mon.mark()
-            s0, m0 = _flow_stats(stats), time.monotonic()
+            s0, m0, w0 = _flow_stats(stats), time.monotonic(), time.time()
             while (el := time.monotonic() - m0) < args.ramp_seconds:
                 s = _flow_stats(stats)
                 _progress(
@@ -616,6 +648,7 @@ def _ramp(  # noqa: PLR0917 - the stage's context, passed through
                 time.sleep(0.5)
             s1, seconds = _flow_stats(stats), time.monotonic() - m0
             res = mon.report()
+            gc_window = _gc_window(stats, w0, time.time())
         finally:
             stop_procs(procs)
             for name in names:
@@ -623,6 +656,7 @@ def _ramp(  # noqa: PLR0917 - the stage's context, passed through
         r = {"devices": n, "offered_points_per_s": step.points_per_s, **_poll_counts(s0, s1, seconds)}
         r["gc"] = {k: _get(s1, "gc", k) - _get(s0, "gc", k) for k in s1.get("gc", {}) if "max" not in k}
         r["gc_max_pause_ms"] = max((v for k, v in s1.get("gc", {}).items() if "max" in k), default=None)
+        r["gc_window"] = gc_window
         r["bytewax"] = res.get(names[0]) if nproc == 1 else {name: res.get(name) for name in names}
         r["simulators"] = res.get("ramp-simulators")
         r["holds"] = bool(
@@ -634,7 +668,8 @@ def _ramp(  # noqa: PLR0917 - the stage's context, passed through
         _say(
             f"\r\033[K  {label}: read {r['points_read_per_s']:,.0f} pts/s, skipped "
             f"{r['skipped_polls']:,.0f} ({100 * (r['skipped_fraction'] or 0):.2f} %), "
-            f"failed {r['poll_failures']:,.0f} -> {'holds' if r['holds'] else 'does not hold'}"
+            f"failed {r['poll_failures']:,.0f}, full collections {r['gc'].get('gen2_count', 0):.0f} (longest pause"
+            f" {gc_window['max_pause_ms']:.0f} ms, {gc_window['max_pause_cpu_ms']:.0f} ms CPU) -> {'holds' if r['holds'] else 'does not hold'}"
         )
         if not r["holds"]:
             break
@@ -905,7 +940,8 @@ def table(r: dict[str, Any]) -> str:
                     (
                         f"ramp @ {rp['interval_s']:g} s{procs}, {st['devices']} devices ({rp['flow']}): "
                         "read pts/s, skipped",
-                        f"{st['points_read_per_s']:,.0f}, {100 * (st['skipped_fraction'] or 0):.2f} %",
+                        f"{st['points_read_per_s']:,.0f}, {100 * (st['skipped_fraction'] or 0):.2f} %"
+                        + (f", GC max {st['gc_window']['max_pause_ms']:.0f} ms" if "gc_window" in st else ""),
                         f"{st['offered_points_per_s']:,.0f}",
                         _ratio(st["points_read_per_s"], st["offered_points_per_s"]),
                     )

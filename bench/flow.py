@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,22 +52,64 @@ from dataflows.telemetry import tune_interpreter
 
 
 class _GcPauses:
-    """Garbage-collector pauses of this process (all threads stop while one runs), by generation."""
+    """Garbage-collector pauses of this process (all threads stop while one runs), by generation.
+
+    ``stats``: count, total and longest pause per generation by the wall clock, the same in CPU time
+    of the collecting thread (``cpu``), and what the collections freed (``gen{g}_collected``: objects
+    in unreachable cycles); ``recent``: the last ``RECENT`` pauses of ``LONG_MS`` or more as
+    ``[unix time, generation, wall ms, collected, cpu ms]``, so a harness can take the longest pause
+    of its own measuring window. The wall figure can be longer than the collection: the callbacks are
+    Python code, so the thread may wait for the GIL (or the OS) right after the start time is taken
+    and before the stop time is; the CPU figure is the collection's own cost.
+    """
+
+    RECENT = 256
+    LONG_MS = 10.0
 
     def __init__(self) -> None:
-        self.stats = {f"gen{g}_{k}": 0.0 for g in range(3) for k in ("count", "total_ms", "max_ms")}
-        self._t0 = 0.0
+        keys = ("count", "total_ms", "max_ms", "cpu_total_ms", "cpu_max_ms", "collected")
+        self.stats = {f"gen{g}_{k}": 0.0 for g in range(3) for k in keys}
+        self.recent: deque[list[float]] = deque(maxlen=self.RECENT)
+        self._t0 = self._c0 = 0.0
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.thread_time()
             return
+        cpu = (time.thread_time() - self._c0) * 1000
         ms = (time.perf_counter() - self._t0) * 1000
         g = info.get("generation", 0)
         self.stats[f"gen{g}_count"] += 1
         self.stats[f"gen{g}_total_ms"] += ms
         self.stats[f"gen{g}_max_ms"] = max(self.stats[f"gen{g}_max_ms"], ms)
+        self.stats[f"gen{g}_cpu_total_ms"] += cpu
+        self.stats[f"gen{g}_cpu_max_ms"] = max(self.stats[f"gen{g}_cpu_max_ms"], cpu)
+        self.stats[f"gen{g}_collected"] += info.get("collected", 0)
+        if ms >= self.LONG_MS or cpu >= self.LONG_MS / 2:
+            self.recent.append([time.time(), g, round(ms, 1), info.get("collected", 0), round(cpu, 2)])
+
+
+def _gc_census(after_s: float, into: dict[str, Any]) -> None:
+    """After ``after_s``, count the objects a full collection walks (every tracked object that is
+    not frozen) by type, once, into ``into`` (``NEXUS_BENCH_GC_CENSUS``: a diagnostic; the count
+    holds the GIL for a moment, so it is off in measured runs)."""
+
+    def run() -> None:
+        time.sleep(after_s)
+        objects = gc.get_objects()
+        by_type = Counter(type(o).__qualname__ for o in objects)
+        into.update(
+            {
+                "tracked": len(objects),
+                "frozen": gc.get_freeze_count(),
+                "by_generation": [len(gc.get_objects(g)) for g in range(3)],
+                "top": by_type.most_common(40),
+            }
+        )
+        del objects
+
+    threading.Thread(target=run, name="bench-gc-census", daemon=True).start()
 
 
 def _switch_interval() -> None:
@@ -206,9 +249,18 @@ def build() -> Dataflow:
         return out
 
     pauses = _GcPauses()
+    census: dict[str, Any] = {}
+    if os.environ.get("NEXUS_BENCH_GC_CENSUS"):
+        _gc_census(float(os.environ["NEXUS_BENCH_GC_CENSUS"]), census)
 
     def collect_all() -> dict[str, Any]:
-        return {**collect(), "gc": dict(pauses.stats), "malloc": malloc_stats()}
+        return {
+            **collect(),
+            "gc": dict(pauses.stats),
+            "gc_pauses": list(pauses.recent),
+            "gc_census": census,
+            "malloc": malloc_stats(),
+        }
 
     reporter = _Reporter(collect_all)
     import atexit
@@ -255,7 +307,12 @@ def build_source_only() -> Dataflow:
     pauses = _GcPauses()
 
     def collect() -> dict[str, Any]:
-        return {**collect_source(), "sink": dict(sink.counts), "gc": dict(pauses.stats)}
+        return {
+            **collect_source(),
+            "sink": dict(sink.counts),
+            "gc": dict(pauses.stats),
+            "gc_pauses": list(pauses.recent),
+        }
 
     reporter = _Reporter(collect)
     import atexit

@@ -99,19 +99,58 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 SWITCH_INTERVAL_S = 0.001
+GC_FREEZE_AFTER_S = 5.0
 
 
 def tune_interpreter() -> None:
     """Process settings for a flow: the GIL is handed over every ``NEXUS_SWITCH_INTERVAL_S``
     (default 1 ms, Python's is 5 ms) so the shared poll loop, the sinks' network threads and the
-    worker take turns quickly; and what start-up built (modules, the spec, clients) is frozen out
-    of the garbage collector's full passes, which otherwise stall the flow for tens of ms; and the
-    C allocator gives large buffers back to the system (:func:`core.memory.tune_malloc`).
+    worker take turns quickly; the C allocator gives large buffers back to the system
+    (:func:`core.memory.tune_malloc`); and the heap is frozen out of the garbage collector's passes
+    twice: what start-up built (modules, the spec) now, and ``NEXUS_GC_FREEZE_AFTER_S`` (default
+    5 s; 0: never) later what the running flow built once (device clients and their read plans, tag
+    metadata, metrics, the operators' compiled kernels) — :func:`freeze_heap`.
+
+    Why the second freeze: a full collection walks every tracked object that is not frozen, and
+    stops every thread meanwhile. Measured in the e2e flow at 100 devices x 100 tags every 100 ms
+    (BENCHMARKS.md, "GC pauses"): ~134,000 such objects, all built after the first freeze, walked by a
+    full collection every ~10 s for 27-83 ms (145-227 ms on a loaded box) — longer than a poll slot,
+    so the process's devices skipped polls — and not one object freed by any collection: the flow
+    makes no garbage cycles in its steady state, its objects die by reference counting.
     """
     tune_malloc()
-    sys.setswitchinterval(float(os.environ.get("NEXUS_SWITCH_INTERVAL_S") or SWITCH_INTERVAL_S))
+    sys.setswitchinterval(_env_seconds("NEXUS_SWITCH_INTERVAL_S", SWITCH_INTERVAL_S))
+    freeze_heap()
+    after = _env_seconds("NEXUS_GC_FREEZE_AFTER_S", GC_FREEZE_AFTER_S)
+    if after > 0:
+        timer = threading.Timer(after, freeze_heap)
+        timer.name = "gc-freeze"
+        timer.daemon = True
+        timer.start()
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every object alive now out of the collector's passes (``gc.freeze``).
+
+    Frozen objects are still freed by reference counting; only a cycle among them that becomes
+    garbage later stays (the flow makes none in its steady state). Later collections walk only what
+    was built since, so a full collection takes about as long as a young one.
+    """
     gc.collect()
     gc.freeze()
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {raw!r}")
+    return value
 
 
 def _command_router(spec: FlowSpec, settings: Settings) -> CommandRouter | None:

@@ -60,5 +60,10 @@ class HistorianConfig(BaseModel):
     """The spool's bound in age: segments older than this are dropped (counted and alerted)."""
     spool_sync_interval_s: float = Field(default=0.1, gt=0)
     """Group commit: the spool is fsynced at most this often."""
+    latest_interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """``nexus_latest`` is upserted at most this often (with each tag's newest row since), and by
+    every flush: it lags ``nexus_points`` by at most this long, and a tag polled faster costs one
+    upsert per interval instead of one per chunk."""
     drain_rows_per_s: float = Field(default=200_000.0, gt=0)
-    """Pace of the catch-up after an outage (rows/s), so the database keeps room for live rows."""
+    """Pace of the catch-up after an outage or a restart with rows in the spool (rows/s), so the
+    database keeps room for live rows and other clients; rows arriving live are never paced."""

@@ -7,10 +7,20 @@ the queue only a cache: when the queue is full, or the thread is retrying an out
 back from the spool. The thread writes records strictly in spool order (policy ``in_order``): rows
 are buffered until ``batch_rows`` are waiting or the oldest has waited ``max_delay_s``, written in one
 transaction, then acknowledged in the spool (whole segments behind the cursor are deleted). After an
-outage the backlog drains in chunks of ``batch_rows`` at most ``drain_rows_per_s``, so the database
-keeps room. A restart resumes after the spool's cursor: rows accepted before a crash (even a
-``kill -9``) are written then. A replayed chunk (unique violation on ``(tag_id, time)``) is
-rewritten through a staging table with ``ON CONFLICT DO NOTHING``, so replays never duplicate.
+outage, and after a restart that found rows in the spool, the backlog drains in chunks of
+``batch_rows`` at most ``drain_rows_per_s`` until the writer has caught up, so the database keeps
+room. Rows that come faster than one COPY stream takes them, with no outage, are not paced: pacing
+live rows would only grow the spool (the writer then reads them back from it at full speed). A
+restart resumes after the spool's cursor: rows accepted before a crash (even a ``kill -9``) are
+written then. A replayed chunk (unique violation on ``(tag_id, time)``) is rewritten through a
+staging table with ``ON CONFLICT DO NOTHING``, so replays never duplicate.
+
+``nexus_latest`` (:mod:`connectors.historian.latest`) is upserted in the transaction of a chunk, with
+each tag's newest row of every chunk committed since the last upsert, at most every
+``latest_interval_s`` (and by every :meth:`HistorianWriter.flush`): never ahead of ``nexus_points``,
+behind it by at most that interval. Upserting it with every chunk cost ~0.3x the COPY itself in the
+``sinks`` benchmark (every tag once per 2.5 polls); a tag polled ten times in the interval is now
+upserted once.
 
 >>> payload = encode_copy_binary(np.array([0]), np.array([7]), np.array([1.5]), np.array([0], np.uint8))
 >>> payload[:11], len(payload)
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -165,6 +176,9 @@ class HistorianWriter:
         )
         self._done_seq = self.spool.acked
         self._flush_target = 0
+        self._flushers = 0
+        self._latest_behind = False
+        """Rows are committed whose tags ``nexus_latest`` does not show yet (a flush waits for them)."""
         """Every spool record up to here is committed to the database (or was dropped)."""
         self.rows_accepted = 0
         self.rows_written = 0
@@ -178,6 +192,8 @@ class HistorianWriter:
         """Rows written from the spool because they were not in the in-memory queue (a catch-up)."""
         self.cache_peak = 0
         """Most batches held in memory ahead of the write cursor (bounded: 4x ``queue_batches``)."""
+        self.paced_s = 0.0
+        """Seconds a catch-up after an outage or a restart waited to keep ``drain_rows_per_s``."""
         self.recovered_records = self.spool.pending_records
         """Records found in the spool at start (accepted before the last stop or crash)."""
         if self.recovered_records:
@@ -225,9 +241,17 @@ class HistorianWriter:
         target = self.spool.last_seq
         with self._lock:
             self._flush_target = max(self._flush_target, target)
-        self._wake()
+            self._flushers += 1
+        try:
+            self._wake()
+            self._wait_flushed(target, deadline, timeout)
+        finally:
+            with self._lock:
+                self._flushers -= 1
+
+    def _wait_flushed(self, target: int, deadline: float, timeout: float) -> None:
         with self._committed:
-            while self._done_seq < target:
+            while self._done_seq < target or self._latest_behind:
                 self._check_locked()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -291,6 +315,7 @@ class HistorianWriter:
                 "last_error": self.last_error,
                 "queued_batches": self._queue.qsize(),
                 "cache_peak": self.cache_peak,
+                "paced_s": round(self.paced_s, 3),
                 "connected": self._conn is not None and not self._conn.closed,
                 "mode": self._mode,
                 **spool,
@@ -335,10 +360,15 @@ class HistorianWriter:
         next_seq = self._done_seq + 1
         last_in_buffer = self._done_seq
         cache_max = 4 * cfg.queue_batches
+        catching_up = self.recovered_records > 0  # a backlog from before this start: paced
+        latest: _Chunk | None = None  # each tag's newest committed row that nexus_latest lacks
+        latest_at = -math.inf
         try:
             while not self._abort.is_set():
                 backlog = self.spool.last_seq >= next_seq
                 timeout = max(0.0, oldest + cfg.max_delay_s - time.monotonic()) if rows else 0.5
+                if latest is not None and not rows:  # with rows, the chunk's transaction takes it
+                    timeout = min(timeout, max(0.0, latest_at + cfg.latest_interval_s - time.monotonic()))
                 if not backlog:
                     try:
                         item = self._queue.get(timeout=timeout)
@@ -394,26 +424,42 @@ class HistorianWriter:
                         if rows >= cfg.batch_rows:
                             break
                 behind = next_seq <= self.spool.last_seq
+                catching_up = catching_up and behind
                 due = (
                     rows >= cfg.batch_rows
                     or behind
                     or (rows and time.monotonic() - oldest >= cfg.max_delay_s)
                 )
                 flush_wanted = self._flush_waiting()
+                latest_due = flush_wanted or time.monotonic() - latest_at >= cfg.latest_interval_s
                 if rows and (due or flush_wanted):
                     started = time.monotonic()
-                    self._write_with_retry(_concat(parts))
+                    chunk = _concat(parts)
+                    latest = _newest(latest, chunk)
+                    if self._write_with_retry(chunk, latest if latest_due else None):
+                        catching_up = True  # an outage: its backlog is paced
+                    if latest_due:
+                        latest, latest_at = None, time.monotonic()
                     with self._lock:
                         self.backlog_rows += from_spool
-                    if behind:  # catching up: pace it so live rows and other clients keep room
+                    if catching_up and behind:  # so live rows and other clients keep room
                         spare = rows / cfg.drain_rows_per_s - (time.monotonic() - started)
-                        if spare > 0 and self._abort.wait(spare):
-                            break
+                        if spare > 0:
+                            self.paced_s += spare
+                            if self._abort.wait(spare):
+                                break
                     parts, rows = [], 0
-                if not rows and last_in_buffer > self._done_seq:
+                elif not rows and latest is not None and latest_due:  # only nexus_latest is behind
+                    if self._write_with_retry(None, latest):
+                        catching_up = True
+                    latest, latest_at = None, time.monotonic()
+                if not rows and (
+                    last_in_buffer > self._done_seq or self._latest_behind != (latest is not None)
+                ):
                     self.spool.ack(last_in_buffer)
                     with self._committed:
-                        self._done_seq = last_in_buffer
+                        self._done_seq = max(self._done_seq, last_in_buffer)
+                        self._latest_behind = latest is not None
                         self._committed.notify_all()
         except _Aborted:
             pass
@@ -431,7 +477,7 @@ class HistorianWriter:
                 self._committed.notify_all()
 
     def _flush_waiting(self) -> bool:
-        return self._flush_target > self._done_seq
+        return self._flush_target > self._done_seq or (self._latest_behind and self._flushers > 0)
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
@@ -454,7 +500,9 @@ class HistorianWriter:
         self._conn = conn
         return conn
 
-    def _write_with_retry(self, chunk: _Chunk) -> None:
+    def _write_with_retry(self, chunk: _Chunk | None, latest: _Chunk | None) -> bool:
+        """Write ``chunk`` (and upsert ``latest`` into ``nexus_latest`` in the same transaction),
+        retrying until it is stored; whether it had to wait for the database."""
         attempt = 0
         outage_since: float | None = None
         while True:
@@ -469,12 +517,12 @@ class HistorianWriter:
                         with self._lock:
                             self._new_tags[:0] = new_tags
                         raise
-                if self._mode == "native":
+                if self._mode == "native" and chunk is not None:
                     self._ensure_partitions(conn, chunk.time_us)
-                self._copy(conn, chunk)
+                self._copy(conn, chunk, latest)
                 if outage_since is not None:
                     log.warning("historian: database back after %.1f s", time.monotonic() - outage_since)
-                return
+                return outage_since is not None
             except psycopg.Error as exc:  # connection lost, server restarting, deadlock...
                 if self._conn is not None:
                     self._conn.close()
@@ -509,18 +557,21 @@ class HistorianWriter:
         if missing:
             self._partitions.update(ensure_partitions(conn, missing, self._interval_us // 1_000_000))
 
-    def _copy(self, conn: psycopg.Connection, chunk: _Chunk) -> None:
-        payload = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
+    def _copy(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
+        latest_payload = None if latest is None else _encode(latest)
+        if chunk is None:
+            if latest_payload is not None:
+                with conn.transaction(), conn.cursor() as cur:
+                    write_latest(cur, latest_payload)
+            return
+        payload = _encode(chunk)
         n = len(chunk)
-        latest = last_per_tag(chunk.time_us, chunk.tag_ids)
-        latest_payload = encode_copy_binary(
-            chunk.time_us[latest], chunk.tag_ids[latest], chunk.values[latest], chunk.quality[latest]
-        )
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(COPY_POINTS) as copy:
                     copy.write(payload)
-                write_latest(cur, latest_payload)
+                if latest_payload is not None:
+                    write_latest(cur, latest_payload)
             inserted = n
         except psycopg.errors.UniqueViolation:
             # a replay: some rows are already stored; keep the stored ones
@@ -538,7 +589,8 @@ class HistorianWriter:
                     "ON CONFLICT (tag_id, time) DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
-                write_latest(cur, latest_payload)
+                if latest_payload is not None:
+                    write_latest(cur, latest_payload)
         with self._lock:
             self.rows_written += inserted
             self.duplicates_skipped += n - inserted
@@ -560,6 +612,17 @@ def _decode(seq: int, record: memoryview) -> PointBatch | None:
     except (ValueError, UnicodeDecodeError) as exc:
         log.error("historian: spool record %d is not a point batch (%s); skipped", seq, exc)
         return None
+
+
+def _encode(chunk: _Chunk) -> bytes:
+    return encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
+
+
+def _newest(latest: _Chunk | None, chunk: _Chunk) -> _Chunk:
+    """Each tag's newest row of ``latest`` and ``chunk`` (on a tie, ``chunk``'s: it was written later)."""
+    both = chunk if latest is None else _concat([latest, chunk])
+    idx = last_per_tag(both.time_us, both.tag_ids)
+    return _Chunk(both.time_us[idx], both.tag_ids[idx], both.values[idx], both.quality[idx])
 
 
 def _concat(parts: list[_Chunk]) -> _Chunk:

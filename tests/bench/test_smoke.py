@@ -84,6 +84,10 @@ def test_ramp_and_memory_stages_with_a_tiny_load(tmp_path: Path) -> None:
     steps = r["ramp"]["steps"]
     assert [s["devices"] for s in steps][:1] == [2] and all(s["polls"] > 0 for s in steps)
     assert r["ramp"]["flow"] == "source" and "largest_holding_devices" in r["ramp"]
+    # collector pauses of each step's own window (by the wall clock and in CPU time)
+    assert all(
+        {"max_pause_ms", "max_pause_cpu_ms", "full_max_cpu_ms"} <= s["gc_window"].keys() for s in steps
+    )
     two = r["ramp"]["by_processes"]["2"]  # the same ramp as a 2-process cluster
     assert two["processes"] == 2 and two["steps"] and all(s["polls"] > 0 for s in two["steps"])
     mem = r["memory"]

@@ -120,6 +120,33 @@ def test_replay_is_idempotent(db: str) -> None:
     assert s["rows_written"] == 20 and s["duplicates_skipped"] == 20 and s["rows_pending"] == 0
 
 
+def latest(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT tag_id, time, value FROM nexus_latest ORDER BY tag_id").fetchall()
+
+
+def test_nexus_latest_is_upserted_at_most_every_interval_and_by_every_flush(
+    db: str, wait_for: Callable[..., Any]
+) -> None:
+    """Issue 15: one upsert per ``latest_interval_s`` with each tag's newest row since, never ahead
+    of ``nexus_points``; a flush returns only once ``nexus_latest`` shows every committed row."""
+    cfg = HistorianConfig(url=db, batch_rows=10, max_delay_s=600, latest_interval_s=3600)
+    with HistorianWriter(cfg, TAGS) as w:
+        w.write(batch(10, t0=T0))
+        w.flush(30)
+        after_first = latest(db)
+        for i in (1, 2):  # two chunks (10 rows each) committed without an upsert of nexus_latest
+            w.write(batch(10, t0=T0 + i * 10**9))
+        wait_for(lambda: count(db) == 30, timeout=30, what="30 rows committed")
+        lagging = latest(db)
+        w.flush(30)
+        current = latest(db)
+    newest = {r[1]: (r[0], r[2]) for r in rows(db)}  # tag -> its newest (time, value): rows sort by time
+    assert [(t, v) for _, t, v in current] == [newest[1], newest[BIG]]
+    assert lagging == after_first != current  # behind by the interval, never ahead
+    assert all(t < current[0][1] for _, t, _ in after_first)
+
+
 def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..., Any]) -> None:
     w = HistorianWriter(HistorianConfig(url=db, batch_rows=1_000_000, max_delay_s=0.3), TAGS)
     try:
@@ -275,15 +302,31 @@ def test_close_keeps_unwritten_rows_in_the_spool_folder(db: str, tmp_path: Path)
     assert count(db) == 3
 
 
-def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Callable[..., Any]) -> None:
+def _spool_backlog(spool: str, batches: int, t0: int = T0) -> None:
+    """``batches`` x 100 rows from ``t0`` on, accepted by a writer whose database never answered, left
+    in ``spool``."""
+    from connectors.historian.writer import HistorianTimeout
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nexus"  # nobody listens
+    w = HistorianWriter(HistorianConfig(url=url, retry_initial_s=0.05, spool_dir=spool), TAGS)
+    for i in range(batches):
+        w.write(batch(100, t0=t0 + i * 1_000_000_000))
+    with pytest.raises(HistorianTimeout):
+        w.close(timeout=0.2)
+
+
+def test_batches_held_in_memory_stay_bounded_while_behind(
+    db: str, tmp_path: Path, wait_for: Callable[..., Any]
+) -> None:
     """Issue 11 (soak RSS): behind the spool, the writer keeps at most 4x ``queue_batches`` batches in
     memory — the rest it reads back from the spool — instead of every batch that arrived meanwhile."""
-    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000)
+    spool = str(tmp_path / "spool")
+    _spool_backlog(spool, 200)
+    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000, spool_dir=spool)
     w = HistorianWriter(cfg, TAGS)
     try:
-        for i in range(200):  # far faster than the paced catch-up (10 s): the writer falls behind
-            w.write(batch(100, t0=T0 + i * 1_000_000_000))
-        for i in range(200, 260):  # then one at a time, each taken off the queue while it is behind
+        assert w.recovered_records == 200  # a restart with a backlog: its catch-up is paced (10 s)
+        for i in range(200, 260):  # live batches one at a time, each taken off the queue while behind
             w.write(batch(100, t0=T0 + i * 1_000_000_000))
             wait_for(lambda: w.stats()["queued_batches"] == 0, timeout=30, what="the writer taking it")
         w.flush(timeout=120)
@@ -292,7 +335,28 @@ def test_batches_held_in_memory_stay_bounded_while_behind(db: str, wait_for: Cal
         w.close()
     assert s["rows_written"] == 26_000 and count(db) == 26_000, s
     assert s["backlog_rows"] > 0, s  # it was behind: rows came back from the spool
+    assert s["paced_s"] > 0, s
     assert 0 < s["cache_peak"] <= 16, s
+
+
+def test_only_a_catch_up_is_paced_not_rows_that_arrive_fast(db: str, tmp_path: Path) -> None:
+    """Rows faster than one COPY stream takes them fall behind into the spool and are written at full
+    speed (pacing live rows would only grow the spool); the backlog of a restart is paced."""
+    cfg = HistorianConfig(url=db, queue_batches=4, batch_rows=200, drain_rows_per_s=2_000)
+    with HistorianWriter(cfg, TAGS) as live:
+        for i in range(100):
+            live.write(batch(100, t0=T0 + i * 1_000_000_000))
+        live.flush(timeout=120)
+        s = live.stats()
+    assert s["rows_written"] == 10_000 and s["backlog_rows"] > 0, s  # it was behind
+    assert s["paced_s"] == 0, s
+
+    spool = str(tmp_path / "spool")
+    _spool_backlog(spool, 10, t0=T0 + 10**12)
+    with HistorianWriter(cfg.model_copy(update={"spool_dir": spool}), TAGS) as restarted:
+        restarted.flush(timeout=120)
+        s = restarted.stats()
+    assert s["rows_written"] == 1_000 and s["paced_s"] > 0, s
 
 
 def test_rows_of_dropped_spool_records_are_counted_exactly() -> None:
