@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from core.quality import Quality
+
 
 def _compiled(fn: Callable[..., Any]) -> Any:
     """``fn`` compiled on first use without the interpreter lock, cached on disk when some cache
@@ -31,6 +33,9 @@ def _compiled(fn: Callable[..., Any]) -> Any:
 
 
 _BAD_QUALITY = 128
+_GOOD_LIMIT = 64
+"""Codes below this are good (``core.quality``): the only points normalization scales in one call."""
+_CLAMPED = int(Quality.CLAMPED)
 _NO_TS = np.iinfo(np.int64).min
 
 FLIP_HIGH, FLIP_LOW, FLIP_STUCK, FLIP_RATE = 0, 1, 2, 3
@@ -417,3 +422,96 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
         if out[i] != values[i] * gain[i] + bias[i]:
             q[i] = clamped
     return 1, out, q
+
+
+@_compiled
+def chain_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+    tags: np.ndarray,
+    values: np.ndarray,
+    ts: np.ndarray,
+    quality: np.ndarray,
+    gain: np.ndarray,
+    bias: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    pos: np.ndarray,
+    band: np.ndarray,
+    heartbeat_ns: np.ndarray,
+    db_value: np.ndarray,
+    db_ts: np.ndarray,
+    db_quality: np.ndarray,
+    a_ids: np.ndarray,
+    bucket_ns: int,
+    window_ns: int,
+    watermark: int,
+    closed: int,
+    lateness_ns: int,
+    future_limit: int,
+    count: np.ndarray,
+    total: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    first_ts: np.ndarray,
+    first: np.ndarray,
+    last_ts: np.ndarray,
+    last: np.ndarray,
+    area: np.ndarray,
+    sids: np.ndarray,
+    pf: np.ndarray,
+    pi: np.ndarray,
+    high_on: np.ndarray,
+    low_on: np.ndarray,
+    stuck_on: np.ndarray,
+    rate_on: np.ndarray,
+    ml_on: np.ndarray,
+    stuck_ref: np.ndarray,
+    stuck_start: np.ndarray,
+    stuck_count: np.ndarray,
+    rate_value: np.ndarray,
+    rate_ns: np.ndarray,
+) -> Any:
+    """normalize → deadband → one window length → range/stuck/rate checks of a device batch in one
+    call: :func:`normalize_fast`, :func:`deadband_fast`, :func:`window_append` and
+    :func:`anomaly_fast` composed, with no Python objects between them.
+
+    Status -1: some step's common case does not apply; nothing was touched (the anomaly kernel
+    checks before it writes, the others write new arrays), so the caller runs the cores one by one.
+    Else ``(status, values, quality, k, db_value, db_ts, db_quality, out_ts, out_tags, out_values,
+    out_quality, t_hi, w_ids, w_ints, w_floats, flips, a_ints, a_floats)``: the normalized columns
+    (``quality`` is the batch's own array when nothing was clamped), then :func:`deadband_fast`'s
+    results; status 0 when no point passed (windows and checks not run: the rest is empty), 1 when
+    the passing points went through :func:`window_append` and :func:`anomaly_fast` too (their
+    results follow, in their layouts; the anomaly state is updated in place).
+    """
+    n = values.shape[0]
+    no_i = np.empty((3, 0), np.int64)
+    no_f = np.empty((6, 0), np.float64)
+    no_ai = np.empty((0, 7), np.int64)
+    no_af = np.empty((0, 3), np.float64)
+    ok_n, nv, nq = normalize_fast(values, quality, gain, bias, low, high, _GOOD_LIMIT, _CLAMPED)
+    q = quality if ok_n == 0 else nq
+    if ok_n < 0:
+        ne_i, ne_f, ne_q = ts[:0], values[:0], quality[:0]
+        return -1, nv, q, 0, ne_f, ne_i, ne_q, ne_i, ne_i, ne_f, ne_q, 0, a_ids, no_i, no_f, 0, no_ai, no_af
+    k, vo, to, qo, out_ts, out_tags, out_values, out_quality = deadband_fast(
+        pos, tags, nv, q, ts, band, heartbeat_ns, db_value, db_ts, db_quality
+    )
+    if k == 0:
+        return 0, nv, q, 0, vo, to, qo, out_ts, out_tags, out_values, out_quality, 0, a_ids, no_i, no_f, 0, no_ai, no_af
+    if k == n:
+        p_ts, p_tags, p_values, p_quality = ts, tags, nv, q
+    else:
+        p_ts, p_tags, p_values, p_quality = out_ts, out_tags, out_values, out_quality
+    ok_w, t_hi, w_ids, w_ints, w_floats = window_append(
+        a_ids, bucket_ns, window_ns, p_tags, p_ts, p_values, p_quality, watermark, closed, lateness_ns,
+        future_limit, count, total, lo, hi, first_ts, first, last_ts, last, area,
+    )  # fmt: skip
+    if not ok_w:
+        return -1, nv, q, k, vo, to, qo, out_ts, out_tags, out_values, out_quality, 0, a_ids, no_i, no_f, 0, no_ai, no_af
+    flips, a_ints, a_floats = anomaly_fast(
+        sids, p_tags, p_values, p_ts, p_quality, pf, pi, high_on, low_on, stuck_on, rate_on, ml_on,
+        stuck_ref, stuck_start, stuck_count, rate_value, rate_ns,
+    )  # fmt: skip
+    if flips < 0:
+        return -1, nv, q, k, vo, to, qo, out_ts, out_tags, out_values, out_quality, 0, a_ids, no_i, no_f, 0, no_ai, no_af
+    return 1, nv, q, k, vo, to, qo, out_ts, out_tags, out_values, out_quality, t_hi, w_ids, w_ints, w_floats, flips, a_ints, a_floats
