@@ -42,9 +42,9 @@ from core.records import AggBatch, Alert
 from operators.anomaly import AnomalyDetector, AnomalyState
 from operators.deadband import Deadband, DeadbandState
 from operators.fastinit import EmptyBatches, slot_constructor
-from operators.kernels import chain_fast
+from operators.kernels import chain_fast, chain_layout
 from operators.normalize import Normalizer
-from operators.window import WindowAggregator, WindowState, appended
+from operators.window import Accumulators, WindowAggregator, WindowBuckets, WindowState
 
 __all__ = ["ChainState", "OperatorChain"]
 
@@ -52,6 +52,10 @@ _CACHE_MAX_DEVICES = 4096
 _NO_ALERTS: list[Alert] = []
 _NO_AGGS: list[AggBatch] = []
 _new_db_state = slot_constructor(DeadbandState)
+_new_acc = slot_constructor(Accumulators)
+_new_buckets = slot_constructor(WindowBuckets)
+_new_batch = slot_constructor(PointBatch, checked=True)
+"""The compiled path's batches: the kernel makes their columns of one length (``__post_init__``'s check)."""
 
 ChainResult = tuple["ChainState", PointBatch, list[AggBatch], PointBatch, list[Alert]]
 """``(state, points, aggregates, late, alerts)`` of one batch (see :meth:`OperatorChain.process`)."""
@@ -171,8 +175,11 @@ class OperatorChain:
                 return None
         acc = wb.open[0]
         w = self.windows
-        (status, values, quality, k, vo, to, qo, out_ts, out_tags, out_values, out_quality,
-         t_hi, w_ids, w_ints, w_floats, flips, a_ints, a_floats) = chain_fast(
+        n, n_db, n_acc = len(tags), len(db.tag_ids), len(acc.tag_ids)
+        n_sf, n_si, n_sq, n_of, n_oi, n_oq = chain_layout(n_db, n_acc, n)
+        sf, si, sq = np.empty(n_sf), np.empty(n_si, np.int64), np.empty(n_sq, np.uint8)
+        of, oi, oq = np.empty(n_of), np.empty(n_oi, np.int64), np.empty(n_oq, np.uint8)
+        status, k, size, t_hi, flips, clamped = chain_fast(
             tags, batch.values, batch.ts_ns, batch.quality, p.gain, p.bias, p.low, p.high,
             p.pos, p.band, p.heartbeat_ns, db.value, db.ts_ns, db.quality,
             acc.tag_ids, acc.bucket_ns, wb.window_ns, ws.watermark_ns, ws.closed_ns, w._lateness_ns,
@@ -180,19 +187,36 @@ class OperatorChain:
             acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
             an.tag_ids, p.pf, p.pi, an.high_on, an.low_on, an.stuck_on, an.rate_on, an.ml_on,
             an.stuck_ref, an.stuck_start_ns, an.stuck_count, an.rate_value, an.rate_ns,
+            sf, si, sq, of, oi, oq,
         )  # fmt: skip
         if status < 0:
             return None
         empty = self._empty(device)
         if status == 0:  # nothing passed the deadband: no state changed
             return state, empty, _NO_AGGS, empty, _NO_ALERTS
-        state.deadband = _new_db_state(db.tag_ids, vo, to, qo)
-        if k == len(tags):
-            points = PointBatch(device, batch.ts_ns, tags, values, quality)
+        state.deadband = _new_db_state(db.tag_ids, sf[:n_db], si[:n_db], sq)
+        if k == n:
+            points = _new_batch(device, batch.ts_ns, tags, of[:n], oq if clamped else batch.quality, None)
         else:
-            points = PointBatch(device, out_ts, out_tags, out_values, out_quality)
-        state.window = w.advanced(ws, (appended(wb, w_ids, w_ints, w_floats),), t_hi, device, now_ns)
-        alerts = self.detector._flip_alerts(device, a_ints.tolist(), a_floats.tolist()) if flips else _NO_ALERTS
+            points = _new_batch(device, oi[:k], oi[n : n + k], of[:k], oq[:k], None)
+        r = n_acc + n  # one window row in the buffers
+        f0, i0 = n_db, n_db
+        ids = acc.tag_ids if size == n_acc else si[i0 + 3 * r : i0 + 3 * r + size]
+        new_acc = _new_acc(
+            acc.bucket_ns, ids, si[i0 : i0 + size], sf[f0 : f0 + size], sf[f0 + r : f0 + r + size],
+            sf[f0 + 2 * r : f0 + 2 * r + size], si[i0 + r : i0 + r + size], sf[f0 + 3 * r : f0 + 3 * r + size],
+            si[i0 + 2 * r : i0 + 2 * r + size], sf[f0 + 4 * r : f0 + 4 * r + size],
+            sf[f0 + 5 * r : f0 + 5 * r + size],
+        )  # fmt: skip
+        buckets = _new_buckets(wb.window_ns, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
+        state.window = w.advanced(ws, (buckets,), t_hi, device, now_ns)
+        if not flips:
+            return state, points, _NO_AGGS, empty, _NO_ALERTS
+        alerts = self.detector._flip_alerts(
+            device,
+            oi[2 * n : 2 * n + 7 * flips].reshape(flips, 7).tolist(),
+            of[n : n + 3 * flips].reshape(flips, 3).tolist(),
+        )
         return state, points, _NO_AGGS, empty, alerts
 
     def _prepare(

@@ -33,14 +33,16 @@ __all__ = ["EmptyBatches", "slot_constructor"]
 T = TypeVar("T")
 
 
-def slot_constructor(cls: type[T]) -> Callable[..., T]:
+def slot_constructor(cls: type[T], *, checked: bool = False) -> Callable[..., T]:
     """A function ``(field1, field2, ...) -> cls`` that sets the slots of a new instance directly.
 
-    ``TypeError`` unless ``cls`` is a slotted dataclass without ``__post_init__``.
+    ``TypeError`` unless ``cls`` is a slotted dataclass without ``__post_init__``; with
+    ``checked=True`` a ``__post_init__`` is allowed (and skipped): for a caller whose arguments
+    always pass its checks (e.g. a compiled kernel's columns of one length for a ``PointBatch``).
     """
     if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
         raise TypeError(f"slot_constructor: {cls.__name__} is not a slotted dataclass")
-    if hasattr(cls, "__post_init__"):
+    if hasattr(cls, "__post_init__") and not checked:
         raise TypeError(f"slot_constructor: {cls.__name__} has a __post_init__ that would be skipped")
     names = [f.name for f in dataclasses.fields(cls)]
     if any(keyword.iskeyword(n) or not n.isidentifier() for n in names):  # pragma: no cover - dataclass names
