@@ -28,6 +28,7 @@ from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import OperatorChain
+from operators.chain_bytewax import operator_chain
 from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
@@ -138,7 +139,16 @@ class Chain:
         return r
 
     def build_flow(self, flow: Dataflow, batches: Stream[PointBatch], sink: DynamicSink[Any]) -> None:
-        """The same chain with the project's Bytewax adapters; every output goes to ``sink``."""
+        """The same chain with the project's Bytewax adapters; every output goes to ``sink``.
+
+        Fused: one keyed stateful step for the whole chain (:func:`operators.chain_bytewax.operator_chain`);
+        else four (normalize is a map before the key)."""
+        if self.fused:
+            out = operator_chain("chain", op.key_on("key", batches, _device), self.operator_chain)
+            op.output("out_points", out.points, sink)
+            op.output("out_aggs", out.aggs, sink)
+            op.output("out_alerts", out.alerts, sink)
+            return
         s = bytewax_ops.normalize("normalize", batches, self.normalizer)
         keyed = op.key_on("key", s, _device)
         passed = bytewax_ops.deadband("deadband", keyed, self.deadband)

@@ -17,7 +17,7 @@ alerts and states (``tests/operators/test_chain.py`` checks it on random polls).
 ...     Normalizer({1: NormalizeParams(scale=0.1), 2: NormalizeParams(scale=0.1)}),
 ...     Deadband({1: DeadbandParams(absolute=1.0), 2: DeadbandParams(absolute=1.0)}),
 ...     WindowAggregator([60.0]),
-...     AnomalyDetector({1: TagChecks(range=RangeCheck(high=50.0))}),
+...     AnomalyDetector({2: TagChecks(range=RangeCheck(high=50.0))}),
 ... )
 >>> state = chain.initial_state()
 >>> t0 = 1_700_000_040 * 10**9                      # a minute boundary
@@ -27,7 +27,7 @@ alerts and states (``tests/operators/test_chain.py`` checks it on random polls).
 ...     print(points.values.tolist(), [a.message for a in alerts])
 [10.0, 20.0] []
 [60.0] ['value 60 above high limit 50']
-[] []
+[12.0] []
 """
 
 from __future__ import annotations
