@@ -21,7 +21,7 @@ from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
 from tests.operators.operators_reference import copy_of, frozen, same_batch
-from tests.operators.test_fast_paths import S, T0, cores, polls, same_output
+from tests.operators.test_fast_paths import T0, S, cores, polls, same_output
 
 
 def clock(batch: PointBatch) -> int:
@@ -162,7 +162,9 @@ def device_polls(draw: st.DrawFn) -> list[PointBatch]:
             continue
         n = len(tags)
         raw = draw(
-            st.lists(st.sampled_from([0.0, 40.0, 60.0, 500.0, 940.0, 960.0, 990.0, 2000.0]), min_size=n, max_size=n)
+            st.lists(
+                st.sampled_from([0.0, 40.0, 60.0, 500.0, 940.0, 960.0, 990.0, 2000.0]), min_size=n, max_size=n
+            )
         )
         values = np.array(raw)
         quality = np.zeros(n, np.uint8)

@@ -15,7 +15,7 @@ from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import OperatorChain
 from operators.chain_bytewax import ChainLogic, operator_chain
 from operators.window_bytewax import tumbling_aggregate
-from tests.operators.test_fast_paths import S, T0, cores, polls, same_output
+from tests.operators.test_fast_paths import T0, S, cores, polls, same_output
 
 NOW = T0 + 10_000 * S  # the windows' clock: far ahead, so idle closing never interferes
 
@@ -30,7 +30,9 @@ def run(batches: list[PointBatch], fused: bool) -> dict[str, list[Any]]:
     s = op.input("in", flow, TestingSource(batches, batch_size=7))
     got: dict[str, list[Any]] = {"points": [], "aggs": [], "alerts": []}
     if fused:
-        out = operator_chain("chain", op.key_on("key", s, _device), OperatorChain(norm, db, win, det), clock=lambda: NOW)
+        out = operator_chain(
+            "chain", op.key_on("key", s, _device), OperatorChain(norm, db, win, det), clock=lambda: NOW
+        )
         points, aggs, alerts = out.points, out.aggs, out.alerts
     else:
         keyed = op.key_on("key", bytewax_ops.normalize("normalize", s, norm), _device)
