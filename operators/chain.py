@@ -42,7 +42,7 @@ from core.records import AggBatch, Alert
 from operators.anomaly import AnomalyDetector, AnomalyState
 from operators.deadband import Deadband, DeadbandState
 from operators.fastinit import EmptyBatches, slot_constructor
-from operators.kernels import chain_fast, chain_layout
+from operators.kernels import chain_fast
 from operators.normalize import Normalizer
 from operators.window import Accumulators, WindowAggregator, WindowBuckets, WindowState
 
@@ -91,6 +91,8 @@ class _Prepared:
     heartbeat_ns: npt.NDArray[np.int64]
     pf: npt.NDArray[np.float64]
     pi: npt.NDArray[np.int64]
+    empty: PointBatch
+    """The device's shared empty batch."""
 
 
 class OperatorChain:
@@ -176,9 +178,9 @@ class OperatorChain:
         acc = wb.open[0]
         w = self.windows
         n, n_db, n_acc = len(tags), len(db.tag_ids), len(acc.tag_ids)
-        n_sf, n_si, n_sq, n_of, n_oi, n_oq = chain_layout(n_db, n_acc, n)
-        sf, si, sq = np.empty(n_sf), np.empty(n_si, np.int64), np.empty(n_sq, np.uint8)
-        of, oi, oq = np.empty(n_of), np.empty(n_oi, np.int64), np.empty(n_oq, np.uint8)
+        r = n_acc + n  # a window row in the buffers: room for every point's tag being new
+        sf, si, sq = np.empty(n_db + 6 * r), np.empty(n_db + 4 * r, np.int64), np.empty(n_db, np.uint8)
+        of, oi, oq = np.empty(13 * n), np.empty(30 * n, np.int64), np.empty(n, np.uint8)
         status, k, size, t_hi, flips, clamped = chain_fast(
             tags, batch.values, batch.ts_ns, batch.quality, p.gain, p.bias, p.low, p.high,
             p.pos, p.band, p.heartbeat_ns, db.value, db.ts_ns, db.quality,
@@ -191,7 +193,7 @@ class OperatorChain:
         )  # fmt: skip
         if status < 0:
             return None
-        empty = self._empty(device)
+        empty = p.empty
         if status == 0:  # nothing passed the deadband: no state changed
             return state, empty, _NO_AGGS, empty, _NO_ALERTS
         state.deadband = _new_db_state(db.tag_ids, sf[:n_db], si[:n_db], sq)
@@ -199,8 +201,7 @@ class OperatorChain:
             points = _new_batch(device, batch.ts_ns, tags, of[:n], oq if clamped else batch.quality, None)
         else:
             points = _new_batch(device, oi[:k], oi[n : n + k], of[:k], oq[:k], None)
-        r = n_acc + n  # one window row in the buffers
-        f0, i0 = n_db, n_db
+        f0 = i0 = n_db
         ids = acc.tag_ids if size == n_acc else si[i0 + 3 * r : i0 + 3 * r + size]
         new_acc = _new_acc(
             acc.bucket_ns, ids, si[i0 : i0 + size], sf[f0 : f0 + size], sf[f0 + r : f0 + r + size],
@@ -260,6 +261,7 @@ class OperatorChain:
             heartbeat_ns=band.heartbeat_ns,
             pf=fp.pf,
             pi=fp.pi,
+            empty=self._empty(device),
         )
         if len(self._prepared) >= _CACHE_MAX_DEVICES:
             self._prepared.clear()
