@@ -49,6 +49,9 @@ from operators.window import Accumulators, WindowAggregator, WindowBuckets, Wind
 __all__ = ["ChainState", "OperatorChain"]
 
 _CACHE_MAX_DEVICES = 4096
+_MAX_POINTS = 1024
+"""Larger batches go one by one: the compiled path's buffers are sized for every point flipping four
+checks (~350 bytes a point), which costs more than the per-call savings on a big (coalesced) batch."""
 _NO_ALERTS: list[Alert] = []
 _NO_AGGS: list[AggBatch] = []
 _new_db_state = slot_constructor(DeadbandState)
@@ -159,11 +162,11 @@ class OperatorChain:
         """The common case in one compiled call, or ``None`` (nothing touched).
 
         Needs a device that has state in all three stateful cores (its first poll goes one by one),
-        one window length with one open bucket, and the batch in every core's common case (see each
-        core's ``_process_fast``); the kernel checks the rest.
+        one window length with one open bucket, a batch of at most ``_MAX_POINTS`` points, and the
+        batch in every core's common case (see each core's ``_process_fast``); the kernel checks the rest.
         """
         ws, an, db = state.window, state.anomaly, state.deadband
-        if ws is None or an is None or batch.text or not self._one_window:
+        if ws is None or an is None or batch.text or not self._one_window or len(batch) > _MAX_POINTS:
             return None
         wb = ws.windows[0]
         if len(wb.open) != 1:
