@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import bytewax.operators as op
@@ -26,6 +27,8 @@ from core.batch import PointBatch
 from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
+from operators.chain import OperatorChain
+from operators.chain_bytewax import operator_chain
 from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
@@ -48,11 +51,16 @@ class ChainResult:
 
 @dataclass
 class Chain:
+    """The four cores of the chain; :meth:`run_cores` and :meth:`build_flow` run them as one
+    :class:`~operators.chain.OperatorChain` (one compiled call per poll in the common case) unless
+    ``fused`` is off (the cores one by one, each with its own Bytewax step)."""
+
     normalizer: Normalizer
     deadband: Deadband
     windows: WindowAggregator
     detector: AnomalyDetector
-    states: dict[str, list[Any]] = field(default_factory=dict)
+    states: dict[str, Any] = field(default_factory=dict)
+    fused: bool = True
 
     @classmethod
     def for_load(cls, load: Load) -> Chain:
@@ -71,8 +79,15 @@ class Chain:
             detector=AnomalyDetector(dict.fromkeys(ids, checks)),
         )
 
+    @cached_property
+    def operator_chain(self) -> OperatorChain:
+        return OperatorChain(self.normalizer, self.deadband, self.windows, self.detector)
+
     def run_cores(self, batches: Iterable[PointBatch]) -> ChainResult:
-        """Push ``batches`` through the cores in this process (no engine); event time is the clock."""
+        """Push ``batches`` through the cores in this process (no engine); event time is the clock
+        (a batch's last timestamp)."""
+        if self.fused:
+            return self._run_fused(batches)
         r = ChainResult()
         normalize, deadband, windows, detector = (
             self.normalizer.apply,
@@ -103,8 +118,37 @@ class Chain:
         r.points_in, r.points_out, r.aggregates, r.alerts = points_in, points_out, n_aggs, n_alerts
         return r
 
+    def _run_fused(self, batches: Iterable[PointBatch]) -> ChainResult:
+        r = ChainResult()
+        process = self.operator_chain.process
+        states = self.states
+        points_in = points_out = n_aggs = n_alerts = 0  # locals: the loop is what is measured
+        t0 = time.perf_counter()
+        for batch in batches:
+            device = batch.device_id
+            points_in += len(batch)
+            states[device], points, aggs, _late, alerts = process(
+                states.get(device), batch, int(batch.ts_ns[-1])
+            )
+            points_out += len(points)
+            if aggs:
+                n_aggs += sum(len(a) for a in aggs)
+            n_alerts += len(alerts)
+        r.seconds = time.perf_counter() - t0
+        r.points_in, r.points_out, r.aggregates, r.alerts = points_in, points_out, n_aggs, n_alerts
+        return r
+
     def build_flow(self, flow: Dataflow, batches: Stream[PointBatch], sink: DynamicSink[Any]) -> None:
-        """The same chain with the project's Bytewax adapters; every output goes to ``sink``."""
+        """The same chain with the project's Bytewax adapters; every output goes to ``sink``.
+
+        Fused: one keyed stateful step for the whole chain (:func:`operators.chain_bytewax.operator_chain`);
+        else four (normalize is a map before the key)."""
+        if self.fused:
+            out = operator_chain("chain", op.key_on("key", batches, _device), self.operator_chain)
+            op.output("out_points", out.points, sink)
+            op.output("out_aggs", out.aggs, sink)
+            op.output("out_alerts", out.alerts, sink)
+            return
         s = bytewax_ops.normalize("normalize", batches, self.normalizer)
         keyed = op.key_on("key", s, _device)
         passed = bytewax_ops.deadband("deadband", keyed, self.deadband)

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import Alert, Severity
+from operators.arrays import sorted_union
 from operators.fastinit import slot_constructor
 from operators.kernels import anomaly_fast
 
@@ -254,7 +255,7 @@ class AnomalyState:
 
     @classmethod
     def empty(cls, tag_ids: npt.ArrayLike = ()) -> AnomalyState:
-        ids = np.unique(np.asarray(tag_ids, dtype=np.int64))
+        ids = sorted_union(tag_ids)
         n = len(ids)
         arrays: dict[str, Any] = {
             name: np.full(n, init, dtype=dtype) for name, (dtype, init) in _ARRAYS.items()
@@ -547,7 +548,7 @@ class AnomalyDetector:
         if not missing.any() and all_configured:
             return state
         _, still = _lookup(self._params.tag_ids, state.tag_ids)
-        tags = np.union1d(state.tag_ids[still], batch_tags[missing])
+        tags = sorted_union(state.tag_ids[still], batch_tags[missing])
         return state.realigned(tags, set(self._hst_tags))
 
     def process(self, state: AnomalyState | None, batch: PointBatch) -> tuple[AnomalyState, list[Alert]]:

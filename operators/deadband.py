@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.batch import PointBatch
-from operators.fastinit import slot_constructor
+from operators.fastinit import EmptyBatches, slot_constructor
 from operators.kernels import deadband_fast
 
 __all__ = ["Deadband", "DeadbandParams", "DeadbandState"]
@@ -195,7 +195,7 @@ class Deadband:
         self._hb = np.array([_NO_HEARTBEAT if h is None else h for h in hbs], dtype=np.int64)
         self._aligned: dict[str, tuple[_I64, _Aligned]] = {}
         self._state_pos: dict[str, _StatePos] = {}
-        self._empty: dict[str, PointBatch] = {}
+        self._empty = EmptyBatches(_CACHE_MAX_DEVICES)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"params": dict(self.params)}
@@ -334,20 +334,11 @@ class Deadband:
             state.value, state.ts_ns, state.quality,
         )  # fmt: skip
         if k == 0:
-            return state, self._empty_batch(device)
+            return state, self._empty(device)
         new = _new_state(state.tag_ids, value, ts, quality)
         if len(out_ts) == 0:  # every point passes: the batch itself
             return new, batch
         return new, PointBatch(device, out_ts, out_tags, out_values, out_quality)
-
-    def _empty_batch(self, device: str) -> PointBatch:
-        """A shared empty batch per device (batches are never mutated)."""
-        empty = self._empty.get(device)
-        if empty is None:
-            if len(self._empty) >= _CACHE_MAX_DEVICES:
-                self._empty.clear()
-            empty = self._empty[device] = PointBatch.empty(device)
-        return empty
 
     def _positions(
         self, state: DeadbandState, device_id: str, tag_ids: _I64, cache: bool

@@ -42,15 +42,13 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.quality import Quality
-from operators.kernels import normalize_fast
+from operators.kernels import _CLAMPED, _GOOD_LIMIT, normalize_fast
 from operators.units import conversion
 
 __all__ = ["NormalizeParams", "Normalizer"]
 
 _BAD = 128
-_GOOD_LIMIT = 64
 _CACHE_MAX_DEVICES = 4096
-_CLAMPED = int(Quality.CLAMPED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,8 @@ import numpy.typing as npt
 
 from core.batch import PointBatch
 from core.records import AggBatch
-from operators.fastinit import slot_constructor
+from operators.arrays import sorted_union
+from operators.fastinit import EmptyBatches, slot_constructor
 from operators.kernels import window_append
 
 SECOND = 1_000_000_000
@@ -205,7 +206,7 @@ def _merge(a: Accumulators, b: Accumulators) -> tuple[Accumulators, int]:
         return a, 0
     if len(a) == len(b) and np.array_equal(a.tag_ids, b.tag_ids):
         return _merge_aligned(a, b, a.tag_ids)
-    tags = np.union1d(a.tag_ids, b.tag_ids)
+    tags = sorted_union(a.tag_ids, b.tag_ids)
     ia = np.searchsorted(tags, a.tag_ids)
     ib = np.searchsorted(tags, b.tag_ids)
     in_a = np.zeros(len(tags), dtype=bool)
@@ -369,7 +370,7 @@ class WindowAggregator:
         self._future_ns = round(self.max_future_s * SECOND)
         self._idle_ns = round((self.idle_close_s or 0.0) * SECOND)
         self._ttl_ns = round(self.tag_ttl_s * SECOND)
-        self._empty: dict[str, PointBatch] = {}
+        self._empty = EmptyBatches(_CACHE_MAX_DEVICES)
 
     def __repr__(self) -> str:
         return (
@@ -503,15 +504,20 @@ class WindowAggregator:
             )  # fmt: skip
             if not ok:
                 return None
-            count, first_ts, last_ts = ints
-            total, lo, hi, first, last, area = floats
-            new_acc = _new_acc(acc.bucket_ns, ids, count, total, lo, hi, first_ts, first, last_ts, last, area)
-            new_windows.append(_new_buckets(w, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values))
-        watermark = max(watermark, t_hi)
-        threshold = watermark - lateness
+            new_windows.append(appended(wb, ids, ints, floats))
         device = batch.device_id
-        new_st = _new_state(
-            tuple(new_windows),
+        return self.advanced(st, tuple(new_windows), t_hi, device, now_ns), [], self._empty(device)
+
+    def advanced(
+        self, st: WindowState, windows: tuple[WindowBuckets, ...], t_hi: int, device: str, now_ns: int
+    ) -> WindowState:
+        """``st`` with ``windows`` (:func:`appended`) after a batch whose latest point is at ``t_hi``:
+        the rest of a fast path's new state (watermark, closing frontier, last seen)."""
+        watermark = max(st.watermark_ns, t_hi)
+        threshold = watermark - self._lateness_ns
+        closed = st.closed_ns
+        return _new_state(
+            windows,
             device,
             watermark,
             closed if closed >= threshold else threshold,
@@ -522,25 +528,6 @@ class WindowAggregator:
             st.nan_points,
             st.twa_approx,
         )
-        return new_st, [], self._empty_batch(device)
-
-    def _empty_batch(self, device: str) -> PointBatch:
-        """A shared empty batch per device (batches are never mutated)."""
-        empty = self._empty.get(device)
-        if empty is None:
-            if len(self._empty) >= _CACHE_MAX_DEVICES:
-                self._empty.clear()
-            empty = self._empty[device] = PointBatch.empty(device)
-        return empty
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_empty", None)  # derived data
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._empty = {}
 
     def close_idle(self, state: WindowState, now_ns: int) -> tuple[WindowState, list[AggBatch]]:
         """Close, by processing time, the buckets of a quiet device that are due (see the module doc)."""
@@ -637,7 +624,7 @@ class WindowAggregator:
         if len(c_tags) == len(acc) and np.array_equal(c_tags, acc.tag_ids):
             c_ts, c_vals = acc.last_ts, acc.last
         else:
-            tags = np.union1d(c_tags, acc.tag_ids)
+            tags = sorted_union(c_tags, acc.tag_ids)
             ts = np.empty(len(tags), np.int64)
             vals = np.empty(len(tags), np.float64)
             ic = np.searchsorted(tags, c_tags)
@@ -649,6 +636,26 @@ class WindowAggregator:
         if not keep.all():
             c_tags, c_ts, c_vals = c_tags[keep], c_ts[keep], c_vals[keep]
         return twa, (c_tags, c_ts, c_vals)
+
+
+def appended(wb: WindowBuckets, ids: I64, ints: I64, floats: F64) -> WindowBuckets:
+    """``wb`` with its one open bucket replaced by :func:`operators.kernels.window_append`'s result
+    (``ids``; ``ints`` rows count, first_ts, last_ts; ``floats`` rows sum, min, max, first, last, area)."""
+    # rows by index: a third of the cost of unpacking the 2-D arrays
+    acc = _new_acc(
+        wb.open[0].bucket_ns,
+        ids,
+        ints[0],
+        floats[0],
+        floats[1],
+        floats[2],
+        ints[1],
+        floats[3],
+        ints[2],
+        floats[4],
+        floats[5],
+    )
+    return _new_buckets(wb.window_ns, (acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
 
 
 def accumulate(ts_ns: I64, tag_ids: I64, values: F64, window_ns: int) -> list[Accumulators]:

@@ -198,7 +198,7 @@ def test_fast_path_states_stay_immutable_and_pickle() -> None:
         assert pickle.dumps(win_s) == win_blob
     # A pickled aggregator drops its derived caches and behaves the same.
     win2 = pickle.loads(pickle.dumps(win))
-    assert win2._empty == {}
+    assert len(win2._empty) == 0
     b = PointBatch.from_values("d0", [7], [1.0], ts_ns=T0 + 3600 * S)
     got1 = win.process(win_state, b, T0 + 3600 * S)
     got2 = win2.process(win_state, b, T0 + 3600 * S)

@@ -56,3 +56,15 @@ def test_refuses_classes_whose_checks_it_would_skip() -> None:
 
     with pytest.raises(TypeError, match="NoSlots is not a slotted dataclass"):
         slot_constructor(NoSlots)
+
+
+def test_checked_callers_may_skip_post_init() -> None:
+    """``checked=True`` is for callers whose arguments always pass ``__post_init__`` (the fused chain's
+    kernel-made columns of one length): the same batch, built without the check."""
+    make = slot_constructor(PointBatch, checked=True)
+    cols = (np.array([5], np.int64), np.array([1], np.int64), np.array([2.0]), np.array([0], np.uint8))
+    made, ref = make("d", *cols, None), PointBatch("d", *cols)
+    assert type(made) is PointBatch
+    assert all(getattr(made, f.name) is getattr(ref, f.name) for f in dataclasses.fields(PointBatch))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.device_id = "e"  # type: ignore[misc]
