@@ -414,7 +414,8 @@ class PollGroup:
     may be its worker's sleeper: it waits on the nap's condition, which the loop thread notifies at
     every finished poll, until data, its next deadline or the nap's cap.
 
-    A partition built alone has a group of its own; :meth:`PollingSource.build_parts` puts a
+    The partitions' schedules start at the group's first :meth:`next_batch` (the worker runs), as
+    polls started when the worker first asked before. A partition built alone has a group of its own; :meth:`PollingSource.build_parts` puts a
     worker's partitions in one (see :mod:`dataflows.routing`).
     """
 
@@ -445,6 +446,16 @@ class PollGroup:
         self._nap_looked_up = max_wait_s <= 0
         self._notify: Callable[[], None] | None = None
         self._called_at = 0.0
+        self._starts: list[Callable[[], None]] | None = []
+        """How to start each partition's schedule, run at the first :meth:`next_batch` (the worker
+        is running); ``None`` once it ran."""
+
+    def add(self, start: Callable[[], None]) -> None:
+        """A partition joins: ``start()`` starts its schedule, once the worker runs."""
+        if self._starts is None:
+            start()
+        else:
+            self._starts.append(start)
 
     # -- the loop thread -------------------------------------------------------------------------
 
@@ -485,6 +496,10 @@ class PollGroup:
         """Everything that is ready, in the order it came; ``StopIteration`` once drained."""
         nap = self._nap if self._nap_looked_up else self._attach_nap()
         self._called_at = self._clock()
+        if self._starts is not None:
+            starts, self._starts = self._starts, None
+            for start in starts:
+                start()
         out = self._take()
         if not out and self.stopping:
             with self._lock:
@@ -622,7 +637,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._m_interval.set(self._schedule.interval)
         self._loop_thread = loop_thread or _LoopThread(f"{protocol}:{device.device_id}")
         self._loop, self._thread = self._loop_thread.acquire()
-        self._loop.call_soon_threadsafe(self._arm)
+        self._group.add(lambda: self._loop.call_soon_threadsafe(self._arm))
 
     @property
     def poll_group(self) -> PollGroup:
@@ -668,6 +683,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
     # -- the schedule, on the loop thread ------------------------------------------------------
 
     def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._closed:
             return
         at, now = self._schedule.next_deadline, self._clock()
@@ -702,6 +719,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         def again() -> None:
             if self._timer is not None:
                 self._timer.cancel()
+                self._timer = None
             self._on_slot()
 
         self._loop.call_soon_threadsafe(again)
@@ -785,8 +803,6 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if interval != self._schedule.interval:
             self._schedule.retime(interval, self._inflight_slot, self._clock())
             self._m_interval.set(interval)
-            if self._timer is not None:
-                self._timer.cancel()
             self._arm()
 
     @property

@@ -78,7 +78,8 @@ def test_the_loop_polls_on_its_own_and_holds_one_batch_per_device_until_taken() 
     source = FastSource(["a"])
     part = source.build_part("in", "fake:a", None)
     try:
-        # nobody calls next_batch: the loop's timer starts the first poll, then skips while it waits
+        assert part.next_batch() == []  # the worker runs: the schedule starts
+        # nobody calls next_batch again: the loop's timer starts the first poll, then skips slots
         wait_for(lambda: part.stats.skipped_polls >= 3, "the loop did not keep its schedule")
         s = part.stats
         assert (s.polls, s.completed) == (1, 0)
@@ -98,6 +99,7 @@ def test_partitions_built_together_hand_over_in_one_call() -> None:
     groups = {id(p.poll_group) for p in parts.values()}
     try:
         assert len(groups) == 1
+        assert parts["fake:c"].next_batch() == []  # the worker runs: the schedules start
         wait_for(
             lambda: all(p.stats.skipped_polls >= 1 for p in parts.values()),
             "every device should have finished a poll and skipped a slot",
@@ -121,6 +123,7 @@ def test_a_shared_group_drains_on_the_stop_event_with_what_is_in_flight() -> Non
     group = parts["fake:a"].poll_group
     got: list[PointBatch] = []
     try:
+        assert group.next_batch() == []
         wait_for(lambda: all(c.polls == 1 for c in source.clients.values()), "the polls did not start")
         stop.set()
         deadline = time.monotonic() + 10
