@@ -412,7 +412,8 @@ class PollGroup:
     deadline of the group's partitions plus that slack, at most ``idle_wake_s`` away (how soon a
     set ``stop_event`` is seen by an idle group). With napping on (:mod:`connectors.nap`) the group
     may be its worker's sleeper: it waits on the nap's condition, which the loop thread notifies at
-    every finished poll, until data, its next deadline or the nap's cap.
+    every finished poll, until data or the nap's cap (it need not wake for a slot: the loop starts
+    the poll).
 
     The partitions' schedules start at the group's first :meth:`next_batch` (the worker runs), as
     polls started when the worker first asked before. A partition built alone has a group of its own; :meth:`PollingSource.build_parts` puts a
@@ -509,8 +510,7 @@ class PollGroup:
                 if nap is not None:
                     nap.release(self)
                 raise StopIteration
-        if nap is not None:
-            nap.set_due(self, None if self._inflight else self._earliest())
+        if nap is not None:  # no due time: the loop starts the polls, a finished one notifies
             if out:
                 nap.handed_over()
             elif nap.attach(self):
