@@ -70,8 +70,10 @@ def run_uns(
             time.sleep(0.2)
         time.sleep(warmup)
         s0, c0, t0, th0 = cli._flow_stats(stats), _cpu(ps), time.monotonic(), cost_threads.sample(proc.pid)
+        sys0 = ps.cpu_times().system
         time.sleep(seconds)
         s1, c1, t1 = cli._flow_stats(stats), _cpu(ps), time.monotonic()
+        sys1 = ps.cpu_times().system
         threads = cost_threads.rates(th0, cost_threads.sample(proc.pid), t1 - t0)
         if proc.poll() is not None:
             raise RuntimeError(f"the flow exited early; see {folder}")
@@ -83,6 +85,7 @@ def run_uns(
 
     out = _figures(c1 - c0, d("points_read"), d("completed"), t1 - t0)
     out["skipped_polls"] = int(d("skipped_polls"))
+    out["system_share"] = round((sys1 - sys0) / (c1 - c0), 3) if c1 > c0 else None  # the kernel part
     out["threads"] = threads
     return out
 
