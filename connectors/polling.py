@@ -447,11 +447,11 @@ class PollGroup:
         self._nap_looked_up = max_wait_s <= 0
         self._notify: Callable[[], None] | None = None
         self._called_at = 0.0
-        self._starts: list[Callable[[], None]] | None = []
+        self._starts: list[Callable[[], object]] | None = []
         """How to start each partition's schedule, run at the first :meth:`next_batch` (the worker
         is running); ``None`` once it ran."""
 
-    def add(self, start: Callable[[], None]) -> None:
+    def add(self, start: Callable[[], object]) -> None:
         """A partition joins: ``start()`` starts its schedule, once the worker runs."""
         if self._starts is None:
             start()
