@@ -21,7 +21,9 @@ batch just handed over gets that many steps to travel downstream before the work
 
 While a worker has a sleeper, partitions that wait for an event (a poll in flight, an MQTT
 subscription) ask to be called at every activation (``next_awake`` = now): the sleeper paces the
-activations, and an announced event is picked up at the next one. Partitions are attached to the
+activations, and an announced event is picked up at the next one. A worker's polled devices are one
+owner (their :class:`connectors.polling.PollGroup`, one ready queue): it needs no due times, the
+event loop starts the polls and notifies at each finished one. Partitions are attached to the
 nap of the thread that calls their ``next_batch`` (:func:`worker_nap`), so a source's partitions
 on two workers of one process sleep on two naps.
 
@@ -44,8 +46,10 @@ import time
 from collections.abc import Callable
 
 DEFAULT_MAX_WAIT_MS = 0
-"""Off by default: measured on a loaded flow it saved no CPU (see BENCHMARKS.md, the worker nap); it
-helps an idle flow (0.016 -> 0.007 cores).
+"""Off by default, chosen by measurement (BENCHMARKS.md, "The event loop owns the poll schedule"):
+with one ready queue per worker the nap saves 9-15 % of the UNS-only flow's CPU at 10 devices but
+costs 60 % more at 100, where the worker wakes for every finished poll; it helps an idle flow
+(0.016 -> 0.007 cores).
 """
 ENV_MAX_WAIT = "NEXUS_SOURCE_MAX_WAIT_MS"
 STALE_S = 1.0

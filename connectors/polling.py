@@ -5,12 +5,20 @@ asyncio event loop (started with the first partition, stopped when the last one 
 device's :class:`DeviceClient` runs its awaits there. One loop instead of one thread per device:
 with hundreds of devices, hundreds of threads each waking from ``epoll`` and queueing for the GIL
 delayed every poll and the worker thread (profiled: 500 devices at 1 s skipped 2-5 % of their polls
-at half a core). ``next_batch`` never blocks: it hands a finished poll's
-:class:`~core.batch.PointBatch` to the dataflow and submits the next poll when its slot is due.
-Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never drifts; a slot
-that comes while the previous poll is still running is skipped and counted (at most one poll per
-device is ever in flight). The origin carries a stable per-device offset so devices with the same
-interval do not all fire at once.
+at half a core).
+
+The event loop owns the schedule: each partition's polls are started by the loop thread's own
+timers, and a finished poll's :class:`~core.batch.PointBatch` goes into the ready queue of the
+partition's :class:`PollGroup`, which the Bytewax worker drains in one ``next_batch`` call (one
+group for all the partitions of a worker under :mod:`dataflows.routing`). Before, the worker
+submitted each poll with ``asyncio.run_coroutine_threadsafe`` (a self-pipe write and an ``epoll``
+wake-up of the loop thread per poll) and looked again every ``wake_slack_s`` while any poll was in
+flight, walking every such partition. ``next_batch`` never blocks.
+Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never drifts (a poll
+starts at most :data:`TIMER_QUANTUM_S` after its slot: the loop wakes once for the slots of many
+devices); a slot that comes while the previous poll is still running, or before the worker took its
+batch, is skipped and counted (at most one poll or batch per device is ever outstanding). The
+origin carries a stable per-device offset so devices with the same interval do not all fire at once.
 
 Adaptive polling (optional, :class:`AdaptivePolling` on a :class:`PolledDevice`): after each
 completed poll :class:`AdaptiveInterval` compares the batch with the previous one — any value
@@ -24,7 +32,9 @@ earlier than its new grid allows. Slots of the new grid that fell while that pol
 are not counted as skipped.
 
 Live polling cannot replay, so ``snapshot()`` is ``None``. Set ``stop_event`` to drain: the
-partitions stop submitting polls, return what is in flight, then raise ``StopIteration``.
+partitions stop starting polls, return what is in flight, then raise ``StopIteration``. A hot
+config change (:meth:`PollingPartition.request_change`) is applied by the loop at the device's next
+slot; its item is queued ahead of the first batch polled with the new plan.
 
 A protocol supplies a client (``poll()`` never raises: failures are bad-quality points) and a
 :class:`PollingSource` subclass that lists its devices and builds their clients.
@@ -43,14 +53,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import heapq
 import logging
 import math
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,6 +82,12 @@ POLL_INTERVAL = Gauge(
 )  # fmt: skip
 
 WriteValue = float | int | bool | str
+
+TIMER_QUANTUM_S = 0.02
+"""A slot's poll starts at the end of the 20 ms window of the loop's clock it falls in (at most a
+tenth of the device's interval): the slots of many devices in one window start from one wake-up of
+the loop, and their responses come back together. Measured on the UNS-only flow (BENCHMARKS.md, the
+loop-owned schedule): 500 devices at 1 s, 0.81x the CPU per point, the loop's wake-ups 750 -> 200/s."""
 
 
 class WriteRejected(ValueError):  # noqa: N818 - the name the connectors and routing share
@@ -261,6 +279,21 @@ def schedule_offset(device_id: str, interval_s: float) -> float:
     return (h % 1_000_000) / 1_000_000 * interval_s
 
 
+def slot_timer(loop_now: float, until_slot: float, interval: float) -> float:
+    """The loop time at which to start the poll of a slot ``until_slot`` seconds away: the end of
+    its :data:`TIMER_QUANTUM_S` window (at most ``interval / 10``), never before the slot.
+
+    >>> slot_timer(100.0, 0.003, 1.0), slot_timer(100.0, 0.013, 1.0), slot_timer(100.0, 0.02, 1.0)
+    (100.02, 100.02, 100.02)
+    >>> slot_timer(100.0, -0.5, 1.0)  # a slot already past: the current window
+    100.0
+    >>> round(slot_timer(100.0, 0.001, 0.05), 3)  # a 50 ms device: 5 ms windows
+    100.005
+    """
+    quantum = min(TIMER_QUANTUM_S, interval / 10)
+    return math.ceil((loop_now + max(0.0, until_slot)) / quantum) * quantum
+
+
 class PollSchedule:
     """Slots at ``origin + k * interval``; :meth:`take` says whether a slot is due and how many passed.
 
@@ -389,7 +422,190 @@ class PartitionStats:
     """The current poll interval (it moves with adaptive polling)."""
 
 
+class PollGroup:
+    """The partitions of one worker on one event loop, collected together: the ready queue, the
+    polls in flight, the earliest poll deadline and the drain.
+
+    The loop thread starts each poll from its own timer (:class:`PollingPartition`) and, when it
+    finishes, appends the batch to the ready queue; the worker takes everything that is ready in
+    one :meth:`next_batch` call, whatever the number of devices. :meth:`next_awake` says "now"
+    only while the queue holds something; otherwise while a poll is in flight ``wake_slack_s``
+    (how long a finished batch may wait for the worker when it does not nap), else the earliest
+    deadline of the group's partitions plus that slack, at most ``idle_wake_s`` away (how soon a
+    set ``stop_event`` is seen by an idle group). With napping on (:mod:`connectors.nap`) the group
+    may be its worker's sleeper: it waits on the nap's condition, which the loop thread notifies at
+    every finished poll, until data or the nap's cap (it need not wake for a slot: the loop starts
+    the poll).
+
+    The partitions' schedules start at the group's first :meth:`next_batch` (the worker runs), as
+    polls started when the worker first asked before. A partition built alone has a group of its own; :meth:`PollingSource.build_parts` puts a
+    worker's partitions in one (see :mod:`dataflows.routing`).
+    """
+
+    def __init__(
+        self,
+        stop_event: threading.Event | None,
+        wake_slack_s: float,
+        max_wait_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        idle_wake_s: float = 0.25,
+    ) -> None:
+        self._stop_event = stop_event
+        self._slack = wake_slack_s
+        self._idle = idle_wake_s
+        self._clock = clock
+        self._ready: deque[tuple[PollingPartition | None, Any]] = deque()
+        """(partition, batch) for a finished poll, (None, item) for a config change's item."""
+        self._lock = threading.Lock()
+        """Makes "start a poll" (loop thread) and "drained" (worker) exclusive."""
+        self._inflight = 0
+        """Polls started and not finished (written by the loop thread only)."""
+        self._deadlines: list[float] = []
+        """Armed poll deadlines (a heap the loop thread keeps; entries of retimed slots linger until
+        passed, which can only make the worker look earlier)."""
+        self._stopped = False
+        self._max_wait_s = max_wait_s
+        self._nap: WorkerNap | None = None
+        self._nap_looked_up = max_wait_s <= 0
+        self._notify: Callable[[], None] | None = None
+        self._called_at = 0.0
+        self._starts: list[Callable[[], object]] | None = []
+        """How to start each partition's schedule, run at the first :meth:`next_batch` (the worker
+        is running); ``None`` once it ran."""
+
+    def add(self, start: Callable[[], object]) -> None:
+        """A partition joins: ``start()`` starts its schedule, once the worker runs."""
+        if self._starts is None:
+            start()
+        else:
+            self._starts.append(start)
+
+    # -- the loop thread -------------------------------------------------------------------------
+
+    def begin(self) -> bool:
+        """A partition's slot came: may it start a poll (False once the group is draining)?"""
+        with self._lock:
+            if self._stopped or (self._stop_event is not None and self._stop_event.is_set()):
+                return False
+            self._inflight += 1
+            return True
+
+    def emit(self, item: Any) -> None:
+        """Hand ``item`` (a config change's) to the worker ahead of what is finished after it."""
+        self._ready.append((None, item))
+
+    def finish(self, part: PollingPartition, batch: PointBatch) -> None:
+        """A poll of ``part`` finished (queued first, then counted: the drain never misses it)."""
+        self._ready.append((part, batch))
+        self._inflight -= 1
+        notify = self._notify
+        if notify is not None:
+            notify()
+
+    def arm(self, at: float, now: float) -> None:
+        """A partition's next slot is at ``at``; forget the deadlines that have passed."""
+        heap = self._deadlines
+        while heap and heap[0] <= now:
+            heapq.heappop(heap)
+        heapq.heappush(heap, at)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped or (self._stop_event is not None and self._stop_event.is_set())
+
+    # -- the worker thread -----------------------------------------------------------------------
+
+    def next_batch(self) -> list[Any]:
+        """Everything that is ready, in the order it came; ``StopIteration`` once drained."""
+        nap = self._nap if self._nap_looked_up else self._attach_nap()
+        self._called_at = self._clock()
+        if self._starts is not None:
+            starts, self._starts = self._starts, None
+            for start in starts:
+                start()
+        out = self._take()
+        if not out and self.stopping:
+            with self._lock:
+                if self._inflight == 0 and not self._ready:
+                    self._stopped = True
+            if self._stopped:
+                if nap is not None:
+                    nap.release(self)
+                raise StopIteration
+        if nap is not None:  # no due time: the loop starts the polls, a finished one notifies
+            if out:
+                nap.handed_over()
+            elif nap.attach(self):
+                nap.nap(self, self._clock())
+                out = self._take()  # what woke it
+        return out
+
+    def _take(self) -> list[Any]:
+        ready = self._ready
+        out: list[Any] = []
+        while ready:
+            part, item = ready.popleft()
+            if part is not None:
+                part._completed += 1
+                part._pending = False  # its next slot may start a poll
+            out.append(item)
+        return out
+
+    def next_wake(self) -> float | None:
+        """When the worker should call :meth:`next_batch` again (wall clock; ``None``: at once)."""
+        if self._ready:
+            return None
+        now = self._clock()
+        nap = self._nap
+        if nap is not None:
+            if nap.is_sleeper(self):
+                # At once, its next call naps. Not "now": Bytewax would activate the source again only
+                # after (now - the time it started this activation), i.e. after a nap's length of spinning.
+                return self._called_at
+            if nap.active:  # the sleeper paces the activations
+                return now
+        elif not self._nap_looked_up:
+            return None  # attach to the worker's nap first
+        if self._inflight or self.stopping:
+            return now + self._slack
+        due = self._earliest()
+        if due is None:
+            return now + self._idle
+        return min(max(due, now) + self._slack, now + self._idle)
+
+    def next_awake(self) -> datetime | None:
+        wake = self.next_wake()
+        return None if wake is None else datetime.fromtimestamp(wake, tz=UTC)
+
+    def _earliest(self) -> float | None:
+        try:
+            return self._deadlines[0]
+        except IndexError:
+            return None
+
+    def _attach_nap(self) -> WorkerNap | None:
+        nap = self._nap = worker_nap(self._max_wait_s)
+        self._nap_looked_up = True
+        if nap is not None:
+            self._notify = nap.notify  # called by the loop thread when a poll finishes
+        return nap
+
+    def release(self) -> None:
+        """The group's partitions close: give up the worker's nap."""
+        if self._nap is not None:
+            self._nap.release(self)
+
+
 class PollingPartition(StatefulSourcePartition[PointBatch, None]):
+    """One device: its schedule, run by the event loop's own timers, and its client.
+
+    At each slot the loop thread starts a poll unless the previous one is still running or its
+    batch has not been taken by the worker yet (the slot is then skipped and counted); the finished
+    batch goes to the partition's :class:`PollGroup`, whose ready queue the worker drains. The
+    Bytewax calls (:meth:`next_batch`, :meth:`next_awake`) are the group's: a partition in a shared
+    group hands over the whole group's batches.
+    """
+
     def __init__(
         self,
         device: PolledDevice,
@@ -402,14 +618,17 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         clock: Callable[[], float] = time.time,
         loop_thread: _LoopThread | None = None,
         max_wait_s: float = 0.0,
+        group: PollGroup | None = None,
     ) -> None:
         """``loop_thread``: the event loop thread shared with other partitions (a source passes its
-        own); ``None``: a loop thread for this partition alone. ``max_wait_s`` > 0: the partition may
-        be its worker's sleeper (:mod:`connectors.nap`), waiting up to that long in ``next_batch``."""
+        own); ``None``: a loop thread for this partition alone. ``group``: the group it hands its
+        batches to (``None``: one of its own, napping up to ``max_wait_s`` when > 0).
+
+        ``clock`` is the wall clock the poll grid is on; the loop's timer is armed for the time it
+        says a slot is due (:meth:`reschedule` when it moved otherwise)."""
         self.device_id = device.device_id
         self.protocol = protocol
         self._stop_event = stop_event
-        self._wake_slack = timedelta(seconds=wake_slack_s)
         self._close_timeout_s = close_timeout_s
         self._clock = clock
         interval = device.poll_interval_s
@@ -420,9 +639,13 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._adaptive is not None and self._adaptive.interval_s != interval:
             self._schedule.retime(self._adaptive.interval_s, self._schedule.last_slot, now)
         self._client = client
-        self._inflight: concurrent.futures.Future[PointBatch] | None = None
+        self._group = group or PollGroup(stop_event, wake_slack_s, max_wait_s, clock)
+        self._pending = False
+        """A poll is running or its batch is not taken yet (set by the loop, cleared by the worker)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
         self._inflight_slot = math.nan
-        """The grid time of the slot the poll in flight was submitted for."""
+        """The grid time of the slot the poll in flight was started for."""
         self._polls = self._completed = self._skipped = 0
         self._device = device
         self._change: DeviceChange | None = None
@@ -436,77 +659,20 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._m_interval.set(self._schedule.interval)
         self._loop_thread = loop_thread or _LoopThread(f"{protocol}:{device.device_id}")
         self._loop, self._thread = self._loop_thread.acquire()
-        self._nap: WorkerNap | None = None
-        """The nap of the worker thread that calls :meth:`next_batch` (``None``: napping is off or
-        not looked up yet). See :mod:`connectors.nap`."""
-        self._nap_looked_up = max_wait_s <= 0
-        self._called_at = 0.0
-        """When :meth:`next_batch` was last entered (the sleeper's next wake time)."""
-        self._max_wait_s = max_wait_s
-        self._notify: Callable[[Any], None] = lambda _fut: None
+        self._group.add(lambda: self._loop.call_soon_threadsafe(self._arm))
+
+    @property
+    def poll_group(self) -> PollGroup:
+        """The group this partition hands its batches to."""
+        return self._group
 
     # -- the Bytewax contract ------------------------------------------------------------------
 
     def next_batch(self) -> list[PointBatch]:
-        nap = self._nap if self._nap_looked_up else self._attach_nap()
-        self._called_at = self._clock()
-        out: list[PointBatch] = []
-        fut = self._inflight
-        if fut is not None and fut.done():
-            self._inflight = None
-            batch = self._result(fut)
-            out.append(batch)
-            self._completed += 1
-            if self._adaptive is not None:
-                self._adapt(batch)
-        if self._stop_event is not None and self._stop_event.is_set():
-            if self._inflight is None and not out:
-                if nap is not None:
-                    nap.release(self)
-                raise StopIteration
-            return out
-        slots = self._schedule.take(self._clock())
-        if slots:
-            if self._inflight is None:
-                change = self._take_change()
-                if change is not None:
-                    out.append(change.item)  # ahead of the first batch polled with the new plan
-                    self._inflight = asyncio.run_coroutine_threadsafe(
-                        self._reconfigure_and_poll(change), self._loop
-                    )
-                else:
-                    self._inflight = asyncio.run_coroutine_threadsafe(self._client.poll(), self._loop)
-                if nap is not None:
-                    self._inflight.add_done_callback(self._notify)
-                self._inflight_slot = self._schedule.last_slot
-                self._polls += 1
-                slots -= 1
-            if slots:
-                self._skipped += slots
-                self._m_skipped.inc(slots)
-        if nap is not None:
-            nap.set_due(self, None if self._inflight is not None else self._schedule.next_deadline)
-            if out:
-                nap.handed_over()
-            elif nap.attach(self):
-                nap.nap(self, self._clock())
-        return out
+        return self._group.next_batch()
 
     def next_awake(self) -> datetime | None:
-        nap = self._nap
-        if self._inflight is not None:
-            if nap is not None and nap.active:  # the sleeper paces the activations
-                return datetime.now(UTC)
-            return datetime.now(UTC) + self._wake_slack
-        if self._stop_event is not None and self._stop_event.is_set():
-            return None
-        if not self._nap_looked_up:
-            return datetime.fromtimestamp(self._clock(), tz=UTC)  # at once: attach to the worker's nap
-        if nap is not None and nap.is_sleeper(self):
-            # At once, its next call naps. Not "now": Bytewax would activate the source again only
-            # after (now - the time it started this activation), i.e. after a nap's length of spinning.
-            return datetime.fromtimestamp(self._called_at, tz=UTC)
-        return datetime.fromtimestamp(self._schedule.next_deadline, tz=UTC)
+        return self._group.next_awake()
 
     def snapshot(self) -> None:
         return None
@@ -515,16 +681,12 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         if self._closed:
             return
         self._closed = True
-        if self._nap:
-            self._nap.release(self)
+        self._group.release()
         for callback in self.on_close:
             callback()
         deadline = time.monotonic() + self._close_timeout_s
-        if self._inflight is not None:
-            self._inflight.cancel()
-            self._inflight = None
         if self._thread.is_alive() and not self._loop.is_closed():
-            fut = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             try:
                 fut.result(max(0.0, deadline - time.monotonic()))
             except Exception:  # timeout or a closing error: the loop moves on anyway
@@ -532,6 +694,72 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
                 log.warning("%s client did not close in time device=%s", self.protocol, self.device_id)
         if not self._loop_thread.release(deadline - time.monotonic()):
             log.warning("%s poll thread did not stop in time device=%s", self.protocol, self.device_id)
+
+    async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        await self._client.close()
+
+    # -- the schedule, on the loop thread ------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._closed:
+            return
+        at, now = self._schedule.next_deadline, self._clock()
+        self._group.arm(at, now)
+        when = slot_timer(self._loop.time(), at - now, self._schedule.interval)
+        self._timer = self._loop.call_at(when, self._on_slot)
+
+    def _on_slot(self) -> None:
+        self._timer = None
+        group = self._group
+        if self._closed or group.stopping:
+            return  # draining: no more polls; the group returns what is in flight
+        slots = self._schedule.take(self._clock())
+        if slots:
+            if not self._pending and group.begin():
+                self._pending = True
+                self._inflight_slot = self._schedule.last_slot
+                change = self._take_change()
+                if change is not None:
+                    group.emit(change.item)  # ahead of the first batch polled with the new plan
+                self._polls += 1
+                self._task = self._loop.create_task(self._poll(change))
+                slots -= 1
+            if slots:
+                self._skipped += slots
+                self._m_skipped.inc(slots)
+        self._arm()
+
+    def reschedule(self) -> None:
+        """Look at the schedule again now rather than at the armed timer (thread-safe): for a clock
+        that moved other than the loop's timer expected (a stepped wall clock, a test's fake clock)."""
+
+        def again() -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._on_slot()
+
+        self._loop.call_soon_threadsafe(again)
+
+    async def _poll(self, change: DeviceChange | None) -> None:
+        try:
+            if change is not None:
+                await self._reconfigure(change)
+            batch = await self._client.poll()
+        except asyncio.CancelledError:
+            raise  # closing
+        except Exception:  # poll() never raises; still yield points
+            log.exception("%s poll did not complete device=%s", self.protocol, self.device_id)
+            batch = self._client.error_batch(Quality.COMM_ERROR, time.time_ns())
+        if self._adaptive is not None:
+            self._adapt(batch)
+        self._group.finish(self, batch)
 
     # -- hot config changes ----------------------------------------------------------------------
 
@@ -555,7 +783,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         assert new is not None  # checked by request_change
         self._device = new
         if (old.poll_interval_s, old.adaptive) != (new.poll_interval_s, new.adaptive):
-            # The poll submitted now belongs to this slot; the next slots follow the new interval.
+            # The poll started now belongs to this slot; the next slots follow the new interval.
             self._adaptive = AdaptiveInterval(new.adaptive, new.poll_interval_s) if new.adaptive else None
             interval = self._adaptive.interval_s if self._adaptive is not None else new.poll_interval_s
             self._schedule.retime(interval, self._schedule.last_slot, self._clock())
@@ -568,14 +796,13 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             change.on_applied(change.version)
         return change
 
-    async def _reconfigure_and_poll(self, change: DeviceChange) -> PointBatch:
+    async def _reconfigure(self, change: DeviceChange) -> None:
         reconfigure = getattr(self._client, "reconfigure", None)
         if reconfigure is not None:
             try:
                 await reconfigure(change.plan)
             except Exception:  # the old plan stays; the poll still yields points
                 log.exception("%s reconfigure failed device=%s", self.protocol, self.device_id)
-        return await self._client.poll()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -593,27 +820,13 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _attach_nap(self) -> WorkerNap | None:
-        nap = self._nap = worker_nap(self._max_wait_s)
-        self._nap_looked_up = True
-        if nap is not None:
-            notify = nap.notify
-            self._notify = lambda _fut: notify()  # run by the loop thread when a poll finishes
-        return nap
-
     def _adapt(self, batch: PointBatch) -> None:
         assert self._adaptive is not None
         interval = self._adaptive.observe(batch)
         if interval != self._schedule.interval:
             self._schedule.retime(interval, self._inflight_slot, self._clock())
             self._m_interval.set(interval)
-
-    def _result(self, fut: concurrent.futures.Future[PointBatch]) -> PointBatch:
-        try:
-            return fut.result()
-        except (Exception, concurrent.futures.CancelledError):  # poll() never raises; still yield points
-            log.exception("%s poll did not complete device=%s", self.protocol, self.device_id)
-            return self._client.error_batch(Quality.COMM_ERROR, time.time_ns())
+            self._arm()
 
     @property
     def stats(self) -> PartitionStats:
@@ -632,8 +845,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
 class PollingSource(FixedPartitionedSource[PointBatch, None]):
     """Polls each device on its own schedule; one partition per device, ``{protocol}:{device_id}``.
 
-    ``wake_slack_s`` is how soon Bytewax looks again while a poll is in flight (when the worker has
-    no sleeper, see :mod:`connectors.nap`); ``close_timeout_s`` bounds how long closing a partition
+    ``wake_slack_s`` is how long a finished poll may wait for the worker while it does not nap
+    (:class:`PollGroup`, :mod:`connectors.nap`); ``close_timeout_s`` bounds how long closing a partition
     may take; ``max_wait_s`` is how long a partition with nothing to hand over may wait for one
     (``None``: ``NEXUS_SOURCE_MAX_WAIT_MS``, default 0: never).
     """
@@ -697,6 +910,16 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         return list(self._devices)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> PollingPartition:
+        return self._build(for_part, None)
+
+    def build_parts(self, step_id: str, for_parts: Sequence[str]) -> dict[str, PollingPartition]:
+        """The partitions ``for_parts``, built for one worker that drives them together: they share
+        one :class:`PollGroup` (one ready queue), so any one's :meth:`~PollingPartition.next_batch`
+        returns every finished poll of them all."""
+        group = PollGroup(self.stop_event, self.wake_slack_s, self.max_wait_s)
+        return {key: self._build(key, group) for key in for_parts}
+
+    def _build(self, for_part: str, group: PollGroup | None) -> PollingPartition:
         device = self._devices[for_part]
         if self._loop_thread is None:
             self._loop_thread = _LoopThread(f"{self.protocol}:poll-loop")
@@ -709,6 +932,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
             close_timeout_s=self.close_timeout_s,
             loop_thread=self._loop_thread,
             max_wait_s=self.max_wait_s,
+            group=group,
         )
         self._parts[for_part] = part
         if self.write_registry is not None:

@@ -122,9 +122,12 @@ class WorkerLocalSource(DynamicSource[X], Generic[X]):
         return [p for p in self.inner.list_parts() if worker_of(self.key_of(p), worker_count) == worker_index]
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalParts[X]:
-        parts = {
-            p: self.inner.build_part(step_id, p, None) for p in self.parts_for(worker_index, worker_count)
-        }
+        keys = self.parts_for(worker_index, worker_count)
+        build_parts = getattr(self.inner, "build_parts", None)
+        if build_parts is not None:  # a polling source: one ready queue for the worker's devices
+            parts: dict[str, StatefulSourcePartition[X, Any]] = build_parts(step_id, keys)
+        else:
+            parts = {p: self.inner.build_part(step_id, p, None) for p in keys}
         return _LocalParts(parts)
 
 
@@ -159,42 +162,71 @@ class _Stateless(StatefulBatchLogic[Any, Any, None]):
 
 
 class _LocalParts(StatelessSourcePartition[X], Generic[X]):
-    """Drives a worker's partitions as one: each is asked for items only once its own
-    ``next_awake`` has come (a heap of wake times), the way Bytewax drives separate partitions."""
+    """Drives a worker's partitions as one.
+
+    Partitions that share a poll group (``poll_group``: :class:`connectors.polling.PollGroup`, what
+    :meth:`~connectors.polling.PollingSource.build_parts` builds) are drained through it: one call
+    per activation takes every finished poll of the group, however many devices it has, and the
+    group says when to look again. Any other partition is asked for items only once its own
+    ``next_awake`` has come (a heap of wake times), the way Bytewax drives separate partitions.
+    """
 
     def __init__(self, parts: dict[str, StatefulSourcePartition[X, Any]]) -> None:
         self._parts = parts
-        self._live = dict(parts)
-        self._heap: list[tuple[float, str]] = [(0.0, key) for key in parts]  # all due at once
+        self._groups: dict[int, tuple[Any, list[StatefulSourcePartition[X, Any]]]] = {}
+        self._live: dict[str, StatefulSourcePartition[X, Any]] = {}
+        for key, part in parts.items():
+            group = getattr(part, "poll_group", None)
+            if group is None:
+                self._live[key] = part
+            else:
+                self._groups.setdefault(id(group), (group, []))[1].append(part)
+        self._heap: list[tuple[float, str]] = [(0.0, key) for key in self._live]  # all due at once
         heapq.heapify(self._heap)
 
     def next_batch(self) -> list[X]:
-        if not self._live:
+        if not self._live and not self._groups:
             raise StopIteration
-        now = datetime.now(UTC).timestamp()
         out: list[X] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, key = heapq.heappop(heap)
-            part = self._live[key]
+        for gid, (group, members) in list(self._groups.items()):
             try:
-                out += part.next_batch()
+                out += group.next_batch()
             except StopIteration:
-                del self._live[key]
-                part.close()
-                continue
-            awake = part.next_awake()
-            heapq.heappush(heap, (now if awake is None else awake.timestamp(), key))
-        if not self._live and not out:
+                del self._groups[gid]
+                for part in members:
+                    part.close()
+        heap = self._heap
+        if heap:
+            now = datetime.now(UTC).timestamp()
+            while heap and heap[0][0] <= now:
+                _, key = heapq.heappop(heap)
+                part = self._live[key]
+                try:
+                    out += part.next_batch()
+                except StopIteration:
+                    del self._live[key]
+                    part.close()
+                    continue
+                awake = part.next_awake()
+                heapq.heappush(heap, (now if awake is None else awake.timestamp(), key))
+        if not self._live and not self._groups and not out:
             raise StopIteration
         return out
 
     def next_awake(self) -> datetime | None:
-        if not self._heap:
-            return None
-        return datetime.fromtimestamp(self._heap[0][0], tz=UTC)
+        wake = self._heap[0][0] if self._heap else None
+        for group, _ in self._groups.values():
+            at = group.next_wake()
+            if at is None:
+                return None
+            wake = at if wake is None else min(wake, at)
+        return None if wake is None else datetime.fromtimestamp(wake, tz=UTC)
 
     def close(self) -> None:
+        for _, members in self._groups.values():
+            for part in members:
+                part.close()
+        self._groups.clear()
         for part in self._live.values():
             part.close()
         self._live.clear()

@@ -1,7 +1,8 @@
 """Adaptive polling: faster while values change, slower while stable, within bounds, on a moving grid.
 
-The partition runs its polls on its own event loop; the schedule reads an injected clock, so the
-grid is checked exactly while the polls themselves finish in real time."""
+The partition's event loop starts its polls; the schedule reads an injected clock, which the test
+moves to each slot (then :meth:`~connectors.polling.PollingPartition.reschedule`), so the grid is
+checked exactly while the polls themselves run in real time on the loop thread."""
 
 from __future__ import annotations
 
@@ -36,13 +37,19 @@ class FakeClock:
 
 
 class ScriptedClient:
-    """Answers each poll with the next value of ``values`` (None: a failed poll)."""
+    """Answers each poll with the next value of ``values`` (None: a failed poll); records the clock
+    when each poll starts and moves it on by ``poll_s`` (the poll 'takes' that long)."""
 
-    def __init__(self, values: list[float | None]) -> None:
+    def __init__(self, values: list[float | None], clock: FakeClock, poll_s: float = 0.0) -> None:
         self.values = list(values)
         self.polls = 0
+        self.clock = clock
+        self.poll_s = poll_s
+        self.started: list[float] = []
 
     async def poll(self) -> PointBatch:
+        self.started.append(self.clock.now)
+        self.clock.now += self.poll_s
         v = self.values[min(self.polls, len(self.values) - 1)]
         self.polls += 1
         if v is None:
@@ -70,7 +77,7 @@ def poll_times(
 
     Each poll 'takes' ``slow_poll_s`` of fake time (the clock moves on while it is in flight)."""
     clock = FakeClock(1000.0)
-    client = ScriptedClient(values)
+    client = ScriptedClient(values, clock, slow_poll_s)
     part = PollingPartition(
         PolledDevice("dev", start_s, "fake", adaptive=adaptive),
         client,
@@ -80,22 +87,18 @@ def poll_times(
         close_timeout_s=1.0,
         clock=clock,
     )
-    started: list[float] = []
     try:
-        while len(started) < len(values):
-            awake = part.next_awake()
-            assert awake is not None
-            clock.now = max(clock.now, awake.timestamp())
-            part.next_batch()  # submits the poll of the slot that is due
-            started.append(clock.now)
-            clock.now += slow_poll_s
+        for n in range(1, len(values) + 1):
+            clock.now = max(clock.now, part._schedule.next_deadline)
+            part.reschedule()  # the slot is due on the fake clock: the loop starts its poll
             deadline = time.monotonic() + 5.0
             while not part.next_batch():  # wait (really) for the poll to finish
                 assert time.monotonic() < deadline, "poll did not complete"
                 time.sleep(0.001)
+            assert part.stats.polls == part.stats.completed == n
     finally:
         part.close()
-    return started
+    return client.started
 
 
 def gaps(times: list[float]) -> list[float]:
