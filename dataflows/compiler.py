@@ -586,13 +586,112 @@ def _part_device(part_key: str) -> str:
     return part_key.split(":", 1)[1]
 
 
-def _count_read(status: FlowStatus, item: PointBatch | DeviceConfig) -> None:
-    if isinstance(item, PointBatch):
-        status.count_read(len(item))
+class _CountRead:
+    """Counts what the source read (for the status topic) and passes the item on."""
+
+    def __init__(self, status: FlowStatus) -> None:
+        self.status = status
+
+    def __call__(self, item: X) -> X:
+        if isinstance(item, PointBatch):
+            self.status.count_read(len(item))
+        return item
 
 
 def _unkey(item: tuple[str, X]) -> X:
     return item[1]
+
+
+def _compose(fns: tuple[Callable[[Any], Any], ...]) -> Callable[[Any], Any]:
+    if len(fns) == 1:
+        return fns[0]
+
+    def apply(item: Any) -> Any:
+        for fn in fns:
+            item = fn(item)
+        return item
+
+    return apply
+
+
+class _Lazy:
+    """A stream and the stateless per-item functions (normalize, the read counter) not yet given a
+    step: they are fused into the one step that hands the stream on, keyed by device for a stateful
+    step or plain for a sink (see :func:`compile_flow`).
+
+    Each Bytewax step costs a Python call per activation and per item plus the engine's scheduling;
+    with one poll per activation that is per poll. Fusing keeps the UNS-only flow at two steps after
+    the source (normalize, the sink) instead of four (key, normalize, un-key, sink). Stateless steps
+    hold no recovery state, so their ids may change; stateful steps keep theirs (node ids), and their
+    key stays the device id that ``dataflows.routing`` routes on. Each form is built once, however
+    many consumers take it (sinks share one un-keying step).
+    """
+
+    def __init__(self, stream: Stream[Any], *, keyed: bool, name: str) -> None:
+        self._stream = stream
+        self._is_keyed = keyed
+        self._fns: tuple[Callable[[Any], Any], ...] = ()
+        self.name = name
+        """The step (node id) whose output this is; fused steps are named after it."""
+        self._forms: dict[bool, Stream[Any]] = {keyed: stream}
+
+    def then(self, fn: Callable[[Any], Any], name: str) -> _Lazy:
+        """This stream with ``fn`` applied to every item (value, if keyed), not placed in a step yet.
+
+        What is pending here is carried over, so this stream itself must not be consumed afterwards
+        (it would apply it again): true of the read counter and normalize, the only stateless steps,
+        which a spec has at most once each, before any node a sink could take its input from."""
+        out = _Lazy(self._stream, keyed=self._is_keyed, name=name)
+        out._fns = (*self._fns, fn)
+        return out
+
+    def keyed(self) -> KeyedStream[Any]:
+        """The stream keyed by device id, the pending functions applied (one step at most)."""
+        return self._form(True)
+
+    def plain(self) -> Stream[Any]:
+        """The stream's items without keys, the pending functions applied (one step at most)."""
+        return self._form(False)
+
+    def _form(self, keyed: bool) -> Stream[Any]:
+        if self._fns:  # apply them once, in the form asked for first; the other form derives from it
+            fn, key_in = _compose(self._fns), self._is_keyed
+            step = _fused(fn, key_in=key_in, key_out=keyed)
+            self._stream = op.flat_map_batch(self.name, self._stream, step)
+            self._is_keyed, self._fns, self._forms = keyed, (), {keyed: self._stream}
+        got = self._forms.get(keyed)
+        if got is None:
+            source = self._forms[not keyed]
+            if keyed:
+                got = op.key_on(f"{self.name}_key", source, _device_key)
+            else:
+                got = op.flat_map_batch(f"{self.name}_unkey", source, _unkey_all)
+            self._forms[keyed] = got
+        return got
+
+
+def _fused(fn: Callable[[Any], Any], *, key_in: bool, key_out: bool) -> Callable[[list[Any]], Iterable[Any]]:
+    """One step's batch function: ``fn`` over every item (or value), keyed or not on the way out."""
+    if key_in and key_out:
+        return lambda kvs: [(k, fn(v)) for k, v in kvs]
+    if key_in:
+        return lambda kvs: [fn(v) for _k, v in kvs]
+    if key_out:
+
+        def key_and_apply(items: list[Any]) -> list[tuple[str, Any]]:
+            done = [fn(x) for x in items]
+            return [(x.device_id, x) for x in done]
+
+        return key_and_apply
+    return lambda items: [fn(x) for x in items]
+
+
+def _unkey_all(kvs: list[tuple[str, X]]) -> list[X]:
+    return [v for _k, v in kvs]
+
+
+def _stateful(step_id: str, stream: KeyedStream[Any]) -> _Lazy:
+    return _Lazy(stream, keyed=True, name=step_id)
 
 
 def _spool_dir(runtime: Runtime, spec: FlowSpec, sink_id: str) -> str | None:
@@ -706,26 +805,25 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     ``derived`` sink, which publishes it on the UNS and stores it in the historian).
     """
     flow = Dataflow(spec.id)
-    batches = _sources(flow, spec, runtime)
+    cur = _Lazy(_sources(flow, spec, runtime), keyed=False, name=SOURCE_STEP)
     status = runtime.status
     if status is not None:
-        batches = op.inspect(f"{SOURCE_STEP}_count", batches, lambda _step, b: _count_read(status, b))
-    keyed: KeyedStream[Any] = op.key_on(f"{SOURCE_STEP}_key", batches, _device_key)
-    outputs: dict[str, KeyedStream[Any]] = {}
+        cur = cur.then(_CountRead(status), f"{SOURCE_STEP}_count")
+    outputs: dict[str, _Lazy] = {}
     version = runtime.version
     derived: list[Stream[Any]] = []
     for node in spec.operators:
-        if isinstance(node, NormalizeNode):
-            keyed = op.map_value(node.id, keyed, HotNormalizer(normalizer_for(spec)))
+        if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
+            cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)
         elif isinstance(node, DeadbandNode):
-            keyed = bytewax_ops.deadband(node.id, keyed, deadband_for(spec), version)
+            cur = _stateful(node.id, bytewax_ops.deadband(node.id, cur.keyed(), deadband_for(spec), version))
         elif isinstance(node, CompressNode):
-            keyed = swinging_door(node.id, keyed, swinging_door_for(spec), version)
+            cur = _stateful(node.id, swinging_door(node.id, cur.keyed(), swinging_door_for(spec), version))
         elif isinstance(node, CalculateNode):
-            keyed = calculated_tags(node.id, keyed, calculated_for(spec), version)
+            cur = _stateful(node.id, calculated_tags(node.id, cur.keyed(), calculated_for(spec), version))
         elif isinstance(node, WindowNode):
             aggregator = _window_aggregator(node)
-            aggs, late = tumbling_aggregate(node.id, keyed, aggregator)
+            aggs, late = tumbling_aggregate(node.id, cur.keyed(), aggregator)
             derived.append(op.map(f"{node.id}_out", aggs, _unkey))
             if status is not None:
                 op.inspect(
@@ -735,20 +833,18 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
             derived.append(
                 op.map(
                     f"{node.id}_out",
-                    detect_anomalies(node.id, keyed, anomaly_detector_for(spec), version),
+                    detect_anomalies(node.id, cur.keyed(), anomaly_detector_for(spec), version),
                     _unkey,
                 )
             )
         elif isinstance(node, OeeNode):
             derived.append(
-                op.map(f"{node.id}_out", oee(node.id, keyed, oee_calculator_for(spec, node)), _unkey)
+                op.map(f"{node.id}_out", oee(node.id, cur.keyed(), oee_calculator_for(spec, node)), _unkey)
             )
-        outputs[node.id] = keyed
+        outputs[node.id] = cur
     for sink_node in spec.sinks:
-        stream = outputs[sink_node.input] if sink_node.input else keyed
-        op.output(
-            sink_node.id, op.map(f"{sink_node.id}_in", stream, _unkey), _build_sink(sink_node, spec, runtime)
-        )
+        chosen = outputs[sink_node.input] if sink_node.input else cur
+        op.output(sink_node.id, chosen.plain(), _build_sink(sink_node, spec, runtime))
     if derived:
         merged = derived[0] if len(derived) == 1 else op.merge(f"{DERIVED_STEP}_merge", *derived)
         op.output(DERIVED_STEP, merged, _derived_sink(spec, runtime))

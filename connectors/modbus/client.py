@@ -60,6 +60,9 @@ ILLEGAL_DATA_ADDRESS = 2
 _TRANSPORT_ERRORS = (ModbusException, TimeoutError, OSError, EOFError)
 _GUARD_S = 0.25
 """Extra time on top of pymodbus's own timeout before this client gives up on a call."""
+_BAD = int(Quality.BAD)
+_GOOD = int(Quality.GOOD)
+_OUT_OF_RANGE = int(Quality.OUT_OF_RANGE)
 
 AnyModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 
@@ -131,6 +134,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         self._retry_at = -math.inf
         self._healthy = True
         self._tag_ids = self.read_plan.tag_ids
+        self._unread = self._unread_quality()
         self._addresses: dict[int, ModbusTagAddress] = dict(plan.wire_tags)
         self._splits: dict[int, _Split] = {}
         self._io_lock = asyncio.Lock()
@@ -182,7 +186,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 self._breaker.record_failure()
         self._breaker_changed(was)
         latency = self._clock() - started
-        bad = bool(np.any(batch.quality >= Quality.BAD))
+        bad = bool((batch.quality >= _BAD).any())
         result = poll_result(bad_points=bad, comm_error=not link_ok, breaker_open=open_)
         self._count_poll(latency, result != "ok")
         if self._m is not None:
@@ -216,6 +220,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             self.plan = plan
             self.read_plan = ReadPlan.for_device(plan)
             self._tag_ids = self.read_plan.tag_ids
+            self._unread = self._unread_quality()
             self._addresses = dict(plan.wire_tags)
             self._splits.clear()  # request indexes refer to the old read plan
             if not same_link(old.connection, plan.connection):
@@ -241,7 +246,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         rp = self.read_plan
         words, bits = rp.buffers()
         # every point starts as not read; a request that answers overwrites its points' quality
-        quality = np.full(len(rp), Quality.COMM_ERROR, dtype=QUALITY_DTYPE)
+        quality = self._unread.copy()
         ts_ns = time.time_ns()
         outcome = _PollState(words, bits, quality)
         for index, req in enumerate(rp.requests):
@@ -262,17 +267,24 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         else:
             self._report_healthy()
         values = rp.decode(words, bits)
-        bad = quality != Quality.GOOD
-        values[bad] = np.nan
-        is_text = np.zeros(len(rp), dtype=bool)
-        is_text[rp.text_points] = True
-        quality[~bad & ~is_text & ~np.isfinite(values)] = Quality.OUT_OF_RANGE
         text = None
-        if len(rp.text_points):
-            text = {i: s for i, s in rp.decode_text(words).items() if not bad[i]}
+        if np.count_nonzero(quality) or len(rp.text_points):  # points not read, or strings
+            bad = quality != _GOOD
+            values[bad] = np.nan
+            is_text = np.zeros(len(rp), dtype=bool)
+            is_text[rp.text_points] = True
+            quality[~bad & ~is_text & ~np.isfinite(values)] = _OUT_OF_RANGE
+            if len(rp.text_points):
+                text = {i: s for i, s in rp.decode_text(words).items() if not bad[i]}
+        else:  # the everyday poll, every point read: only a float can still be out of range
+            finite = np.isfinite(values)
+            if not finite.all():
+                quality[~finite] = _OUT_OF_RANGE
+        stamps = np.empty(len(rp), dtype=np.int64)
+        stamps.fill(ts_ns)
         batch = PointBatch(
             device_id=self.device_id,
-            ts_ns=np.full(len(rp), ts_ns, dtype=np.int64),
+            ts_ns=stamps,
             tag_ids=self._tag_ids,
             values=values,
             quality=quality,
@@ -460,17 +472,20 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 self._schedule_retry()
 
     def _breaker_changed(self, was: str) -> None:
+        """Log a change of the breaker's state (its gauge is set with the poll's metrics)."""
         now = self._breaker.state
         if now != was:
             level = logging.WARNING if now == "open" else logging.INFO
             log.log(level, "modbus circuit breaker %s -> %s device=%s", was, now, self.device_id)
-        if self._m is not None:
-            self._m.breaker(now)
 
     def _count_error(self, name: str, n: int = 1) -> None:
         setattr(self._stats, name, getattr(self._stats, name) + n)
         if self._m is not None:
             self._m.request_errors("comm" if name == "comm_errors" else "device", n)
+
+    def _unread_quality(self) -> npt.NDArray[np.uint8]:
+        """Every point of the read plan not read: a poll's qualities before its requests answer."""
+        return np.full(len(self.read_plan), Quality.COMM_ERROR, dtype=QUALITY_DTYPE)
 
     def error_batch(self, quality: Quality, ts_ns: int) -> PointBatch:
         """Every tag with NaN and ``quality`` (a poll that could not complete)."""

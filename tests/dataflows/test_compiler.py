@@ -11,6 +11,7 @@ from core.batch import PointBatch, tag_id_for
 from core.quality import Quality
 from dataflows.compiler import Runtime, compile_flow
 from dataflows.spec import parse_spec
+from dataflows.status import FlowStatus
 
 
 def spec_doc() -> dict[str, Any]:
@@ -84,3 +85,49 @@ def test_chain_scales_converts_clamps_and_deadbands() -> None:
     np.testing.assert_allclose(pub_temps, [expected_f[0], expected_f[2], expected_f[3]])
     pub_counts = np.concatenate([b.values[b.tag_ids == count] for b in published])
     assert pub_counts.tolist() == [7, 8, 9, 10]
+
+
+def test_stateless_steps_are_fused() -> None:
+    """Normalize takes no step of its own: in a normalize -> sink flow an item crosses the fused
+    normalize step and the sink (no keying, no un-keying); stateful steps keep their node ids."""
+    doc = spec_doc()
+    doc["operators"] = [{"id": "norm", "type": "normalize"}]
+    doc["sinks"] = [{"id": "uns", "type": "mqtt_uns"}]
+    flow = compile_flow(parse_spec(doc), Runtime(source=TestingSource([]), sinks={"uns": TestingSink([])}))
+    assert [step.step_id for step in flow.substeps] == ["unit.devices", "unit.norm", "unit.uns"]
+
+    full = compile_flow(
+        parse_spec(
+            spec_doc() | {"sinks": [{"id": "uns", "type": "mqtt_uns"}, {"id": "hist", "type": "historian"}]}
+        ),
+        Runtime(source=TestingSource([]), sinks={"uns": TestingSink([]), "hist": TestingSink([])}),
+    )
+    # normalize + keying, the deadband, one un-keying step shared by both sinks, the sinks
+    assert [step.step_id for step in full.substeps] == [
+        "unit.devices", "unit.norm", "unit.db", "unit.db_unkey", "unit.uns", "unit.hist",
+    ]  # fmt: skip
+
+
+def test_fused_steps_apply_and_count_once_per_batch() -> None:
+    """A sink tapping the normalized stream and the deadband after it share the fused step: each
+    batch is normalized once on both paths and counted once in the flow's status."""
+    spec = parse_spec(spec_doc())
+    temp = tag_id_for("d1", "temp")
+    batches = [
+        PointBatch.from_values("d1", [temp], [200 + i], ts_ns=1_700_000_000_000_000_000 + i * 10**9)
+        for i in range(3)
+    ]
+    status = FlowStatus("unit", "mqtt://127.0.0.1:1")  # never started: only its counters are used
+    published: list[PointBatch] = []
+    stored: list[PointBatch] = []
+    runtime = Runtime(
+        source=TestingSource(batches),
+        sinks={"uns": TestingSink(published), "hist": TestingSink(stored)},
+        status=status,
+    )
+    run_main(compile_flow(spec, runtime))
+    counts = status.snapshot()
+    assert (counts["points_read"], counts["batches_read"]) == (3, 3)
+    scaled_f = [(200 + i) * 0.1 * 9 / 5 + 32 for i in range(3)]  # 0.1 degC per count, in degF
+    np.testing.assert_allclose([float(b.values[0]) for b in stored], scaled_f)
+    np.testing.assert_allclose([float(b.values[0]) for b in published], scaled_f[:1])  # within the band

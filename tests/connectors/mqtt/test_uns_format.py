@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from connectors.mqtt.publisher import (
     _encode_tags,
     _packed_tags,
     format_batch,
+    json_numbers,
     pack_batch_qos0,
     pack_publish_qos0,
     unpack_publish_qos0,
@@ -65,3 +68,19 @@ def test_a_tag_with_an_unpublishable_topic_is_not_packed() -> None:
     batch = PointBatch.from_values("press-01", [1, 4], [1.0, 2.0], ts_ns=1_700_000_000 * 10**9)
     _blob, count, unknown = pack_batch_qos0(batch, _packed_tags(TAGS), retain=False)
     assert (count, unknown) == (1, [4])  # the publisher then takes the general path, which refuses it
+
+
+def _reference(v: float) -> str:
+    return repr(v) if math.isfinite(v) else "null"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(VALUES, st.floats(-1e-3, 1e-3), st.floats(width=32)), max_size=40))
+def test_json_numbers_are_pythons_repr(values: list[float]) -> None:
+    """The batch formatter (orjson over the array) writes each value as ``repr`` would, any magnitude."""
+    assert json_numbers(np.array(values, dtype=np.float64)) == [_reference(v) for v in values]
+
+
+def test_json_numbers_of_a_strided_view() -> None:
+    values = np.arange(10, dtype=np.float64) * 1e-6  # 0, 1e-06, 2e-06, ...: the repr-notation range
+    assert json_numbers(values[::3]) == [_reference(v) for v in values[::3].tolist()]
