@@ -45,7 +45,7 @@ from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
 from core.memory import malloc_stats
 from core.settings import Settings
-from dataflows.compiler import Runtime, compile_flow, device_plans
+from dataflows.compiler import Runtime, compile_flow, device_plans, part_device
 from dataflows.routing import WorkerLocalSource, worker_local_input
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
 from dataflows.telemetry import tune_interpreter
@@ -269,7 +269,8 @@ def build() -> Dataflow:
     runtime = Runtime(
         database_url=settings.effective_database_url,
         mqtt_url=settings.effective_mqtt_url,
-        source=source,
+        # the production path: each worker polls the devices it routes to, one ready queue per worker
+        source=WorkerLocalSource(source, part_device),
         sinks=sinks,
         stop_event=stop,
     )

@@ -95,7 +95,8 @@ class Runtime:
     database_url: str | None = None
     mqtt_url: str | None = None
     source: Source[PointBatch] | None = None
-    """Replace the device source (tests feed batches from memory)."""
+    """Replace the device source (tests feed batches from memory); a :class:`WorkerLocalSource` is
+    read as the compiled device source is (each worker polls the devices it routes to)."""
     sinks: Mapping[str, Sink[Any]] = field(default_factory=dict)
     """Replace sinks by node id (tests capture what a sink would receive)."""
     stop_event: threading.Event | None = None
@@ -581,7 +582,7 @@ def _device_key(batch: PointBatch | DeviceConfig) -> str:
     return batch.device_id
 
 
-def _part_device(part_key: str) -> str:
+def part_device(part_key: str) -> str:
     """The device id (the state key, see ``_device_key``) of a polling partition ``protocol:device``."""
     return part_key.split(":", 1)[1]
 
@@ -768,6 +769,8 @@ def _derived_sink(spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
 
 def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBatch]:
     """``devices`` polls Modbus, OPC UA and S7 devices; ``mqtt_devices`` subscribes to MQTT ones."""
+    if isinstance(runtime.source, WorkerLocalSource):  # as compiled below, with the anchor step
+        return worker_local_input(SOURCE_STEP, flow, runtime.source)
     if runtime.source is not None:
         return op.input(SOURCE_STEP, flow, runtime.source)
     streams: list[Stream[PointBatch]] = []
@@ -784,7 +787,7 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         if runtime.status is not None:
             runtime.status.add_device_stats(polled.stats)
         # each worker polls the devices whose state Bytewax routes to it: batches stay in-process
-        streams.append(worker_local_input(SOURCE_STEP, flow, WorkerLocalSource(polled, _part_device)))
+        streams.append(worker_local_input(SOURCE_STEP, flow, WorkerLocalSource(polled, part_device)))
     mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if mqtt is not None:
         source = MqttSource(
