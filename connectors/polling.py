@@ -15,7 +15,7 @@ submitted each poll with ``asyncio.run_coroutine_threadsafe`` (a self-pipe write
 wake-up of the loop thread per poll) and looked again every ``wake_slack_s`` while any poll was in
 flight, walking every such partition. ``next_batch`` never blocks.
 Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never drifts (a poll
-starts at most :data:`TIMER_QUANTUM_S` after its slot: the loop wakes once for the slots of many
+starts at most :data:`POLL_WINDOW_MS` after its slot: the loop wakes once for the slots of many
 devices); a slot that comes while the previous poll is still running, or before the worker took its
 batch, is skipped and counted (at most one poll or batch per device is ever outstanding). The
 origin carries a stable per-device offset so devices with the same interval do not all fire at once.
@@ -56,6 +56,7 @@ import hashlib
 import heapq
 import logging
 import math
+import os
 import threading
 import time
 from abc import abstractmethod
@@ -83,11 +84,33 @@ POLL_INTERVAL = Gauge(
 
 WriteValue = float | int | bool | str
 
-TIMER_QUANTUM_S = 0.02
-"""A slot's poll starts at the end of the 20 ms window of the loop's clock it falls in (at most a
-tenth of the device's interval): the slots of many devices in one window start from one wake-up of
-the loop, and their responses come back together. Measured on the UNS-only flow (BENCHMARKS.md, the
-loop-owned schedule): 500 devices at 1 s, 0.81x the CPU per point, the loop's wake-ups 750 -> 200/s."""
+POLL_WINDOW_MS = 100
+"""A slot's poll starts at the end of the window of the loop's clock it falls in: 100 ms, at most a
+tenth of the device's interval (``NEXUS_POLL_WINDOW_MS``; 0: each poll starts at its slot). The slots
+of many devices in one window start from one wake-up of the loop, their responses come back together
+and reach the worker and the sinks as one hand-over. Chosen by measurement (BENCHMARKS.md, "The
+merged tree"): UNS-only flow, 100 ms against 20 ms windows, 0.62-0.69x the CPU per point at 100
+devices x 100 tags at 1 s, 0.90x at 500. The price: a poll starts up to the window after its slot
+(its points keep the time they were read; the grid itself never drifts)."""
+ENV_POLL_WINDOW = "NEXUS_POLL_WINDOW_MS"
+
+
+def poll_window_from_env(env: dict[str, str] | None = None) -> float:
+    """``NEXUS_POLL_WINDOW_MS`` in seconds.
+
+    >>> poll_window_from_env({}), poll_window_from_env({"NEXUS_POLL_WINDOW_MS": "20"})
+    (0.1, 0.02)
+    >>> poll_window_from_env({"NEXUS_POLL_WINDOW_MS": "1.5"})
+    Traceback (most recent call last):
+    ...
+    ValueError: NEXUS_POLL_WINDOW_MS must be a whole number of milliseconds in 0..1000, got '1.5'
+    """
+    raw = (os.environ if env is None else env).get(ENV_POLL_WINDOW, "").strip()
+    if not raw:
+        return POLL_WINDOW_MS / 1000
+    if not raw.isdigit() or int(raw) > 1000:
+        raise ValueError(f"{ENV_POLL_WINDOW} must be a whole number of milliseconds in 0..1000, got {raw!r}")
+    return int(raw) / 1000
 
 
 class WriteRejected(ValueError):  # noqa: N818 - the name the connectors and routing share
@@ -279,18 +302,22 @@ def schedule_offset(device_id: str, interval_s: float) -> float:
     return (h % 1_000_000) / 1_000_000 * interval_s
 
 
-def slot_timer(loop_now: float, until_slot: float, interval: float) -> float:
+def slot_timer(loop_now: float, until_slot: float, interval: float, window_s: float) -> float:
     """The loop time at which to start the poll of a slot ``until_slot`` seconds away: the end of
-    its :data:`TIMER_QUANTUM_S` window (at most ``interval / 10``), never before the slot.
+    its ``window_s`` window (at most ``interval / 10``; 0: the slot itself), never before the slot.
 
-    >>> slot_timer(100.0, 0.003, 1.0), slot_timer(100.0, 0.013, 1.0), slot_timer(100.0, 0.02, 1.0)
+    >>> slot_timer(100.0, 0.003, 1.0, 0.02), slot_timer(100.0, 0.013, 1.0, 0.02), slot_timer(100.0, 0.02, 1.0, 0.02)
     (100.02, 100.02, 100.02)
-    >>> slot_timer(100.0, -0.5, 1.0)  # a slot already past: the current window
+    >>> slot_timer(100.0, -0.5, 1.0, 0.02)  # a slot already past: the current window
     100.0
-    >>> round(slot_timer(100.0, 0.001, 0.05), 3)  # a 50 ms device: 5 ms windows
+    >>> round(slot_timer(100.0, 0.001, 0.05, 0.02), 3)  # a 50 ms device: 5 ms windows
     100.005
+    >>> slot_timer(100.0, 0.003, 1.0, 0.0)  # no windows
+    100.003
     """
-    quantum = min(TIMER_QUANTUM_S, interval / 10)
+    quantum = min(window_s, interval / 10)
+    if quantum <= 0:
+        return loop_now + max(0.0, until_slot)
     return math.ceil((loop_now + max(0.0, until_slot)) / quantum) * quantum
 
 
@@ -619,10 +646,12 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         loop_thread: _LoopThread | None = None,
         max_wait_s: float = 0.0,
         group: PollGroup | None = None,
+        poll_window_s: float | None = None,
     ) -> None:
         """``loop_thread``: the event loop thread shared with other partitions (a source passes its
         own); ``None``: a loop thread for this partition alone. ``group``: the group it hands its
         batches to (``None``: one of its own, napping up to ``max_wait_s`` when > 0).
+        ``poll_window_s``: see :data:`POLL_WINDOW_MS` (``None``: ``NEXUS_POLL_WINDOW_MS``).
 
         ``clock`` is the wall clock the poll grid is on; the loop's timer is armed for the time it
         says a slot is due (:meth:`reschedule` when it moved otherwise)."""
@@ -631,6 +660,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
         self._stop_event = stop_event
         self._close_timeout_s = close_timeout_s
         self._clock = clock
+        self._window_s = poll_window_from_env() if poll_window_s is None else poll_window_s
         interval = device.poll_interval_s
         now = clock()
         origin = math.floor(now / interval) * interval + schedule_offset(device.device_id, interval)
@@ -711,7 +741,7 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             return
         at, now = self._schedule.next_deadline, self._clock()
         self._group.arm(at, now)
-        when = slot_timer(self._loop.time(), at - now, self._schedule.interval)
+        when = slot_timer(self._loop.time(), at - now, self._schedule.interval, self._window_s)
         self._timer = self._loop.call_at(when, self._on_slot)
 
     def _on_slot(self) -> None:
