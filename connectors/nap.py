@@ -183,11 +183,17 @@ def max_wait_from_env(env: dict[str, str] | None = None) -> float:
     ...
     ValueError: NEXUS_SOURCE_MAX_WAIT_MS must be a whole number of milliseconds in 0..1000, got '-1'
     """
-    raw = (os.environ if env is None else env).get(ENV_MAX_WAIT, "").strip()
+    return env_milliseconds(ENV_MAX_WAIT, DEFAULT_MAX_WAIT_MS, env)
+
+
+def env_milliseconds(name: str, default_ms: int, env: dict[str, str] | None = None) -> float:
+    """The environment variable ``name``, a whole number of milliseconds in 0..1000, in seconds
+    (unset or empty: ``default_ms``); anything else is an error naming the variable."""
+    raw = (os.environ if env is None else env).get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_WAIT_MS / 1000
+        return default_ms / 1000
     if not raw.isdigit() or int(raw) > 1000:
-        raise ValueError(f"{ENV_MAX_WAIT} must be a whole number of milliseconds in 0..1000, got {raw!r}")
+        raise ValueError(f"{name} must be a whole number of milliseconds in 0..1000, got {raw!r}")
     return int(raw) / 1000
 
 

@@ -56,7 +56,6 @@ import hashlib
 import heapq
 import logging
 import math
-import os
 import threading
 import time
 from abc import abstractmethod
@@ -70,7 +69,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Gauge
 
-from connectors.nap import WorkerNap, max_wait_from_env, worker_nap
+from connectors.nap import WorkerNap, env_milliseconds, max_wait_from_env, worker_nap
 from connectors.resilience import SKIPPED_POLLS
 from core.batch import PointBatch
 from core.quality import Quality
@@ -105,12 +104,7 @@ def poll_window_from_env(env: dict[str, str] | None = None) -> float:
     ...
     ValueError: NEXUS_POLL_WINDOW_MS must be a whole number of milliseconds in 0..1000, got '1.5'
     """
-    raw = (os.environ if env is None else env).get(ENV_POLL_WINDOW, "").strip()
-    if not raw:
-        return POLL_WINDOW_MS / 1000
-    if not raw.isdigit() or int(raw) > 1000:
-        raise ValueError(f"{ENV_POLL_WINDOW} must be a whole number of milliseconds in 0..1000, got {raw!r}")
-    return int(raw) / 1000
+    return env_milliseconds(ENV_POLL_WINDOW, POLL_WINDOW_MS, env)
 
 
 class WriteRejected(ValueError):  # noqa: N818 - the name the connectors and routing share
