@@ -40,10 +40,10 @@ print(json.dumps({
 """
 
 
-def _child(freeze_after: str) -> dict[str, object]:
+def _run(script: str, freeze_after: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NEXUS_GC_FREEZE_AFTER_S": freeze_after, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD],
+    return subprocess.run(
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -51,6 +51,10 @@ def _child(freeze_after: str) -> dict[str, object]:
         timeout=120,
         check=False,
     )
+
+
+def _child(freeze_after: str, script: str = _CHILD) -> dict[str, object]:
+    done = _run(script, freeze_after)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -65,32 +69,12 @@ def test_objects_built_after_start_up_leave_the_collectors_passes() -> None:
 def test_the_second_freeze_can_be_turned_off() -> None:
     """``NEXUS_GC_FREEZE_AFTER_S=0``: only the start-up heap is frozen (the child polls 30 s for
     nothing, so this case proves the timer is what freezes)."""
-    env = {**os.environ, "NEXUS_GC_FREEZE_AFTER_S": "0", "PYTHONPATH": str(ROOT)}
     script = _CHILD.replace("time.monotonic() + 30", "time.monotonic() + 1")
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1])["walked"] is True
+    assert _child("0", script)["walked"] is True
 
 
 @pytest.mark.parametrize(("value", "message"), [("soon", "a number of seconds"), ("-1", ">= 0")])
 def test_a_bad_setting_names_the_variable(value: str, message: str) -> None:
-    env = {**os.environ, "NEXUS_GC_FREEZE_AFTER_S": value, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", "from dataflows.telemetry import tune_interpreter; tune_interpreter()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run("from dataflows.telemetry import tune_interpreter; tune_interpreter()", value)
     assert done.returncode != 0
     assert f"NEXUS_GC_FREEZE_AFTER_S must be {message}, got {value!r}" in done.stderr
