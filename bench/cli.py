@@ -275,12 +275,14 @@ def _wait_json(path: Path, key: str, timeout: float) -> dict[str, Any]:
 
 
 def _flow_stats(folder: Path) -> dict[str, Any]:
+    """The flow processes' reports summed; ``report_time``: the newest report's Unix time."""
     total: dict[str, Any] = {}
     for f in folder.glob("flow-*.json"):
         try:
             data = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
+        total["report_time"] = max(total.get("report_time", 0.0), float(data.get("time", 0.0)))
         for k, v in data.items():
             if k in ("pid", "time", "final"):
                 continue

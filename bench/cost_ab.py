@@ -31,7 +31,7 @@ import psutil
 import yaml
 
 from bench import cli, cost_threads
-from bench.cost import _cpu, _figures, cost_spec
+from bench.cost import REPORT_S, _cpu, _figures, cost_spec
 from bench.load import Load
 from nexus.embedded import MosquittoBroker, free_port
 
@@ -52,6 +52,7 @@ def run_uns(
         "NEXUS_MQTT_URL": mqtt_url,
         "NEXUS_DATA_DIR": str(folder / "data"),
         "NEXUS_BENCH_STATS": str(folder / "stats"),
+        "NEXUS_BENCH_REPORT_S": REPORT_S,
         "NEXUS_LOG_LEVEL": "WARNING",
         **env_extra,
     }
@@ -83,7 +84,7 @@ def run_uns(
     def d(key: str) -> float:
         return cli._get(s1, key) - cli._get(s0, key)
 
-    out = _figures(c1 - c0, d("points_read"), d("completed"), t1 - t0)
+    out = _figures(c1 - c0, d("points_read"), d("completed"), t1 - t0, d("report_time"))
     out["skipped_polls"] = int(d("skipped_polls"))
     out["system_share"] = round((sys1 - sys0) / (c1 - c0), 3) if c1 > c0 else None  # the kernel part
     out["threads"] = threads

@@ -27,6 +27,8 @@ TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 class ThreadSample:
     name: str
     cpu_s: float
+    sys_s: float
+    """The kernel's share of ``cpu_s`` (system calls, context switches, page faults)."""
     wakeups: int
     """Voluntary context switches so far."""
 
@@ -40,11 +42,12 @@ def _read(task: Path) -> ThreadSample | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     cpu_s = (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14 and 15 of stat)
+    sys_s = int(fields[12]) * TICK_S
     wakeups = 0
     for line in status.splitlines():
         if line.startswith("voluntary_ctxt_switches:"):
             wakeups = int(line.split()[1])
-    return ThreadSample(name, cpu_s, wakeups)
+    return ThreadSample(name, cpu_s, sys_s, wakeups)
 
 
 def sample(pid: int) -> dict[int, ThreadSample]:
@@ -60,7 +63,7 @@ def sample(pid: int) -> dict[int, ThreadSample]:
 def rates(
     before: dict[int, ThreadSample], after: dict[int, ThreadSample], seconds: float
 ) -> list[dict[str, Any]]:
-    """Per thread alive in both samples: wake-ups per second and cores over ``seconds``, busiest first.
+    """Per thread alive in both samples: wake-ups per second, cores and the kernel's cores over ``seconds``, busiest first.
 
     The first thread of the process (its main thread) is named ``main`` whatever its ``comm``.
     """
@@ -76,6 +79,7 @@ def rates(
                 "tid": tid,
                 "wakeups_per_s": round((a.wakeups - b.wakeups) / seconds, 1),
                 "cores": round((a.cpu_s - b.cpu_s) / seconds, 4),
+                "sys_cores": round((a.sys_s - b.sys_s) / seconds, 4),
             }
         )
     out.sort(key=lambda r: (-float(r["cores"]), -float(r["wakeups_per_s"])))

@@ -127,8 +127,10 @@ class _Reporter:
     invalid JSON: ``Extra data``.)
     """
 
-    def __init__(self, collect: Callable[[], dict[str, Any]], interval_s: float = 0.5) -> None:
+    def __init__(self, collect: Callable[[], dict[str, Any]], interval_s: float | None = None) -> None:
         folder = Path(os.environ.get("NEXUS_BENCH_STATS", ".")).absolute()
+        if interval_s is None:
+            interval_s = float(os.environ.get("NEXUS_BENCH_REPORT_S") or 0.5)
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"flow-{os.getpid()}.json"
         self.collect = collect

@@ -9,15 +9,23 @@ worker thread, the *sleeper*, ends a ``next_batch`` that found nothing by waitin
 
 - a source of this worker has something: a poll finished, an MQTT message arrived (:meth:`notify`,
   from any thread);
-- the earliest time a partition of this worker said it must run comes (:meth:`set_due`: a poll slot);
-- ``max_wait_s`` passes (``NEXUS_SOURCE_MAX_WAIT_MS``, default 20; 0: off).
+- the earliest time something of this worker said it must run comes (:meth:`set_due`; an operator's
+  timer announces itself through :mod:`core.wakeups`: a window's bucket closing);
+- the cap: ``max_wait_s`` (``NEXUS_SOURCE_MAX_WAIT_MS``, default 20; 0: off) while the worker has
+  peers, :data:`ALONE_MAX_WAIT_S` for the only worker of a flow (:func:`set_worker_count`).
 
-Data is handed over the moment it arrives, so source latency does not grow. What waits up to
-``max_wait_s`` is other work of the same worker that no source announces: window and other
-operator timers, items exchanged from other workers of a cluster, and the drain (a set
-``stop_event`` is seen at the next wake-up). The sleeper naps only after ``quiet_calls`` calls in a
+Data is handed over the moment it arrives, so source latency does not grow. What waits up to the
+cap is work of the worker that nothing announces: items and progress exchanged with other workers of
+a cluster (hence the short cap there), and what a step other than ours might schedule. The only
+worker of a flow has none of that — its sources notify, its operators' timers announce themselves,
+the stop handlers wake every nap (:func:`wake_all`) — so its cap is only a safety net: at 10 devices
+the 20 ms cap cost ~50 wake-ups a second of ~230 us each, most of the flow's CPU (BENCHMARKS.md). A
+stop event set by other code is seen within the cap. The sleeper naps only after ``quiet_calls`` calls in a
 row with nothing handed over by any partition of the worker: each call is one worker step, so a
-batch just handed over gets that many steps to travel downstream before the worker sleeps.
+batch just handed over gets that many steps to travel downstream before the worker sleeps. A due
+time is a one-shot request: reached, the sleeper returns at once so that the step runs, and drops it
+(its owner announces its next one when it runs); the naps just after are capped at ``max_wait_s``, in
+case the step's own clock found it not quite due yet.
 
 While a worker has a sleeper, partitions that wait for an event (a poll in flight, an MQTT
 subscription) ask to be called at every activation (``next_awake`` = now): the sleeper paces the
@@ -44,6 +52,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+
+from core import wakeups
 
 DEFAULT_MAX_WAIT_MS = 20
 """On by default, chosen by measurement on the production source path (BENCHMARKS.md, "The merged
@@ -52,8 +63,11 @@ at 0.74x the CPU per point at 10 devices x 100 tags at 1 s, 0.88x at 100, 1.0-1.
 is rarely idle there). Off (0) it was, while polls were submitted by the worker: 1.6x at 100 devices.
 """
 ENV_MAX_WAIT = "NEXUS_SOURCE_MAX_WAIT_MS"
-STALE_S = 1.0
-"""A sleeper not seen for this long (its flow ended without closing it) gives up its role."""
+ALONE_MAX_WAIT_S = 1.0
+"""The cap of the only worker of a flow, whose every reason to wake is announced (a safety net)."""
+STALE_S = 2 * ALONE_MAX_WAIT_S + 1.0
+"""A sleeper not seen for this long (its flow ended without closing it) gives up its role (longer
+than any nap)."""
 
 
 class WorkerNap:
@@ -84,6 +98,10 @@ class WorkerNap:
         self._heap: list[tuple[float, int]] = []
         self.naps = 0
         """Waits that went to sleep (a test and benchmark figure)."""
+        self._short_until = 0.0
+        """Until then naps last at most ``max_wait_s``: a due time was just reached."""
+        self.alone = False
+        """The worker has no peers (:func:`set_worker_count`): nothing unannounced can come."""
 
     # -- any thread ----------------------------------------------------------------------------
 
@@ -118,8 +136,10 @@ class WorkerNap:
     def release(self, owner: object) -> None:
         """``owner`` closes or stops: drop its due time and, if it is the sleeper, the role."""
         self._due.pop(id(owner), None)
-        if self._sleeper is owner:
+        if self._sleeper is owner:  # its flow ends: the next flow of this thread says its workers again
             self._sleeper = None
+            self.alone = False
+            _alone.pop(threading.get_ident(), None)
 
     def set_due(self, owner: object, at: float | None) -> None:
         """``owner`` must run at wall-clock time ``at`` (``None``: it waits for an event instead)."""
@@ -155,10 +175,9 @@ class WorkerNap:
             self._quiet += 1
             return
         now = self._clock() if now is None else now
-        until = now + self.max_wait_s
-        due = self.earliest_due()
-        if due is not None and due < until:
-            until = due
+        until = self.wake_time(now)
+        if until is None:
+            return
         with self._cond:
             if self._seq == self._seen_seq and until > now:
                 self.naps += 1
@@ -166,9 +185,42 @@ class WorkerNap:
             self._seen_seq = self._seq
         self._last_seen = time.monotonic()
 
+    def wake_time(self, now: float) -> float | None:
+        """Until when the sleeper may nap at ``now``: the earliest due time or the cap; ``None``: not
+        at all, a due time was reached (dropped: its step runs now; naps are short for a moment in
+        case the step's own clock finds it not quite due yet).
+
+        >>> nap = WorkerNap(max_wait_s=0.02); nap.alone = True
+        >>> nap.wake_time(100.0), nap.set_due("window", 100.5), nap.wake_time(100.0)
+        (101.0, None, 100.5)
+        >>> nap.wake_time(100.5), nap.earliest_due(), nap.wake_time(100.5)
+        (None, None, 100.52)
+        """
+        due = self.earliest_due()
+        if due is not None and due <= now:
+            self._drop_reached(now)
+            self._short_until = now + 2 * self.max_wait_s
+            return None
+        until = now + (self.max_wait_s if now < self._short_until else self.cap_s)
+        return due if due is not None and due < until else until
+
+    @property
+    def cap_s(self) -> float:
+        """The longest nap: ``max_wait_s``, or :data:`ALONE_MAX_WAIT_S` for a worker without peers."""
+        return max(self.max_wait_s, ALONE_MAX_WAIT_S) if self.alone else self.max_wait_s
+
+    def _drop_reached(self, now: float) -> None:
+        heap, due = self._heap, self._due
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if due.get(key) == at:
+                del due[key]
+
 
 _naps: dict[int, WorkerNap] = {}
 _naps_lock = threading.Lock()
+_alone: dict[int, bool] = {}
+"""Per worker thread: whether its flow has a single worker (:func:`set_worker_count`)."""
 
 
 def max_wait_from_env(env: dict[str, str] | None = None) -> float:
@@ -197,6 +249,34 @@ def env_milliseconds(name: str, default_ms: int, env: dict[str, str] | None = No
     return int(raw) / 1000
 
 
+def set_worker_count(count: int) -> None:
+    """The calling worker thread's flow has ``count`` workers (a source learns it when Bytewax builds
+    it: :class:`dataflows.routing.WorkerLocalSource`); with 1 its nap may last up to
+    :data:`ALONE_MAX_WAIT_S`. Unknown (never called), a worker is assumed to have peers."""
+    _alone[threading.get_ident()] = count == 1
+    nap = _naps.get(threading.get_ident())
+    if nap is not None:
+        nap.alone = count == 1
+
+
+def announce_due(owner: object, at: datetime | None) -> None:
+    """A step of the calling worker thread must run at ``at`` (its ``notify_at``; ``None``: no
+    timer): the worker's nap ends by then. Operators call it through :mod:`core.wakeups`; nothing
+    when the thread has no nap (napping off)."""
+    nap = _naps.get(threading.get_ident())
+    if nap is not None:
+        nap.set_due(owner, None if at is None else at.timestamp())
+
+
+wakeups.listen(announce_due)
+
+
+def wake_all() -> None:
+    """Wake every worker's nap now (from any thread, a signal handler included): a stop event was set."""
+    for nap in list(_naps.values()):
+        nap.notify()
+
+
 def worker_nap(max_wait_s: float) -> WorkerNap | None:
     """The nap of the calling (worker) thread (``None`` when ``max_wait_s`` is 0: napping is off).
 
@@ -210,4 +290,5 @@ def worker_nap(max_wait_s: float) -> WorkerNap | None:
         with _naps_lock:
             nap = _naps.setdefault(key, WorkerNap(max_wait_s))
     nap.max_wait_s = max_wait_s
+    nap.alone = _alone.get(key, False)
     return nap

@@ -15,8 +15,9 @@ submitted each poll with ``asyncio.run_coroutine_threadsafe`` (a self-pipe write
 wake-up of the loop thread per poll) and looked again every ``wake_slack_s`` while any poll was in
 flight, walking every such partition. ``next_batch`` never blocks.
 Slots sit on a fixed grid, ``origin + k * poll_interval_s``, so the schedule never drifts (a poll
-starts at most :data:`POLL_WINDOW_MS` after its slot: the loop wakes once for the slots of many
-devices); a slot that comes while the previous poll is still running, or before the worker took its
+starts at the end of its slot's window, at most :data:`POLL_WINDOW_MS` after it — up to half the
+interval for a group of few devices, :func:`window_quantum` — so the loop wakes once for the slots
+of many devices); a slot that comes while the previous poll is still running, or before the worker took its
 batch, is skipped and counted (at most one poll or batch per device is ever outstanding). The
 origin carries a stable per-device offset so devices with the same interval do not all fire at once.
 
@@ -296,20 +297,46 @@ def schedule_offset(device_id: str, interval_s: float) -> float:
     return (h % 1_000_000) / 1_000_000 * interval_s
 
 
-def slot_timer(loop_now: float, until_slot: float, interval: float, window_s: float) -> float:
-    """The loop time at which to start the poll of a slot ``until_slot`` seconds away: the end of
-    its ``window_s`` window (at most ``interval / 10``; 0: the slot itself), never before the slot.
+NOTIFY_COALESCE_S = 0.005
+"""How long a finished batch may wait for the other polls of its burst before the worker is woken."""
 
-    >>> slot_timer(100.0, 0.003, 1.0, 0.02), slot_timer(100.0, 0.013, 1.0, 0.02), slot_timer(100.0, 0.02, 1.0, 0.02)
+POLLS_PER_WINDOW = 16
+"""With fewer devices than this per window, windows grow (:func:`window_quantum`)."""
+GROWN_WINDOW_MAX_S = 0.5
+"""The longest a window grows to (and at most half the interval)."""
+
+
+def window_quantum(interval: float, window_s: float, devices: int) -> float:
+    """The window of the loop's clock a slot's poll waits for the end of: ``window_s``, at most a
+    tenth of ``interval`` (0: no windows), and longer — up to half the interval and
+    :data:`GROWN_WINDOW_MAX_S` — while a window would start fewer than :data:`POLLS_PER_WINDOW` of
+    a group's ``devices`` polls: 10 devices at 1 s start in 2 wake-ups a second, not ~7 (measured:
+    BENCHMARKS.md, issue 16). Always a whole fraction of the interval, so each device's polls keep
+    one phase of it.
+
+    >>> window_quantum(1.0, 0.1, 500), window_quantum(1.0, 0.1, 100), window_quantum(1.0, 0.1, 10)
+    (0.1, 0.14285714285714285, 0.5)
+    >>> window_quantum(0.05, 0.02, 500), window_quantum(30.0, 0.1, 1), window_quantum(1.0, 0.0, 10)
+    (0.005, 0.5, 0.0)
+    """
+    if window_s <= 0:
+        return 0.0
+    most = max(1, round(interval / min(window_s, interval / 10)))
+    fewest = max(2, math.ceil(devices / POLLS_PER_WINDOW), math.ceil(interval / GROWN_WINDOW_MAX_S))
+    return interval / min(most, fewest)
+
+
+def slot_timer(loop_now: float, until_slot: float, quantum: float) -> float:
+    """The loop time at which to start the poll of a slot ``until_slot`` seconds away: the end of
+    its window of ``quantum`` seconds (:func:`window_quantum`; 0: the slot itself), never before the slot.
+
+    >>> slot_timer(100.0, 0.003, 0.02), slot_timer(100.0, 0.013, 0.02), slot_timer(100.0, 0.02, 0.02)
     (100.02, 100.02, 100.02)
-    >>> slot_timer(100.0, -0.5, 1.0, 0.02)  # a slot already past: the current window
+    >>> slot_timer(100.0, -0.5, 0.02)  # a slot already past: the current window
     100.0
-    >>> round(slot_timer(100.0, 0.001, 0.05, 0.02), 3)  # a 50 ms device: 5 ms windows
-    100.005
-    >>> slot_timer(100.0, 0.003, 1.0, 0.0)  # no windows
+    >>> slot_timer(100.0, 0.003, 0.0)  # no windows
     100.003
     """
-    quantum = min(window_s, interval / 10)
     if quantum <= 0:
         return loop_now + max(0.0, until_slot)
     return math.ceil((loop_now + max(0.0, until_slot)) / quantum) * quantum
@@ -489,13 +516,18 @@ class PollGroup:
         self._nap: WorkerNap | None = None
         self._nap_looked_up = max_wait_s <= 0
         self._notify: Callable[[], None] | None = None
+        self._deferred: asyncio.TimerHandle | None = None
+        """A notify armed for a burst whose other polls are still running (loop thread)."""
         self._called_at = 0.0
+        self.members = 0
+        """Partitions that joined (sizes the poll windows: :func:`window_quantum`)."""
         self._starts: list[Callable[[], object]] | None = []
         """How to start each partition's schedule, run at the first :meth:`next_batch` (the worker
         is running); ``None`` once it ran."""
 
     def add(self, start: Callable[[], object]) -> None:
         """A partition joins: ``start()`` starts its schedule, once the worker runs."""
+        self.members += 1
         if self._starts is None:
             start()
         else:
@@ -519,9 +551,27 @@ class PollGroup:
         """A poll of ``part`` finished (queued first, then counted: the drain never misses it)."""
         self._ready.append((part, batch))
         self._inflight -= 1
+        self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """Notify a napping worker once per burst: when the last poll in flight finishes, or
+        :data:`NOTIFY_COALESCE_S` after the first of a burst whose others are still running (the
+        polls of a window answer within a few ms; one wake-up takes them all)."""
         notify = self._notify
-        if notify is not None:
+        if notify is None:
+            return
+        if self._inflight == 0:
+            if self._deferred is not None:
+                self._deferred.cancel()
+                self._deferred = None
             notify()
+        elif self._deferred is None:
+            self._deferred = asyncio.get_running_loop().call_later(NOTIFY_COALESCE_S, self._deferred_notify)
+
+    def _deferred_notify(self) -> None:
+        self._deferred = None
+        if self._notify is not None:
+            self._notify()
 
     def arm(self, at: float, now: float) -> None:
         """A partition's next slot is at ``at``; forget the deadlines that have passed."""
@@ -735,7 +785,8 @@ class PollingPartition(StatefulSourcePartition[PointBatch, None]):
             return
         at, now = self._schedule.next_deadline, self._clock()
         self._group.arm(at, now)
-        when = slot_timer(self._loop.time(), at - now, self._schedule.interval, self._window_s)
+        quantum = window_quantum(self._schedule.interval, self._window_s, self._group.members)
+        when = slot_timer(self._loop.time(), at - now, quantum)
         self._timer = self._loop.call_at(when, self._on_slot)
 
     def _on_slot(self) -> None:

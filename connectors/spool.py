@@ -93,6 +93,8 @@ _HEAD = _HEADER.size
 _SEQ_TIME = struct.Struct("<Qq")
 _MAX_RECORD = 1 << 30
 _CURSOR = "cursor.json"
+IDLE_CHECK_S = 1.0
+"""How often a clean spool's flusher looks at its bounds and gauges (it wakes for an append at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,8 @@ class Spool:
         self._next_seq = 1
         self._durable_seq = 0
         self._dirty = False
+        self._wake = threading.Event()
+        """Set by the first append after a sync: the flusher idles until then (or ``IDLE_CHECK_S``)."""
         self._closed_sum: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._read_pos: tuple[int, Path, int] | None = None
         """Where the last read stopped: (next seq, segment path, byte offset) — saves rescanning."""
@@ -328,7 +332,9 @@ class Spool:
             seg.last_time_ns = now_ns
             self._next_seq = seq + 1
             self.appended += 1
-            self._dirty = True
+            if not self._dirty:
+                self._dirty = True
+                self._wake.set()  # the flusher syncs one interval from now
             return True
         return False
 
@@ -609,7 +615,12 @@ class Spool:
 
     def _flush_loop(self) -> None:
         while True:
-            time.sleep(self.sync_interval_s)
+            if not self._dirty:  # nothing to sync: wait for an append (bounds and gauges: now and then)
+                self._wake.wait(IDLE_CHECK_S)
+                self._wake.clear()
+                if self._closed:
+                    return
+            time.sleep(self.sync_interval_s)  # group commit: what else comes in this interval
             if self._closed:
                 return
             if self._dirty:
@@ -686,6 +697,7 @@ class Spool:
                 return
             self._sync_locked()
             self._closed = True
+            self._wake.set()
             self._durable_cond.notify_all()
             if self._fd is not None:
                 with contextlib.suppress(OSError):

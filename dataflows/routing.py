@@ -48,6 +48,8 @@ from bytewax.inputs import (
 )
 from bytewax.operators import StatefulBatchLogic
 
+from connectors.nap import set_worker_count
+
 X = TypeVar("X")
 
 _MASK = (1 << 64) - 1
@@ -122,6 +124,7 @@ class WorkerLocalSource(DynamicSource[X], Generic[X]):
         return [p for p in self.inner.list_parts() if worker_of(self.key_of(p), worker_count) == worker_index]
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalParts[X]:
+        set_worker_count(worker_count)  # Bytewax builds it on the worker's thread: its nap's cap
         keys = self.parts_for(worker_index, worker_count)
         build_parts = getattr(self.inner, "build_parts", None)
         if build_parts is not None:  # a polling source: one ready queue for the worker's devices

@@ -28,6 +28,7 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 
 from connectors.commands import CommandRouter
+from connectors.nap import wake_all
 from core.logs import configure_logging
 from core.memory import tune_malloc
 from core.settings import Settings
@@ -67,6 +68,12 @@ def build(spec_path: str | Path | None = None, settings: Settings | None = None)
     return flow
 
 
+def _wake_naps() -> None:
+    """Wake the napping workers (:mod:`connectors.nap`) so the drain starts now, not at a nap's cap.
+    From another thread: the handler runs on the main thread, which may hold a nap's lock."""
+    threading.Thread(target=wake_all, name="stop-wake", daemon=True).start()
+
+
 ABORT_EXIT_CODE = 130
 """Exit code of an abort (a SIGINT during a drain), as a shell reports a process ended by Ctrl-C."""
 
@@ -83,10 +90,12 @@ def install_stop_handlers(stop: threading.Event) -> None:
         if not stop.is_set():
             log.info("stopping: draining the flow (%s)", signal.Signals(signum).name)
         stop.set()
+        _wake_naps()
 
     def interrupt(_signum: int, _frame: object) -> None:
         if not stop.is_set():
             stop.set()
+            _wake_naps()
             log.warning("stopping: draining the flow (sources stop, sinks flush); Ctrl-C again aborts")
             return
         sys.stderr.write("aborted: the flow was stopped without flushing (second Ctrl-C / SIGINT)\n")

@@ -23,6 +23,7 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.records import OeeResult
+from core.wakeups import announce_due
 from operators.expressions import CalculatedState, CalculatedTags
 from operators.hot import HotCore, Swapped, keep_tags
 from operators.oee import OeeCalculator, OeeState
@@ -226,10 +227,13 @@ class OeeLogic(StatefulLogic[Item, OeeResult, OeeState]):
     def notify_at(self) -> datetime | None:
         due = self.core.next_deadline(self.state)
         if due is None:
-            return None
-        if self.clock is not time.time_ns:
-            due = time.time_ns() + (due - self.clock())  # translate an injected clock to wall time
-        return ns_to_utc_ceil(due)
+            at = None
+        else:
+            if self.clock is not time.time_ns:
+                due = time.time_ns() + (due - self.clock())  # translate an injected clock to wall time
+            at = ns_to_utc_ceil(due)
+        announce_due(self, at)  # a napping worker wakes by then (core.wakeups)
+        return at
 
     def snapshot(self) -> OeeState:
         return self.state

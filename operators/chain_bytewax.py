@@ -45,6 +45,7 @@ from bytewax.operators import KeyedStream, StatefulLogic
 
 from core.batch import PointBatch
 from core.records import AggBatch, Alert
+from core.wakeups import announce_due
 from operators.chain import ChainResult, ChainState, OperatorChain
 from operators.window_bytewax import ns_to_utc_ceil
 
@@ -88,6 +89,11 @@ class ChainLogic(StatefulLogic[PointBatch, Out, bytes]):
         return ((empty, aggs, empty, []),)
 
     def notify_at(self) -> datetime | None:
+        at = self._notify_at()
+        announce_due(self, at)  # a napping worker wakes by then (core.wakeups)
+        return at
+
+    def _notify_at(self) -> datetime | None:
         window = self.state.window
         if window is None:
             return None

@@ -24,6 +24,7 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.records import AggBatch
+from core.wakeups import announce_due
 from operators.hot import keep_tags
 from operators.window import WindowAggregator, WindowState
 
@@ -89,6 +90,11 @@ class WindowLogic(StatefulLogic[PointBatch | DeviceConfig, Tagged, WindowState])
         return self._tag(self.core.flush(self.state)), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        at = self._notify_at()
+        announce_due(self, at)  # a napping worker wakes by then (core.wakeups)
+        return at
+
+    def _notify_at(self) -> datetime | None:
         due = self.core.next_deadline(self.state)
         if due is None:
             due = self.core.expiry_ns(self.state)

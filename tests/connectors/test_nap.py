@@ -3,9 +3,12 @@ hands over MQTT messages and window aggregates and drains on its stop event."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -21,7 +24,9 @@ from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.source import MqttSource
 from connectors.mqtt.source_config import MqttSourceConfig, MqttSubscription, MqttTagMapping
 from connectors.mqtt.url import parse_mqtt_url
-from connectors.nap import WorkerNap, worker_nap
+from connectors.nap import ALONE_MAX_WAIT_S, WorkerNap, set_worker_count, wake_all, worker_nap
+from connectors.polling import schedule_offset
+from core import wakeups
 from core.batch import PointBatch, tag_id_for
 from core.records import AggBatch
 from operators.window import WindowAggregator
@@ -224,3 +229,132 @@ def test_a_device_source_naps_through_worker_local_routing() -> None:
     finally:
         stop.set()
         assert ended(runner, 20), "the flow did not drain on its stop event"
+
+
+# -- the cap of a worker alone, announced timers, the stop ----------------------------------------
+
+
+def test_a_worker_alone_naps_up_to_the_long_cap_and_one_with_peers_up_to_max_wait() -> None:
+    caps: dict[int, float] = {}
+
+    def worker(count: int) -> None:
+        set_worker_count(count)
+        nap = worker_nap(0.02)
+        assert nap is not None
+        caps[count] = nap.cap_s
+        nap.attach(caps)
+        nap.release(caps)  # the flow ends: the thread's worker count is forgotten
+        caps[-count] = nap.cap_s
+
+    for count in (1, 2):
+        t = threading.Thread(target=worker, args=(count,))
+        t.start()
+        t.join()
+    assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02}
+
+
+def test_a_reached_due_time_ends_the_nap_at_once_and_is_dropped() -> None:
+    now = [1000.0]
+    nap = WorkerNap(max_wait_s=60.0, quiet_calls=0, clock=lambda: now[0])
+    sleeper, window = object(), object()
+    nap.attach(sleeper)
+    nap.set_due(window, 999.0)  # its step must run: the sleeper returns without waiting
+    assert ended(napping(nap, sleeper))
+    assert nap.naps == 0 and nap.earliest_due() is None
+
+
+def test_an_operator_announces_its_timer_to_the_nap_of_its_thread() -> None:
+    seen: dict[str, float | None] = {}
+    at = datetime(2026, 12, 1, 12, 0, 1, tzinfo=UTC)
+
+    def worker() -> None:
+        nap = worker_nap(0.02)
+        assert nap is not None
+        wakeups.announce_due("window", at)  # what WindowLogic.notify_at does
+        seen["due"] = nap.earliest_due()
+        wakeups.announce_due("window", None)
+        seen["after"] = nap.earliest_due()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == {"due": at.timestamp(), "after": None}
+
+
+def test_wake_all_ends_every_nap() -> None:
+    nap = WorkerNap(max_wait_s=60.0, quiet_calls=0)
+    sleeper = object()
+    nap.attach(sleeper)
+    with _registered(nap):
+        t = napping(nap, sleeper)
+        deadline = time.monotonic() + 10
+        while nap.naps == 0:
+            assert time.monotonic() < deadline, "the sleeper never went to sleep"
+            time.sleep(0.001)
+        wake_all()
+        assert ended(t), "wake_all did not wake the sleeper"
+
+
+@contextlib.contextmanager
+def _registered(nap: WorkerNap) -> Iterator[None]:
+    from connectors import nap as module
+
+    key = -threading.get_ident()  # not a real thread's: no other test's nap is replaced
+    module._naps[key] = nap
+    try:
+        yield
+    finally:
+        module._naps.pop(key, None)
+
+
+def test_a_lone_worker_wakes_for_its_window_timer_and_drains_when_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The only worker of a flow (worker-local routing) naps with no cap to speak of here: a window's
+    aggregate still comes when its bucket closes (the window step announced its timer), and the stop
+    drains once the naps are woken (as the stop handlers do)."""
+    from dataflows.routing import WorkerLocalSource
+
+    monkeypatch.setattr("connectors.nap.ALONE_MAX_WAIT_S", 3600.0)
+    monkeypatch.setattr("connectors.nap.STALE_S", 7300.0)
+    temp = ModbusTagAddress(table="holding", address=0, data_type="int16")
+    sim = ModbusSimulator(port=0, devices=[SimulatedDevice("press", 1, [SimTag(temp)])])
+    with sim:  # one poll soon, the next 30 s later: meanwhile only the window's timer can wake the worker
+        plan = ModbusDevicePlan(
+            _polled_soon(30.0), ModbusConnection(host="127.0.0.1", port=sim.port), 30.0, ((1, temp),)
+        )
+        stop = threading.Event()
+        flow = Dataflow("nap_alone")
+        source = WorkerLocalSource(
+            DeviceSource([plan], stop_event=stop, max_wait_s=0.02), key_of=lambda p: p.split(":", 1)[1]
+        )
+        points = op.input("poll", flow, source)
+        keyed = op.key_on("key", points, lambda b: b.device_id)
+        aggs, _late = tumbling_aggregate("w", keyed, WindowAggregator([1.0], idle_close_s=0.0))
+        windows = _Collect()
+        op.output("aggs", aggs, windows)
+        runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not windows.items:
+                assert time.monotonic() < deadline, (
+                    "the window was not emitted: its timer did not wake the worker"
+                )
+                time.sleep(0.01)
+            nap = _nap_of(runner)
+            assert nap is not None and nap.alone and nap.naps > 0
+        finally:
+            stop.set()
+            wake_all()
+            assert ended(runner, 20), "the flow did not drain when its naps were woken"
+
+
+def _polled_soon(interval: float) -> str:
+    """A device id whose first slot at ``interval`` comes 0.5-3 s from now (the offset is its hash)."""
+    now = time.time()
+    for i in range(10_000):
+        device_id = f"press{i}"
+        if 0.5 <= (schedule_offset(device_id, interval) - now) % interval <= 3.0:
+            return device_id
+    raise AssertionError("no device id with a slot soon")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from connectors.nap import worker_nap
 from connectors.polling import PolledDevice, PollGroup, PollingSource, WriteValue
 from core.batch import PointBatch
 from core.quality import Quality
@@ -165,3 +166,51 @@ def test_group_wake_time_follows_what_it_holds() -> None:
     assert not group.begin()  # draining: no new polls
     with pytest.raises(StopIteration):
         group.next_batch()
+
+
+def test_a_burst_of_polls_wakes_a_napping_worker_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polls of a window finish within a few ms of each other: the worker is notified when the
+    last one in flight finishes, or once :data:`NOTIFY_COALESCE_S` after the first when another is
+    still running — not once per poll."""
+    notified: list[float] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check()
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    def check() -> None:
+        nap = worker_nap(0.02)
+        assert nap is not None
+        monkeypatch.setattr(nap, "notify", lambda: notified.append(time.monotonic()))
+        group = PollGroup(None, wake_slack_s=0.002, max_wait_s=0.02)
+        assert group.next_batch() == []  # attaches the worker's nap
+        parts = [SimpleNamespace(_completed=0, _pending=True) for _ in range(3)]
+
+        async def burst() -> None:
+            for _ in range(3):
+                assert group.begin()
+            group.finish(parts[0], "a")  # type: ignore[arg-type]
+            group.finish(parts[1], "b")  # type: ignore[arg-type]
+            assert notified == [], "notified before the burst was over"
+            group.finish(parts[2], "c")  # type: ignore[arg-type]
+            assert len(notified) == 1, "the last poll of the burst did not notify"
+            assert group.begin() and group.begin()  # a slow device holds the next burst
+            group.finish(parts[0], "d")  # type: ignore[arg-type]
+            deadline = time.monotonic() + 10
+            while len(notified) < 2:
+                assert time.monotonic() < deadline, "the deferred notify never came"
+                await asyncio.sleep(0.001)
+            group.finish(parts[1], "e")  # type: ignore[arg-type]
+            assert len(notified) == 3
+
+        asyncio.run(burst())
+        assert group.next_batch() == ["a", "b", "c", "d", "e"]
+
+    t = threading.Thread(target=run)  # a thread of its own: its nap is not another test's
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and not errors, errors
+    assert len(notified) == 3
