@@ -590,6 +590,9 @@ class _MqttPartition(StatefulSourcePartition[PointBatch, int | None]):
         with self._lock:
             if self._change is None or change.version >= self._change.version:
                 self._change = change
+        nap = self._nap
+        if nap is not None:
+            nap.notify()  # a napping worker takes it now, not at its nap's cap
 
     def _resubscribe(self, subscriptions: Sequence[MqttSubscription]) -> None:
         old = {s.topic_filter for s in self._subs}
