@@ -1,4 +1,4 @@
-"""Interleaved A/B of the UNS-only flow's CPU per point between two checkouts (or two settings).
+"""Interleaved A/B of a cost flow's CPU per point between two checkouts (or two settings).
 
 The ``cost`` stage runs each flow once per device count, minutes apart; on this shared 2-core VM the
 CPU time per unit of work moves by 20-40 % between such runs (the bare baselines with it), more
@@ -10,8 +10,9 @@ ratio per round and their median, the load average, and the worker / poll-loop t
     python -m bench.cost_ab --a /tmp/main-checkout --b . --devices 10,100 --rounds 3
 
 ``--env-a`` / ``--env-b`` (``KEY=VALUE``, repeatable) set environment variables of one side only
-(e.g. ``NEXUS_SOURCE_MAX_WAIT_MS=20`` to compare the nap on and off on one checkout). Prints one
-JSON document; run it under the shared measurement lock.
+(e.g. ``NEXUS_SOURCE_MAX_WAIT_MS=20`` to compare the nap on and off on one checkout). ``--flow full``
+runs the ``cost`` stage's full flow instead (embedded PostgreSQL for its historian; both sides write
+into the same database). Prints one JSON document; run it under the shared measurement lock.
 """
 
 from __future__ import annotations
@@ -33,22 +34,23 @@ import yaml
 from bench import cli, cost_threads
 from bench.cost import REPORT_S, _cpu, _figures, cost_spec
 from bench.load import Load
-from nexus.embedded import MosquittoBroker, free_port
+from nexus.embedded import EmbeddedPostgres, MosquittoBroker, free_port
 
 
 def run_uns(
     root: Path, load: Load, ports: list[int], mqtt_url: str, *, work: Path, env_extra: dict[str, str],
-    warmup: float, seconds: float,
+    warmup: float, seconds: float, flow: str = "uns", pg_url: str = "",
 ) -> dict[str, Any]:  # fmt: skip
-    """One UNS-only flow process started from checkout ``root``: its CPU over the window."""
+    """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``: its CPU over
+    the window."""
     folder = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
     (folder / "stats").mkdir()
     spec_path = folder / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, "uns")))
+    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow)))
     env = {
         **os.environ,
         "NEXUS_SPEC": str(spec_path),
-        "NEXUS_DATABASE_URL": "",
+        "NEXUS_DATABASE_URL": pg_url,
         "NEXUS_MQTT_URL": mqtt_url,
         "NEXUS_DATA_DIR": str(folder / "data"),
         "NEXUS_BENCH_STATS": str(folder / "stats"),
@@ -112,16 +114,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--flow", choices=("uns", "full"), default="uns", help="the cost stage's flow to run")
     args = p.parse_args(argv)
     sides = {
         "a": (Path(args.a).resolve(), _env(args.env_a)),
         "b": (Path(args.b).resolve(), _env(args.env_b)),
     }
-    result: dict[str, Any] = {"a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b, "loads": {}}
+    result: dict[str, Any] = {
+        "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b, "flow": args.flow, "loads": {},
+    }  # fmt: skip
     broker = MosquittoBroker(free_port())
     broker.start()
+    pg = None
     try:
         with tempfile.TemporaryDirectory(prefix="nexus-ab-") as tmp:
+            if args.flow == "full":
+                pg = EmbeddedPostgres(Path(tmp) / "pg", port=free_port())
+                pg.start()
             for devices in [int(x) for x in args.devices.split(",") if x]:
                 load = Load(devices=devices, tags=args.tags, poll_interval_s=1.0, qos=0)
                 sim, ports = cli.start_sim(load)
@@ -134,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                             root, env = sides[side]
                             row[side] = run_uns(
                                 root, load, ports, broker.url, work=Path(tmp), env_extra=env,
-                                warmup=args.warmup, seconds=args.seconds,
+                                warmup=args.warmup, seconds=args.seconds, flow=args.flow,
+                                pg_url=pg.url if pg is not None else "",
                             )  # fmt: skip
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]
                         row["b_over_a"] = round(b / a, 3) if a and b else None
@@ -152,7 +162,12 @@ def main(argv: list[str] | None = None) -> None:
                     "median_b": statistics.median(x["b"]["cpu_s_per_10k_points"] for x in rounds),
                     "median_b_over_a": statistics.median(ratios) if ratios else None,
                 }
+            if pg is not None:
+                pg.stop()  # before its folder goes
+                pg = None
     finally:
+        if pg is not None:
+            pg.stop()
         broker.stop()
     print(json.dumps(result, indent=1))
 
