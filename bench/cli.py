@@ -98,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cost-warmup", type=float, default=10.0, help="cost: warm-up of each run, s")
     p.add_argument("--cost-seconds", type=float, default=30.0, help="cost: measuring window of each run, s")
     p.add_argument(
+        "--cost-historian-delay",
+        type=float,
+        default=None,
+        help="cost: the full flow's historian max_delay_s (default: the historian's own, 1 s)",
+    )
+    p.add_argument(
         "--cost-profile",
         default=None,
         help="cost: folder for py-spy profiles of each flow run (collapsed stacks; needs py-spy)",

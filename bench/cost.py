@@ -36,8 +36,13 @@ from bench.load import Load
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cost_spec(load: Load, ports: list[int], flow: str) -> dict[str, Any]:
-    """The ``uns`` or ``full`` flow spec for ``load`` polling ``ports``."""
+def cost_spec(
+    load: Load, ports: list[int], flow: str, historian_delay_s: float | None = None
+) -> dict[str, Any]:
+    """The ``uns`` or ``full`` flow spec for ``load`` polling ``ports``; the full flow's historian
+    commits at its default pace (``max_delay_s`` 1 s) unless ``historian_delay_s`` is given (until
+    2026-12-01 this stage used 0.2 s, the e2e stage's latency setting: five commits a second instead
+    of one, ~0.004 cores of per-commit overhead at 10 devices — BENCHMARKS.md)."""
     spec = load.spec({"modbus": ports})
     uns = {"id": "uns", "type": "mqtt_uns", "qos": 0}
     if flow == "uns":
@@ -49,7 +54,10 @@ def cost_spec(load: Load, ports: list[int], flow: str) -> dict[str, Any]:
             {"id": "deadband", "type": "deadband"},
             {"id": "windows", "type": "window", "windows": ["1m"]},
         ]
-        spec["sinks"] = [uns, {"id": "historian", "type": "historian", "max_delay_s": 0.2}]
+        historian: dict[str, Any] = {"id": "historian", "type": "historian"}
+        if historian_delay_s is not None:
+            historian["max_delay_s"] = historian_delay_s
+        spec["sinks"] = [uns, historian]
     else:
         raise ValueError(f"unknown cost flow {flow!r}")
     return spec
@@ -94,6 +102,7 @@ def run_flow(
     warmup: float,
     seconds: float,
     profile: Path | None = None,
+    historian_delay_s: float | None = None,
 ) -> dict[str, Any]:
     """One flow's CPU over the window; with ``profile`` a folder, py-spy samples the window too
     (``{flow}-{devices}.txt``, collapsed stacks without idle frames, 100 Hz, non-blocking)."""
@@ -102,7 +111,7 @@ def run_flow(
     folder = work / f"cost-{flow}-{load.devices}"
     (folder / "stats").mkdir(parents=True)
     spec_path = folder / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow)))
+    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow, historian_delay_s)))
     env = {
         **os.environ,
         "NEXUS_SPEC": str(spec_path),
@@ -194,8 +203,9 @@ def stage_cost(args: Any, load: Load, *, pg_url: str, mqtt_url: str, work: Path,
             prof = Path(args.cost_profile) if getattr(args, "cost_profile", None) else None
             for flow in ("uns", "full"):
                 entry[flow] = run_flow(
-                    lo, ports, flow, pg_url=pg_url, mqtt_url=mqtt_url, work=work, profile=prof, **kw
-                )
+                    lo, ports, flow, pg_url=pg_url, mqtt_url=mqtt_url, work=work, profile=prof,
+                    historian_delay_s=getattr(args, "cost_historian_delay", None), **kw,
+                )  # fmt: skip
         finally:
             cli._stop_sim(sim)
         entry["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -40,13 +40,14 @@ from nexus.embedded import EmbeddedPostgres, MosquittoBroker, free_port
 def run_uns(
     root: Path, load: Load, ports: list[int], mqtt_url: str, *, work: Path, env_extra: dict[str, str],
     warmup: float, seconds: float, flow: str = "uns", pg_url: str = "",
+    historian_delay_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``: its CPU over
     the window."""
     folder = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
     (folder / "stats").mkdir()
     spec_path = folder / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow)))
+    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow, historian_delay_s)))
     env = {
         **os.environ,
         "NEXUS_SPEC": str(spec_path),
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--flow", choices=("uns", "full"), default="uns", help="the cost stage's flow to run")
+    p.add_argument("--historian-delay", type=float, default=None, help="full flow: historian max_delay_s")
     args = p.parse_args(argv)
     sides = {
         "a": (Path(args.a).resolve(), _env(args.env_a)),
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                                 root, load, ports, broker.url, work=Path(tmp), env_extra=env,
                                 warmup=args.warmup, seconds=args.seconds, flow=args.flow,
                                 pg_url=pg.url if pg is not None else "",
+                                historian_delay_s=args.historian_delay,
                             )  # fmt: skip
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]
                         row["b_over_a"] = round(b / a, 3) if a and b else None
