@@ -42,3 +42,21 @@ def test_cost_stage_with_a_tiny_load(tmp_path: Path) -> None:
     profiles = sorted(p.name for p in (tmp_path / "profiles").glob("*.txt"))
     if profiles:  # py-spy installed (a profiling tool, not a dependency)
         assert profiles == ["full-2.txt", "full-3.txt", "uns-2.txt", "uns-3.txt"]
+
+
+def test_cost_ab_of_the_full_flow_with_a_tiny_load(tmp_path: Path) -> None:
+    """``bench.cost_ab --flow full`` (embedded PostgreSQL) runs both sides and reports their ratio."""
+    cmd = [
+        sys.executable, "-m", "bench.cost_ab", "--a", str(ROOT), "--b", str(ROOT), "--flow", "full",
+        "--devices", "2", "--tags", "5", "--rounds", "1", "--warmup", "10", "--seconds", "2",
+        "--historian-delay", "0.5",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["flow"] == "full"
+    (row,) = result["loads"]["2"]["rounds"]
+    for side in ("a", "b"):
+        assert row[side]["points"] > 0 and row[side]["cpu_s_per_10k_points"] is not None, row[side]
+        assert any(t["thread"] == "main" for t in row[side]["threads"])
+    assert row["b_over_a"] is not None
