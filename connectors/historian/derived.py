@@ -7,6 +7,11 @@ raise and clear once; ``nexus_oee`` one row per machine and period. With Timesca
 and alert tables become hypertables; on plain PostgreSQL they are ordinary tables (their volume is
 the raw table's divided by the window length).
 
+Aggregates are written per window by one binary COPY into a session's temporary staging table and
+one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` from it: a closing window brings one row per tag
+at once (10,000 at 100 devices x 100 tags), and one ``INSERT`` per row cost ~20 us of client CPU per
+row against <1 us now (``python -m bench.derived_write``, BENCHMARKS.md).
+
 >>> agg_table("1m")
 'nexus_agg_1m'
 >>> agg_table("1m; drop table x")
@@ -129,7 +134,7 @@ def _nullable(a: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in a.tolist()]
 
 
-AGG_COLUMNS = ("bucket", "tag_id", "min", "max", "avg", "count", "sum", "first", "last", "twa")
+_COLUMNS = ("bucket", "tag_id", "min", "max", "avg", "count", "sum", "first", "last", "twa")
 _FLOATS = ("min", "max", "avg", "sum", "first", "last", "twa")
 """The nullable columns, in table order (``count`` sits between ``avg`` and ``sum``)."""
 
@@ -139,7 +144,7 @@ _STAGE_DDL = (
     "max double precision, avg double precision, count bigint, sum double precision, first double precision, "
     "last double precision, twa double precision) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = f"COPY {_STAGE} ({', '.join(AGG_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY {_STAGE} ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 _TRAILER = b"\xff\xff"
 
@@ -151,7 +156,7 @@ def _row_dtype(nulls: int) -> np.dtype[np.void]:
     Bit ``i`` stands for ``_FLOATS[i]``; a NULL field is its length word (-1) without a payload.
     """
     fields: list[tuple[str, str]] = [("n", ">i2")]
-    for name in AGG_COLUMNS:
+    for name in _COLUMNS:
         fields.append((f"l_{name}", ">i4"))
         if name in _FLOATS:
             if not nulls >> _FLOATS.index(name) & 1:
@@ -175,9 +180,9 @@ def _last_per_key(buckets: np.ndarray, tag_ids: np.ndarray) -> np.ndarray:
 def encode_aggs(batches: Sequence[AggBatch]) -> bytes:
     """One binary COPY payload of ``nexus_agg_stage`` rows for aggregate batches (non-finite -> NULL).
 
-    Vectorized: rows are grouped by which float columns are NULL (in practice one or two patterns:
-    ``twa`` is NaN when a bucket holds one sample) and each group is written through its own
-    structured dtype. A ``(tag_id, bucket)`` given twice keeps its last row.
+    Vectorized: rows are grouped by which float columns are NULL (in practice one pattern, all
+    finite, or a few) and each group is written through its own structured dtype, so no Python runs
+    per row. A ``(tag_id, bucket)`` given twice keeps its last row.
 
     >>> one = AggBatch("d", "1m", 60 * 10**9, np.array([0]), np.array([7]), np.array([1]), np.array([2.0]),
     ...     np.array([2.0]), np.array([2.0]), np.array([2.0]), np.array([2.0]), np.array([np.nan]))
@@ -205,10 +210,11 @@ def encode_aggs(batches: Sequence[AggBatch]) -> bytes:
     for nulls in patterns.tolist():
         mask = None if len(patterns) == 1 else pattern == nulls
         dtype = _row_dtype(nulls)
+        fields = dtype.names or ()
         rows = np.empty(len(pattern) if mask is None else int(mask.sum()), dtype)
-        rows["n"] = len(AGG_COLUMNS)
-        for name in AGG_COLUMNS:
-            present = name in dtype.names
+        rows["n"] = len(_COLUMNS)
+        for name in _COLUMNS:
+            present = name in fields
             rows[f"l_{name}"] = 8 if present else -1
             if present:
                 rows[name] = cols[name] if mask is None else cols[name][mask]
@@ -224,7 +230,7 @@ def _upsert(window: str) -> sql.Composed:
         "sum = EXCLUDED.sum, first = EXCLUDED.first, last = EXCLUDED.last, twa = EXCLUDED.twa"
     ).format(
         sql.Identifier(agg_table(window)),
-        cols=sql.SQL(", ").join(map(sql.Identifier, AGG_COLUMNS)),
+        cols=sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
         stage=sql.Identifier(_STAGE),
     )
 
