@@ -4,7 +4,8 @@ A closing window writes one aggregate row per tag (``DerivedWriter.write_aggs``)
 minute at 100 devices x 100 tags. This writes N rows (one ``AggBatch`` of 100 tags per device, as
 the flow emits them) with the ``DerivedWriter`` of each checkout in a child process started from
 that checkout, against one embedded PostgreSQL, rounds interleaved A B / B A, each child on a fresh
-database. Per child: a warm-up write (connection, schema), then a timed write of new buckets
+database (``--call-rows``: that many rows per ``write_aggs`` call, a transaction each, as when
+the window closes reach the sink device by device). Per child: a warm-up write (connection, schema), then a timed write of new buckets
 (inserts) and a timed write of the same rows again (the upsert of a replay). Reported per 10,000
 rows: CPU-seconds of the writing process, of its server backend (``/proc``), and wall seconds; the
 B / A ratios per round and their median; the load average.
@@ -37,7 +38,7 @@ import numpy as np
 import connectors.historian.derived as derived
 from core.records import AggBatch
 
-url, rows = sys.argv[1], int(sys.argv[2])
+url, rows, call_rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tags, t0 = 100, 1_700_000_040 * 10**9
 
 def batches(bucket_ns, n):
@@ -62,7 +63,8 @@ out = {"module": derived.__file__}
 work = batches(t0, rows)
 for phase in ("insert", "upsert"):
     c0, s0, w0 = time.process_time(), server_cpu(pid), time.perf_counter()
-    writer.write_aggs(work)
+    for i in range(0, len(work), call_rows // tags):
+        writer.write_aggs(work[i : i + call_rows // tags])
     c1, s1, w1 = time.process_time(), server_cpu(pid), time.perf_counter()
     out[phase] = {"client_cpu_s": c1 - c0, "server_cpu_s": s1 - s0, "wall_s": w1 - w0}
 writer.close()
@@ -70,14 +72,15 @@ print(json.dumps(out))
 """
 
 
-def run_child(root: Path, pg: EmbeddedPostgres, rows: int) -> dict[str, Any]:
-    """One child process from checkout ``root`` writing ``rows`` rows to a fresh database."""
+def run_child(root: Path, pg: EmbeddedPostgres, rows: int, call_rows: int) -> dict[str, Any]:
+    """One child process from checkout ``root`` writing ``rows`` rows, ``call_rows`` per call, to a
+    fresh database."""
     name = f"agg_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, pg.url_for(name), str(rows)],
+            [sys.executable, "-c", CHILD, pg.url_for(name), str(rows), str(call_rows or rows)],
             cwd=root, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
@@ -101,12 +104,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--b", type=Path, required=True, help="checkout B")
     parser.add_argument("--rows", default="10000,50000", help="rows per write, comma-separated (x100)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--call-rows", type=int, default=0, help="rows per write_aggs call (x100; default: all in one call)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.rows.split(",")]
     if any(n <= 0 or n % 100 for n in sizes):
         parser.error(f"--rows must be positive multiples of 100, got {args.rows!r}")
+    if args.call_rows < 0 or args.call_rows % 100:
+        parser.error(f"--call-rows must be a positive multiple of 100, got {args.call_rows}")
     roots = {"a": args.a.resolve(), "b": args.b.resolve()}
-    report: dict[str, Any] = {"a": str(roots["a"]), "b": str(roots["b"]), "load_before": os.getloadavg()}
+    report: dict[str, Any] = {
+        "a": str(roots["a"]),
+        "b": str(roots["b"]),
+        "call_rows": args.call_rows or "all",
+        "load_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="derived-write-") as work:
         pg = EmbeddedPostgres(Path(work) / "pg", port=free_port())
         pg.start()
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
                 for r in range(args.rounds):
                     for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                        runs[side].append(run_child(roots[side], pg, rows))
+                        runs[side].append(run_child(roots[side], pg, rows, args.call_rows))
                 report[f"rows_{rows}"] = {**runs, "b_over_a": _ratios(runs)}
         finally:
             pg.stop()

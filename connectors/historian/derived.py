@@ -136,7 +136,7 @@ def _nullable(a: np.ndarray) -> list[float | None]:
 
 _COLUMNS = ("bucket", "tag_id", "min", "max", "avg", "count", "sum", "first", "last", "twa")
 _FLOATS = ("min", "max", "avg", "sum", "first", "last", "twa")
-"""The nullable columns, in table order (``count`` sits between ``avg`` and ``sum``)."""
+"""The nullable columns (all but the key and ``count``), in table order."""
 
 _STAGE = "nexus_agg_stage"
 _STAGE_DDL = (
