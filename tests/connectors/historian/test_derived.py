@@ -15,9 +15,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import input as op_input
 from bytewax.operators import output as op_output
 from bytewax.testing import TestingSource, run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
 
 from connectors.derived import DerivedSink, DerivedTargets
-from connectors.historian.derived import DerivedWriter
+from connectors.historian.derived import DerivedWriter, agg_table
 from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.url import parse_mqtt_url
 from core.records import AggBatch, Alert, OeeResult
@@ -92,6 +95,132 @@ def test_aggregates_replace_alerts_dedupe_oee_upserts(db: str) -> None:
         assert alerts == [("high", "raised", 212.5, 200.0)]
         oee = conn.execute("SELECT machine, oee, downtime FROM nexus_oee").fetchall()
         assert oee == [("press-01", 0.684, {"jam": 30.0})]
+
+
+FLOATS = ("min", "max", "avg", "sum", "first", "last", "twa")
+SELECT_AGGS = (
+    "SELECT extract(epoch FROM bucket)::bigint * 1000000000, tag_id, min, max, avg, count, sum, first, last, twa "
+    "FROM {} ORDER BY tag_id, bucket"
+)
+
+
+def rows_of(batch: AggBatch) -> list[tuple[Any, ...]]:
+    """What the table should hold for ``batch``: one row per (tag, bucket), non-finite floats as NULL."""
+    out = []
+    for i in range(len(batch)):
+        fl = {name: float(getattr(batch, name)[i]) for name in FLOATS}
+        fl = {name: (v if np.isfinite(v) else None) for name, v in fl.items()}
+        out.append(
+            (
+                int(batch.bucket_ns[i]), int(batch.tag_ids[i]), fl["min"], fl["max"], fl["avg"],
+                int(batch.count[i]), fl["sum"], fl["first"], fl["last"], fl["twa"],
+            )
+        )  # fmt: skip
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+def stored(db: str, window: str = "1m") -> list[tuple[Any, ...]]:
+    with psycopg.connect(db) as conn:
+        return conn.execute(sql.SQL(SELECT_AGGS).format(sql.Identifier(agg_table(window)))).fetchall()
+
+
+def columns_batch(window: str, device: str, tag_ids: list[int], buckets: list[int], seed: int) -> AggBatch:
+    rng = np.random.default_rng(seed)
+    n = len(tag_ids)
+    count = rng.integers(1, 100, n)
+    return AggBatch(
+        device, window, 60 * 10**9, np.array(buckets, dtype=np.int64), np.array(tag_ids, dtype=np.int64),
+        count, rng.normal(size=n) * count, rng.normal(size=n), rng.normal(size=n), rng.normal(size=n),
+        rng.normal(size=n), rng.normal(size=n),
+    )  # fmt: skip
+
+
+def test_an_existing_bucket_is_replaced_whole(db: str) -> None:
+    writer = DerivedWriter(db, ["1m"])
+    try:
+        old = columns_batch("1m", "press-01", [11, 12, 13], [T0, T0, T0], seed=1)
+        new = columns_batch("1m", "press-01", [12], [T0], seed=2)
+        new.twa[0] = np.nan
+        assert writer.write_aggs([old]) == 3
+        assert writer.write_aggs([new]) == 1
+    finally:
+        writer.close()
+    expected = rows_of(old)
+    expected[1] = rows_of(new)[0]
+    assert stored(db) == expected
+    assert expected[1][-1] is None and expected[1][1] == 12
+
+
+def test_several_windows_and_devices_in_one_call(db: str) -> None:
+    batches = [
+        columns_batch("1m", "press-01", [11, 12], [T0, T0], seed=3),
+        columns_batch("1m", "press-02", [21, 22], [T0, T0 + 60 * 10**9], seed=4),
+        columns_batch("5m", "press-01", [11, 12], [T0, T0], seed=5),
+    ]
+    writer = DerivedWriter(db, ["1m", "5m"])
+    try:
+        assert writer.write_aggs(batches) == 6
+        assert writer.rows_written == 6
+    finally:
+        writer.close()
+    assert stored(db, "1m") == sorted(rows_of(batches[0]) + rows_of(batches[1]), key=lambda r: (r[1], r[0]))
+    assert stored(db, "5m") == rows_of(batches[2])
+
+
+def test_a_replay_is_idempotent_and_a_repeated_key_keeps_its_last_row(db: str) -> None:
+    first = columns_batch("1m", "press-01", [11, 12, 13], [T0, T0, T0], seed=6)
+    again = columns_batch("1m", "press-01", [13, 11], [T0, T0], seed=7)
+    writer = DerivedWriter(db, ["1m"])
+    try:
+        writer.write_aggs([first])
+        once = stored(db)
+        writer.write_aggs([first])
+        assert stored(db) == once == rows_of(first)
+        assert writer.write_aggs([first, again]) == 3  # 11 and 13 twice in one call: the later rows win
+    finally:
+        writer.close()
+    assert stored(db) == sorted([*rows_of(again), rows_of(first)[1]], key=lambda r: (r[1], r[0]))
+
+
+def test_plain_postgresql_gets_ordinary_tables(db: str) -> None:
+    """The TimescaleDB-less path (TimescaleDB is not installable here): plain tables, rows in them."""
+    batch = columns_batch("1m", "press-01", [11], [T0], seed=8)
+    writer = DerivedWriter(db, ["1m"])
+    try:
+        assert writer.write_aggs([batch]) == 1
+    finally:
+        writer.close()
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'nexus_agg_1m'").fetchone()
+        assert kind == ("r",)
+    assert stored(db) == rows_of(batch)
+
+
+FLOAT_OR_NOT = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.sampled_from([np.nan, np.inf, -np.inf]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(*[FLOAT_OR_NOT] * 6, st.integers(0, 10**6)), min_size=1, max_size=12))
+def test_nulls_in_any_float_column_land_as_null(db: str, rows: list[tuple[Any, ...]]) -> None:
+    n = len(rows)  # avg = sum / count: NaN or inf where count is 0
+    cols = np.array([r[:6] for r in rows], dtype=np.float64).T
+    count = np.array([r[6] for r in rows], dtype=np.int64)
+    batch = AggBatch(
+        "press-01", "1m", 60 * 10**9, T0 + np.arange(n, dtype=np.int64) * 60 * 10**9,
+        np.full(n, 11, dtype=np.int64), count, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5],
+    )  # fmt: skip
+    writer = DerivedWriter(db, ["1m"])
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS nexus_agg_1m")
+        writer.write_aggs([batch])
+    finally:
+        writer.close()
+    assert stored(db) == rows_of(batch)
 
 
 def test_derived_sink_publishes_and_stores(db: str, mqtt_url: str) -> None:
