@@ -46,6 +46,7 @@ from pymodbus.framer import FramerType
 from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
+from connectors.modbus.responses import register_fast_responses
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
@@ -329,8 +330,9 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         client = self._client
         if client is None:
             raise ConnectionError("not connected")
-        guard = self.plan.connection.timeout_s + _GUARD_S
-        async with self._io_lock, asyncio.timeout(guard):  # no extra task per read, unlike wait_for
+        # The request's timeout is pymodbus's own (``timeout`` = the plan's ``timeout_s``, retries off):
+        # a guard on top was one more timer per request for a wait pymodbus already bounds.
+        async with self._io_lock:
             rr = await _read(client, req, self.plan.connection.unit_id)
         outcome.any_answer = True  # the device answered: the link is fine
         if rr.isError():
@@ -419,8 +421,9 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             "reconnect_delay": 0,  # no automatic reconnect inside pymodbus: we manage it
             "reconnect_delay_max": 0,
         }
+        client: AnyModbusClient
         if isinstance(c, ModbusSerialConnection):
-            return AsyncModbusSerialClient(
+            client = AsyncModbusSerialClient(
                 c.port,
                 framer=FramerType.RTU,
                 baudrate=c.baudrate,
@@ -429,8 +432,11 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 stopbits=c.stopbits,
                 **common,
             )
-        framer = FramerType.RTU if c.transport == "rtu_over_tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+        else:
+            framer = FramerType.RTU if c.transport == "rtu_over_tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+        register_fast_responses(client)
+        return client
 
     async def _ensure_connected(self, *, force: bool = False, count_backoff: bool = True) -> bool:
         if self._client is not None and self._client.connected:
