@@ -171,23 +171,22 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if not self._breaker.allow():
             self._stats.breaker_open_polls += 1
             batch = self._uniform(ts_ns, Quality.COMM_ERROR)
-            link_ok, open_ = False, True
+            link_ok, open_, bad = False, True, True
         else:
             open_ = False
             probe = self._breaker.state == "half_open"
             try:
-                batch, link_ok = await self._poll(force_connect=probe)
+                batch, link_ok, bad = await self._poll(force_connect=probe)
             except Exception:  # a bug or an unexpected library error must not kill the source
                 log.exception("modbus poll failed unexpectedly device=%s", self.device_id)
                 await self._drop_connection()
-                batch, link_ok = self._uniform(ts_ns, Quality.COMM_ERROR), False
+                batch, link_ok, bad = self._uniform(ts_ns, Quality.COMM_ERROR), False, True
             if link_ok:
                 self._breaker.record_success()
             else:
                 self._breaker.record_failure()
         self._breaker_changed(was)
         latency = self._clock() - started
-        bad = bool((batch.quality >= _BAD).any())
         result = poll_result(bad_points=bad, comm_error=not link_ok, breaker_open=open_)
         self._count_poll(latency, result != "ok")
         if self._m is not None:
@@ -240,10 +239,10 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
 
     # -- polling internals ---------------------------------------------------------------------
 
-    async def _poll(self, *, force_connect: bool) -> tuple[PointBatch, bool]:
-        """One poll and whether the link worked (connected, no transport error)."""
+    async def _poll(self, *, force_connect: bool) -> tuple[PointBatch, bool, bool]:
+        """One poll, whether the link worked (connected, no transport error) and whether a point is bad."""
         if not await self._ensure_connected(force=force_connect):
-            return self._uniform(time.time_ns(), Quality.COMM_ERROR), False
+            return self._uniform(time.time_ns(), Quality.COMM_ERROR), False, True
         rp = self.read_plan
         words, bits = rp.buffers()
         # every point starts as not read; a request that answers overwrites its points' quality
@@ -277,10 +276,14 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             quality[~bad & ~is_text & ~np.isfinite(values)] = _OUT_OF_RANGE
             if len(rp.text_points):
                 text = {i: s for i, s in rp.decode_text(words).items() if not bad[i]}
+            any_bad = bool((quality >= _BAD).any())
         else:  # the everyday poll, every point read: only a float can still be out of range
-            finite = np.isfinite(values)
-            if not finite.all():
-                quality[~finite] = _OUT_OF_RANGE
+            any_bad = False
+            if rp.floats:
+                finite = np.isfinite(values)
+                if not finite.all():
+                    quality[~finite] = _OUT_OF_RANGE
+                    any_bad = True
         stamps = np.empty(len(rp), dtype=np.int64)
         stamps.fill(ts_ns)
         batch = PointBatch(
@@ -291,7 +294,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             quality=quality,
             text=text,
         )
-        return batch, outcome.transport_error is None
+        return batch, outcome.transport_error is None, any_bad
 
     async def _read_planned(self, index: int, req: ReadRequest, outcome: _PollState) -> None:
         """Read planned request ``index``, whole or in the pieces remembered from an earlier split."""
