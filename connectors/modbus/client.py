@@ -47,6 +47,7 @@ from connectors.client_base import DeviceClientBase, DeviceClientStats, same_lin
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
 from connectors.modbus.responses import register_fast_responses
+from connectors.modbus.transaction import execute, read_request
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
@@ -333,10 +334,10 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         client = self._client
         if client is None:
             raise ConnectionError("not connected")
-        # The request's timeout is pymodbus's own (``timeout`` = the plan's ``timeout_s``, retries off):
-        # a guard on top was one more timer per request for a wait pymodbus already bounds.
-        async with self._io_lock:
-            rr = await _read(client, req, self.plan.connection.unit_id)
+        c = self.plan.connection
+        request = read_request(req.table, req.address, req.count, c.unit_id)
+        async with self._io_lock:  # one timer per request: execute's own timeout, no guard around it
+            rr = await execute(client, request, c.timeout_s)
         outcome.any_answer = True  # the device answered: the link is fine
         if rr.isError():
             code = getattr(rr, "exception_code", None)
@@ -505,12 +506,3 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             self._count_error("comm_errors", len(self.read_plan.requests))
         return self._nan_batch(ts_ns, quality)
 
-
-def _read(client: AnyModbusClient, req: ReadRequest, unit: int) -> Awaitable[Any]:
-    if req.table == "holding":
-        return client.read_holding_registers(req.address, count=req.count, device_id=unit)
-    if req.table == "input":
-        return client.read_input_registers(req.address, count=req.count, device_id=unit)
-    if req.table == "coil":
-        return client.read_coils(req.address, count=req.count, device_id=unit)
-    return client.read_discrete_inputs(req.address, count=req.count, device_id=unit)
