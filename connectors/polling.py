@@ -520,16 +520,21 @@ class PollGroup:
     def finish(self, part: PollingPartition, batch: PointBatch) -> None:
         """A poll of ``part`` finished (queued first, then counted: the drain never misses it).
 
-        The worker is notified once per pass of the event loop, after every poll that finishes in
-        it (their responses came in one ``epoll`` wake-up): one condition round trip and one worker
-        wake-up for them all, instead of one per poll with the worker taking the GIL from the loop
-        between them.
+        While other polls are in flight the worker is notified once per pass of the event loop,
+        after every poll that finishes in it (their responses came in one ``epoll`` wake-up): one
+        condition round trip and one worker wake-up for them all, instead of one per poll with the
+        worker taking the GIL from the loop between them. The last poll in flight notifies at once
+        (no pass of the loop just for that).
         """
         self._ready.append((part, batch))
         self._inflight -= 1
-        if self._notify is not None and not self._wake_pending:
+        if self._notify is None or self._wake_pending:
+            return
+        if self._inflight:
             self._wake_pending = True
             asyncio.get_running_loop().call_soon(self._wake)
+        else:
+            self._notify()
 
     def _wake(self) -> None:
         self._wake_pending = False
