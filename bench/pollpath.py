@@ -56,7 +56,9 @@ def _plans(devices: int, tags: int, interval: float, ports: list[int]) -> list[A
         port_index, unit = load.placement(i)
         connection = ModbusConnection(host="127.0.0.1", port=ports[port_index], unit_id=unit, timeout_s=2.0)
         tag_ids = load.tag_ids(i).tolist()
-        addresses = tuple((tag_id, ModbusTagAddress(table="holding", address=j)) for j, tag_id in enumerate(tag_ids))
+        addresses = tuple(
+            (tag_id, ModbusTagAddress(table="holding", address=j)) for j, tag_id in enumerate(tag_ids)
+        )
         plans.append(ModbusDevicePlan(load.device_id(i), connection, interval, addresses))
     return plans
 

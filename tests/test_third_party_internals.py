@@ -179,7 +179,9 @@ def test_pymodbus_internals_of_the_modbus_read_path() -> None:
     ctx = asyncio.run(made())
     assert isinstance(ctx, TransactionManager), f"pymodbus {version('pymodbus')}: client.ctx; {used_by}"
     for name in ("transport", "recv_buffer", "response_future"):
-        assert hasattr(ctx, name), f"pymodbus {version('pymodbus')}: TransactionManager.{name} is gone; {used_by}"
+        assert hasattr(ctx, name), (
+            f"pymodbus {version('pymodbus')}: TransactionManager.{name} is gone; {used_by}"
+        )
 
 
 @pytest.mark.parametrize("lib", ["paho-mqtt", "python-snap7", "river", "amqtt", "pymodbus"])

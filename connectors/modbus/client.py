@@ -505,4 +505,3 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if quality == Quality.COMM_ERROR:
             self._count_error("comm_errors", len(self.read_plan.requests))
         return self._nan_batch(ts_ns, quality)
-

@@ -90,7 +90,7 @@ def test_execute_times_out_on_a_stalled_device_and_refuses_when_not_connected(
         client = await _connected(mixed_sim, fast=True)
         mixed_sim.set_stall("plc", 30.0)
         try:
-            with pytest.raises(TimeoutError, match="no response within 0.2 s"):
+            with pytest.raises(TimeoutError, match=r"no response within 0\.2 s"):
                 await asyncio.wait_for(execute(client, read_request("holding", 0, 1, 1), 0.2), 10)
         finally:
             mixed_sim.set_stall("plc", None)
