@@ -23,7 +23,10 @@ Errors never escape :meth:`ModbusDeviceClient.poll`; they become qualities on th
 String tags come out in :attr:`~core.batch.PointBatch.text` (their value is NaN).
 
 The client must be used from a single event loop (the one that runs :meth:`poll`); polls and writes
-on that loop share the connection one request at a time.
+on that loop share the connection one request at a time. A poll's reads go through
+:func:`connectors.modbus.transaction.execute` (pymodbus's request steps with one timer per request,
+bounded by the plan's ``timeout_s``) and register responses decode through
+:mod:`connectors.modbus.responses` (one call per response); writes use pymodbus's own calls.
 """
 
 from __future__ import annotations
