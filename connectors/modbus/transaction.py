@@ -3,8 +3,8 @@
 pymodbus 3.x's ``TransactionManager.execute`` takes a lock of its own and awaits each response through
 ``asyncio.wait_for``: on Python 3.11 a second future, a timer, two done-callbacks and one more pass of
 the event loop per request — 17 µs against 7 µs for awaiting the response future alone, 10 µs with
-one ``call_at`` timer (hot loop, ``/tmp`` measurement recorded in BENCHMARKS.md, "The poll loop's CPU
-per poll"). :class:`~connectors.modbus.client.ModbusDeviceClient` already runs one request at a time
+one ``call_at`` timer (hot loop; BENCHMARKS.md, "The poll loop's CPU per poll").
+:class:`~connectors.modbus.client.ModbusDeviceClient` already runs one request at a time
 per connection (its I/O lock, held around every call), so :func:`execute` does pymodbus's steps
 itself for the reads of a poll: the next transaction id, a fresh receive buffer and response future,
 ``pdu_send``, the wait bounded by ``timeout_s`` (one timer handle, cancelled on the answer), and the
