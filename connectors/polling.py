@@ -490,8 +490,6 @@ class PollGroup:
         self._nap_looked_up = max_wait_s <= 0
         self._notify: Callable[[], None] | None = None
         self._called_at = 0.0
-        self._wake_pending = False
-        """A notify of the worker is scheduled on the loop (:meth:`finish`)."""
         self._starts: list[Callable[[], object]] | None = []
         """How to start each partition's schedule, run at the first :meth:`next_batch` (the worker
         is running); ``None`` once it ran."""
@@ -518,26 +516,9 @@ class PollGroup:
         self._ready.append((None, item))
 
     def finish(self, part: PollingPartition, batch: PointBatch) -> None:
-        """A poll of ``part`` finished (queued first, then counted: the drain never misses it).
-
-        While other polls are in flight the worker is notified once per pass of the event loop,
-        after every poll that finishes in it (their responses came in one ``epoll`` wake-up): one
-        condition round trip and one worker wake-up for them all, instead of one per poll with the
-        worker taking the GIL from the loop between them. The last poll in flight notifies at once
-        (no pass of the loop just for that).
-        """
+        """A poll of ``part`` finished (queued first, then counted: the drain never misses it)."""
         self._ready.append((part, batch))
         self._inflight -= 1
-        if self._notify is None or self._wake_pending:
-            return
-        if self._inflight:
-            self._wake_pending = True
-            asyncio.get_running_loop().call_soon(self._wake)
-        else:
-            self._notify()
-
-    def _wake(self) -> None:
-        self._wake_pending = False
         notify = self._notify
         if notify is not None:
             notify()
