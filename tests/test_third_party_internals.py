@@ -156,7 +156,35 @@ def test_amqtt_internals_of_the_embedded_broker() -> None:
     _expect_shape("amqtt", Broker, "retain_message", ["source_session", "topic_name", "data", "qos"], used_by)
 
 
-@pytest.mark.parametrize("lib", ["paho-mqtt", "python-snap7", "river", "amqtt"])
+def test_pymodbus_internals_of_the_modbus_read_path() -> None:
+    """connectors/modbus/transaction.py does TransactionManager.execute's steps itself; it needs
+    these members, and ``callback_data`` to resolve ``response_future`` with the decoded response."""
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.transaction import TransactionManager
+
+    used_by = "connectors/modbus/transaction.py (reads without wait_for)"
+    _expect_shape("pymodbus", TransactionManager, "pdu_send", ["pdu", "addr"], used_by)
+    _expect_shape("pymodbus", TransactionManager, "getNextTID", [], used_by)
+    _expect_shape("pymodbus", TransactionManager, "callback_data", ["data", "addr"], used_by)
+    source = inspect.getsource(TransactionManager.callback_data)
+    assert "self.response_future.set_result(" in source, (
+        f"pymodbus {version('pymodbus')}: TransactionManager.callback_data no longer resolves "
+        f"response_future; {used_by} awaits it"
+    )
+    import asyncio
+
+    async def made() -> Any:
+        return AsyncModbusTcpClient("127.0.0.1", port=1).ctx  # the transport wants a running loop
+
+    ctx = asyncio.run(made())
+    assert isinstance(ctx, TransactionManager), f"pymodbus {version('pymodbus')}: client.ctx; {used_by}"
+    for name in ("transport", "recv_buffer", "response_future"):
+        assert hasattr(ctx, name), (
+            f"pymodbus {version('pymodbus')}: TransactionManager.{name} is gone; {used_by}"
+        )
+
+
+@pytest.mark.parametrize("lib", ["paho-mqtt", "python-snap7", "river", "amqtt", "pymodbus"])
 def test_libraries_used_through_internals_are_pinned_to_the_tested_minor(lib: str) -> None:
     """A loose pin (``<3``, ``<1``) would let a new minor release in unchecked."""
     import tomllib

@@ -23,7 +23,10 @@ Errors never escape :meth:`ModbusDeviceClient.poll`; they become qualities on th
 String tags come out in :attr:`~core.batch.PointBatch.text` (their value is NaN).
 
 The client must be used from a single event loop (the one that runs :meth:`poll`); polls and writes
-on that loop share the connection one request at a time.
+on that loop share the connection one request at a time. A poll's reads go through
+:func:`connectors.modbus.transaction.execute` (pymodbus's request steps with one timer per request,
+bounded by the plan's ``timeout_s``) and register responses decode through
+:mod:`connectors.modbus.responses` (one call per response); writes use pymodbus's own calls.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from pymodbus.framer import FramerType
 from connectors.client_base import DeviceClientBase, DeviceClientStats, same_link
 from connectors.modbus.codec import ReadPlan, ReadRequest, encode_tag, split_request
 from connectors.modbus.config import ModbusDevicePlan, ModbusSerialConnection, ModbusTagAddress
+from connectors.modbus.responses import register_fast_responses
+from connectors.modbus.transaction import execute, read_request
 from connectors.polling import WriteFailed, WriteRejected, WriteValue
 from connectors.resilience import CircuitBreaker, DeviceMetrics, poll_result
 from core.batch import PointBatch
@@ -170,23 +175,22 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if not self._breaker.allow():
             self._stats.breaker_open_polls += 1
             batch = self._uniform(ts_ns, Quality.COMM_ERROR)
-            link_ok, open_ = False, True
+            link_ok, open_, bad = False, True, True
         else:
             open_ = False
             probe = self._breaker.state == "half_open"
             try:
-                batch, link_ok = await self._poll(force_connect=probe)
+                batch, link_ok, bad = await self._poll(force_connect=probe)
             except Exception:  # a bug or an unexpected library error must not kill the source
                 log.exception("modbus poll failed unexpectedly device=%s", self.device_id)
                 await self._drop_connection()
-                batch, link_ok = self._uniform(ts_ns, Quality.COMM_ERROR), False
+                batch, link_ok, bad = self._uniform(ts_ns, Quality.COMM_ERROR), False, True
             if link_ok:
                 self._breaker.record_success()
             else:
                 self._breaker.record_failure()
         self._breaker_changed(was)
         latency = self._clock() - started
-        bad = bool((batch.quality >= _BAD).any())
         result = poll_result(bad_points=bad, comm_error=not link_ok, breaker_open=open_)
         self._count_poll(latency, result != "ok")
         if self._m is not None:
@@ -239,10 +243,10 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
 
     # -- polling internals ---------------------------------------------------------------------
 
-    async def _poll(self, *, force_connect: bool) -> tuple[PointBatch, bool]:
-        """One poll and whether the link worked (connected, no transport error)."""
+    async def _poll(self, *, force_connect: bool) -> tuple[PointBatch, bool, bool]:
+        """One poll, whether the link worked (connected, no transport error) and whether a point is bad."""
         if not await self._ensure_connected(force=force_connect):
-            return self._uniform(time.time_ns(), Quality.COMM_ERROR), False
+            return self._uniform(time.time_ns(), Quality.COMM_ERROR), False, True
         rp = self.read_plan
         words, bits = rp.buffers()
         # every point starts as not read; a request that answers overwrites its points' quality
@@ -276,10 +280,14 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             quality[~bad & ~is_text & ~np.isfinite(values)] = _OUT_OF_RANGE
             if len(rp.text_points):
                 text = {i: s for i, s in rp.decode_text(words).items() if not bad[i]}
+            any_bad = bool((quality >= _BAD).any())
         else:  # the everyday poll, every point read: only a float can still be out of range
-            finite = np.isfinite(values)
-            if not finite.all():
-                quality[~finite] = _OUT_OF_RANGE
+            any_bad = False
+            if rp.floats:
+                finite = np.isfinite(values)
+                if not finite.all():
+                    quality[~finite] = _OUT_OF_RANGE
+                    any_bad = True
         stamps = np.empty(len(rp), dtype=np.int64)
         stamps.fill(ts_ns)
         batch = PointBatch(
@@ -290,7 +298,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             quality=quality,
             text=text,
         )
-        return batch, outcome.transport_error is None
+        return batch, outcome.transport_error is None, any_bad
 
     async def _read_planned(self, index: int, req: ReadRequest, outcome: _PollState) -> None:
         """Read planned request ``index``, whole or in the pieces remembered from an earlier split."""
@@ -329,9 +337,10 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         client = self._client
         if client is None:
             raise ConnectionError("not connected")
-        guard = self.plan.connection.timeout_s + _GUARD_S
-        async with self._io_lock, asyncio.timeout(guard):  # no extra task per read, unlike wait_for
-            rr = await _read(client, req, self.plan.connection.unit_id)
+        c = self.plan.connection
+        request = read_request(req.table, req.address, req.count, c.unit_id)
+        async with self._io_lock:  # one timer per request: execute's own timeout, no guard around it
+            rr = await execute(client, request, c.timeout_s)
         outcome.any_answer = True  # the device answered: the link is fine
         if rr.isError():
             code = getattr(rr, "exception_code", None)
@@ -419,8 +428,9 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             "reconnect_delay": 0,  # no automatic reconnect inside pymodbus: we manage it
             "reconnect_delay_max": 0,
         }
+        client: AnyModbusClient
         if isinstance(c, ModbusSerialConnection):
-            return AsyncModbusSerialClient(
+            client = AsyncModbusSerialClient(
                 c.port,
                 framer=FramerType.RTU,
                 baudrate=c.baudrate,
@@ -429,8 +439,11 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
                 stopbits=c.stopbits,
                 **common,
             )
-        framer = FramerType.RTU if c.transport == "rtu_over_tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+        else:
+            framer = FramerType.RTU if c.transport == "rtu_over_tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+        register_fast_responses(client)
+        return client
 
     async def _ensure_connected(self, *, force: bool = False, count_backoff: bool = True) -> bool:
         if self._client is not None and self._client.connected:
@@ -495,13 +508,3 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
         if quality == Quality.COMM_ERROR:
             self._count_error("comm_errors", len(self.read_plan.requests))
         return self._nan_batch(ts_ns, quality)
-
-
-def _read(client: AnyModbusClient, req: ReadRequest, unit: int) -> Awaitable[Any]:
-    if req.table == "holding":
-        return client.read_holding_registers(req.address, count=req.count, device_id=unit)
-    if req.table == "input":
-        return client.read_input_registers(req.address, count=req.count, device_id=unit)
-    if req.table == "coil":
-        return client.read_coils(req.address, count=req.count, device_id=unit)
-    return client.read_discrete_inputs(req.address, count=req.count, device_id=unit)

@@ -427,6 +427,7 @@ class ReadPlan:
         "_regbit_points",
         "_regbit_shift",
         "_strings",
+        "floats",
         "n_bits",
         "n_words",
         "requests",
@@ -509,6 +510,8 @@ class ReadPlan:
             _Group(_layout(dt), swap, np.array(rows, dtype=np.intp), np.array(pos, dtype=np.intp))
             for (dt, swap), (rows, pos) in groups.items()
         )
+        self.floats = any(not g.layout.integer for g in self._groups)
+        """Whether a decoded value can be NaN or infinite (a float tag): integers and bits never are."""
         self._bit_gather = np.array(bit_gather, dtype=np.intp)
         self._bit_points = np.array(bit_points, dtype=np.intp)
         self._regbit_gather = np.array(regbit[0], dtype=np.intp)
