@@ -122,15 +122,31 @@ def test_a_broker_kill_during_the_replay_resends_only_what_was_lost(
     64 records, fits in the sockets' buffers, so a kill loses it there — not countable.) Every
     spooled message is then acknowledged exactly once: ``acked`` equals the number spooled. (The
     drain used to re-read and re-publish its whole read, and the lost ones were also re-spooled.)
+
+    Whether the kill cuts the replay is a race (about 1 run in 6 the replay was fully acknowledged
+    first, on main too, not understood yet): the scenario runs up to three times, every run must keep
+    the exactly-once counts, and one of them must have cut the replay.
     """
+    runs = []
+    for attempt in range(3):
+        s, total = _kill_during_replay(tmp_path / f"run{attempt}", wait_for)
+        assert s["acked"] == total, s  # each spooled message written / acknowledged once
+        assert s["rewound"] == s["lost"] and s["respooled"] == 0 and s["replayed"] == total, s
+        runs.append(s)
+        if s["lost"] > 0:
+            break
+    assert runs[-1]["lost"] > 0, runs  # the case under test happened: the kill cut the replay
+
+
+def _kill_during_replay(folder: Path, wait_for: Callable[..., Any]) -> tuple[dict[str, Any], int]:
     qos = 1
     port = free_port()
     cfg = MqttSinkConfig(
         url=f"mqtt://127.0.0.1:{port}", qos=qos, max_queue=200_000, connect_timeout_s=0.2,
-        spool_dir=str(tmp_path / "spool"), reconnect_max_s=1, drain_messages_per_s=1_000_000,
+        spool_dir=str(folder / "spool"), reconnect_max_s=1, drain_messages_per_s=1_000_000,
     )  # fmt: skip
     pub = UnsPublisher(cfg, TAGS)  # no broker yet: everything goes to the spool
-    broker = Mosquitto(tmp_path / "broker", port)
+    broker = Mosquitto(folder / "broker", port)
     ids = np.array(list(TAGS), dtype=np.int64)
     try:
         for i in range(1, 601):  # 60,000 messages, 600 records: several drain reads
@@ -148,10 +164,7 @@ def test_a_broker_kill_during_the_replay_resends_only_what_was_lost(
         broker.start()
         assert pub.wait_drained(120), pub.stats()
         wait_for(lambda: pub.outstanding == 0, timeout=60, what=f"outstanding back to 0: {pub.stats()}")
-        s = pub.stats()
+        return pub.stats(), total
     finally:
         pub.close(timeout=5)
         broker.stop()
-    assert s["lost"] > 0, s  # the case under test happened: the kill cut the replay
-    assert s["acked"] == total, s  # each spooled message written / acknowledged once
-    assert s["rewound"] == s["lost"] and s["respooled"] == 0 and s["replayed"] == total, s
