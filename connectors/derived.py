@@ -29,7 +29,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.historian.derived import DerivedWriter
 from connectors.mqtt.config import MqttSinkConfig
-from connectors.mqtt.publisher import UnsPublisher
+from connectors.mqtt.publisher import UnsPublisher, json_numbers
 from connectors.resilience import Backoff
 from connectors.spool import Spool
 from core.batch import ns_to_datetime
@@ -55,11 +55,6 @@ def _device_topic(tag: TagInfo) -> str:
     return tag.topic.rsplit("/", 1)[0]
 
 
-def _json_num(x: float) -> str:
-    """``json.dumps(_num(x))`` without the encoder: ``null`` for NaN/inf, else the float's repr."""
-    return repr(float(x)) if math.isfinite(x) else "null"
-
-
 def agg_messages(batch: AggBatch, tags: Mapping[int, TagInfo]) -> list[tuple[str, str]]:
     """One JSON message per aggregate (the same text ``json.dumps`` of the payload dict gives, built
     from a template: a closing window emits every tag's aggregate at once)."""
@@ -68,18 +63,17 @@ def agg_messages(batch: AggBatch, tags: Mapping[int, TagInfo]) -> list[tuple[str
     window_json = json.dumps(window)
     buckets: dict[int, str] = {}
     units: dict[str, str] = {}
-    num = _json_num
     cols = zip(
         batch.bucket_ns.tolist(),
         batch.tag_ids.tolist(),
-        batch.min.tolist(),
-        batch.max.tolist(),
-        batch.avg.tolist(),
+        json_numbers(batch.min),  # each column formatted in one call (a per-value repr cost ~5x)
+        json_numbers(batch.max),
+        json_numbers(batch.avg),
         batch.count.tolist(),
-        batch.sum.tolist(),
-        batch.first.tolist(),
-        batch.last.tolist(),
-        batch.twa.tolist(),
+        json_numbers(batch.sum),
+        json_numbers(batch.first),
+        json_numbers(batch.last),
+        json_numbers(batch.twa),
         strict=True,
     )
     for bucket, tag_id, mn, mx, av, count, total, first, last, twa in cols:
@@ -95,9 +89,9 @@ def agg_messages(batch: AggBatch, tags: Mapping[int, TagInfo]) -> list[tuple[str
         out.append(
             (
                 f"{tag.topic}/_agg/{window}",
-                f'{{"bucket": {stamp}, "window": {window_json}, "min": {num(mn)}, "max": {num(mx)}, '
-                f'"avg": {num(av)}, "count": {count!r}, "sum": {num(total)}, "first": {num(first)}, '
-                f'"last": {num(last)}, "twa": {num(twa)}, "unit": {unit}}}',
+                f'{{"bucket": {stamp}, "window": {window_json}, "min": {mn}, "max": {mx}, '
+                f'"avg": {av}, "count": {count!r}, "sum": {total}, "first": {first}, '
+                f'"last": {last}, "twa": {twa}, "unit": {unit}}}',
             )
         )
     return out

@@ -93,6 +93,8 @@ _HEAD = _HEADER.size
 _SEQ_TIME = struct.Struct("<Qq")
 _MAX_RECORD = 1 << 30
 _CURSOR = "cursor.json"
+_CURSOR_WIDTH = 48
+"""The cursor file's fixed size: JSON padded with spaces, so an in-place write always covers it."""
 IDLE_CHECK_S = 1.0
 """How often a clean spool's flusher looks at its bounds and gauges (it wakes for an append at once)."""
 
@@ -190,6 +192,7 @@ class Spool:
         self._closed = False
         self._segments: list[_Segment] = []
         self._fd: int | None = None
+        self._cursor_fd: int | None = None
         """The newest segment, open for appending (unbuffered: what ``append`` returned is in the page cache)."""
         self._acked = 0
         self._next_seq = 1
@@ -348,13 +351,17 @@ class Spool:
             self._segments.append(seg)
         return seg
 
-    def _close_current(self) -> None:
-        """fsync and close the open segment (it is never appended to again)."""
+    def _close_current(self, *, sync: bool = True) -> None:
+        """fsync and close the open segment (it is never appended to again); ``sync=False`` when
+        every record in it is delivered (acknowledged): durable enough, it is deleted next."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
+            else:
+                self._dirty = False  # the newest records are in it: nothing is left to sync
             if self._segments:
                 self._mark_durable(self._segments[-1].last_seq)
         except OSError as exc:
@@ -529,19 +536,28 @@ class Spool:
                 return
             self._acked = seq
             self._trim_acked()
-            tmp = self.dir / (_CURSOR + ".tmp")
-            try:
-                tmp.write_text(json.dumps({"acked": seq}))
-                os.replace(tmp, self.dir / _CURSOR)
-            except OSError as exc:  # a lost cursor only means a replay (sinks are idempotent)
-                log.warning("spool %s: cursor not saved: %s", self.name, exc)
+            self._save_cursor(seq)
             self._update_gauges()
+
+    def _save_cursor(self, seq: int) -> None:
+        """Overwrite the cursor file in place with one fixed-width write (a temporary file and a
+        rename per acknowledgement cost ~0.4 ms of CPU here: one per historian commit)."""
+        text = json.dumps({"acked": seq}).encode().ljust(_CURSOR_WIDTH)
+        try:
+            if self._cursor_fd is None:
+                self._cursor_fd = os.open(self.dir / _CURSOR, os.O_RDWR | os.O_CREAT, 0o644)
+            if os.pwrite(self._cursor_fd, text, 0) != len(text):
+                raise OSError(errno.EIO, "short write")
+        except OSError as exc:  # a lost cursor only means a replay (sinks are idempotent)
+            log.warning("spool %s: cursor not saved: %s", self.name, exc)
 
     def _trim_acked(self) -> None:
         while self._segments and self._segments[0].last_seq <= self._acked:
             if len(self._segments) == 1 and self._fd is not None:
-                # the open segment is fully delivered: close it so the next append starts a new one
-                self._close_current()
+                # the open segment is fully delivered: close it so the next append starts a new
+                # one. No fsync: nothing in it is needed after a crash (an fsync here cost ~0.6 ms
+                # of CPU per historian commit, under the lock the appends wait for)
+                self._close_current(sync=False)
                 if not self._segments:
                     break
             seg = self._segments.pop(0)
@@ -699,10 +715,11 @@ class Spool:
             self._closed = True
             self._wake.set()
             self._durable_cond.notify_all()
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-                self._fd = None
+            for fd in (self._fd, self._cursor_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd = self._cursor_fd = None
         self._flusher.join(timeout=self.sync_interval_s * 2 + 1)
         if self.temporary:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,6 +18,7 @@ import psycopg
 
 __all__ = [
     "LATEST_DDL",
+    "LATEST_STAGE_DDL",
     "backfill_latest",
     "ensure_latest",
     "last_per_tag",
@@ -72,12 +73,17 @@ def backfill_latest(conn: psycopg.Connection) -> int:
     return max(cur.rowcount, 0)
 
 
+LATEST_STAGE_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS nexus_latest_stage "
+    "(time timestamptz, tag_id bigint, value double precision, quality smallint) ON COMMIT DELETE ROWS"
+)
+"""The session's staging table of :func:`write_latest`: run once per connection (per commit it was a
+round trip and a notice every second)."""
+
+
 def write_latest(cur: psycopg.Cursor, payload: bytes) -> None:
-    """Upsert the rows of a binary COPY payload (already reduced to one row per tag) into nexus_latest."""
-    cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS nexus_latest_stage "
-        "(time timestamptz, tag_id bigint, value double precision, quality smallint) ON COMMIT DELETE ROWS"
-    )
+    """Upsert the rows of a binary COPY payload (already reduced to one row per tag) into nexus_latest
+    (the connection ran :data:`LATEST_STAGE_DDL`)."""
     with cur.copy(COPY_LATEST_STAGE) as copy:
         copy.write(payload)
     cur.execute(upsert_latest_sql)

@@ -156,6 +156,24 @@ def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..
         w.close()
 
 
+def test_batches_of_an_open_chunk_do_not_wake_the_writer_each(db: str) -> None:
+    """60 batches within one chunk's deadline wake the writer thread a few times, not 60: the first
+    starts the chunk, the queue half full (32 of 64) drains it, the flush ends it."""
+    cfg = HistorianConfig(url=db, batch_rows=1_000_000, max_delay_s=600, queue_batches=64)
+    with HistorianWriter(cfg, TAGS) as w:
+        w.flush(10)  # connected and idle
+        before = w.stats()["wakeups"]
+        for i in range(60):
+            w.write(batch(4, t0=T0 + i * 10**9))
+        w.flush(10)
+        stats = w.stats()
+        assert stats["rows_written"] == 240
+        assert stats["batches_written"] == 1  # one chunk, one transaction
+        assert stats["backlog_rows"] == 0  # every batch came through the queue, none read back
+        assert stats["wakeups"] - before <= 10, stats["wakeups"] - before
+    assert count(db) == 240
+
+
 def test_size_bounded_flush(db: str, wait_for: Callable[..., Any]) -> None:
     w = HistorianWriter(HistorianConfig(url=db, batch_rows=100, max_delay_s=600), TAGS)
     try:
