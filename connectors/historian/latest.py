@@ -81,7 +81,7 @@ LATEST_STAGE_DDL = (
 round trip and a notice every second)."""
 
 
-def write_latest(cur: psycopg.Cursor, payload: bytes) -> None:
+def write_latest(cur: psycopg.Cursor, payload: bytes | memoryview) -> None:
     """Upsert the rows of a binary COPY payload (already reduced to one row per tag) into nexus_latest
     (the connection ran :data:`LATEST_STAGE_DDL`)."""
     with cur.copy(COPY_LATEST_STAGE) as copy:

@@ -61,6 +61,27 @@ def test_acked_segments_are_deleted(tmp_path: Path) -> None:
         assert list(tmp_path.glob("*.seg")) == [] and s.size_bytes == 0
 
 
+def test_a_fully_delivered_spool_restarts_after_its_cursor(tmp_path: Path) -> None:
+    """Each acknowledgement of everything closes the open segment (no fsync: all of it is delivered)
+    and overwrites the cursor in place; a restart continues after it, never reusing a number."""
+    with Spool(tmp_path) as s:
+        for seq in range(1, 13):
+            assert s.append(b"r") == seq
+            s.ack(seq)
+            assert list(tmp_path.glob("*.seg")) == [] and s.durable_seq == seq
+    with Spool(tmp_path) as s:
+        assert s.acked == 12 and s.read() == [] and s.append(b"next") == 13
+
+
+def test_a_cursor_written_by_an_older_version_is_read_and_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "cursor.json").write_text('{"acked": 7}')  # exact JSON, no padding
+    with Spool(tmp_path) as s:
+        assert s.acked == 7 and s.append(b"a") == 8
+        s.ack(8)
+    with Spool(tmp_path) as s:
+        assert s.acked == 8 and s.append(b"b") == 9
+
+
 @pytest.mark.parametrize("cut", ["half_header", "half_payload", "garbage"])
 def test_torn_tail_is_cut_and_never_replayed(tmp_path: Path, cut: str) -> None:
     with Spool(tmp_path) as s:

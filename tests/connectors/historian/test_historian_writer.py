@@ -13,10 +13,12 @@ import psycopg
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
-from connectors.historian.writer import HistorianWriter
+from connectors.historian.writer import HistorianWriter, encode_copy_binary
 from core.batch import PointBatch
 from core.quality import Quality
 from core.tags import TagInfo
@@ -154,6 +156,29 @@ def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..
         wait_for(lambda: count(db) == 5, timeout=10, what="5 rows after max_delay")
     finally:
         w.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.floats(allow_nan=True, allow_infinity=False), max_size=40), min_size=1, max_size=4)
+)
+def test_a_payload_in_a_reused_buffer_equals_a_fresh_one(chunks: list[list[float]]) -> None:
+    """The writer encodes every commit into the same buffer: stale bytes of a larger earlier payload
+    never leak into a later one, and a buffer too small is replaced by a larger one."""
+    buf = bytearray(b"\xaa" * 700)
+    for i, vals in enumerate(chunks):
+        n = len(vals)
+        args = (
+            np.arange(n, dtype=np.int64) * 1000 + i,
+            np.arange(n, dtype=np.int64) + 7,
+            np.array(vals, dtype=np.float64),
+            np.arange(n, dtype=np.uint8) % 3,
+        )
+        view = encode_copy_binary(*args, out=buf)
+        assert isinstance(view, memoryview)
+        assert bytes(view) == encode_copy_binary(*args)
+        assert isinstance(view.obj, bytearray)
+        buf = view.obj
 
 
 def test_batches_of_an_open_chunk_do_not_wake_the_writer_each(db: str) -> None:
