@@ -12,7 +12,9 @@ ratio per round and their median, the load average, and the worker / poll-loop t
 ``--env-a`` / ``--env-b`` (``KEY=VALUE``, repeatable) set environment variables of one side only
 (e.g. ``NEXUS_SOURCE_MAX_WAIT_MS=20`` to compare the nap on and off on one checkout). ``--flow full``
 runs the ``cost`` stage's full flow instead (embedded PostgreSQL for its historian; both sides write
-into the same database). Prints one JSON document; run it under the shared measurement lock.
+into the same database). ``--flow-a uns --flow-b full`` with one checkout on both sides measures the
+full flow against the UNS-only one in the same minutes (B / A is then issue 16's "within 1.5x").
+Prints one JSON document; run it under the shared measurement lock.
 """
 
 from __future__ import annotations
@@ -116,21 +118,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--flow", choices=("uns", "full"), default="uns", help="the cost stage's flow to run")
+    p.add_argument("--flow-a", choices=("uns", "full"), default=None, help="A's flow (default: --flow)")
+    p.add_argument("--flow-b", choices=("uns", "full"), default=None, help="B's flow (default: --flow)")
     p.add_argument("--historian-delay", type=float, default=None, help="full flow: historian max_delay_s")
     args = p.parse_args(argv)
+    flows = {"a": args.flow_a or args.flow, "b": args.flow_b or args.flow}
     sides = {
         "a": (Path(args.a).resolve(), _env(args.env_a)),
         "b": (Path(args.b).resolve(), _env(args.env_b)),
     }
     result: dict[str, Any] = {
-        "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b, "flow": args.flow, "loads": {},
+        "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b, "flow_a": flows["a"],
+        "flow_b": flows["b"], "loads": {},
     }  # fmt: skip
     broker = MosquittoBroker(free_port())
     broker.start()
     pg = None
     try:
         with tempfile.TemporaryDirectory(prefix="nexus-ab-") as tmp:
-            if args.flow == "full":
+            if "full" in flows.values():
                 pg = EmbeddedPostgres(Path(tmp) / "pg", port=free_port())
                 pg.start()
             for devices in [int(x) for x in args.devices.split(",") if x]:
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                             root, env = sides[side]
                             row[side] = run_uns(
                                 root, load, ports, broker.url, work=Path(tmp), env_extra=env,
-                                warmup=args.warmup, seconds=args.seconds, flow=args.flow,
+                                warmup=args.warmup, seconds=args.seconds, flow=flows[side],
                                 pg_url=pg.url if pg is not None else "",
                                 historian_delay_s=args.historian_delay,
                             )  # fmt: skip

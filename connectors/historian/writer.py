@@ -40,11 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
 from connectors.historian.latest import LATEST_STAGE_DDL, last_per_tag, write_latest
@@ -121,6 +123,83 @@ def encode_copy_binary(
     buf[pos : pos + len(_TRAILER)] = _TRAILER
     view = memoryview(buf)[:size]
     return view if out is not None else view.tobytes()
+
+
+INSERT_MAX_ROWS = 20_000
+"""Chunks up to this many rows are written by one ``INSERT ... SELECT FROM unnest(...)`` statement
+with binary array parameters (autocommit: one statement, one transaction), ``nexus_latest`` by a
+second part of the same statement. Measured against the COPY path's transaction (BEGIN, COPY, the
+staging COPY and upsert of ``nexus_latest``, COMMIT: seven round trips) on embedded PostgreSQL: client
+CPU per commit 0.63-0.71 ms instead of 1.3-1.9 ms at 1,000 rows, 1.6 ms instead of 4.6-5.0 ms at
+10,000, wall time alike. Larger chunks (a backlog's catch-up, very large flows) keep COPY, the
+server's fastest way in."""
+
+_UNNEST = "unnest(%s::timestamptz[], %s::int8[], %s::float8[], %s::int2[]) AS u(t, i, v, q)"
+_UPSERT_LATEST = (
+    "INSERT INTO nexus_latest AS l (tag_id, time, value, quality) "
+    f"SELECT i, t, NULLIF(v, 'NaN'), q FROM {_UNNEST} "
+    "ON CONFLICT (tag_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value, "
+    "quality = EXCLUDED.quality WHERE EXCLUDED.time >= l.time"
+)
+_INSERT_POINTS = (
+    "INSERT INTO nexus_points (time, tag_id, value, quality) "
+    f"SELECT t, i, NULLIF(v, 'NaN'), q FROM {_UNNEST} ON CONFLICT (tag_id, time) DO NOTHING"
+)
+INSERT_SQL = _INSERT_POINTS
+INSERT_WITH_LATEST_SQL = f"WITH l AS ({_UPSERT_LATEST}) {_INSERT_POINTS}"
+UPSERT_LATEST_SQL = _UPSERT_LATEST
+"""The statements of :data:`INSERT_MAX_ROWS` (PostgreSQL takes NaN = NaN: ``NULLIF`` makes it NULL,
+as the COPY path does). The hypertable's insert is the statement itself, ``nexus_latest``'s upsert
+a part of it (``WITH``: the same transaction); the row count tells inserted rows from a replay's
+duplicates."""
+
+
+class _PgArray:
+    """A one-dimensional PostgreSQL array in binary wire format, built from a numpy column."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _PgArrayDumper(Dumper):
+    """Passes a :class:`_PgArray` as it is; its type comes from the statement's cast (``%s::int8[]``)."""
+
+    format = Format.BINARY
+    oid = 0
+
+    def dump(self, obj: Any) -> bytes:
+        return cast(bytes, obj.data)
+
+
+_ARRAY_HEAD = np.dtype([("ndim", ">i4"), ("flags", ">i4"), ("oid", ">i4"), ("n", ">i4"), ("lower", ">i4")])
+_OID_TIMESTAMPTZ, _OID_INT8, _OID_FLOAT8, _OID_INT2 = 1184, 20, 701, 21
+
+
+def pg_array(values: npt.NDArray[Any], oid: int, dtype: str) -> _PgArray:
+    """``values`` as a binary array of element type ``oid`` (big-endian ``dtype``; no NULL elements).
+
+    >>> a = pg_array(np.array([7, 8]), 20, ">i8").data
+    >>> len(a), a[:20] == np.array([(1, 0, 20, 2, 1)], _ARRAY_HEAD).tobytes()
+    (44, True)
+    """
+    head = np.array([(1, 0, oid, len(values), 1)], _ARRAY_HEAD)
+    rows = np.empty(len(values), np.dtype([("len", ">i4"), ("v", dtype)]))
+    rows["len"] = rows.dtype["v"].itemsize
+    rows["v"] = values
+    return _PgArray(head.tobytes() + rows.tobytes())
+
+
+def _arrays(chunk: _Chunk) -> tuple[_PgArray, ...]:
+    """The four parameters of :data:`INSERT_SQL`'s ``unnest``: timestamps as PostgreSQL's binary
+    timestamptz (microseconds since 2000, the COPY path's encoding too), ids, values, quality."""
+    return (
+        pg_array(chunk.time_us, _OID_TIMESTAMPTZ, ">i8"),
+        pg_array(chunk.tag_ids, _OID_INT8, ">i8"),
+        pg_array(chunk.values, _OID_FLOAT8, ">f8"),
+        pg_array(chunk.quality, _OID_INT2, ">i2"),
+    )
 
 
 class HistorianError(RuntimeError):
@@ -533,6 +612,7 @@ class HistorianWriter:
         try:
             self._mode = ensure_schema(conn, self.config)
             conn.execute(LATEST_STAGE_DDL)
+            conn.adapters.register_dumper(_PgArray, _PgArrayDumper)
             with self._lock:
                 tags, self._new_tags = list(self._tags), []
             upsert_tags(conn, tags)
@@ -626,6 +706,24 @@ class HistorianWriter:
         np.concatenate([p.quality for p in parts], out=out.quality)
         return out
 
+    def _insert(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
+        """Write a chunk of at most :data:`INSERT_MAX_ROWS` (and ``nexus_latest``) in one statement:
+        one round trip instead of the COPY path's seven, a replay's duplicates skipped by the statement
+        itself (see :data:`INSERT_MAX_ROWS`)."""
+        if chunk is None:
+            if latest is not None:
+                conn.execute(UPSERT_LATEST_SQL, _arrays(latest), binary=True)
+            return
+        if latest is None:
+            cur = conn.execute(INSERT_SQL, _arrays(chunk), binary=True)
+        else:
+            cur = conn.execute(INSERT_WITH_LATEST_SQL, _arrays(latest) + _arrays(chunk), binary=True)
+        inserted = max(cur.rowcount, 0)
+        with self._lock:
+            self.rows_written += inserted
+            self.duplicates_skipped += len(chunk) - inserted
+            self.batches_written += 1
+
     def _encode(self, chunk: _Chunk, slot: int) -> memoryview:
         """``chunk`` as a COPY payload in the writer's reused buffer ``slot`` (0: rows, 1: latest)."""
         view = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality, self._bufs[slot])
@@ -634,12 +732,10 @@ class HistorianWriter:
         return view
 
     def _copy(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
-        latest_payload = None if latest is None else self._encode(latest, 1)
-        if chunk is None:
-            if latest_payload is not None:
-                with conn.transaction(), conn.cursor() as cur:
-                    write_latest(cur, latest_payload)
+        if chunk is None or len(chunk) <= INSERT_MAX_ROWS:
+            self._insert(conn, chunk, latest)
             return
+        latest_payload = None if latest is None else self._encode(latest, 1)
         payload = self._encode(chunk, 0)
         n = len(chunk)
         try:

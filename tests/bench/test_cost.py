@@ -45,16 +45,18 @@ def test_cost_stage_with_a_tiny_load(tmp_path: Path) -> None:
 
 
 def test_cost_ab_of_the_full_flow_with_a_tiny_load(tmp_path: Path) -> None:
-    """``bench.cost_ab --flow full`` (embedded PostgreSQL) runs both sides and reports their ratio."""
+    """``bench.cost_ab`` with the UNS-only flow on side A and the full flow (embedded PostgreSQL) on
+    side B runs both and reports their ratio (issue 16's full / UNS-only)."""
     cmd = [
-        sys.executable, "-m", "bench.cost_ab", "--a", str(ROOT), "--b", str(ROOT), "--flow", "full",
+        sys.executable, "-m", "bench.cost_ab", "--a", str(ROOT), "--b", str(ROOT), "--flow-a", "uns",
+        "--flow-b", "full",
         "--devices", "2", "--tags", "5", "--rounds", "1", "--warmup", "10", "--seconds", "2",
         "--historian-delay", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["flow"] == "full"
+    assert (result["flow_a"], result["flow_b"]) == ("uns", "full")
     (row,) = result["loads"]["2"]["rounds"]
     for side in ("a", "b"):
         assert row[side]["points"] > 0 and row[side]["cpu_s_per_10k_points"] is not None, row[side]

@@ -16,6 +16,7 @@ from bytewax.testing import TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.historian import writer as writer_module
 from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
 from connectors.historian.writer import HistorianWriter, encode_copy_binary
@@ -25,6 +26,16 @@ from core.tags import TagInfo
 from nexus.embedded import EmbeddedPostgres, free_port
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, params=["insert", "copy"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both ways a chunk is written: one ``INSERT ... unnest`` statement (chunks up
+    to ``INSERT_MAX_ROWS``, the live case) and the COPY transaction (larger chunks, catch-ups)."""
+    if request.param == "copy":
+        monkeypatch.setattr(writer_module, "INSERT_MAX_ROWS", 0)
+    return str(request.param)
+
 
 T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
 BIG = 2**63 - 5
