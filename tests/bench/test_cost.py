@@ -50,7 +50,7 @@ def test_cost_ab_of_the_full_flow_with_a_tiny_load(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "bench.cost_ab", "--a", str(ROOT), "--b", str(ROOT), "--flow-a", "uns",
         "--flow-b", "full",
-        "--devices", "2", "--tags", "5", "--rounds", "1", "--warmup", "10", "--seconds", "2",
+        "--devices", "2", "--tags", "5", "--rounds", "1", "--warmup", "10", "--seconds", "8",
         "--historian-delay", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
