@@ -286,10 +286,15 @@ class Spool:
 
     def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int | None:
         """Add records in order; the last one's sequence number (``None`` if none was kept)."""
+        kept = [seq for seq in self.append_each(payloads) if seq is not None]
+        return kept[-1] if kept else None
+
+    def append_each(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int | None]:
+        """Add records in order, under one lock; each one's sequence number (``None``: dropped)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"spool {self.name!r} is closed")
-            last: int | None = None
+            seqs: list[int | None] = []
             now_ns = int(self.clock() * 1e9)
             self._expire(now_ns)
             for payload in payloads:
@@ -299,11 +304,9 @@ class Spool:
                 seq = self._next_seq
                 crc = zlib.crc32(payload, zlib.crc32(_SEQ_TIME.pack(seq, now_ns)))
                 record = _HEADER.pack(_MAGIC, n, seq, now_ns, crc)
-                if not self._write(record, payload, seq, now_ns):
-                    continue
-                last = seq
+                seqs.append(seq if self._write(record, payload, seq, now_ns) else None)
             self._enforce_bounds()
-            return last
+            return seqs
 
     def _write(self, header: bytes, payload: bytes | bytearray | memoryview, seq: int, now_ns: int) -> bool:
         size = _HEAD + len(payload)

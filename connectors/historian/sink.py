@@ -20,11 +20,15 @@ class _HistorianPartition(StatelessSinkPartition[PointBatch | DeviceConfig]):
         self.writer = writer
 
     def write_batch(self, items: list[PointBatch | DeviceConfig]) -> None:
+        batches: list[PointBatch] = []
         for item in items:
             if isinstance(item, DeviceConfig):  # a hot config change: register the device's tags
+                self.writer.write_many(batches)  # before it: the points that came before it
+                batches = []
                 self.writer.add_tags(item.tags.values())
             else:
-                self.writer.write(item)
+                batches.append(item)
+        self.writer.write_many(batches)
 
     def close(self) -> None:
         self.writer.close()

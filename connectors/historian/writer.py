@@ -312,21 +312,29 @@ class HistorianWriter:
 
     def write(self, batch: PointBatch) -> None:
         """Accept a batch: spool it and hand it to the writer thread. Never waits for the database."""
+        self.write_many((batch,))
+
+    def write_many(self, batches: Iterable[PointBatch]) -> None:
+        """Accept batches in order (one spool append and one lock for all: a worker hands over every
+        batch of an activation at once). Never waits for the database."""
         self._check()
-        if len(batch) == 0:
+        batches = [b for b in batches if len(b)]
+        if not batches:
             return
-        seq = self.spool.append(encode_batch(batch))
+        seqs = self.spool.append_each([encode_batch(b) for b in batches])
+        queued = [(seq, b) for seq, b in zip(seqs, batches, strict=True) if seq is not None]
         with self._lock:
-            self.rows_accepted += len(batch)
-            if seq is None:  # the volume is full: counted and alerted by the spool
-                self.rows_dropped += len(batch)
-                return
-            self._queued_rows += len(batch)
+            self.rows_accepted += sum(len(b) for b in batches)
+            # a full volume drops what it cannot store: counted and alerted by the spool
+            self.rows_dropped += sum(len(b) for seq, b in zip(seqs, batches, strict=True) if seq is None)
+            self._queued_rows += sum(len(b) for _, b in queued)
             urgent = self._queued_rows >= self._wake_rows
-        try:
-            self._queue.put_nowait((seq, batch))
-        except queue.Full:  # the thread reads it back from the spool
-            urgent = True
+        for item in queued:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:  # the thread reads the rest back from the spool
+                urgent = True
+                break
         if urgent or 2 * self._queue.qsize() >= self.config.queue_batches:
             self._urgent.set()
 

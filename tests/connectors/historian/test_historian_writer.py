@@ -21,6 +21,7 @@ from connectors.historian.config import HistorianConfig
 from connectors.historian.sink import HistorianSink
 from connectors.historian.writer import HistorianWriter, encode_copy_binary
 from core.batch import PointBatch
+from core.device_config import DeviceConfig
 from core.quality import Quality
 from core.tags import TagInfo
 from nexus.embedded import EmbeddedPostgres, free_port
@@ -280,6 +281,26 @@ def test_bytewax_sink(db: str) -> None:
     op.output("out", stream, HistorianSink(HistorianConfig(url=db, max_delay_s=0.1), TAGS))
     run_main(flow)
     assert count(db) == 20
+
+
+def test_an_activation_s_batches_and_a_hot_change_between_them(db: str) -> None:
+    """The sink hands an activation's batches over at once; a hot change between them registers
+    its new tag before the points after it, and every row arrives."""
+    new_tag = TagInfo(77, "press-01", "flow", "l/min", "acme/p1/press/l1/press-01/flow")
+    config = DeviceConfig("press-01", 2, {**TAGS, 77: new_tag})
+    after = PointBatch.from_values("press-01", [77, 1], [3.5, 4.5], ts_ns=T0 + 10 * 10**9)
+    part = HistorianSink(HistorianConfig(url=db, max_delay_s=600), TAGS).build("h", 0, 1)
+    try:
+        part.write_batch([batch(4), batch(4, t0=T0 + 10**9), config, after])
+        assert part.writer.spool.last_seq == 3  # three records: one per batch, none for the config
+        part.writer.flush(10)
+        assert part.writer.stats()["rows_written"] == 10
+    finally:
+        part.close()
+    with psycopg.connect(db) as conn:
+        stored = conn.execute("SELECT value FROM nexus_points WHERE tag_id = 77").fetchall()
+        tag = conn.execute("SELECT uns_path FROM nexus_tags WHERE tag_id = 77").fetchone()
+    assert stored == [(3.5,)] and tag == (new_tag.topic,)
 
 
 # -- store and forward: the disk spool ----------------------------------------------------------------
