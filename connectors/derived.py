@@ -189,6 +189,12 @@ class _DerivedStore:
     def _run(self) -> None:
         backoff = Backoff(initial_s=0.2, max_s=30.0)
         attempts = 0
+        try:
+            self._writer.connect()
+        except psycopg.Error as exc:  # the database is away: the first write retries
+            log.warning(
+                "derived store: database not reachable at start (%s); writes will retry", type(exc).__name__
+            )
         while not self._stop.is_set():
             records = self.spool.read(max_records=32)
             if not records:

@@ -253,6 +253,11 @@ class DerivedWriter:
         self._closed = threading.Event()
         self.rows_written = 0
 
+    def connect(self) -> None:
+        """Connect and ensure the schema now rather than at the first write (a flow's first window
+        closes a minute in: its first aggregates then find the connection ready)."""
+        self._connect()
+
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             conn = psycopg.connect(
