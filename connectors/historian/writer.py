@@ -125,14 +125,17 @@ def encode_copy_binary(
     return view if out is not None else view.tobytes()
 
 
-INSERT_MAX_ROWS = 20_000
+INSERT_MAX_ROWS = 2_000
 """Chunks up to this many rows are written by one ``INSERT ... SELECT FROM unnest(...)`` statement
 with binary array parameters (autocommit: one statement, one transaction), ``nexus_latest`` by a
-second part of the same statement. Measured against the COPY path's transaction (BEGIN, COPY, the
-staging COPY and upsert of ``nexus_latest``, COMMIT: seven round trips) on embedded PostgreSQL: client
-CPU per commit 0.63-0.71 ms instead of 1.3-1.9 ms at 1,000 rows, 1.6 ms instead of 4.6-5.0 ms at
-10,000, wall time alike. Larger chunks (a backlog's catch-up, very large flows) keep COPY, the
-server's fastest way in."""
+second part of the same statement: one round trip instead of the COPY transaction's seven (BEGIN,
+COPY, the staging COPY and upsert of ``nexus_latest``, COMMIT). Measured (``python -m
+bench.historian_commit --rows 1000,2000,4000,10000 --commits 100``, embedded PostgreSQL, writer
+thread and server CPU per commit): at 1,000 and 2,000 rows the client pays 0.62-0.72x the COPY
+path's CPU and the server the same; at 4,000 the server pays 2-7 ms more than the client saves, at
+10,000 16-36 ms more. So small chunks (a small flow's commits: 10 devices x 100 tags a second)
+take the statement, larger ones (busy flows, a backlog's catch-up) COPY, the server's fastest way
+in — the database shares the box."""
 
 _UNNEST = "unnest(%s::timestamptz[], %s::int8[], %s::float8[], %s::int2[]) AS u(t, i, v, q)"
 _UPSERT_LATEST = (
