@@ -253,10 +253,7 @@ class OperatorChain:
         norm = self.normalizer._align(device, tags)
         band = self.deadband._align(device, tags)
         if not (norm.all_configured and band.all_configured and band.occurrence is None) or not len(db):
-            return None
-        ordered = np.sort(tags)
-        if np.any(ordered[1:] == ordered[:-1]):
-            return None  # a tag twice in a batch: the cores' general paths
+            return None  # (``occurrence`` is set when a tag repeats: the kernel needs unique tags)
         pos = np.searchsorted(db.tag_ids, tags)
         if np.any(pos >= len(db)) or not np.array_equal(db.tag_ids[pos], tags):
             return None  # a tag the deadband has not published yet: its general path adds it
