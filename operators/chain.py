@@ -260,13 +260,14 @@ class OperatorChain:
         fp = self.detector._fast_params(an.tag_ids)
         if fp is None:
             return None
+        rows = np.stack([pos, band.heartbeat_ns, _rows(an.tag_ids, tags), np.zeros_like(pos)])
         p = _Prepared(
             tag_ids=tags,
             db_ids=db.tag_ids,
             an_ids=an.tag_ids,
             w_ids=None,
             pn=np.stack([norm.gain, norm.bias, norm.low, norm.high, band.band]).astype(np.float64),
-            pk=np.stack([pos, band.heartbeat_ns, _rows(an.tag_ids, tags), np.zeros_like(pos)]).astype(np.int64),
+            pk=rows.astype(np.int64),
             pf=fp.pf,
             pi=fp.pi,
             empty=self._empty(device),

@@ -443,14 +443,15 @@ def _flip(  # noqa: PLR0917 - one flip row's fields
 ) -> int:
     """Write flip row ``f`` (the layout of :func:`anomaly_fast`'s rows) and return ``f + 1``."""
     b = 2 * n + 7 * f
-    oi[b], oi[b + 1], oi[b + 2], oi[b + 3], oi[b + 4], oi[b + 5], oi[b + 6] = o, kind, raised, run_len, run_ns, tag, t
+    oi[b], oi[b + 1], oi[b + 2], oi[b + 3] = o, kind, raised, run_len
+    oi[b + 4], oi[b + 5], oi[b + 6] = run_ns, tag, t
     c = n + 3 * f
     of[c], of[c + 1], of[c + 2] = val, limit, point
     return f + 1
 
 
 @_compiled
-def chain_step(  # noqa: PLR0917, PLR0912, PLR0915 - one flat call: numba unboxes each argument
+def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     tags: np.ndarray,
     values: np.ndarray,
     ts: np.ndarray,

@@ -211,14 +211,17 @@ def test_a_tag_twice_in_a_poll_goes_one_by_one_with_the_cores_results() -> None:
     doubled = []
     for k, b in enumerate(regular):
         if k in (4, 5, 9):  # the first tag again at the end, with another value
-            b = PointBatch(
-                b.device_id,
-                np.append(b.ts_ns, b.ts_ns[0]),
-                np.append(b.tag_ids, b.tag_ids[0]),
-                np.append(b.values, b.values[0] + 333.0),
-                np.append(b.quality, b.quality[0]),
+            doubled.append(
+                PointBatch(
+                    b.device_id,
+                    np.append(b.ts_ns, b.ts_ns[0]),
+                    np.append(b.tag_ids, b.tag_ids[0]),
+                    np.append(b.values, b.values[0] + 333.0),
+                    np.append(b.quality, b.quality[0]),
+                )
             )
-        doubled.append(b)
+        else:
+            doubled.append(b)
     want, want_states = one_by_one(cores(), doubled)
     got, got_states, hits = fused(cores(), doubled)
     assert same_output(got, want)
