@@ -3,7 +3,7 @@
 Run one by one, the four cores cost a numba call each per device batch, with the intermediate
 batches, their arrays and each core's cache look-ups in between: about 50 µs per 100-point poll,
 most of it fixed cost. :class:`OperatorChain` holds the four cores and one :class:`ChainState` per
-device (their three states) and runs a poll in one call (:func:`operators.kernels.chain_fast`) when
+device (their three states) and runs a poll in one call (:func:`operators.kernels.chain_step`) when
 every core's common case applies; otherwise it runs the cores one by one, each with its own fast
 and general paths. Either way the results are the cores': the same points, aggregates, late points,
 alerts and states (``tests/operators/test_chain.py`` checks it on random polls).
@@ -42,7 +42,7 @@ from core.records import AggBatch, Alert
 from operators.anomaly import AnomalyDetector, AnomalyState
 from operators.deadband import Deadband, DeadbandState
 from operators.fastinit import EmptyBatches, slot_constructor
-from operators.kernels import chain_fast
+from operators.kernels import chain_step
 from operators.normalize import Normalizer
 from operators.window import Accumulators, WindowAggregator, WindowBuckets, WindowState
 
@@ -79,19 +79,18 @@ class ChainState:
 
 @dataclass(slots=True, eq=False)
 class _Prepared:
-    """A device's parameters aligned to its batches' tag ids and to its states' rows, cached while
-    the batch's ``tag_ids`` array and the states' ``tag_ids`` arrays stay the same objects."""
+    """A device's parameters and state rows aligned to its batches' tag ids, cached while the batch's
+    ``tag_ids`` array and the states' ``tag_ids`` arrays stay the same objects."""
 
     tag_ids: npt.NDArray[np.int64]
     db_ids: npt.NDArray[np.int64]
     an_ids: npt.NDArray[np.int64]
-    gain: npt.NDArray[np.float64]
-    bias: npt.NDArray[np.float64]
-    low: npt.NDArray[np.float64]
-    high: npt.NDArray[np.float64]
-    pos: npt.NDArray[np.intp]
-    band: npt.NDArray[np.float64]
-    heartbeat_ns: npt.NDArray[np.int64]
+    w_ids: npt.NDArray[np.int64] | None
+    """The open bucket's ``tag_ids`` that ``pk``'s last row is aligned to."""
+    pn: npt.NDArray[np.float64]
+    """Per point: gain, bias, clamp low, clamp high, band."""
+    pk: npt.NDArray[np.int64]
+    """Per point: deadband state row, heartbeat (ns), anomaly state row, open bucket row (-1: none)."""
     pf: npt.NDArray[np.float64]
     pi: npt.NDArray[np.int64]
     empty: PointBatch
@@ -162,35 +161,41 @@ class OperatorChain:
         """The common case in one compiled call, or ``None`` (nothing touched).
 
         Needs a device that has state in all three stateful cores (its first poll goes one by one),
-        one window length with one open bucket, a batch of at most ``_MAX_POINTS`` points, and the
-        batch in every core's common case (see each core's ``_process_fast``); the kernel checks the rest.
+        one window length with one open bucket, a batch of at most ``_MAX_POINTS`` points with
+        unique tags, and the batch in every core's common case (see each core's ``_process_fast``);
+        the kernel checks the rest.
         """
         ws, an, db = state.window, state.anomaly, state.deadband
-        if ws is None or an is None or batch.text or not self._one_window or len(batch) > _MAX_POINTS:
+        if ws is None or an is None or batch.text or not self._one_window:
             return None
         wb = ws.windows[0]
         if len(wb.open) != 1:
             return None
-        device = batch.device_id
         tags = batch.tag_ids
+        n = tags.shape[0]
+        if n > _MAX_POINTS:
+            return None
+        device = batch.device_id
         p = self._prepared.get(device)
-        if p is None or p.tag_ids is not tags or p.db_ids is not db.tag_ids or p.an_ids is not an.tag_ids:
+        db_ids = db.tag_ids
+        if p is None or p.tag_ids is not tags or p.db_ids is not db_ids or p.an_ids is not an.tag_ids:
             p = self._prepare(device, tags, db, an, p)
             if p is None:
                 return None
         acc = wb.open[0]
+        a_ids = acc.tag_ids
+        if p.w_ids is not a_ids:
+            _align_bucket(p, a_ids)
         w = self.windows
-        n, n_db, n_acc = len(tags), len(db.tag_ids), len(acc.tag_ids)
+        n_db, n_acc = db_ids.shape[0], a_ids.shape[0]
         r = n_acc + n  # a window row in the buffers: room for every point's tag being new
         sf, si, sq = np.empty(n_db + 6 * r), np.empty(n_db + 4 * r, np.int64), np.empty(n_db, np.uint8)
         of, oi, oq = np.empty(13 * n), np.empty(30 * n, np.int64), np.empty(n, np.uint8)
-        status, k, size, t_hi, flips, clamped = chain_fast(
-            tags, batch.values, batch.ts_ns, batch.quality, p.gain, p.bias, p.low, p.high,
-            p.pos, p.band, p.heartbeat_ns, db.value, db.ts_ns, db.quality,
-            acc.tag_ids, acc.bucket_ns, wb.window_ns, ws.watermark_ns, ws.closed_ns, w._lateness_ns,
-            now_ns + w._future_ns,
-            acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
-            an.tag_ids, p.pf, p.pi, an.high_on, an.low_on, an.stuck_on, an.rate_on, an.ml_on,
+        status, k, size, t_hi, flips, clamped = chain_step(
+            tags, batch.values, batch.ts_ns, batch.quality, p.pn, p.pk, db.value, db.ts_ns, db.quality,
+            a_ids, acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
+            acc.bucket_ns, wb.window_ns, ws.watermark_ns, ws.closed_ns, w._lateness_ns, now_ns + w._future_ns,
+            p.pf, p.pi, an.high_on, an.low_on, an.stuck_on, an.rate_on, an.ml_on,
             an.stuck_ref, an.stuck_start_ns, an.stuck_count, an.rate_value, an.rate_ns,
             sf, si, sq, of, oi, oq,
         )  # fmt: skip
@@ -199,17 +204,21 @@ class OperatorChain:
         empty = p.empty
         if status == 0:  # nothing passed the deadband: no state changed
             return state, empty, _NO_AGGS, empty, _NO_ALERTS
-        state.deadband = _new_db_state(db.tag_ids, sf[:n_db], si[:n_db], sq)
+        state.deadband = _new_db_state(db_ids, sf[:n_db], si[:n_db], sq)
         if k == n:
             points = _new_batch(device, batch.ts_ns, tags, of[:n], oq if clamped else batch.quality, None)
         else:
             points = _new_batch(device, oi[:k], oi[n : n + k], of[:k], oq[:k], None)
-        f0 = i0 = n_db
-        ids = acc.tag_ids if size == n_acc else si[i0 + 3 * r : i0 + 3 * r + size]
+        f0 = n_db
+        if size == n_acc:  # no tag new to the bucket: its ids and first samples stay
+            ids, first_ts, first = a_ids, acc.first_ts, acc.first
+        else:
+            ids = si[f0 + 3 * r : f0 + 3 * r + size]
+            first_ts, first = si[f0 + r : f0 + r + size], sf[f0 + 3 * r : f0 + 3 * r + size]
         new_acc = _new_acc(
-            acc.bucket_ns, ids, si[i0 : i0 + size], sf[f0 : f0 + size], sf[f0 + r : f0 + r + size],
-            sf[f0 + 2 * r : f0 + 2 * r + size], si[i0 + r : i0 + r + size], sf[f0 + 3 * r : f0 + 3 * r + size],
-            si[i0 + 2 * r : i0 + 2 * r + size], sf[f0 + 4 * r : f0 + 4 * r + size],
+            acc.bucket_ns, ids, si[f0 : f0 + size], sf[f0 : f0 + size], sf[f0 + r : f0 + r + size],
+            sf[f0 + 2 * r : f0 + 2 * r + size], first_ts, first,
+            si[f0 + 2 * r : f0 + 2 * r + size], sf[f0 + 4 * r : f0 + 4 * r + size],
             sf[f0 + 5 * r : f0 + 5 * r + size],
         )  # fmt: skip
         buckets = _new_buckets(wb.window_ns, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
@@ -231,7 +240,7 @@ class OperatorChain:
         an: AnomalyState,
         last: _Prepared | None,
     ) -> _Prepared | None:
-        """Align the parameters to a batch's tags and its states (``None``: not the common case);
+        """Align the parameters and state rows to a batch's tags (``None``: not the common case);
         ``last`` is the device's previous alignment, kept when only the tag array object changed."""
         if (
             last is not None
@@ -244,24 +253,21 @@ class OperatorChain:
         norm = self.normalizer._align(device, tags)
         band = self.deadband._align(device, tags)
         if not (norm.all_configured and band.all_configured and band.occurrence is None) or not len(db):
-            return None
+            return None  # (``occurrence`` is set when a tag repeats: the kernel needs unique tags)
         pos = np.searchsorted(db.tag_ids, tags)
         if np.any(pos >= len(db)) or not np.array_equal(db.tag_ids[pos], tags):
             return None  # a tag the deadband has not published yet: its general path adds it
         fp = self.detector._fast_params(an.tag_ids)
         if fp is None:
             return None
+        rows = np.stack([pos, band.heartbeat_ns, _rows(an.tag_ids, tags), np.zeros_like(pos)])
         p = _Prepared(
             tag_ids=tags,
             db_ids=db.tag_ids,
             an_ids=an.tag_ids,
-            gain=norm.gain,
-            bias=norm.bias,
-            low=norm.low,
-            high=norm.high,
-            pos=pos,
-            band=band.band,
-            heartbeat_ns=band.heartbeat_ns,
+            w_ids=None,
+            pn=np.stack([norm.gain, norm.bias, norm.low, norm.high, band.band]).astype(np.float64),
+            pk=rows.astype(np.int64),
             pf=fp.pf,
             pi=fp.pi,
             empty=self._empty(device),
@@ -270,3 +276,18 @@ class OperatorChain:
             self._prepared.clear()
         self._prepared[device] = p
         return p
+
+
+def _rows(ids: npt.NDArray[np.int64], tags: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each tag's row in the sorted ``ids``, -1 where it has none."""
+    pos = np.searchsorted(ids, tags)
+    inside = pos < len(ids)
+    found = np.zeros(len(tags), np.bool_)
+    found[inside] = ids[pos[inside]] == tags[inside]
+    return np.where(found, pos, -1).astype(np.int64)
+
+
+def _align_bucket(p: _Prepared, a_ids: npt.NDArray[np.int64]) -> None:
+    """Point ``p``'s bucket rows at the open bucket with tag ids ``a_ids`` (a new minute, new tags)."""
+    p.pk[3] = _rows(a_ids, p.tag_ids)
+    p.w_ids = a_ids

@@ -424,29 +424,44 @@ def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argumen
     return 1, out, q
 
 
+@njit(inline="always")
+def _flip(  # noqa: PLR0917 - one flip row's fields
+    oi: np.ndarray,
+    of: np.ndarray,
+    n: int,
+    f: int,
+    o: int,
+    kind: int,
+    raised: bool,
+    run_len: int,
+    run_ns: int,
+    tag: int,
+    t: int,
+    val: float,
+    limit: float,
+    point: float,
+) -> int:
+    """Write flip row ``f`` (the layout of :func:`anomaly_fast`'s rows) and return ``f + 1``."""
+    b = 2 * n + 7 * f
+    oi[b], oi[b + 1], oi[b + 2], oi[b + 3] = o, kind, raised, run_len
+    oi[b + 4], oi[b + 5], oi[b + 6] = run_ns, tag, t
+    c = n + 3 * f
+    of[c], of[c + 1], of[c + 2] = val, limit, point
+    return f + 1
+
+
 @_compiled
-def chain_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
+def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     tags: np.ndarray,
     values: np.ndarray,
     ts: np.ndarray,
     quality: np.ndarray,
-    gain: np.ndarray,
-    bias: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
-    pos: np.ndarray,
-    band: np.ndarray,
-    heartbeat_ns: np.ndarray,
+    pn: np.ndarray,
+    pk: np.ndarray,
     db_value: np.ndarray,
     db_ts: np.ndarray,
     db_quality: np.ndarray,
     a_ids: np.ndarray,
-    bucket_ns: int,
-    window_ns: int,
-    watermark: int,
-    closed: int,
-    lateness_ns: int,
-    future_limit: int,
     count: np.ndarray,
     total: np.ndarray,
     lo: np.ndarray,
@@ -456,7 +471,12 @@ def chain_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     last_ts: np.ndarray,
     last: np.ndarray,
     area: np.ndarray,
-    sids: np.ndarray,
+    bucket_ns: int,
+    window_ns: int,
+    watermark: int,
+    closed: int,
+    lateness_ns: int,
+    future_limit: int,
     pf: np.ndarray,
     pi: np.ndarray,
     high_on: np.ndarray,
@@ -477,74 +497,234 @@ def chain_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     oq: np.ndarray,
 ) -> tuple[int, int, int, int, int, bool]:
     """normalize → deadband → one window length → range/stuck/rate checks of a device batch in one
-    call: :func:`normalize_fast`, :func:`deadband_fast`, :func:`window_append` and
-    :func:`anomaly_fast` composed, with no Python objects between them.
+    call, with the conditions and arithmetic of :func:`normalize_fast`, :func:`deadband_fast`,
+    :func:`window_append` and :func:`anomaly_fast`, fused: every step's case is checked before
+    anything is written, then each result is written once, straight into its buffer (no
+    intermediate arrays: composing the four kernels cost ~20 µs per 100-point poll, most of it
+    their allocations, copies and per-point searches).
+
+    Row look-ups come precomputed per point (the caller caches them per device): ``pk`` rows are the
+    deadband state row, the heartbeat (ns), the anomaly state row and the open bucket's row (both
+    -1 when the tag has none); ``pn`` rows gain, bias, clamp low, clamp high, band. The batch's tag
+    ids must be unique (the caller checks it once per tag array). ``pf``/``pi`` and the state
+    arrays are as in :func:`anomaly_fast`.
 
     Results go into buffers the caller allocates (numba boxes each returned array for ~0.5-0.8 µs, a
     slice costs ~0.1): with ``r = n_acc + n`` (``n_acc`` the bucket's rows, ``n`` the points), ``sf``
     holds ``n_db + 6r`` floats, ``si`` ``n_db + 4r`` ints, ``sq`` ``n_db`` codes, ``of`` ``13n``, ``oi``
-    ``30n``, ``oq`` ``n``. The new state goes into ``sf``/``si``/``sq`` (deadband
-    value, ts, quality: the first ``n_db`` entries; then the window's float rows sum, min, max,
-    first, last, area and int rows count, first_ts, last_ts, tag_ids, each ``r`` long, the first
-    ``size`` used), the passing points in ``of``/``oi``/``oq`` (values, ts, tags, quality;
-    then from ``of[n]`` and ``oi[2n]`` the anomaly flips, ``flips`` rows of 3 and 7 as in
-    :func:`anomaly_fast`).
+    ``30n``, ``oq`` ``n``. The new state goes into ``sf``/``si``/``sq`` (deadband value, ts, quality:
+    the first ``n_db`` entries; then the window's float rows sum, min, max, first, last, area and
+    int rows count, first_ts, last_ts, tag_ids, each ``r`` long, the first ``size`` used; when no
+    tag is new to the bucket (``size == n_acc``) the rows first, first_ts and tag_ids are not
+    written: they equal the bucket's own), the passing points in ``of``/``oi``/``oq`` (values, ts,
+    tags, quality; then from ``of[n]`` and ``oi[2n]`` the anomaly flips, ``flips`` rows of 3 and 7
+    as in :func:`anomaly_fast`).
 
     Returns ``(status, k, size, t_hi, flips, clamped)``. Status -1: some step's common case does
-    not apply; the state was not touched (the anomaly kernel checks before it writes, the others
-    write to the buffers), the caller runs the cores one by one. 0: no point passed the deadband
-    (nothing else ran). 1: ``k`` points passed (when ``k == n`` the batch's own ts and tags, and its
-    own quality unless ``clamped``), the window bucket has ``size`` rows (its tag ids are the
-    bucket's own when ``size == len(a_ids)``), the anomaly state was updated in place.
+    not apply; no state was touched, the caller runs the cores one by one. 0: no point passed the
+    deadband (nothing else ran). 1: ``k`` points passed (when ``k == n`` the batch's own ts and
+    tags, and its own quality unless ``clamped``), the window bucket has ``size`` rows, the anomaly
+    state was updated in place.
     """
     n = values.shape[0]
     n_db = db_value.shape[0]
-    ok_n, nv, nq = normalize_fast(values, quality, gain, bias, low, high, _GOOD_LIMIT, _CLAMPED)
-    if ok_n < 0:
-        return -1, 0, 0, 0, 0, False
-    q = quality if ok_n == 0 else nq
-    k, vo, to, qo, out_ts, out_tags, out_values, out_quality = deadband_fast(
-        pos, tags, nv, q, ts, band, heartbeat_ns, db_value, db_ts, db_quality
-    )
+    # normalize: values into of[:n], quality into oq[:n]
+    clamped = False
+    for i in range(n):
+        if quality[i] >= _GOOD_LIMIT:
+            return -1, 0, 0, 0, 0, False
+        x = values[i] * pn[0, i] + pn[1, i]
+        if not np.isfinite(x):
+            return -1, 0, 0, 0, 0, False
+        y = x if x > pn[2, i] else pn[2, i]
+        y = y if y < pn[3, i] else pn[3, i]
+        of[i] = y
+        if y != x:
+            clamped = True
+            oq[i] = _CLAMPED
+        else:
+            oq[i] = quality[i]
+    # deadband: the passing points, in batch order
+    sel = np.empty(n, np.int64)
+    k = 0
+    for i in range(n):
+        j = pk[0, i]
+        v = of[i]
+        prev = db_value[j]
+        if (
+            abs(v - prev) > pn[4, i]
+            or ts[i] - db_ts[j] >= pk[1, i]
+            or oq[i] != db_quality[j]
+            or np.isnan(v) != np.isnan(prev)
+        ):
+            sel[k] = i
+            k += 1
     if k == 0:
         return 0, 0, 0, 0, 0, False
-    if k == n:
-        p_ts, p_tags, p_values, p_quality = ts, tags, nv, q
-    else:
-        p_ts, p_tags, p_values, p_quality = out_ts, out_tags, out_values, out_quality
-    ok_w, t_hi, w_ids, w_ints, w_floats = window_append(
-        a_ids, bucket_ns, window_ns, p_tags, p_ts, p_values, p_quality, watermark, closed, lateness_ns,
-        future_limit, count, total, lo, hi, first_ts, first, last_ts, last, area,
-    )  # fmt: skip
-    if not ok_w:
+    # window: the case, each passing point's row (-1: a tag new to the bucket)
+    t_lo = ts[sel[0]]
+    t_hi = t_lo
+    n_new = 0
+    for o in range(k):
+        i = sel[o]
+        if oq[i] >= _BAD_QUALITY or not np.isfinite(of[i]):  # the window's case (NaN), the checks' (inf)
+            return -1, 0, 0, 0, 0, False
+        t_lo = min(t_lo, ts[i])
+        t_hi = max(t_hi, ts[i])
+        if pk[3, i] < 0:
+            n_new += 1
+    end = t_lo // window_ns * window_ns + window_ns
+    threshold = max(watermark, t_hi) - lateness_ns
+    if (
+        t_lo < watermark
+        or t_hi > future_limit
+        or end - window_ns != bucket_ns
+        or t_hi >= end
+        or end <= closed
+        or threshold >= end
+    ):
         return -1, 0, 0, 0, 0, False
-    flips, a_ints, a_floats = anomaly_fast(
-        sids, p_tags, p_values, p_ts, p_quality, pf, pi, high_on, low_on, stuck_on, rate_on, ml_on,
-        stuck_ref, stuck_start, stuck_count, rate_value, rate_ns,
-    )  # fmt: skip
-    if flips < 0:
-        return -1, 0, 0, 0, 0, False
-    # the new state
-    sf[:n_db] = vo
-    si[:n_db] = to
-    sq[:n_db] = qo
-    size = w_ids.shape[0]
-    w = count.shape[0] + n
-    for r in range(6):
-        sf[n_db + r * w : n_db + r * w + size] = w_floats[r]
-    for r in range(3):
-        si[n_db + r * w : n_db + r * w + size] = w_ints[r]
-    if size != a_ids.shape[0]:
-        si[n_db + 3 * w : n_db + 3 * w + size] = w_ids
-    # the passing points and the flips
-    of[:k] = p_values
-    oq[:k] = p_quality
+    # checks: the case (every passing tag has a state row whose rate clock the point advances)
+    for o in range(k):
+        i = sel[o]
+        a = pk[2, i]
+        if a < 0:
+            return -1, 0, 0, 0, 0, False
+        prev_ns = rate_ns[a]
+        if prev_ns == _NO_TS:
+            if rate_on[a] and np.isnan(pf[5, a]):
+                return -1, 0, 0, 0, 0, False  # a flag that a removed check must clear: rare, general path
+        elif not ts[i] > prev_ns:
+            return -1, 0, 0, 0, 0, False
+    # -- every case holds: write --
+    # deadband state
+    sf[:n_db] = db_value
+    si[:n_db] = db_ts
+    sq[:n_db] = db_quality
+    for o in range(k):
+        i = sel[o]
+        j = pk[0, i]
+        sf[j] = of[i]
+        si[j] = ts[i]
+        sq[j] = oq[i]
+    # window bucket
+    m = a_ids.shape[0]
+    size = m + n_new
+    w = m + n
+    f0 = n_db
+    i0 = n_db
+    out_row = np.arange(m)  # bucket row -> output row
+    if n_new:
+        fresh = np.empty(n_new, np.int64)  # the new tags' points, by tag id
+        j = 0
+        for o in range(k):
+            if pk[3, sel[o]] < 0:
+                fresh[j] = sel[o]
+                j += 1
+        fresh = fresh[np.argsort(tags[fresh])]
+        a = 0
+        for r in range(size):
+            j = r - a  # new tags placed so far
+            if j >= n_new or (a < m and a_ids[a] < tags[fresh[j]]):
+                si[i0 + 3 * w + r] = a_ids[a]
+                out_row[a] = r
+                a += 1
+            else:
+                i = fresh[j]
+                x = of[i]
+                si[i0 + 3 * w + r] = tags[i]
+                si[i0 + r] = 1
+                si[i0 + w + r] = ts[i]
+                si[i0 + 2 * w + r] = ts[i]
+                sf[f0 + r] = x
+                sf[f0 + w + r] = x
+                sf[f0 + 2 * w + r] = x
+                sf[f0 + 3 * w + r] = x
+                sf[f0 + 4 * w + r] = x
+                sf[f0 + 5 * w + r] = 0.0
+    for j in range(m):
+        r = out_row[j]
+        si[i0 + r] = count[j]
+        si[i0 + 2 * w + r] = last_ts[j]
+        sf[f0 + r] = total[j]
+        sf[f0 + w + r] = lo[j]
+        sf[f0 + 2 * w + r] = hi[j]
+        sf[f0 + 4 * w + r] = last[j]
+        sf[f0 + 5 * w + r] = area[j]
+        if n_new:
+            si[i0 + w + r] = first_ts[j]
+            sf[f0 + 3 * w + r] = first[j]
+    for o in range(k):
+        i = sel[o]
+        b = pk[3, i]
+        if b < 0:
+            continue
+        r = out_row[b]
+        x = of[i]
+        si[i0 + r] += 1
+        sf[f0 + r] += x
+        sf[f0 + w + r] = min(lo[b], x) if not np.isnan(lo[b]) else lo[b]
+        sf[f0 + 2 * w + r] = max(hi[b], x) if not np.isnan(hi[b]) else hi[b]
+        si[i0 + 2 * w + r] = ts[i]
+        sf[f0 + 4 * w + r] = x
+        sf[f0 + 5 * w + r] += last[b] * (ts[i] - last_ts[b])
+    # checks, in place; each flip as a row of oi (7, from 2n) and of (3, from n)
+    f = 0
+    for o in range(k):
+        i = sel[o]
+        a = pk[2, i]
+        x = of[i]
+        t = ts[i]
+        high = pf[0, a]
+        old = high_on[a]
+        new = (not (x < pf[1, a])) if old else x > high
+        if np.isnan(high):
+            new = False
+        if new != old:
+            f = _flip(oi, of, n, f, o, FLIP_HIGH, new, 0, 0, tags[i], t, x, high, x)
+            high_on[a] = new
+        low = pf[2, a]
+        old = low_on[a]
+        new = (not (x > pf[3, a])) if old else x < low
+        if np.isnan(low):
+            new = False
+        if new != old:
+            f = _flip(oi, of, n, f, o, FLIP_LOW, new, 0, 0, tags[i], t, x, low, x)
+            low_on[a] = new
+        run = stuck_count[a]
+        eps = pf[4, a]
+        changed = run == 0 or not (abs(x - stuck_ref[a]) <= eps)
+        run_len = run + 1
+        run_ns = t - stuck_start[a]
+        stuck_now = run_len >= pi[1, a] or run_ns >= pi[2, a]
+        old = stuck_on[a]
+        new = (not changed) and (old or stuck_now) and pi[0, a] != 0
+        if new != old:
+            f = _flip(oi, of, n, f, o, FLIP_STUCK, new, run_len, run_ns, tags[i], t, x, eps, x)
+            stuck_on[a] = new
+        if changed:
+            stuck_ref[a] = x
+            stuck_start[a] = t
+            stuck_count[a] = 1
+        else:
+            stuck_count[a] = run_len
+        if rate_ns[a] != _NO_TS:
+            limit = pf[5, a]
+            rate = abs(x - rate_value[a]) / ((t - rate_ns[a]) / 1e9)
+            old = rate_on[a]
+            new = rate > limit and not np.isnan(limit)
+            if new != old:
+                f = _flip(oi, of, n, f, o, FLIP_RATE, new, 0, 0, tags[i], t, rate, limit, x)
+                rate_on[a] = new
+        rate_value[a] = x
+        rate_ns[a] = t
+        ml_on[a] = False
+    # the passing points, compacted in place (o <= i: an entry is read before it is overwritten)
     if k != n:
-        oi[:k] = p_ts
-        oi[n : n + k] = p_tags
-    for r in range(flips):
-        for c in range(3):
-            of[n + 3 * r + c] = a_floats[r, c]
-        for c in range(7):
-            oi[2 * n + 7 * r + c] = a_ints[r, c]
-    return 1, k, size, t_hi, flips, ok_n == 1
+        for o in range(k):
+            i = sel[o]
+            of[o] = of[i]
+            oq[o] = oq[i]
+            oi[o] = ts[i]
+            oi[n + o] = tags[i]
+    return 1, k, size, t_hi, f, clamped

@@ -202,3 +202,28 @@ def test_fused_chain_equals_the_cores_on_random_polls(batches: list[PointBatch])
     got, got_states, _ = fused(random_cores(), batches)
     assert same_output(got, want)
     assert same_output(comparable(got_states), comparable(want_states))
+
+
+def test_a_tag_twice_in_a_poll_goes_one_by_one_with_the_cores_results() -> None:
+    """The compiled path caches each point's state rows per tag array, which needs unique tags: a
+    poll that repeats a tag is declined and gets the cores' results (the polls around it compiled)."""
+    regular = [b for b in polls(2, irregular=False, n_polls=12) if b.device_id == "d0"]
+    doubled = []
+    for k, b in enumerate(regular):
+        if k in (4, 5, 9):  # the first tag again at the end, with another value
+            doubled.append(
+                PointBatch(
+                    b.device_id,
+                    np.append(b.ts_ns, b.ts_ns[0]),
+                    np.append(b.tag_ids, b.tag_ids[0]),
+                    np.append(b.values, b.values[0] + 333.0),
+                    np.append(b.quality, b.quality[0]),
+                )
+            )
+        else:
+            doubled.append(b)
+    want, want_states = one_by_one(cores(), doubled)
+    got, got_states, hits = fused(cores(), doubled)
+    assert same_output(got, want)
+    assert same_output(comparable(got_states), comparable(want_states))
+    assert hits == len(doubled) - 1 - 3
