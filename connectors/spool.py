@@ -192,8 +192,9 @@ class Spool:
         self._closed = False
         self._segments: list[_Segment] = []
         self._fd: int | None = None
-        self._cursor_fd: int | None = None
         """The newest segment, open for appending (unbuffered: what ``append`` returned is in the page cache)."""
+        self._cursor_fd: int | None = None
+        """The cursor file, open for its in-place rewrites (:meth:`_save_cursor`)."""
         self._acked = 0
         self._next_seq = 1
         self._durable_seq = 0
@@ -558,8 +559,8 @@ class Spool:
         while self._segments and self._segments[0].last_seq <= self._acked:
             if len(self._segments) == 1 and self._fd is not None:
                 # the open segment is fully delivered: close it so the next append starts a new
-                # one. No fsync: nothing in it is needed after a crash (an fsync here cost ~0.6 ms
-                # of CPU per historian commit, under the lock the appends wait for)
+                # one. No fsync: nothing in it is needed after a crash, and the appends would wait
+                # for the disk on this lock (once per historian commit)
                 self._close_current(sync=False)
                 if not self._segments:
                     break

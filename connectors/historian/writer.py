@@ -268,8 +268,9 @@ class HistorianWriter:
         self._mode: str | None = None
         self._partitions: set[int] = set()
         self._bufs = [bytearray(), bytearray()]
-        self._cols = _Chunk(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
         """The writer thread's COPY payload buffers, reused from commit to commit."""
+        self._cols = _Chunk(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+        """The writer thread's chunk columns, reused likewise (:meth:`_gather`)."""
         self.spool = Spool(
             config.spool_dir,
             name=name,
