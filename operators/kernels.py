@@ -33,6 +33,34 @@ def _compiled(fn: Callable[..., Any]) -> Any:
 
 
 _BAD_QUALITY = 128
+
+
+@njit(inline="always")
+def _in_open_bucket(  # noqa: PLR0917 - the window's state, flat for the compiled callers
+    t_lo: int,
+    t_hi: int,
+    window_ns: int,
+    bucket_ns: int,
+    watermark: int,
+    closed: int,
+    lateness_ns: int,
+    future_limit: int,
+) -> bool:
+    """Whether points from ``t_lo`` to ``t_hi`` all fall into the open bucket ``bucket_ns``, none
+    before the watermark or after ``future_limit``, and the bucket neither closes with them nor
+    ends at or before ``closed``: the window's common case (:func:`window_append`, the chain)."""
+    end = t_lo // window_ns * window_ns + window_ns
+    threshold = max(watermark, t_hi) - lateness_ns
+    return not (
+        t_lo < watermark
+        or t_hi > future_limit
+        or end - window_ns != bucket_ns
+        or t_hi >= end
+        or end <= closed
+        or threshold >= end
+    )
+
+
 _GOOD_LIMIT = 64
 """Codes below this are good (``core.quality``): the only points normalization scales in one call."""
 _CLAMPED = int(Quality.CLAMPED)
@@ -220,16 +248,7 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
             return False, t_hi, a_ids, fail_i, fail_f
         t_lo = min(t_lo, ts[i])
         t_hi = max(t_hi, ts[i])
-    end = t_lo // window_ns * window_ns + window_ns
-    threshold = max(watermark, t_hi) - lateness_ns
-    if (
-        t_lo < watermark
-        or t_hi > future_limit
-        or end - window_ns != bucket_ns
-        or t_hi >= end
-        or end <= closed
-        or threshold >= end
-    ):
+    if not _in_open_bucket(t_lo, t_hi, window_ns, bucket_ns, watermark, closed, lateness_ns, future_limit):
         return False, t_hi, a_ids, fail_i, fail_f
     m = a_ids.shape[0]
     # each point's row in the bucket, or -1 for a tag new to it
@@ -573,16 +592,7 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         t_hi = max(t_hi, ts[i])
         if pk[3, i] < 0:
             n_new += 1
-    end = t_lo // window_ns * window_ns + window_ns
-    threshold = max(watermark, t_hi) - lateness_ns
-    if (
-        t_lo < watermark
-        or t_hi > future_limit
-        or end - window_ns != bucket_ns
-        or t_hi >= end
-        or end <= closed
-        or threshold >= end
-    ):
+    if not _in_open_bucket(t_lo, t_hi, window_ns, bucket_ns, watermark, closed, lateness_ns, future_limit):
         return -1, 0, 0, 0, 0, False
     # checks: the case (every passing tag has a state row whose rate clock the point advances)
     for o in range(k):
