@@ -45,6 +45,7 @@ from connectors.mqtt.config import MqttSinkConfig
 from connectors.mqtt.sink import UnsSink
 from core.memory import malloc_stats
 from core.settings import Settings
+from core.threads import name_os_threads
 from dataflows.compiler import Runtime, compile_flow, device_plans, part_device
 from dataflows.routing import WorkerLocalSource, worker_local_input
 from dataflows.spec import HistorianNode, MqttUnsNode, load_spec
@@ -142,6 +143,7 @@ class _Reporter:
         self._thread.start()
 
     def write(self, final: bool = False) -> None:
+        name_os_threads()  # the cost stage's per-thread figures then name their threads
         data = {"pid": os.getpid(), "time": time.time(), "final": final, **self.collect()}
         text = json.dumps(data)
         with self._lock:

@@ -44,6 +44,7 @@ import paho.mqtt.client as mqtt
 
 from connectors.mqtt.client import make_client, unique_client_id
 from connectors.mqtt.url import parse_mqtt_url
+from core.threads import name_os_threads
 from core.uns import STATUS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ class FlowStatus:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            name_os_threads()  # top -H, ps -L: the flow's threads by name (core.threads)
             self._publish("running")
 
     def _publish(self, state: str) -> None:
