@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
@@ -258,3 +260,43 @@ def test_reads_from_behind_the_last_read_never_skip_records(tmp_path: Path) -> N
             assert got == list(range(after + 1, after + 1 + len(got)))
             after = got[int(rng.integers(len(got)))]
         assert after == 8000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    activations=st.lists(st.lists(st.binary(max_size=700), max_size=40), min_size=1, max_size=12),
+    segment_kb=st.integers(4, 24),
+)
+def test_grouped_appends_store_what_single_appends_store(
+    tmp_path_factory: pytest.TempPathFactory, activations: list[list[bytes]], segment_kb: int
+) -> None:
+    """``append_each`` writes an activation's records with one ``writev`` when they fit the open
+    segment: the same sequence numbers, bytes after a restart and segment roll-overs as one by one."""
+    one, grouped = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("grouped")
+    clock = FakeClock()
+    with (
+        Spool(one, segment_bytes=segment_kb * 1024, clock=clock) as a,
+        Spool(grouped, segment_bytes=segment_kb * 1024, clock=clock) as b,
+    ):
+        for i, records in enumerate(activations):
+            assert [a.append(r) for r in records] == b.append_each(records)
+            if i % 3 == 2:  # now and then everything is delivered (the open segment closes)
+                a.ack(a.last_seq), b.ack(b.last_seq)
+        assert payloads(a) == payloads(b)
+        assert sorted(p.name for p in one.glob("*.seg")) == sorted(p.name for p in grouped.glob("*.seg"))
+    with Spool(one) as a, Spool(grouped) as b:  # every record's header and checksum hold
+        assert payloads(a) == payloads(b) and a.last_seq == b.last_seq
+
+
+def test_grouped_appends_on_a_full_volume_drop_counted_and_keep_order(tiny_volume: Path) -> None:
+    drops: list[SpoolDrop] = []
+    with Spool(tiny_volume, segment_bytes=32 * 1024, on_drop=drops.append, count=_items) as s:
+        seqs = [seq for _ in range(100) for seq in s.append_each([bytes([2]) + os.urandom(999)] * 10)]
+        kept = [seq for seq in seqs if seq is not None]
+        assert kept == sorted(set(kept))  # in order, never reused
+        stats = s.stats()
+        assert stats["spool_dropped_records"] > 0 and {d.reason for d in drops} == {"disk_full"}
+        assert stats["spool_dropped_items"] == 2 * stats["spool_dropped_records"]
+        readable = s.read(max_records=10_000)
+        assert len(readable) == s.pending_records  # what is counted as kept can be read back
+        assert readable[-1][0] == kept[-1]
