@@ -36,6 +36,12 @@ from bench.load import Load
 ROOT = Path(__file__).resolve().parent.parent
 
 
+FLOW_PARTS = {"full": (True, True), "ops": (True, False), "hist": (False, True)}
+"""The full flow and its two halves, to tell their costs apart (``cost_ab --flow-b ops``): ``ops`` is
+the UNS-only flow plus deadband and windows (with the aggregates' store), ``hist`` plus the historian."""
+FLOWS = ("uns", *FLOW_PARTS)
+
+
 def cost_spec(
     load: Load, ports: list[int], flow: str, historian_delay_s: float | None = None
 ) -> dict[str, Any]:
@@ -48,16 +54,20 @@ def cost_spec(
     if flow == "uns":
         spec["operators"] = [{"id": "normalize", "type": "normalize"}]
         spec["sinks"] = [uns]
-    elif flow == "full":
-        spec["operators"] = [
-            {"id": "normalize", "type": "normalize"},
-            {"id": "deadband", "type": "deadband"},
-            {"id": "windows", "type": "window", "windows": ["1m"]},
-        ]
-        historian: dict[str, Any] = {"id": "historian", "type": "historian"}
-        if historian_delay_s is not None:
-            historian["max_delay_s"] = historian_delay_s
-        spec["sinks"] = [uns, historian]
+    elif flow in FLOW_PARTS:
+        operators, with_historian = FLOW_PARTS[flow]
+        spec["operators"] = [{"id": "normalize", "type": "normalize"}]
+        if operators:
+            spec["operators"] += [
+                {"id": "deadband", "type": "deadband"},
+                {"id": "windows", "type": "window", "windows": ["1m"]},
+            ]
+        spec["sinks"] = [uns]
+        if with_historian:
+            historian: dict[str, Any] = {"id": "historian", "type": "historian"}
+            if historian_delay_s is not None:
+                historian["max_delay_s"] = historian_delay_s
+            spec["sinks"].append(historian)
     else:
         raise ValueError(f"unknown cost flow {flow!r}")
     return spec

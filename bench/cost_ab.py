@@ -34,7 +34,7 @@ import psutil
 import yaml
 
 from bench import cli, cost_threads
-from bench.cost import REPORT_S, _cpu, _figures, cost_spec
+from bench.cost import FLOWS, REPORT_S, _cpu, _figures, cost_spec
 from bench.load import Load
 from nexus.embedded import EmbeddedPostgres, MosquittoBroker, free_port
 
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--flow", choices=("uns", "full"), default="uns", help="the cost stage's flow to run")
-    p.add_argument("--flow-a", choices=("uns", "full"), default=None, help="A's flow (default: --flow)")
-    p.add_argument("--flow-b", choices=("uns", "full"), default=None, help="B's flow (default: --flow)")
+    p.add_argument("--flow", choices=FLOWS, default="uns", help="the cost stage's flow to run")
+    p.add_argument("--flow-a", choices=FLOWS, default=None, help="A's flow (default: --flow)")
+    p.add_argument("--flow-b", choices=FLOWS, default=None, help="B's flow (default: --flow)")
     p.add_argument("--historian-delay", type=float, default=None, help="full flow: historian max_delay_s")
     args = p.parse_args(argv)
     flows = {"a": args.flow_a or args.flow, "b": args.flow_b or args.flow}
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     pg = None
     try:
         with tempfile.TemporaryDirectory(prefix="nexus-ab-") as tmp:
-            if "full" in flows.values():
+            if set(flows.values()) - {"uns"}:  # a historian or the aggregates' store
                 pg = EmbeddedPostgres(Path(tmp) / "pg", port=free_port())
                 pg.start()
             for devices in [int(x) for x in args.devices.split(",") if x]:

@@ -31,8 +31,11 @@ class HistorianConfig(BaseModel):
     """Write when this many rows are buffered ..."""
     max_delay_s: float = Field(default=1.0, gt=0)
     """... or when the oldest buffered row has waited this long."""
-    queue_batches: int = Field(default=64, gt=0)
-    """Point batches accepted but not yet buffered; ``write`` blocks when full (back-pressure)."""
+    queue_batches: int = Field(default=512, gt=0)
+    """Point batches handed to the writer thread in memory; beyond it the thread reads them back from
+    the spool (``write`` never waits). The thread is woken early when the queue is half full: at 64,
+    a 500-device flow (500 batches/s) woke it ~40 times a second instead of about once per commit.
+    It keeps at most 4x this many batches while behind (~7 MB at 512 batches of 100 points)."""
     partition_interval: Literal["1 hour", "1 day"] = "1 day"
     """Chunk (TimescaleDB) or partition (native PostgreSQL) size."""
     compress_after: str | None = "7 days"
