@@ -14,23 +14,11 @@ lock while it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 from numba import njit
 
+from core.jit import compiled
 from core.quality import Quality
-
-
-def _compiled(fn: Callable[..., Any]) -> Any:
-    """``fn`` compiled on first use without the interpreter lock, cached on disk when some cache
-    folder is writable (else compiled once per process: numba refuses ``cache=True`` otherwise)."""
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(nogil=True)(fn)
-
 
 _BAD_QUALITY = 128
 
@@ -70,7 +58,7 @@ FLIP_HIGH, FLIP_LOW, FLIP_STUCK, FLIP_RATE = 0, 1, 2, 3
 """Kinds in a flip row, in the order alerts of one point are emitted (``anomaly._KINDS``)."""
 
 
-@_compiled
+@compiled
 def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     sids: np.ndarray,
     tags: np.ndarray,
@@ -202,7 +190,7 @@ def anomaly_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return f, ints[:f], floats[:f]
 
 
-@_compiled
+@compiled
 def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     a_ids: np.ndarray,
     bucket_ns: int,
@@ -340,7 +328,7 @@ def window_append(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return True, t_hi, ids, ints, floats
 
 
-@_compiled
+@compiled
 def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     pos: np.ndarray,
     tag_ids: np.ndarray,
@@ -402,7 +390,7 @@ def deadband_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     return k, vo, to, qo, out_ts, out_tags, out_values, out_quality
 
 
-@_compiled
+@compiled
 def normalize_fast(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     values: np.ndarray,
     quality: np.ndarray,
@@ -469,7 +457,7 @@ def _flip(  # noqa: PLR0917 - one flip row's fields
     return f + 1
 
 
-@_compiled
+@compiled
 def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     tags: np.ndarray,
     values: np.ndarray,

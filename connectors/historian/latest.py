@@ -6,8 +6,17 @@ each tag's newest row of every chunk it copies, in the same transaction as the C
 never ahead of ``nexus_points``. An upsert only moves a tag forward in time (a replayed older chunk
 leaves it alone). ``time`` is not indexed, so updates are HOT and the table stays small.
 
->>> last_per_tag(np.array([5, 1, 3]), np.array([7, 7, 8]))
-array([0, 2])
+The writer keeps the rows that the table lacks in a :class:`LatestRows` (each tag's newest row,
+merged chunk by chunk in one compiled pass) and takes them out, in tag order, when it upserts.
+
+>>> rows = LatestRows()
+>>> rows.merge(np.array([5, 1, 3]), np.array([7, 7, 8]), np.array([0.5, 0.1, 0.3]), np.zeros(3, np.uint8))
+>>> rows.merge(np.array([5]), np.array([8]), np.array([9.0]), np.zeros(1, np.uint8))
+>>> t, ids, values, quality = rows.peek()
+>>> ids.tolist(), t.tolist(), values.tolist(), len(rows)
+([7, 8], [5, 5], [0.5, 9.0], 2)
+>>> rows.clear(); len(rows), rows.peek()[1].tolist()
+(0, [])
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from core.jit import compiled
+
 __all__ = [
     "LATEST_DDL",
     "LATEST_STAGE_DDL",
+    "LatestRows",
     "backfill_latest",
     "ensure_latest",
-    "last_per_tag",
     "upsert_latest_sql",
     "write_latest",
 ]
@@ -44,13 +55,118 @@ upsert_latest_sql = (
 )
 
 
-def last_per_tag(time_us: npt.NDArray[np.int64], tag_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-    """Indices of each tag's newest row (one per tag, in tag order)."""
-    order = np.lexsort((time_us, tag_ids))
-    sorted_ids = tag_ids[order]
-    is_last = np.ones(len(order), dtype=bool)
-    is_last[:-1] = sorted_ids[1:] != sorted_ids[:-1]
-    return order[is_last]
+_HASH = np.uint64(0x9E3779B97F4A7C15)
+"""Fibonacci hashing: a tag id times this, top bits, is its first slot."""
+
+
+def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled kernel
+    used: npt.NDArray[np.bool_],
+    keys: npt.NDArray[np.int64],
+    t: npt.NDArray[np.int64],
+    v: npt.NDArray[np.float64],
+    q: npt.NDArray[np.uint8],
+    time_us: npt.NDArray[np.int64],
+    tag_ids: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+    quality: npt.NDArray[np.uint8],
+    bits: int,
+) -> int:
+    """Merge rows into the open-addressing table of ``2**bits`` slots (linear probing; at most half full, the caller
+    sees to it); a tag's row is replaced by a row as new or newer (later rows win ties). Returns the
+    number of tags that were not in the table."""
+    mask = np.uint64(len(keys) - 1)
+    shift = np.uint64(64 - bits)
+    added = 0
+    for i in range(len(tag_ids)):
+        key = tag_ids[i]
+        slot = (np.uint64(key) * _HASH) >> shift
+        while used[slot] and keys[slot] != key:
+            slot = (slot + np.uint64(1)) & mask
+        if not used[slot]:
+            used[slot] = True
+            keys[slot] = key
+            added += 1
+        elif time_us[i] < t[slot]:
+            continue
+        t[slot] = time_us[i]
+        v[slot] = values[i]
+        q[slot] = quality[i]
+    return added
+
+
+_merge_kernel = compiled(_merge_rows)
+
+
+class LatestRows:
+    """Each tag's newest row since :meth:`clear`, what ``nexus_latest`` lacks.
+
+    An open-addressing hash table in arrays, merged by a compiled kernel in one pass over a chunk.
+    It replaced a sort of every chunk with the rows kept so far (``np.lexsort``, ~7.5 ms for 50,000
+    rows with 50,000 kept, once per commit at 500 devices x 100 tags: about half the writer thread's
+    CPU); :meth:`peek` sorts only the newest rows, by tag (concurrent upserts then lock rows in one
+    order). Used by the writer thread only.
+    """
+
+    _MIN_SLOTS = 1024
+
+    def __init__(self) -> None:
+        self._alloc(self._MIN_SLOTS)
+
+    def _alloc(self, slots: int) -> None:
+        self._used = np.zeros(slots, np.bool_)
+        self._keys = np.zeros(slots, np.int64)
+        self._t = np.zeros(slots, np.int64)
+        self._v = np.zeros(slots, np.float64)
+        self._q = np.zeros(slots, np.uint8)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def merge(
+        self,
+        time_us: npt.NDArray[np.int64],
+        tag_ids: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+    ) -> None:
+        """Keep each tag's newest row of these (on a tie with a kept row, these win: written later)."""
+        need = 2 * (self._count + len(tag_ids))
+        if need > len(self._keys):  # grow: re-insert what is kept into a table twice the size needed
+            t, ids, v, q = self.peek()
+            self._alloc(1 << max(need - 1, self._MIN_SLOTS - 1).bit_length())
+            self._count = self._merge(t, ids, v, q)
+        self._count += self._merge(time_us, tag_ids, values, quality)
+
+    def _merge(
+        self,
+        time_us: npt.NDArray[np.int64],
+        tag_ids: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+    ) -> int:
+        bits = len(self._keys).bit_length() - 1
+        return int(
+            _merge_kernel(
+                self._used, self._keys, self._t, self._v, self._q, time_us, tag_ids, values, quality, bits
+            )
+        )
+
+    def peek(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+        """The kept rows in tag order: ``(time_us, tag_ids, values, quality)``."""
+        slots = np.flatnonzero(self._used)
+        slots = slots[np.argsort(self._keys[slots])]
+        return self._t[slots], self._keys[slots], self._v[slots], self._q[slots]
+
+    def clear(self) -> None:
+        """Forget every kept row (they are in ``nexus_latest`` now); a table grown for a burst shrinks."""
+        if len(self._keys) > 8 * max(self._count, self._MIN_SLOTS):
+            self._alloc(1 << (2 * max(self._count, self._MIN_SLOTS) - 1).bit_length())
+        else:
+            self._used[:] = False
+            self._count = 0
 
 
 def ensure_latest(conn: psycopg.Connection) -> bool:

@@ -49,7 +49,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
-from connectors.historian.latest import LATEST_STAGE_DDL, last_per_tag, write_latest
+from connectors.historian.latest import LATEST_STAGE_DDL, LatestRows, write_latest
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
@@ -484,13 +484,13 @@ class HistorianWriter:
         last_in_buffer = self._done_seq
         cache_max = 4 * cfg.queue_batches
         catching_up = self.recovered_records > 0  # a backlog from before this start: paced
-        latest: _Chunk | None = None  # each tag's newest committed row that nexus_latest lacks
+        latest = LatestRows()  # each tag's newest committed row that nexus_latest lacks
         latest_at = -math.inf
         try:
             while not self._abort.is_set():
                 backlog = self.spool.last_seq >= next_seq
                 timeout = max(0.0, oldest + cfg.max_delay_s - time.monotonic()) if rows else 0.5
-                if latest is not None and not rows:  # with rows, the chunk's transaction takes it
+                if latest and not rows:  # with rows, the chunk's transaction takes it
                     timeout = min(timeout, max(0.0, latest_at + cfg.latest_interval_s - time.monotonic()))
                 if not backlog and rows:  # a chunk is open: wait for its deadline (or ``_urgent``)
                     with self._lock:
@@ -568,11 +568,12 @@ class HistorianWriter:
                 if rows and (due or flush_wanted):
                     started = time.monotonic()
                     chunk = self._gather(parts)
-                    latest = _newest(latest, chunk)
-                    if self._write_with_retry(chunk, latest if latest_due else None):
+                    latest.merge(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
+                    if self._write_with_retry(chunk, _Chunk(*latest.peek()) if latest_due else None):
                         catching_up = True  # an outage: its backlog is paced
                     if latest_due:
-                        latest, latest_at = None, time.monotonic()
+                        latest.clear()
+                        latest_at = time.monotonic()
                     with self._lock:
                         self.backlog_rows += from_spool
                     if catching_up and behind:  # so live rows and other clients keep room
@@ -582,17 +583,16 @@ class HistorianWriter:
                             if self._abort.wait(spare):
                                 break
                     parts, rows = [], 0
-                elif not rows and latest is not None and latest_due:  # only nexus_latest is behind
-                    if self._write_with_retry(None, latest):
+                elif not rows and latest and latest_due:  # only nexus_latest is behind
+                    if self._write_with_retry(None, _Chunk(*latest.peek())):
                         catching_up = True
-                    latest, latest_at = None, time.monotonic()
-                if not rows and (
-                    last_in_buffer > self._done_seq or self._latest_behind != (latest is not None)
-                ):
+                    latest.clear()
+                    latest_at = time.monotonic()
+                if not rows and (last_in_buffer > self._done_seq or self._latest_behind != bool(latest)):
                     self.spool.ack(last_in_buffer)
                     with self._committed:
                         self._done_seq = max(self._done_seq, last_in_buffer)
-                        self._latest_behind = latest is not None
+                        self._latest_behind = bool(latest)
                         self._committed.notify_all()
         except _Aborted:
             pass
@@ -796,21 +796,3 @@ def _decode(seq: int, record: memoryview) -> PointBatch | None:
     except (ValueError, UnicodeDecodeError) as exc:
         log.error("historian: spool record %d is not a point batch (%s); skipped", seq, exc)
         return None
-
-
-def _newest(latest: _Chunk | None, chunk: _Chunk) -> _Chunk:
-    """Each tag's newest row of ``latest`` and ``chunk`` (on a tie, ``chunk``'s: it was written later)."""
-    both = chunk if latest is None else _concat([latest, chunk])
-    idx = last_per_tag(both.time_us, both.tag_ids)
-    return _Chunk(both.time_us[idx], both.tag_ids[idx], both.values[idx], both.quality[idx])
-
-
-def _concat(parts: list[_Chunk]) -> _Chunk:
-    if len(parts) == 1:
-        return parts[0]
-    return _Chunk(
-        np.concatenate([p.time_us for p in parts]),
-        np.concatenate([p.tag_ids for p in parts]),
-        np.concatenate([p.values for p in parts]),
-        np.concatenate([p.quality for p in parts]),
-    )

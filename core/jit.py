@@ -1,0 +1,26 @@
+"""Compiled numeric kernels (numba): one decorator for the operators' kernels and the historian's.
+
+>>> @compiled
+... def add(a: int, b: int) -> int:
+...     return a + b
+>>> add(2, 3)
+5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from numba import njit
+
+__all__ = ["compiled"]
+
+
+def compiled(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled on first use without the interpreter lock, cached on disk when some cache
+    folder is writable (else compiled once per process: numba refuses ``cache=True`` otherwise)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True)(fn)
