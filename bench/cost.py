@@ -130,6 +130,7 @@ def run_flow(
         "NEXUS_DATA_DIR": str(folder / "data"),
         "NEXUS_BENCH_STATS": str(folder / "stats"),
         "NEXUS_BENCH_REPORT_S": REPORT_S,
+        "NEXUS_BENCH_MALLOC": "0",  # harness: the heap census walks every arena (see bench.flow)
         "NEXUS_LOG_LEVEL": "WARNING",
     }
     procs = cli.start_flow("bench.flow:flow", env, 1, folder)

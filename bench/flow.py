@@ -253,6 +253,9 @@ def build() -> Dataflow:
         return out
 
     pauses = _GcPauses()
+    # the soak's heap figures; off in cost runs: mallinfo2 and the allocated-blocks count walk every
+    # arena at every report (harness CPU in the measured process, the same in every flow)
+    census_heap = os.environ.get("NEXUS_BENCH_MALLOC", "1") != "0"
     census: dict[str, Any] = {}
     if os.environ.get("NEXUS_BENCH_GC_CENSUS"):
         _gc_census(float(os.environ["NEXUS_BENCH_GC_CENSUS"]), census)
@@ -263,7 +266,7 @@ def build() -> Dataflow:
             "gc": dict(pauses.stats),
             "gc_pauses": list(pauses.recent),
             "gc_census": census,
-            "malloc": malloc_stats(),
+            "malloc": malloc_stats() if census_heap else {},
         }
 
     reporter = _Reporter(collect_all)
