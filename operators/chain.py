@@ -32,7 +32,9 @@ alerts and states (``tests/operators/test_chain.py`` checks it on random polls).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -102,7 +104,8 @@ class OperatorChain:
 
     The four cores keep their settings and contracts; the chain only sequences them. What passes the
     deadband goes to the windows and the checks (an empty pass skips both, as the Bytewax adapters'
-    chain does: the deadband step drops empty batches). ``now_ns`` is the windows' clock.
+    chain does: the deadband step drops empty batches). ``now_ns`` is the windows' clock. A detector
+    without checks is skipped while the device has no anomaly state (it could raise nothing).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class OperatorChain:
 
     def _compile(self) -> None:
         self._one_window = len(self.windows.windows_s) == 1
+        self._checks = bool(self.detector.checks)
         self._prepared: dict[str, _Prepared] = {}
         self._empty = EmptyBatches(_CACHE_MAX_DEVICES)
 
@@ -132,6 +136,25 @@ class OperatorChain:
 
     def __repr__(self) -> str:
         return f"OperatorChain({self.normalizer!r}, {self.deadband!r}, {self.windows!r}, {self.detector!r})"
+
+    def swapped(self, params: Mapping[str, Any]) -> OperatorChain:
+        """This chain with one device's parameters (a hot config change, see :mod:`operators.hot`).
+
+        ``params`` maps operator kinds (``normalize``, ``deadband``, ``anomaly``) to the parameters
+        of the device's tags, as :class:`~core.device_config.DeviceConfig` carries them; each kind
+        present replaces its core (``None``: no parameters, as the per-operator steps' swap reads
+        it), kinds absent keep theirs. The windows are the flow's, never a device's.
+        """
+
+        def pick(kind: str, current: Any, make: Any) -> Any:
+            return make(params[kind] or {}) if kind in params else current
+
+        return OperatorChain(
+            pick("normalize", self.normalizer, Normalizer),
+            pick("deadband", self.deadband, Deadband),
+            self.windows,
+            pick("anomaly", self.detector, AnomalyDetector),
+        )
 
     def initial_state(self) -> ChainState:
         return ChainState(self.deadband.initial_state())
@@ -154,6 +177,8 @@ class OperatorChain:
         if not len(b):
             return state, b, _NO_AGGS, self._empty(device), _NO_ALERTS
         state.window, aggs, late = self.windows.process(state.window, b, now_ns)
+        if not self._checks and state.anomaly is None:  # (a state left by swapped-out checks clears its flags)
+            return state, b, aggs, late, _NO_ALERTS
         state.anomaly, alerts = self.detector.process(state.anomaly, b)
         return state, b, aggs, late, alerts
 
