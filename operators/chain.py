@@ -177,7 +177,7 @@ class OperatorChain:
         if not len(b):
             return state, b, _NO_AGGS, self._empty(device), _NO_ALERTS
         state.window, aggs, late = self.windows.process(state.window, b, now_ns)
-        if not self._checks and state.anomaly is None:  # (a state left by swapped-out checks clears its flags)
+        if not self._checks and state.anomaly is None:  # (a state left by removed checks clears its flags)
             return state, b, aggs, late, _NO_ALERTS
         state.anomaly, alerts = self.detector.process(state.anomaly, b)
         return state, b, aggs, late, alerts

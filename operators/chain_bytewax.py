@@ -227,6 +227,7 @@ def operator_chain(
     up: KeyedStream[Item],
     chain: OperatorChain,
     clock: Callable[[], int] = time.time_ns,
+    *,
     start_version: int = 0,
     kinds: tuple[str, ...] = HOT_KINDS,
 ) -> ChainStreams:
@@ -258,6 +259,7 @@ def chain_to_sinks(
     step_id: str,
     up: KeyedStream[Item],
     chain: OperatorChain,
+    *,
     count_late: Callable[[int], None] | None = None,
     clock: Callable[[], int] = time.time_ns,
     start_version: int = 0,
