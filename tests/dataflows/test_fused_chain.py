@@ -78,14 +78,18 @@ def spec_doc(anomaly: bool = True) -> dict[str, Any]:
     }
 
 
-def changed_doc(anomaly: bool = True) -> dict[str, Any]:
-    """d1 after a hot change: a's scale, b's band and a's high limit change, c goes, e comes."""
+def changed_doc(anomaly: bool = True, alarms: bool = True) -> dict[str, Any]:
+    """d1 after a hot change: a's scale, b's band and a's high limit change, c goes, e comes;
+    without ``alarms`` every alarm of d1 goes."""
     doc = copy.deepcopy(spec_doc(anomaly))
     tags = doc["devices"][0]["tags"]
     tags[0]["scale"] = 0.2
     tags[0]["alarms"]["high"] = 70
     tags[1]["deadband"] = {"absolute": 3}
     tags[2] = {"name": "e", "table": "holding", "address": 3, "alarms": {"high": 5}}
+    if not alarms:
+        for t in tags:
+            t.pop("alarms")
     return doc
 
 
@@ -208,11 +212,11 @@ def test_other_runs_keep_their_steps(change: Any) -> None:
     assert fused_chain(parse_spec(doc)) is None
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), anomaly=st.booleans(), hot=st.booleans())
-def test_fused_flow_equals_the_per_operator_flow(seed: int, anomaly: bool, hot: bool) -> None:
+@settings(max_examples=16, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), anomaly=st.booleans(), hot=st.booleans(), alarms=st.booleans())
+def test_fused_flow_equals_the_per_operator_flow(seed: int, anomaly: bool, hot: bool, alarms: bool) -> None:
     spec = parse_spec(spec_doc(anomaly))
-    config = device_config_for(parse_spec(changed_doc(anomaly)), "d1", 2) if hot else None
+    config = device_config_for(parse_spec(changed_doc(anomaly, alarms)), "d1", 2) if hot else None
     items = polls(seed, 150, minute_ago(5), config)
     fused, separate = run(spec, items, True), run(spec, items, False)
     assert sum(len(b) for b in fused["uns"]) > 150 and fused["late"] > 0
