@@ -175,7 +175,7 @@ class ChainLogic(StatefulLogic[Item, Emitted, Snapshot]):
 
 
 def _stateful(
-    up: KeyedStream[Item],
+    up: KeyedStream[PointBatch] | KeyedStream[Item],
     chain: OperatorChain,
     clock: Callable[[], int],
     kinds: tuple[str, ...],
@@ -224,7 +224,7 @@ def _alerts(out: Emitted) -> Iterable[Alert | DeviceConfig]:
 @operator
 def operator_chain(
     step_id: str,
-    up: KeyedStream[Item],
+    up: KeyedStream[PointBatch],
     chain: OperatorChain,
     clock: Callable[[], int] = time.time_ns,
     *,
@@ -235,7 +235,8 @@ def operator_chain(
 
     ``clock`` returns ns since the epoch (injected for tests); ``start_version`` is the flow version
     the process started with and ``kinds`` what a config item swaps (see :class:`ChainLogic`). A
-    config item comes out on ``points``, ``aggs`` and ``alerts``, as the per-operator steps pass it on.
+    config item in ``up`` (typed as batches for the callers that send none) comes out on ``points``,
+    ``aggs`` and ``alerts``, as the per-operator steps pass it on.
     """
     out = _stateful(up, chain, clock, kinds, start_version)
     return ChainStreams(
