@@ -301,7 +301,7 @@ class OperatorChain:
         else:
             pf, pi = _NO_PF, _NO_PI
         checks = _rows(an.tag_ids, tags)
-        if np.any((checks < 0) & np.isin(tags, self._check_ids)):
+        if np.any((checks < 0) & (_rows(self._check_ids, tags) >= 0)):
             return None  # a tag whose checks have no state row yet: the detector's general path adds it
         rows = np.stack([pos, band.heartbeat_ns, checks, np.zeros_like(pos)])
         p = _Prepared(
