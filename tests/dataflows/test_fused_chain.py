@@ -18,6 +18,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.modbus.simulator import ModbusSimulator
+from control.hot import publish_device_configs
 from core.batch import PointBatch, tag_id_for
 from core.device_config import DeviceConfig
 from core.records import AggBatch, Alert
@@ -25,6 +27,9 @@ from dataflows import compiler
 from dataflows.compiler import DERIVED_STEP, Runtime, compile_flow, device_config_for, fused_chain
 from dataflows.spec import FlowSpec, parse_spec
 from dataflows.status import FlowStatus
+from tests.conftest import wait_for
+from tests.dataflows import test_hot_reload_e2e as e2e
+from tests.dataflows.test_hot_reload_e2e import flow_id, sims  # noqa: F401 - fixtures of the live test
 
 S = 10**9
 LOC = {"enterprise": "e", "site": "s", "area": "a", "line": "l"}
@@ -306,3 +311,49 @@ def test_the_fused_step_resumes_with_its_swapped_parameters(
         (x.tag_id, x.kind, x.state) for x in got2[DERIVED_STEP] if isinstance(x, Alert) and x.kind == "high"
     ]
     assert kinds == ([(a, "high", "raised")] if scale == 0.2 else [])
+
+
+@pytest.mark.integration
+def test_a_live_scale_change_reaches_the_fused_flow(
+    tmp_path: Path,
+    sims: tuple[ModbusSimulator, ModbusSimulator],  # noqa: F811 - the imported fixture
+    db: str,
+    mqtt_url: str,
+    flow_id: str,  # noqa: F811 - the imported fixture
+) -> None:
+    """End to end with the fused chain: real Modbus devices, broker and PostgreSQL, a running
+    ``bytewax.run`` process; a change published by ``control.hot`` switches the scale cleanly."""
+    s7, s8 = sims
+    spec = e2e.spec_for((s7.port, s8.port))
+    spec["operators"] += [
+        {"id": "window", "type": "window", "windows": ["1m"]},
+        {"id": "anomaly", "type": "anomaly"},
+    ]
+    assert fused_chain(parse_spec(spec)) is not None
+    watcher = e2e.Watcher(mqtt_url)
+    assert watcher.subscribed.wait(10)
+    flow = e2e.Flow(tmp_path, spec, db, mqtt_url, flow_id=flow_id, version=1)
+    try:
+        e2e.started(flow, watcher)
+        assert watcher.last("press-07", "temp") == pytest.approx(25.0)
+        section = copy.deepcopy(spec["devices"][0])
+        section["tags"][0]["scale"] = 1.0
+        publish_device_configs(mqtt_url, flow_id, 2, {"press-07": section})
+        wait_for(
+            lambda: watcher.last("press-07", "temp") == pytest.approx(250.0),
+            timeout=30,
+            what="new scale on UNS",
+        )
+        wait_for(
+            lambda: any(v == pytest.approx(250.0) for _, v in e2e.stored(db, "press-07", "temp")),
+            timeout=30,
+            what="new scale in the historian",
+        )
+        temps = watcher.values("press-07", "temp")
+        first_new = temps.index(pytest.approx(250.0))
+        assert e2e.rounded(temps[:first_new]) == {25.0} and e2e.rounded(temps[first_new:]) == {250.0}, temps
+        assert flow.alive() and watcher.last("tank-01", "level") is not None
+    finally:
+        watcher.close()
+        code = flow.stop()
+    assert code == 0, flow.output()
