@@ -6,6 +6,7 @@ they stay stable across edits and Bytewax recovery resumes the state of unchange
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ from operators.analytics_bytewax import calculated_tags, oee, swinging_door
 from operators.anomaly import AnomalyDetector, MlCheck, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
 from operators.bytewax_ops import HotNormalizer
+from operators.chain import OperatorChain
+from operators.chain_bytewax import HOT_KINDS, chain_to_sinks
 from operators.deadband import Deadband, DeadbandParams
 from operators.expressions import CalculatedTags
 from operators.normalize import NormalizeParams, Normalizer
@@ -800,12 +803,63 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
     return streams[0] if len(streams) == 1 else op.merge(f"{SOURCE_STEP}_merge", *streams)
 
 
+ChainRun = tuple[NormalizeNode, DeadbandNode, WindowNode, AnomalyNode | None]
+
+
+def fused_chain(spec: FlowSpec) -> ChainRun | None:
+    """The spec's operators when they are exactly normalize → deadband → window [→ anomaly] and
+    no sink reads the normalized points before the deadband; ``None`` otherwise.
+
+    Such a flow runs the four operators as one keyed stateful step
+    (:func:`operators.chain_bytewax.chain_to_sinks`) instead of one step each: the window and the
+    anomaly nodes tap the deadband's output, so every other sink input is the chain's points.
+    """
+    ops = spec.operators
+    kinds = [type(n) for n in ops]
+    if kinds[:3] != [NormalizeNode, DeadbandNode, WindowNode] or kinds[3:] not in ([], [AnomalyNode]):
+        return None
+    if any(s.input == ops[0].id for s in spec.sinks):
+        return None
+    anomaly = ops[3] if len(ops) == 4 else None
+    return ops[0], ops[1], ops[2], anomaly  # type: ignore[return-value]
+
+
+def _chain(spec: FlowSpec, run: ChainRun, cur: _Lazy, runtime: Runtime, derived: list[Stream[Any]]) -> _Lazy:
+    """The fused chain's step (see :func:`fused_chain`): its points go on to the sinks, its
+    aggregates, alerts and config items to ``derived``, its late points to the status count.
+
+    Its state is keyed under the normalize, deadband and window node ids and the window labels, so
+    adding or removing the anomaly node resumes the rest; a flow that was compiled step by step
+    before starts this step fresh. Without an anomaly node the chain's detector has no checks and
+    config items swap only normalize and deadband parameters, as the per-operator flow does.
+    """
+    norm, db, window, anomaly = run
+    chain = OperatorChain(
+        normalizer_for(spec),
+        deadband_for(spec),
+        _window_aggregator(window),
+        anomaly_detector_for(spec) if anomaly is not None else AnomalyDetector({}),
+    )
+    status = runtime.status
+    out = chain_to_sinks(
+        f"{norm.id}_{db.id}_{window.id}",
+        cur.keyed(),
+        chain,
+        count_late=None if status is None else functools.partial(status.count, "late_points"),
+        start_version=runtime.version,
+        kinds=HOT_KINDS if anomaly is not None else ("normalize", "deadband"),
+    )
+    derived.append(out.derived)
+    return _Lazy(out.points, keyed=False, name=db.id)
+
+
 def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     """Build the dataflow for ``spec``: source → operators in order → sinks.
 
     Operators either transform the points (normalize, calculate, deadband, swinging_door) or tap
     them (window, anomaly, oee: the points flow on unchanged, what they derive goes to the
-    ``derived`` sink, which publishes it on the UNS and stores it in the historian).
+    ``derived`` sink, which publishes it on the UNS and stores it in the historian). The common
+    run normalize → deadband → window [→ anomaly] is one step (:func:`fused_chain`).
     """
     flow = Dataflow(spec.id)
     cur = _Lazy(_sources(flow, spec, runtime), keyed=False, name=SOURCE_STEP)
@@ -815,36 +869,47 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     outputs: dict[str, _Lazy] = {}
     version = runtime.version
     derived: list[Stream[Any]] = []
-    for node in spec.operators:
-        if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
-            cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)
-        elif isinstance(node, DeadbandNode):
-            cur = _stateful(node.id, bytewax_ops.deadband(node.id, cur.keyed(), deadband_for(spec), version))
-        elif isinstance(node, CompressNode):
-            cur = _stateful(node.id, swinging_door(node.id, cur.keyed(), swinging_door_for(spec), version))
-        elif isinstance(node, CalculateNode):
-            cur = _stateful(node.id, calculated_tags(node.id, cur.keyed(), calculated_for(spec), version))
-        elif isinstance(node, WindowNode):
-            aggregator = _window_aggregator(node)
-            aggs, late = tumbling_aggregate(node.id, cur.keyed(), aggregator)
-            derived.append(op.map(f"{node.id}_out", aggs, _unkey))
-            if status is not None:
-                op.inspect(
-                    f"{node.id}_late_count", late, lambda _s, kv: status.count("late_points", len(kv[1]))
+    run = fused_chain(spec)
+    if run is not None:
+        cur = _chain(spec, run, cur, runtime, derived)
+        outputs = dict.fromkeys((n.id for n in spec.operators), cur)
+    else:
+        for node in spec.operators:
+            if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
+                cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)
+            elif isinstance(node, DeadbandNode):
+                cur = _stateful(
+                    node.id, bytewax_ops.deadband(node.id, cur.keyed(), deadband_for(spec), version)
                 )
-        elif isinstance(node, AnomalyNode):
-            derived.append(
-                op.map(
-                    f"{node.id}_out",
-                    detect_anomalies(node.id, cur.keyed(), anomaly_detector_for(spec), version),
-                    _unkey,
+            elif isinstance(node, CompressNode):
+                cur = _stateful(
+                    node.id, swinging_door(node.id, cur.keyed(), swinging_door_for(spec), version)
                 )
-            )
-        elif isinstance(node, OeeNode):
-            derived.append(
-                op.map(f"{node.id}_out", oee(node.id, cur.keyed(), oee_calculator_for(spec, node)), _unkey)
-            )
-        outputs[node.id] = cur
+            elif isinstance(node, CalculateNode):
+                cur = _stateful(node.id, calculated_tags(node.id, cur.keyed(), calculated_for(spec), version))
+            elif isinstance(node, WindowNode):
+                aggregator = _window_aggregator(node)
+                aggs, late = tumbling_aggregate(node.id, cur.keyed(), aggregator)
+                derived.append(op.map(f"{node.id}_out", aggs, _unkey))
+                if status is not None:
+                    op.inspect(
+                        f"{node.id}_late_count", late, lambda _s, kv: status.count("late_points", len(kv[1]))
+                    )
+            elif isinstance(node, AnomalyNode):
+                derived.append(
+                    op.map(
+                        f"{node.id}_out",
+                        detect_anomalies(node.id, cur.keyed(), anomaly_detector_for(spec), version),
+                        _unkey,
+                    )
+                )
+            elif isinstance(node, OeeNode):
+                derived.append(
+                    op.map(
+                        f"{node.id}_out", oee(node.id, cur.keyed(), oee_calculator_for(spec, node)), _unkey
+                    )
+                )
+            outputs[node.id] = cur
     for sink_node in spec.sinks:
         chosen = outputs[sink_node.input] if sink_node.input else cur
         op.output(sink_node.id, chosen.plain(), _build_sink(sink_node, spec, runtime))

@@ -529,12 +529,14 @@ class AnomalyDetector:
         return f"AnomalyDetector(checks=<{len(self.checks)} tags>)"
 
     def _params_for(self, tag_ids: npt.NDArray[np.int64]) -> tuple[_Params, bool]:
-        """Parameters aligned to ``tag_ids`` and whether all of them are configured."""
+        """Parameters aligned to ``tag_ids`` and whether all of them are configured (without any
+        checks, the empty parameters: a state left by checks a hot change removed is realigned)."""
         key = tag_ids.tobytes()
         hit = self._cache.get(key)
         if hit is None:
             idx, found = _lookup(self._params.tag_ids, tag_ids)
-            hit = (self._params.take(idx), bool(found.all()))
+            params = self._params.take(idx) if len(self._params.tag_ids) else self._params
+            hit = (params, bool(found.all()))
             if len(self._cache) >= 1024:
                 self._cache.clear()
             self._cache[key] = hit

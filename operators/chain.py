@@ -32,7 +32,9 @@ alerts and states (``tests/operators/test_chain.py`` checks it on random polls).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +56,9 @@ _MAX_POINTS = 1024
 checks (~350 bytes a point), which costs more than the per-call savings on a big (coalesced) batch."""
 _NO_ALERTS: list[Alert] = []
 _NO_AGGS: list[AggBatch] = []
+_NO_CHECKS = AnomalyState.empty()
+"""The compiled path's anomaly state of a device without checks (never written: no point has a row)."""
+_NO_PF, _NO_PI = np.empty((6, 0)), np.empty((3, 0), np.int64)
 _new_db_state = slot_constructor(DeadbandState)
 _new_acc = slot_constructor(Accumulators)
 _new_buckets = slot_constructor(WindowBuckets)
@@ -102,7 +107,8 @@ class OperatorChain:
 
     The four cores keep their settings and contracts; the chain only sequences them. What passes the
     deadband goes to the windows and the checks (an empty pass skips both, as the Bytewax adapters'
-    chain does: the deadband step drops empty batches). ``now_ns`` is the windows' clock.
+    chain does: the deadband step drops empty batches). ``now_ns`` is the windows' clock. A detector
+    without checks is skipped while the device has no anomaly state (it could raise nothing).
     """
 
     def __init__(
@@ -120,6 +126,8 @@ class OperatorChain:
 
     def _compile(self) -> None:
         self._one_window = len(self.windows.windows_s) == 1
+        self._checks = bool(self.detector.checks)
+        self._check_ids = np.array(sorted(self.detector.checks), np.int64)
         self._prepared: dict[str, _Prepared] = {}
         self._empty = EmptyBatches(_CACHE_MAX_DEVICES)
 
@@ -132,6 +140,25 @@ class OperatorChain:
 
     def __repr__(self) -> str:
         return f"OperatorChain({self.normalizer!r}, {self.deadband!r}, {self.windows!r}, {self.detector!r})"
+
+    def swapped(self, params: Mapping[str, Any]) -> OperatorChain:
+        """This chain with one device's parameters (a hot config change, see :mod:`operators.hot`).
+
+        ``params`` maps operator kinds (``normalize``, ``deadband``, ``anomaly``) to the parameters
+        of the device's tags, as :class:`~core.device_config.DeviceConfig` carries them; each kind
+        present replaces its core (``None``: no parameters, as the per-operator steps' swap reads
+        it), kinds absent keep theirs. The windows are the flow's, never a device's.
+        """
+
+        def pick(kind: str, current: Any, make: Any) -> Any:
+            return make(params[kind] or {}) if kind in params else current
+
+        return OperatorChain(
+            pick("normalize", self.normalizer, Normalizer),
+            pick("deadband", self.deadband, Deadband),
+            self.windows,
+            pick("anomaly", self.detector, AnomalyDetector),
+        )
 
     def initial_state(self) -> ChainState:
         return ChainState(self.deadband.initial_state())
@@ -154,20 +181,27 @@ class OperatorChain:
         if not len(b):
             return state, b, _NO_AGGS, self._empty(device), _NO_ALERTS
         state.window, aggs, late = self.windows.process(state.window, b, now_ns)
+        if not self._checks and state.anomaly is None:  # (a state left by removed checks clears its flags)
+            return state, b, aggs, late, _NO_ALERTS
         state.anomaly, alerts = self.detector.process(state.anomaly, b)
         return state, b, aggs, late, alerts
 
     def _process_fast(self, state: ChainState, batch: PointBatch, now_ns: int) -> ChainResult | None:
         """The common case in one compiled call, or ``None`` (nothing touched).
 
-        Needs a device that has state in all three stateful cores (its first poll goes one by one),
-        one window length with one open bucket, a batch of at most ``_MAX_POINTS`` points with
-        unique tags, and the batch in every core's common case (see each core's ``_process_fast``);
-        the kernel checks the rest.
+        Needs a device that has state in the windows and, with checks, in the detector (its first
+        poll goes one by one), one window length with one open bucket, a batch of at most
+        ``_MAX_POINTS`` points with unique tags, and the batch in every core's common case (see each
+        core's ``_process_fast``); the kernel checks the rest. Tags without a deadband or without
+        checks are common too: they pass the deadband unconditionally, and the checks skip them.
         """
         ws, an, db = state.window, state.anomaly, state.deadband
-        if ws is None or an is None or batch.text or not self._one_window:
+        if ws is None or batch.text or not self._one_window:
             return None
+        if an is None:
+            if self._checks:
+                return None  # the device's first checks make its state (the detector's general path)
+            an = _NO_CHECKS
         wb = ws.windows[0]
         if len(wb.open) != 1:
             return None
@@ -204,7 +238,8 @@ class OperatorChain:
         empty = p.empty
         if status == 0:  # nothing passed the deadband: no state changed
             return state, empty, _NO_AGGS, empty, _NO_ALERTS
-        state.deadband = _new_db_state(db_ids, sf[:n_db], si[:n_db], sq)
+        if n_db:  # (no tag with a deadband: its state stays empty)
+            state.deadband = _new_db_state(db_ids, sf[:n_db], si[:n_db], sq)
         if k == n:
             points = _new_batch(device, batch.ts_ns, tags, of[:n], oq if clamped else batch.quality, None)
         else:
@@ -252,15 +287,23 @@ class OperatorChain:
             return last
         norm = self.normalizer._align(device, tags)
         band = self.deadband._align(device, tags)
-        if not (norm.all_configured and band.all_configured and band.occurrence is None) or not len(db):
+        if not norm.all_configured or band.occurrence is not None:
             return None  # (``occurrence`` is set when a tag repeats: the kernel needs unique tags)
-        pos = np.searchsorted(db.tag_ids, tags)
-        if np.any(pos >= len(db)) or not np.array_equal(db.tag_ids[pos], tags):
+        pos = _rows(db.tag_ids, tags)
+        if np.any((pos < 0) & band.configured):
             return None  # a tag the deadband has not published yet: its general path adds it
-        fp = self.detector._fast_params(an.tag_ids)
-        if fp is None:
-            return None
-        rows = np.stack([pos, band.heartbeat_ns, _rows(an.tag_ids, tags), np.zeros_like(pos)])
+        pos[~band.configured] = -1
+        if len(an.tag_ids):
+            fp = self.detector._fast_params(an.tag_ids)
+            if fp is None:
+                return None
+            pf, pi = fp.pf, fp.pi
+        else:
+            pf, pi = _NO_PF, _NO_PI
+        checks = _rows(an.tag_ids, tags)
+        if np.any((checks < 0) & (_rows(self._check_ids, tags) >= 0)):
+            return None  # a tag whose checks have no state row yet: the detector's general path adds it
+        rows = np.stack([pos, band.heartbeat_ns, checks, np.zeros_like(pos)])
         p = _Prepared(
             tag_ids=tags,
             db_ids=db.tag_ids,
@@ -268,8 +311,8 @@ class OperatorChain:
             w_ids=None,
             pn=np.stack([norm.gain, norm.bias, norm.low, norm.high, band.band]).astype(np.float64),
             pk=rows.astype(np.int64),
-            pf=fp.pf,
-            pi=fp.pi,
+            pf=pf,
+            pi=pi,
             empty=self._empty(device),
         )
         if len(self._prepared) >= _CACHE_MAX_DEVICES:

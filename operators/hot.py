@@ -95,12 +95,13 @@ class HotCore(Generic[C]):
     """The core a keyed step uses for its device: the spec's, or one swapped in by a config item.
 
     ``kind`` names the item's parameters (``DeviceConfig.params[kind]``; absent means none for
-    this device); ``build`` makes a core from them.
+    this device); ``build`` makes a core from them. A tuple of kinds (a fused step standing for
+    several operators) gives ``build`` a dict of each kind's parameters (``None`` when absent).
     """
 
     __slots__ = ("build", "core", "kind", "params", "swapped", "version")
 
-    def __init__(self, core: C, kind: str, build: Callable[[Any], C]) -> None:
+    def __init__(self, core: C, kind: str | tuple[str, ...], build: Callable[[Any], C]) -> None:
         self.core = core
         self.kind = kind
         self.build = build
@@ -118,7 +119,11 @@ class HotCore(Generic[C]):
         return resume_state.state
 
     def swap(self, item: DeviceConfig) -> None:
-        self._use(item.version, item.params.get(self.kind))
+        kind = self.kind
+        if isinstance(kind, str):
+            self._use(item.version, item.params.get(kind))
+        else:
+            self._use(item.version, {k: item.params.get(k) for k in kind})
 
     def _use(self, version: int, params: Any) -> None:
         self.core = self.build(params)

@@ -511,8 +511,8 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     their allocations, copies and per-point searches).
 
     Row look-ups come precomputed per point (the caller caches them per device): ``pk`` rows are the
-    deadband state row, the heartbeat (ns), the anomaly state row and the open bucket's row (both
-    -1 when the tag has none); ``pn`` rows gain, bias, clamp low, clamp high, band. The batch's tag
+    deadband state row (-1: a tag without a deadband, always passed, no state), the heartbeat (ns),
+    the anomaly state row (-1: a tag without checks, skipped) and the open bucket's row (-1: none); ``pn`` rows gain, bias, clamp low, clamp high, band. The batch's tag
     ids must be unique (the caller checks it once per tag array). ``pf``/``pi`` and the state
     arrays are as in :func:`anomaly_fast`.
 
@@ -556,6 +556,10 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     k = 0
     for i in range(n):
         j = pk[0, i]
+        if j < 0:
+            sel[k] = i
+            k += 1
+            continue
         v = of[i]
         prev = db_value[j]
         if (
@@ -587,7 +591,7 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         i = sel[o]
         a = pk[2, i]
         if a < 0:
-            return -1, 0, 0, 0, 0, False
+            continue
         prev_ns = rate_ns[a]
         if prev_ns == _NO_TS:
             if rate_on[a] and np.isnan(pf[5, a]):
@@ -602,6 +606,8 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     for o in range(k):
         i = sel[o]
         j = pk[0, i]
+        if j < 0:
+            continue
         sf[j] = of[i]
         si[j] = ts[i]
         sq[j] = oq[i]
@@ -671,6 +677,8 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     for o in range(k):
         i = sel[o]
         a = pk[2, i]
+        if a < 0:
+            continue
         x = of[i]
         t = ts[i]
         high = pf[0, a]

@@ -102,6 +102,34 @@ def test_fused_chain_equals_the_cores_one_by_one(seed: int) -> None:
     assert sum(len(a) for o in got for a in o[1]) > 0
 
 
+def sparse_cores(checks: bool) -> tuple[Normalizer, Deadband, WindowAggregator, AnomalyDetector]:
+    """:func:`cores` with a third of the tags without a deadband, and half of them (or all) without checks."""
+    norm, db, win, det = cores()
+    return (
+        norm,
+        Deadband({t: p for t, p in db.params.items() if t % 3}),
+        win,
+        AnomalyDetector({t: c for t, c in det.checks.items() if t % 2} if checks else {}),
+    )
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_tags_without_deadband_or_checks_stay_on_the_compiled_path(seed: int, checks: bool) -> None:
+    """Such tags pass the deadband and skip the checks inside the compiled call, with the cores'
+    results; a detector without checks is skipped altogether (the chain keeps no anomaly state)."""
+    batches = polls(seed)
+    want, want_states = one_by_one(sparse_cores(checks), batches)
+    got, got_states, hits = fused(sparse_cores(checks), batches)
+    assert same_output(got, want)
+    if not checks:
+        assert all(s[2] is None for s in got_states.values())
+        want_states = {d: [*s[:2], None] for d, s in want_states.items()}
+    assert same_output(comparable(got_states), comparable(want_states))
+    assert hits > len(batches) // 3, hits
+    assert (sum(len(o[3]) for o in got) > 0) == checks
+
+
 def test_regular_polls_take_the_compiled_path_after_the_first() -> None:
     """Every poll of a regular device after its first (which makes the state) is one compiled call,
     the polls right after a minute boundary (tags new to the open bucket) included; only the poll

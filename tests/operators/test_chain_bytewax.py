@@ -10,10 +10,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from core.batch import PointBatch
+from core.device_config import DeviceConfig
+from core.tags import TagInfo
 from operators import bytewax_ops
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import OperatorChain
 from operators.chain_bytewax import ChainLogic, operator_chain
+from operators.deadband import DeadbandParams
+from operators.hot import Swapped
+from operators.normalize import NormalizeParams
+from operators.window import WindowAggregator
 from operators.window_bytewax import tumbling_aggregate
 from tests.operators.test_fast_paths import T0, S, cores, polls, same_output
 
@@ -65,3 +71,67 @@ def test_snapshot_resumes_the_same_chain() -> None:
     for b in batches[20:]:
         assert same_output(list(a.on_item(b)[0]), list(b_logic.on_item(b)[0]))
     assert same_output(a.on_eof()[0], b_logic.on_eof()[0])
+
+
+def _config(version: int, tags: list[int], params: dict[str, Any]) -> DeviceConfig:
+    infos = {t: TagInfo(t, "d0", f"t{t}", "", f"e/s/a/l/d0/t{t}") for t in tags}
+    return DeviceConfig("d0", version, infos, params)
+
+
+def test_a_config_item_swaps_the_device_and_keeps_the_state_of_tags_that_stay() -> None:
+    """Scale and limits swap for the device; its deadband, window and checks keep the rows of
+    the tags that stay and drop the others; the item comes out as is, and the snapshot carries the
+    swapped parameters (resumed only when newer than the version the process starts with)."""
+    chain = OperatorChain(*cores())
+    batches = [b for b in polls(2, n_polls=30) if b.device_id == "d0"]
+    logic = ChainLogic(chain, lambda: NOW, None)
+    for b in batches[:20]:
+        logic.on_item(b)
+    tags = sorted(logic.state.deadband.tag_ids.tolist())
+    keep = tags[: len(tags) // 2]
+    item = _config(
+        3,
+        keep,
+        {
+            "normalize": {t: NormalizeParams(scale=1.0) for t in keep},
+            "deadband": {t: DeadbandParams(absolute=1e9) for t in keep},  # nothing moves that far
+            "anomaly": {},
+        },
+    )
+    out, discard = logic.on_item(item)
+    assert list(out) == [item] and discard is False
+    assert logic.state.deadband.tag_ids.tolist() == keep
+    assert logic.state.anomaly is not None and set(logic.state.anomaly.tag_ids.tolist()) <= set(keep)
+    window = logic.state.window
+    assert window is not None
+    assert all(set(acc.tag_ids.tolist()) <= set(keep) for wb in window.windows for acc in wb.open)
+    assert logic.core is not chain and logic.core.detector.checks == {}
+    later = batches[20]
+    (res,), _ = logic.on_item(later)
+    points, _aggs, _late, alerts = res
+    assert alerts == []
+    # kept tags: within the swapped band of their kept value (nothing passes); the others are new
+    assert set(points.tag_ids.tolist()) == set(later.tag_ids.tolist()) - set(keep)
+    snap = logic.snapshot()
+    assert isinstance(snap, Swapped) and snap.version == 3
+    assert ChainLogic.resume(chain, lambda: NOW, snap, start_version=2).core.detector.checks == {}
+    assert ChainLogic.resume(chain, lambda: NOW, snap, start_version=3).core is chain
+
+
+def test_a_quiet_device_loses_its_window_state_only() -> None:
+    """When the windows expire a quiet device (nothing open, nothing for ``tag_ttl_s``), the step
+    keeps the key: its deadband and checks state and its swapped parameters stay."""
+    norm, db, _win, det = cores()
+    clock = [NOW]
+    chain = OperatorChain(norm, db, WindowAggregator([60.0], lateness_s=0.0, tag_ttl_s=10.0), det)
+    logic = ChainLogic(chain, lambda: clock[0], None)
+    batches = [b for b in polls(2, n_polls=10) if b.device_id == "d0"]
+    for b in batches[:5]:
+        logic.on_item(b)
+    logic.on_item(_config(2, logic.state.deadband.tag_ids.tolist(), {"deadband": {}}))
+    swapped, deadband = logic.core, logic.state.deadband
+    clock[0] += 10**15
+    _aggs, discard = logic.on_notify()  # closes the open buckets
+    _aggs, discard = logic.on_notify()  # then the windows expire
+    assert discard is False and logic.state.window is None
+    assert logic.core is swapped and logic.state.deadband is deadband and logic.notify_at() is None
