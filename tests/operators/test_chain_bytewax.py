@@ -13,8 +13,9 @@ from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.tags import TagInfo
 from operators import bytewax_ops
+from operators.anomaly import AnomalyDetector
 from operators.anomaly_bytewax import detect_anomalies
-from operators.chain import OperatorChain
+from operators.chain import ChainState, OperatorChain
 from operators.chain_bytewax import ChainLogic, operator_chain
 from operators.deadband import DeadbandParams
 from operators.hot import Swapped
@@ -135,3 +136,26 @@ def test_a_quiet_device_loses_its_window_state_only() -> None:
     _aggs, discard = logic.on_notify()  # then the windows expire
     assert discard is False and logic.state.window is None
     assert logic.core is swapped and logic.state.deadband is deadband and logic.notify_at() is None
+
+
+def test_a_chain_without_checks_snapshots_without_pickling_and_resumes_the_same() -> None:
+    """Without an anomaly part (changed in place) the snapshot is a new container around the same,
+    never-changed states: later polls do not reach into it, and a logic resumed from it (or from
+    its pickle, as Bytewax's recovery stores it) continues exactly as the original."""
+    norm, db, win, _det = cores()
+    chain = OperatorChain(norm, db, win, AnomalyDetector({}))
+    batches = [b for b in polls(4, n_polls=40) if b.device_id == "d0"]
+    a = ChainLogic(chain, lambda: NOW, None)
+    for b in batches[:20]:
+        a.on_item(b)
+    snap = a.snapshot()
+    assert isinstance(snap, ChainState) and snap is not a.state and snap.anomaly is None
+    deadband, window = snap.deadband, snap.window
+    resumed = ChainLogic.resume(chain, lambda: NOW, snap)
+    from_disk = ChainLogic.resume(chain, lambda: NOW, pickle.loads(pickle.dumps(snap)))
+    for b in batches[20:]:
+        want = list(a.on_item(b)[0])
+        assert same_output(want, list(resumed.on_item(b)[0]))
+        assert same_output(want, list(from_disk.on_item(b)[0]))
+    assert snap.deadband is deadband and snap.window is window  # the snapshot did not move on
+    assert a.state.deadband is not deadband
