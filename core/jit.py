@@ -14,7 +14,7 @@ from typing import Any
 
 from numba import njit
 
-__all__ = ["compiled"]
+__all__ = ["compiled", "inlined"]
 
 
 def compiled(fn: Callable[..., Any]) -> Any:
@@ -24,3 +24,9 @@ def compiled(fn: Callable[..., Any]) -> Any:
         return njit(cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return njit(nogil=True)(fn)
+
+
+def inlined(fn: Callable[..., Any]) -> Any:
+    """``fn`` for use inside compiled kernels only, inlined into each caller (numba's IR inlining): a
+    small helper called per element then costs no call, and its loops are optimised with the caller's."""
+    return njit(inline="always")(fn)

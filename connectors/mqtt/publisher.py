@@ -26,14 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from connectors.mqtt.batch_ack import BatchAckClient
 from connectors.mqtt.client import describe_connect_failure, make_client, unique_client_id
 from connectors.mqtt.config import MqttSinkConfig
+from connectors.mqtt.packing import PackTable, json_numbers, publishable
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
 from core.quality import QUALITY_NAMES
@@ -98,7 +97,7 @@ def pack_publish_qos0(
     for topic, payload in messages:
         t = topics.get(topic)
         if t is None:
-            if "+" in topic or "#" in topic or not topic:
+            if not publishable(topic):
                 raise ValueError(f"invalid topic for publishing: {topic!r}")
             raw = topic.encode()
             t = topics[topic] = len(raw).to_bytes(2, "big") + raw
@@ -132,7 +131,7 @@ def pack_publish_qos1(
     for (topic, payload), mid in zip(messages, mids, strict=True):
         t = topics.get(topic)
         if t is None:
-            if "+" in topic or "#" in topic or not topic:
+            if not publishable(topic):
                 raise ValueError(f"invalid topic for publishing: {topic!r}")
             raw = topic.encode()
             t = topics[topic] = len(raw).to_bytes(2, "big") + raw
@@ -226,29 +225,6 @@ def format_batch(
     return out, unknown
 
 
-_VARINT_STR: tuple[str, ...] = tuple(_varint(n).decode("latin-1") for n in range(1 << 14))
-"""MQTT remaining lengths below 16,384 (one or two bytes) as latin-1 text, for :func:`pack_batch_qos0`."""
-_STAMP_LEN = len("2023-11-14T22:13:20.000000Z")
-_QUALITY_LEN: tuple[int, ...] = tuple(len(q) for q in _QUALITY_JSON)
-
-
-def _packed_tags(tags: Mapping[int, TagInfo]) -> dict[int, tuple[str, str, int]]:
-    """Per tag, for :func:`pack_batch_qos0`: the PUBLISH topic field (2-byte length + UTF-8 topic) and
-    the payload tail (``"unit":...}``), both as latin-1 text (one char per byte), and the packet's
-    remaining length without the value and the quality. Tags whose topic cannot be published are
-    left out."""
-    out: dict[int, tuple[str, str, int]] = {}
-    for tid, t in tags.items():
-        if "+" in t.topic or "#" in t.topic or not t.topic:
-            continue  # not packable: its points take the general path, which refuses the topic
-        raw = t.topic.encode()
-        field = (len(raw).to_bytes(2, "big") + raw).decode("latin-1")
-        tail = f'"unit":{json.dumps(t.unit)}}}'
-        const = len(field) + len('{"value":,"timestamp":"",') + _STAMP_LEN + len(tail)
-        out[tid] = (field, tail, const)
-    return out
-
-
 def _stamps_and_values(batch: PointBatch) -> tuple[list[str], list[str]]:
     """The batch's timestamps (ISO 8601, microseconds, UTC) and JSON values (``null`` for NaN/inf,
     a JSON string for a text point), as text, one per point."""
@@ -269,63 +245,6 @@ def _stamps_and_values(batch: PointBatch) -> tuple[list[str], list[str]]:
             if 0 <= i < n:
                 vals[i] = json.dumps(text)
     return stamps, vals
-
-
-def json_numbers(values: npt.NDArray[np.float64]) -> list[str]:
-    """Each value as JSON text, exactly Python's ``repr`` of the float (``null`` for NaN and infinities).
-
-    orjson formats the whole array in one call, ~6x faster than a ``repr`` per value (the largest
-    part of formatting a poll's messages, see BENCHMARKS.md). Its shortest round-trip digits and its
-    notation equal ``repr`` except below 1e-4, where it writes ``0.00001`` and ``1.5e-7`` for
-    ``1e-05`` and ``1.5e-07``: those few go through ``repr``.
-
-    >>> json_numbers(np.array([21.5, 3354.2000000000003, 1e16, 1.5e-07, float("nan"), -0.0]))
-    ['21.5', '3354.2000000000003', '1e+16', '1.5e-07', 'null', '-0.0']
-    """
-    text = orjson.dumps(
-        np.ascontiguousarray(values, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY
-    ).decode()
-    parts = text[1:-1].split(",") if len(values) else []
-    if "e-" in text or "0.0000" in text:  # a value below 1e-4 (larger ones never print either)
-        parts = [repr(float(p)) if "e-" in p or "0.0000" in p else p for p in parts]
-    return parts
-
-
-def pack_batch_qos0(
-    batch: PointBatch, packed: Mapping[int, tuple[str, str, int]], retain: bool
-) -> tuple[bytes, int, list[int]]:
-    """The QoS 0 PUBLISH packets of a batch in one pass: ``(blob, messages, unknown tag ids)``.
-
-    The same packets as :func:`format_batch` + :func:`pack_publish_qos0` (tested), built as one
-    latin-1 string per batch — every part is ASCII (JSON escapes non-ASCII text) except the topic,
-    whose UTF-8 bytes are carried one char per byte — and encoded once.
-
-    >>> from core.tags import TagInfo
-    >>> tags = {7: TagInfo(7, "press-01", "temp", "degC", "acme/p1/a/l/press-01/temp")}
-    >>> b = PointBatch.from_values("press-01", [7, 8], [21.5, 1.0], ts_ns=1_700_000_000 * 10**9)
-    >>> blob, n, unknown = pack_batch_qos0(b, _packed_tags(tags), retain=False)
-    >>> unpack_publish_qos0(blob) == format_batch(b, _encode_tags(tags))[0], n, unknown
-    (True, 1, [8])
-    """
-    if len(batch) == 0:
-        return b"", 0, []
-    stamps, vals = _stamps_and_values(batch)
-    header = chr(_PUBLISH | (1 if retain else 0))
-    qualities = _QUALITY_JSON
-    qlen = _QUALITY_LEN
-    varints = _VARINT_STR
-    get = packed.get
-    parts: list[str] = []
-    unknown: list[int] = []
-    for tid, v, st, q in zip(batch.tag_ids.tolist(), vals, stamps, batch.quality.tolist(), strict=True):
-        tag = get(tid)
-        if tag is None:
-            unknown.append(tid)
-            continue
-        length = tag[2] + len(v) + qlen[q]
-        var = varints[length] if length < 16384 else _varint(length).decode("latin-1")
-        parts.append(f'{header}{var}{tag[0]}{{"value":{v},"timestamp":"{st}",{qualities[q]}{tag[1]}')
-    return "".join(parts).encode("latin-1"), len(parts), unknown
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -395,7 +314,7 @@ class UnsPublisher:
         self.config = config
         self.name = name
         self._encoded = _encode_tags(tags)
-        self._packed = _packed_tags(tags)
+        self._packed = PackTable().with_tags(tags)
         self._broker = config.broker
         self._where = f"{self._broker.host}:{self._broker.port}"
         lock = threading.RLock()
@@ -487,8 +406,8 @@ class UnsPublisher:
         """Learn (or relearn: topic, unit) the given tags; tags already known and not given stay
         known, so points of a removed tag still in flight are published."""
         encoded = {**self._encoded, **_encode_tags(tags)}
-        packed = {**self._packed, **_packed_tags(tags)}
-        # reference swaps: a concurrent publish sees the old or the new map (``_packed`` may be a
+        packed = self._packed.with_tags(tags)
+        # reference swaps: a concurrent publish sees the old or the new table (``_packed`` may be a
         # step behind ``_encoded`` for one batch: its new tags then take the general path)
         self._encoded = encoded
         self._packed = packed
@@ -691,10 +610,11 @@ class UnsPublisher:
         return self.publish_messages(messages)
 
     def _publish_batches_qos0(self, batches: Sequence[PointBatch]) -> int:
-        """QoS 0: each batch formatted and packed in one pass (:func:`pack_batch_qos0`), the packets of
+        """QoS 0: each batch's packets written by one compiled call (:class:`PackTable`), the packets of
         consecutive batches queued as one write; what cannot be handed over goes to the spool as whole
-        batches. A batch with a tag the one-pass packer does not know takes the general path (in order:
-        what was packed before it is handed over first)."""
+        batches. A batch the compiled packer leaves out (text points, a tag it does not know but the
+        general path does) takes the general path, in order: what was packed before it is handed over
+        first."""
         sent = 0
         blobs: list[bytes] = []
         kept: list[PointBatch] = []
@@ -709,14 +629,16 @@ class UnsPublisher:
             return 0
 
         encoded = self._encoded
+        table = self._packed
         for batch in batches:
-            blob, n, unknown = pack_batch_qos0(batch, self._packed, self.config.retain)
+            packed = table.pack(batch, self.config.retain)
+            if packed is None or (packed[2] and any(t in encoded for t in packed[2])):
+                sent += hand_over()
+                blobs, kept, count = [], [], 0
+                sent += self._publish_general(batch)
+                continue
+            blob, n, unknown = packed
             if unknown:
-                if any(t in encoded for t in unknown):
-                    sent += hand_over()
-                    blobs, kept, count = [], [], 0
-                    sent += self._publish_general(batch)
-                    continue
                 self._count_unknown(unknown, batch.device_id)
             if n:
                 blobs.append(blob)
