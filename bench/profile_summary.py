@@ -21,7 +21,7 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("client: pymodbus (incl. its socket I/O)", ("pymodbus/",)),
     ("MQTT client: paho (queueing, network thread)", ("paho/mqtt/",)),
-    ("UNS formatting + packing", ("pack_batch_qos0", "format_batch", "_stamps_and_values", "pack_publish")),
+    ("UNS formatting + packing", ("PackTable", "format_batch", "_stamps_and_values", "pack_publish")),
     ("decode + batch (Modbus client, codec)", ("ModbusDeviceClient", "ReadPlan", "codec.py", "PointBatch")),
     ("historian (writer, COPY)", ("connectors/historian/", "psycopg/")),
     ("spool", ("connectors/spool.py",)),
