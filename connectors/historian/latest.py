@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from core.idtable import slot_of
 from core.jit import compiled
 
 __all__ = [
@@ -55,10 +56,6 @@ upsert_latest_sql = (
 )
 
 
-_HASH = np.uint64(0x9E3779B97F4A7C15)
-"""Fibonacci hashing: a tag id times this, top bits, is its first slot."""
-
-
 def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled kernel
     used: npt.NDArray[np.bool_],
     keys: npt.NDArray[np.int64],
@@ -74,14 +71,10 @@ def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled k
     """Merge rows into the open-addressing table of ``2**bits`` slots (linear probing; at most half full, the caller
     sees to it); a tag's row is replaced by a row as new or newer (later rows win ties). Returns the
     number of tags that were not in the table."""
-    mask = np.uint64(len(keys) - 1)
-    shift = np.uint64(64 - bits)
     added = 0
     for i in range(len(tag_ids)):
         key = tag_ids[i]
-        slot = (np.uint64(key) * _HASH) >> shift
-        while used[slot] and keys[slot] != key:
-            slot = (slot + np.uint64(1)) & mask
+        slot = slot_of(used, keys, key, bits)
         if not used[slot]:
             used[slot] = True
             keys[slot] = key

@@ -34,14 +34,12 @@ import numpy.typing as npt
 import orjson
 
 from core.batch import PointBatch
+from core.idtable import slot_of
 from core.jit import compiled, inlined
 from core.quality import QUALITY_NAMES
 from core.tags import TagInfo
 
 __all__ = ["PackTable", "json_numbers", "publishable"]
-
-_HASH = np.uint64(0x9E3779B97F4A7C15)
-"""Fibonacci hashing: a tag id times this, top bits, is its first slot."""
 
 _QUALITY = [f'"quality":{json.dumps(name)},'.encode() for name in QUALITY_NAMES]
 _QUALITY_BUF = np.array(list(b"".join(_QUALITY)), np.uint8)
@@ -89,14 +87,10 @@ def _insert(  # noqa: PLR0917 - the table's columns, flat for the compiled kerne
 ) -> int:
     """Map each tag id to its row (a known id gets the new row; the table stays at most half full,
     the caller sees to it); returns how many ids were new."""
-    mask = np.uint64(len(keys) - 1)
-    shift = np.uint64(64 - bits)
     added = 0
     for i in range(len(tag_ids)):
         key = tag_ids[i]
-        slot = (np.uint64(key) * _HASH) >> shift
-        while used[slot] and keys[slot] != key:
-            slot = (slot + np.uint64(1)) & mask
+        slot = slot_of(used, keys, key, bits)
         if not used[slot]:
             used[slot] = True
             keys[slot] = key
@@ -183,8 +177,6 @@ def _pack(  # noqa: PLR0917 - one pass over a batch's flat columns
     each point's row and value and sizes the output; pass 2 writes it, in four copies a point.
     """
     n = len(tag_ids)
-    mask = np.uint64(len(keys) - 1)
-    shift = np.uint64(64 - bits)
     row_of = np.empty(n, np.int64)
     v_at = np.empty(n + 1, np.int64)
     unknown = np.empty(n, np.int64)
@@ -207,9 +199,7 @@ def _pack(  # noqa: PLR0917 - one pass over a batch's flat columns
             return np.empty(0, np.uint8), -2, unknown, 0
         pos += 1
         key = tag_ids[i]
-        slot = (np.uint64(key) * _HASH) >> shift
-        while used[slot] and keys[slot] != key:
-            slot = (slot + np.uint64(1)) & mask
+        slot = slot_of(used, keys, key, bits)
         if not used[slot]:
             row_of[i] = -1
             unknown[n_unknown] = key
