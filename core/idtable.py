@@ -3,17 +3,15 @@
 A table is two arrays of ``2**bits`` slots, ``used`` (bool) and ``keys`` (int64), kept at most half
 full by its owner, plus whatever value columns the owner indexes by slot (the historian's newest
 row per tag, the UNS packer's byte offsets per tag). :func:`slot_of` finds a key's slot: Fibonacci
-hashing for the first slot, then linear probing.
+hashing for the first slot, then linear probing; :func:`claim` also takes it for a new key.
 
 >>> from core.jit import compiled
 >>> def put(used, keys, key, bits):
-...     slot = slot_of(used, keys, key, bits)
-...     used[slot], keys[slot] = True, key
-...     return slot
+...     return claim(used, keys, key, bits)
 >>> used, keys = np.zeros(8, np.bool_), np.zeros(8, np.int64)
->>> a, b = compiled(put)(used, keys, 42, 3), compiled(put)(used, keys, 42, 3)
->>> bool(a == b), int(used.sum())
-(True, 1)
+>>> (a, new_a), (b, new_b) = compiled(put)(used, keys, 42, 3), compiled(put)(used, keys, 42, 3)
+>>> bool(a == b), new_a, new_b, int(used.sum())
+(True, True, False, 1)
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import numpy.typing as npt
 
 from core.jit import inlined
 
-__all__ = ["slot_of"]
+__all__ = ["claim", "slot_of"]
 
 _HASH = np.uint64(0x9E3779B97F4A7C15)
 """Fibonacci hashing: an id times this, top ``bits`` bits, is its first slot."""
@@ -39,3 +37,18 @@ def _slot_of(used: npt.NDArray[np.bool_], keys: npt.NDArray[np.int64], key: int,
 
 
 slot_of = inlined(_slot_of)
+
+
+def _claim(
+    used: npt.NDArray[np.bool_], keys: npt.NDArray[np.int64], key: int, bits: int
+) -> tuple[np.uint64, bool]:
+    """``key``'s slot, taken for it when it was free: ``(slot, whether the key is new)``."""
+    slot = slot_of(used, keys, key, bits)
+    if used[slot]:
+        return slot, False
+    used[slot] = True
+    keys[slot] = key
+    return slot, True
+
+
+claim = inlined(_claim)

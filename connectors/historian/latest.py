@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from core.idtable import slot_of
+from core.idtable import claim
 from core.jit import compiled
 
 __all__ = [
@@ -73,11 +73,8 @@ def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled k
     number of tags that were not in the table."""
     added = 0
     for i in range(len(tag_ids)):
-        key = tag_ids[i]
-        slot = slot_of(used, keys, key, bits)
-        if not used[slot]:
-            used[slot] = True
-            keys[slot] = key
+        slot, new = claim(used, keys, tag_ids[i], bits)
+        if new:
             added += 1
         elif time_us[i] < t[slot]:
             continue

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import orjson
 
 from core.batch import PointBatch
-from core.idtable import slot_of
+from core.idtable import claim, slot_of
 from core.jit import compiled, inlined
 from core.quality import QUALITY_NAMES
 from core.tags import TagInfo
@@ -91,12 +91,8 @@ def _insert(  # noqa: PLR0917 - the table's columns, flat for the compiled kerne
     the caller sees to it); returns how many ids were new."""
     added = 0
     for i in range(len(tag_ids)):
-        key = tag_ids[i]
-        slot = slot_of(used, keys, key, bits)
-        if not used[slot]:
-            used[slot] = True
-            keys[slot] = key
-            added += 1
+        slot, new = claim(used, keys, tag_ids[i], bits)
+        added += new
         rows[slot] = new_rows[i]
     return added
 
