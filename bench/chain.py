@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -24,11 +24,12 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from bench.load import Load
 from core.batch import PointBatch
+from core.records import AggBatch
 from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import OperatorChain
-from operators.chain_bytewax import operator_chain
+from operators.chain_bytewax import Item, chain_to_sinks
 from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
@@ -141,13 +142,14 @@ class Chain:
     def build_flow(self, flow: Dataflow, batches: Stream[PointBatch], sink: DynamicSink[Any]) -> None:
         """The same chain with the project's Bytewax adapters; every output goes to ``sink``.
 
-        Fused: one keyed stateful step for the whole chain (:func:`operators.chain_bytewax.operator_chain`);
-        else four (normalize is a map before the key)."""
+        Fused: one keyed stateful step for the whole chain and two un-keyed output steps, as compiled
+        flows run it (:func:`operators.chain_bytewax.chain_to_sinks`); else four (normalize is a map
+        before the key)."""
         if self.fused:
-            out = operator_chain("chain", op.key_on("key", batches, _device), self.operator_chain)
+            items = cast("Stream[Item]", batches)  # (a stream of batches is one of items)
+            out = chain_to_sinks("chain", op.key_on("key", items, _device), self.operator_chain)
             op.output("out_points", out.points, sink)
-            op.output("out_aggs", out.aggs, sink)
-            op.output("out_alerts", out.alerts, sink)
+            op.output("out_derived", out.derived, sink)
             return
         s = bytewax_ops.normalize("normalize", batches, self.normalizer)
         keyed = op.key_on("key", s, _device)
@@ -159,8 +161,8 @@ class Chain:
         op.output("out_alerts", alerts, sink)
 
 
-def _device(batch: PointBatch) -> str:
-    return batch.device_id
+def _device(item: Item) -> str:
+    return item.device_id
 
 
 class CountingSink(DynamicSink[Any]):
@@ -184,11 +186,19 @@ class _CountingPart(StatelessSinkPartition[Any]):
         self.kind = step_id.rsplit("out_", 1)[-1]
 
     def write_batch(self, items: list[Any]) -> None:
-        n = 0
-        for item in items:
-            value = item[1] if isinstance(item, tuple) else item
-            n += len(value) if hasattr(value, "__len__") else 1
-        self.owner.counts[self.kind] = self.owner.counts.get(self.kind, 0) + n
+        counts = self.owner.counts
+        if self.kind == "derived":  # aggregates and alerts in one stream (the compiled flows' shape)
+            for item in items:
+                if isinstance(item, AggBatch):
+                    counts["aggregates"] = counts.get("aggregates", 0) + len(item)
+                else:
+                    counts["alerts"] = counts.get("alerts", 0) + 1
+        else:
+            n = 0
+            for item in items:
+                value = item[1] if isinstance(item, tuple) else item
+                n += len(value) if hasattr(value, "__len__") else 1
+            counts[self.kind] = counts.get(self.kind, 0) + n
         now = time.time()
         if self.owner.first is None:
             self.owner.first = now
