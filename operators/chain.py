@@ -250,6 +250,7 @@ class OperatorChain:
         else:
             ids = si[f0 + 3 * r : f0 + 3 * r + size]
             first_ts, first = si[f0 + r : f0 + r + size], sf[f0 + 3 * r : f0 + 3 * r + size]
+            p.w_ids = ids  # the kernel aligned ``p.pk``'s bucket rows to the grown bucket
         new_acc = _new_acc(
             acc.bucket_ns, ids, si[f0 : f0 + size], sf[f0 : f0 + size], sf[f0 + r : f0 + r + size],
             sf[f0 + 2 * r : f0 + 2 * r + size], first_ts, first,

@@ -512,9 +512,12 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
 
     Row look-ups come precomputed per point (the caller caches them per device): ``pk`` rows are the
     deadband state row (-1: a tag without a deadband, always passed, no state), the heartbeat (ns),
-    the anomaly state row (-1: a tag without checks, skipped) and the open bucket's row (-1: none); ``pn`` rows gain, bias, clamp low, clamp high, band. The batch's tag
-    ids must be unique (the caller checks it once per tag array). ``pf``/``pi`` and the state
-    arrays are as in :func:`anomaly_fast`.
+    the anomaly state row (-1: a tag without checks, skipped) and the open bucket's row (-1: none);
+    ``pn`` rows gain, bias, clamp low, clamp high, band. The batch's tag ids must be unique (the
+    caller checks it once per tag array). ``pf``/``pi`` and the state arrays are as in
+    :func:`anomaly_fast`. When tags are new to the bucket (``size > n_acc``), ``pk``'s bucket rows
+    are rewritten to the grown bucket's (the one argument written besides the buffers and the
+    anomaly state), so the caller's next poll needs no new search.
 
     Results go into buffers the caller allocates (numba boxes each returned array for ~0.5-0.8 µs, a
     slice costs ~0.1): with ``r = n_acc + n`` (``n_acc`` the bucket's rows, ``n`` the points), ``sf``
@@ -618,8 +621,9 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
     f0 = n_db
     i0 = n_db
     out_row = np.arange(m)  # bucket row -> output row
+    fresh = np.empty(n_new, np.int64)  # the new tags' points, by tag id
+    fresh_row = np.empty(n_new, np.int64)  # ... and their output rows
     if n_new:
-        fresh = np.empty(n_new, np.int64)  # the new tags' points, by tag id
         j = 0
         for o in range(k):
             if pk[3, sel[o]] < 0:
@@ -635,6 +639,7 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
                 a += 1
             else:
                 i = fresh[j]
+                fresh_row[j] = r
                 x = of[i]
                 si[i0 + 3 * w + r] = tags[i]
                 si[i0 + r] = 1
@@ -672,6 +677,13 @@ def chain_step(  # noqa: PLR0917 - one flat call: numba unboxes each argument
         si[i0 + 2 * w + r] = ts[i]
         sf[f0 + 4 * w + r] = x
         sf[f0 + 5 * w + r] += last[b] * (ts[i] - last_ts[b])
+    if n_new:  # the points' rows in the grown bucket, for the caller's next poll (no new search)
+        for i in range(n):
+            b = pk[3, i]
+            if b >= 0:
+                pk[3, i] = out_row[b]
+        for j in range(n_new):
+            pk[3, fresh[j]] = fresh_row[j]
     # checks, in place; each flip as a row of oi (7, from 2n) and of (3, from n)
     f = 0
     for o in range(k):
