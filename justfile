@@ -62,11 +62,11 @@ schema:
 
 # benchmark: real PostgreSQL, broker, simulators and dataflow, historian queries on 50 M rows, the CPU per point at 10/100/500 devices (cost), the 1/2-process cluster and a short 100 ms ramp on 1 and 2 processes; table + bench-results/<time>.json (~30 minutes)
 bench *ARGS:
-    {{python}} -m bench --devices 200 --tags 100 --interval 1 --duration 30 --stages micro,sinks,sparkplug,modbus,e2e,cost,ramp,cluster,query --ramp-devices 50,100,150,200 --ramp-processes 1,2 --ramp-warmup 5 --ramp-seconds 8 --ramp-budget 120 {{ARGS}}
+    {{python}} -m bench --devices 200 --tags 100 --interval 1 --duration 30 --stages micro,sinks,sparkplug,modbus,e2e,cost,ramp,cluster,query --ramp-devices 50,100,150,200 --ramp-processes 1,2 --ramp-warmup 5 --ramp-seconds 8 --ramp-budget 120 --cluster-repeats 3 {{ARGS}}
 
 # the longer benchmark: 500 devices x 100 tags at 1 s for 2 minutes, larger baselines, the 100 ms ramp and the 100,000-tag memory stage
 bench-full *ARGS:
-    {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 3000000 --cluster-repeats 3 --ramp-processes 1,2 --stages micro,sinks,modbus,e2e,ramp,memory,cluster {{ARGS}}
+    {{python}} -m bench --devices 500 --tags 100 --interval 1 --duration 120 --warmup 15 --baseline-rows 1000000 --baseline-messages 300000 --micro-points 3000000 --cluster-points 8000000 --cluster-repeats 3 --ramp-processes 1,2 --stages micro,sinks,modbus,e2e,ramp,memory,cluster {{ARGS}}
 
 # fault injection: broker/database/flow/spool-volume/device faults at 20,000 points/s, QoS 1; per-scenario figures (about 25 minutes)
 chaos *ARGS:

@@ -36,6 +36,7 @@ from dataflows.compiler import Runtime, compile_flow, writable_tags
 from dataflows.hot import ENV_FLOW_ID, ConfigListener, start_version
 from dataflows.spec import DEMO_SPEC, FlowSpec, SpecError, load_spec
 from dataflows.status import FlowStatus
+from dataflows.warm import warm_kernels
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ GC_FREEZE_AFTER_S = 5.0
 
 
 def tune_interpreter() -> None:
-    """Process settings for a flow: the GIL is handed over every ``NEXUS_SWITCH_INTERVAL_S``
+    """Process settings for a flow, before its workers start: the compiled kernels are made ready
+    (:func:`dataflows.warm.warm_kernels`: compiled or loaded from numba's cache now, not on the worker
+    thread while devices are polled); the GIL is handed over every ``NEXUS_SWITCH_INTERVAL_S``
     (default 1 ms, Python's is 5 ms) so the shared poll loop, the sinks' network threads and the
     worker take turns quickly; the C allocator gives large buffers back to the system
     (:func:`core.memory.tune_malloc`); and the heap is frozen out of the garbage collector's passes
@@ -127,6 +130,7 @@ def tune_interpreter() -> None:
     so the process's devices skipped polls — and not one object freed by any collection: the flow
     makes no garbage cycles in its steady state, its objects die by reference counting.
     """
+    warm_kernels()
     tune_malloc()
     sys.setswitchinterval(_env_seconds("NEXUS_SWITCH_INTERVAL_S", SWITCH_INTERVAL_S))
     freeze_heap()
