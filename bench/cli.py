@@ -162,7 +162,9 @@ def stage_micro(load: Load, points: int) -> dict[str, Any]:
     from bytewax.testing import TestingSource, run_main
 
     from bench.chain import CountingSink
+    from dataflows.warm import warm_kernels
 
+    warm_kernels()  # compiling on a fresh checkout is not the chain's speed
     devices = max(1, min(load.devices, 200))
     mload = Load(devices=devices, tags=load.tags, change_rate=load.change_rate)
     polls = max(2, points // (devices * load.tags))
