@@ -26,7 +26,6 @@ import numpy as np
 from connectors.historian.latest import LatestRows
 from connectors.mqtt.packing import PackTable
 from core.batch import PointBatch
-from core.quality import Quality
 from core.tags import TagInfo
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.chain import OperatorChain
@@ -55,7 +54,7 @@ def warm_kernels() -> float:
 
 def _chain() -> None:
     """The four cores through the chain: a device's first poll (each core's own kernel), its next
-    polls (the fused kernel, tags joining the open bucket) and a minute's close (the general path)."""
+    polls (the fused kernel) and a minute's close (the cores one by one again)."""
     chain = OperatorChain(
         Normalizer({t: NormalizeParams(scale=0.5, clamp_low=0.0, clamp_high=1e6) for t in _TAGS}),
         Deadband({t: DeadbandParams(absolute=0.1) for t in _TAGS}),
@@ -76,8 +75,7 @@ def _chain() -> None:
     state = None
     for k, row in enumerate([(10.0, 200.0, 7.0), (11.0, 0.0, 7.0), (40.0, 150.0, 7.0), (41.0, 2.0, 9.0)]):
         ts = t0 + k * _S
-        quality = np.full(len(ids), Quality.GOOD, np.uint8)
-        poll = PointBatch.from_values("warm", ids, np.array(row), ts_ns=ts, quality=quality)
+        poll = PointBatch.from_values("warm", ids, np.array(row), ts_ns=ts)
         state, *_ = chain.process(state, poll, now_ns=ts)
 
 
