@@ -439,6 +439,7 @@ def stage_e2e(
         "NEXUS_MQTT_URL": mqtt_url,
         "NEXUS_BENCH_STATS": str(stats),
         "NEXUS_LOG_LEVEL": "WARNING",
+        "NEXUS_DATA_DIR": str(work / "data-e2e"),  # the run's own spools: none left over from another
     }
     procs = start_flow("bench.flow:flow", env, load.processes, work)
     for i, p in enumerate(procs):
@@ -558,6 +559,7 @@ def _flow_env(load: Load, ports: list[int], folder: Path, pg_url: str, mqtt_url:
         "NEXUS_MQTT_URL": mqtt_url,
         "NEXUS_BENCH_STATS": str(folder / "stats"),
         "NEXUS_LOG_LEVEL": "WARNING",
+        "NEXUS_DATA_DIR": str(folder / "data"),
     }
 
 
