@@ -36,6 +36,7 @@ from core.batch import ns_to_datetime
 from core.device_config import DeviceConfig
 from core.records import AggBatch, Alert, OeeResult
 from core.tags import TagInfo
+from core.timerslack import restore_thread
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,7 @@ class DerivedSink(DynamicSink[Derived]):
         self.targets = targets
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DerivedPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         targets = self.targets
         if targets.spool_dir is not None:
             targets = replace(targets, spool_dir=f"{targets.spool_dir}/w{worker_index}")

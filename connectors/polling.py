@@ -74,6 +74,7 @@ from connectors.nap import WorkerNap, env_milliseconds, max_wait_from_env, worke
 from connectors.resilience import SKIPPED_POLLS
 from core.batch import PointBatch
 from core.quality import Quality
+from core.timerslack import restore_thread
 
 log = logging.getLogger(__name__)
 
@@ -997,6 +998,7 @@ class PollingSource(FixedPartitionedSource[PointBatch, None]):
         return {key: self._build(key, group) for key in for_parts}
 
     def _build(self, for_part: str, group: PollGroup | None) -> PollingPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         device = self._devices[for_part]
         if self._loop_thread is None:
             self._loop_thread = _LoopThread(f"{self.protocol}:poll-loop")

@@ -11,6 +11,7 @@ from connectors.historian.writer import HistorianWriter
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.tags import TagInfo
+from core.timerslack import restore_thread
 
 __all__ = ["HistorianSink"]
 
@@ -42,6 +43,7 @@ class HistorianSink(DynamicSink[PointBatch | DeviceConfig]):
         self.tags = dict(tags)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistorianPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         config = self.config
         if config.spool_dir is not None:  # each worker its own spool, found again after a restart
             config = config.model_copy(update={"spool_dir": f"{config.spool_dir}/w{worker_index}"})

@@ -15,6 +15,7 @@ from connectors.mqtt.publisher import UnsPublisher
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.tags import TagInfo
+from core.timerslack import restore_thread
 
 __all__ = ["UnsSink"]
 
@@ -48,6 +49,7 @@ class UnsSink(DynamicSink[PointBatch | DeviceConfig]):
         self.tags = dict(tags)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _UnsPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         config = self.config
         if config.client_id is not None and worker_count > 1:
             config = config.model_copy(update={"client_id": f"{config.client_id}-{worker_index}"})

@@ -82,6 +82,7 @@ from connectors.polling import ConfigRegistry, DeviceChange
 from connectors.spool import Spool, batches_from, encode_batch
 from core.batch import PointBatch, tag_id_for
 from core.quality import QUALITY_DTYPE, QUALITY_NAMES, Quality
+from core.timerslack import restore_thread
 from core.timestamps import TimestampWindow, count_replaced
 
 __all__ = [
@@ -823,6 +824,7 @@ class MqttSource(FixedPartitionedSource[PointBatch, int | None]):
         return list(self._devices)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _MqttPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         subs = self._devices[for_part]
         device = subs[0].device_id
         folder = None if self.spool_dir is None else f"{self.spool_dir}/{device}"

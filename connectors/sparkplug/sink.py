@@ -9,6 +9,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.sparkplug.config import EdgeNodePlan
 from connectors.sparkplug.edge_node import CommandSubmitter, SparkplugEdgeNode
 from core.batch import PointBatch
+from core.timerslack import restore_thread
 
 __all__ = ["SparkplugSink"]
 
@@ -39,6 +40,7 @@ class SparkplugSink(DynamicSink[PointBatch]):
         self.commands = commands
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SparkplugPartition:
+        restore_thread()  # (a worker thread of a cluster: see core.timerslack)
         plan = self.plan
         if worker_count > 1:
             plan = replace(plan, edge_node_id=f"{plan.edge_node_id}-{worker_index}", birth_all_devices=False)
