@@ -176,6 +176,15 @@ def stage_micro(load: Load, points: int) -> dict[str, Any]:
     chain = Chain.for_load(mload)
     r: ChainResult = chain.run_cores(batches)
     out["cores"] = {**r.__dict__, "points_per_s": round(r.points_per_s)}
+    # the same-run baseline: the four cores one by one on the same batches (each core with its own
+    # compiled fast path), so runs on a faster or a slower box compare as ratios
+    chain = Chain.for_load(mload)
+    chain.fused = False
+    chain.run_cores(batches[: devices * 2])
+    chain = Chain.for_load(mload)
+    chain.fused = False
+    ru: ChainResult = chain.run_cores(batches)
+    out["cores_one_by_one"] = {**ru.__dict__, "points_per_s": round(ru.points_per_s)}
     # the same chain once every device has state (its first two polls done): what a running
     # process sustains; the difference to "cores" is the one-time cost of new devices' state
     chain = Chain.for_load(mload)
@@ -889,6 +898,11 @@ def table(r: dict[str, Any]) -> str:
     m = r.get("micro")
     if m:
         add("operator chain, cores (pts/s)", m["cores"]["points_per_s"], 2_000_000)
+        if "cores_one_by_one" in m:
+            one = m["cores_one_by_one"]["points_per_s"]
+            add("operator chain, cores one by one (pts/s)", one)
+            add("operator chain, cores vs one by one, same run", m["cores"]["points_per_s"], one)
+            add("operator chain, bytewax vs cores one by one", m["bytewax"]["points_per_s"], one)
         if "cores_warm" in m:
             add(
                 "operator chain, cores, devices' state warm (pts/s)",

@@ -38,6 +38,11 @@ def test_harness_with_a_tiny_load(tmp_path: Path) -> None:
 
     assert {"date", "machine", "load", "micro", "sinks", "modbus", "e2e", "cluster"} <= r.keys()
     assert r["micro"]["cores"]["points_in"] > 0 and r["micro"]["bytewax"]["points_in"] > 0
+    one = r["micro"]["cores_one_by_one"]  # the same-run baseline: the same points, the same results
+    assert one["points_in"] == r["micro"]["cores"]["points_in"]
+    assert (one["points_out"], one["aggregates"], one["alerts"]) == tuple(
+        r["micro"]["cores"][k] for k in ("points_out", "aggregates", "alerts")
+    )
     sinks = r["sinks"]
     for key in ("copy_baseline", "paho_baseline_qos0", "paho_baseline_qos1", "uns_publisher_qos0"):
         assert sinks[key]["count"] > 0, key
