@@ -9,10 +9,11 @@ a thousand GIL hand-overs a second that the poll loop and the worker wait on.
 Linux lets a thread's timed sleeps end late by up to its *timer slack* (``prctl(PR_SET_TIMERSLACK)``,
 50 us by default), and a thread inherits its creator's slack. :func:`relax_main_thread` gives the
 main thread a slack of :data:`MAIN_SLACK_NS` just before Bytewax takes it over, so its 1 ms sleeps
-last ~1 + 50 ms (~20 wake-ups a second); a signal is then handled within ~50 ms (a drain's start,
-not its flush). The worker threads Bytewax creates from it inherit that slack, so every worker gives
-itself the usual slack back when it builds its steps (:func:`restore_thread`, called by the sources'
-and sinks' ``build``) — before it starts threads of its own, which inherit from it.
+last up to ~51 ms (measured: ~25 wake-ups a second); a signal is then handled within ~50 ms (a
+drain's start, not its flush). The worker threads Bytewax creates from it inherit that slack, so
+every worker gives itself the usual slack back when it builds its steps (:func:`restore_thread`,
+called by the sources' and sinks' ``build``) — before it starts threads of its own, which inherit
+from it.
 
 Only Linux has the call; elsewhere both functions do nothing.
 """
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MAIN_SLACK_NS", "in_cluster", "relax_main_thread", "restore_thread", "thread_slack_ns"]
 
 MAIN_SLACK_NS = 50_000_000
-"""The main thread's slack in a cluster: 50 ms (its wake-ups drop from ~1,000 to ~20 a second)."""
+"""The main thread's slack in a cluster: 50 ms (its wake-ups drop from ~945 to ~25 a second)."""
 _PR_SET_TIMERSLACK = 29
 _PR_GET_TIMERSLACK = 30
 
