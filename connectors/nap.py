@@ -267,6 +267,15 @@ def set_worker_count(count: int, items_from_peers: bool = True) -> None:
         nap.alone = alone
 
 
+def forget_worker_count() -> None:
+    """The calling worker thread's flow ended (its source closed): the count it said no longer holds
+    for the thread's next flow, which says its own (:func:`set_worker_count`)."""
+    _alone.pop(threading.get_ident(), None)
+    nap = _naps.get(threading.get_ident())
+    if nap is not None:
+        nap.alone = False
+
+
 def announce_due(owner: object, at: datetime | None) -> None:
     """A step of the calling worker thread must run at ``at`` (its ``notify_at``; ``None``: no
     timer): the worker's nap ends by then. Operators call it through :mod:`core.wakeups`; nothing

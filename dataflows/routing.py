@@ -48,7 +48,7 @@ from bytewax.inputs import (
 )
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.nap import set_worker_count
+from connectors.nap import forget_worker_count, set_worker_count
 from core.timerslack import restore_thread
 
 X = TypeVar("X")
@@ -244,3 +244,4 @@ class _LocalParts(StatelessSourcePartition[X], Generic[X]):
             part.close()
         self._live.clear()
         self._heap.clear()
+        forget_worker_count()  # (set by the source's build on this thread)

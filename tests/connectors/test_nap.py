@@ -14,6 +14,7 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
@@ -29,6 +30,7 @@ from connectors.polling import schedule_offset
 from core import wakeups
 from core.batch import PointBatch, tag_id_for
 from core.records import AggBatch
+from dataflows.routing import WorkerLocalSource, worker_local_input
 from operators.window import WindowAggregator
 from operators.window_bytewax import tumbling_aggregate
 
@@ -209,8 +211,6 @@ def _nap_of(thread: threading.Thread) -> WorkerNap | None:
 def test_a_device_source_naps_through_worker_local_routing() -> None:
     """Wrapped in :class:`~dataflows.routing.WorkerLocalSource` (its partitions driven as one), an
     idle device's partition still becomes the sleeper and the flow still drains on its stop event."""
-    from dataflows.routing import WorkerLocalSource
-
     temp = ModbusTagAddress(table="holding", address=0, data_type="int16")
     plan = ModbusDevicePlan("idle", ModbusConnection(host="127.0.0.1", port=1), 3600.0, ((1, temp),))
     stop = threading.Event()
@@ -253,6 +253,50 @@ def test_a_worker_alone_naps_up_to_the_long_cap_and_one_with_peers_up_to_max_wai
         t.join()
     # a worker whose peers send it no items (a worker-local sole input) is as alone as the only one
     assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02, 20: ALONE_MAX_WAIT_S, -20: 0.02}
+
+
+class _OneItem(FixedPartitionedSource[int, None]):
+    """One partition that hands over one item and ends (it never naps, so never becomes the sleeper)."""
+
+    def list_parts(self) -> list[str]:
+        return ["only"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _OneItemPart:
+        return _OneItemPart()
+
+
+class _OneItemPart(StatefulSourcePartition[int, None]):
+    def __init__(self) -> None:
+        self.left = 1
+
+    def next_batch(self) -> list[int]:
+        if not self.left:
+            raise StopIteration
+        self.left -= 1
+        return [1]
+
+    def snapshot(self) -> None:
+        return None
+
+
+def test_a_finished_flow_leaves_no_worker_count_to_the_threads_next_flow() -> None:
+    """A worker-local source's build says its worker count on the thread; its close takes it back.
+    Left behind, a later flow or partition on the thread (tests run many in one) napped with the
+    lone worker's 1 s cap without saying so."""
+    caps: list[float] = []
+
+    def thread() -> None:
+        flow = Dataflow("one_item")
+        op.output("out", worker_local_input("in", flow, WorkerLocalSource(_OneItem(), str)), _Collect())
+        run_main(flow)
+        nap = worker_nap(0.02)
+        assert nap is not None
+        caps.append(nap.cap_s)
+
+    t = threading.Thread(target=thread)
+    t.start()
+    assert ended(t, 20), "the flow did not end"
+    assert caps == [0.02]
 
 
 def test_a_reached_due_time_ends_the_nap_at_once_and_is_dropped() -> None:
@@ -315,7 +359,6 @@ def test_a_lone_worker_wakes_for_its_window_timer_and_drains_when_woken(
     """The only worker of a flow (worker-local routing) naps with no cap to speak of here: a window's
     aggregate still comes when its bucket closes (the window step announced its timer), and the stop
     drains once the naps are woken (as the stop handlers do)."""
-    from dataflows.routing import WorkerLocalSource
 
     monkeypatch.setattr("connectors.nap.ALONE_MAX_WAIT_S", 3600.0)
     monkeypatch.setattr("connectors.nap.STALE_S", 7300.0)
