@@ -174,6 +174,9 @@ def test_the_properties_reach_accepted_documents() -> None:
         deadline=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
+        # one fixed draw: a count is a statistic, and random draws of 60 mutations found none
+        # accepted in about 1 of 8 runs (the fixed draw accepts 6 schema documents and 8 mutations)
+        derandomize=True,
     )
 
     @quick
