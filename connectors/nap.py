@@ -12,8 +12,7 @@ worker thread, the *sleeper*, ends a ``next_batch`` that found nothing by waitin
 - the earliest time something of this worker said it must run comes (:meth:`set_due`; an operator's
   timer announces itself through :mod:`core.wakeups`: a window's bucket closing);
 - the cap: ``max_wait_s`` (``NEXUS_SOURCE_MAX_WAIT_MS``, default 20; 0: off) while the worker has
-  peers that may send it items, :data:`ALONE_MAX_WAIT_S` for the only worker of a flow and for the
-  workers of a flow whose only input is worker-local (:func:`set_worker_count`).
+  peers, :data:`ALONE_MAX_WAIT_S` for the only worker of a flow (:func:`set_worker_count`).
 
 Data is handed over the moment it arrives, so source latency does not grow. What waits up to the
 cap is work of the worker that nothing announces: items and progress exchanged with other workers of
@@ -21,9 +20,9 @@ a cluster (hence the short cap there), and what a step other than ours might sch
 worker of a flow has none of that — its sources notify, its operators' timers announce themselves,
 the stop handlers wake every nap (:func:`wake_all`) — so its cap is only a safety net: at 10 devices
 the 20 ms cap cost ~50 wake-ups a second of ~230 us each, most of the flow's CPU (BENCHMARKS.md).
-Nor do the workers of a flow that polls devices only (each polls the devices whose state it holds,
-:class:`dataflows.routing.WorkerLocalSource`): only their peers' progress comes unannounced, and
-looking at it up to the cap later delays no item, only the close of an epoch (a snapshot). A
+The workers of a cluster keep the short cap even when no item crosses between them (a flow that
+polls devices only): with a 1 s cap a 2-process flow at 10 devices had one worker spinning at
+0.1-0.2 cores in 3 of 4 runs (not understood yet; BENCHMARKS.md). A
 stop event set by other code is seen within the cap. The sleeper naps only after ``quiet_calls`` calls in a
 row with nothing handed over by any partition of the worker: each call is one worker step, so a
 batch just handed over gets that many steps to travel downstream before the worker sleeps. A due
@@ -253,18 +252,14 @@ def env_milliseconds(name: str, default_ms: int, env: dict[str, str] | None = No
     return int(raw) / 1000
 
 
-def set_worker_count(count: int, items_from_peers: bool = True) -> None:
+def set_worker_count(count: int) -> None:
     """The calling worker thread's flow has ``count`` workers (a source learns it when Bytewax builds
-    it: :class:`dataflows.routing.WorkerLocalSource`); with 1, or when its peers send it no items
-    (``items_from_peers`` false: every input of the flow is worker-local and every keyed step keyed
-    as the input is routed; the peers' progress alone comes unannounced, and a late look at it delays
-    nothing but the epoch's close), its nap may last up to :data:`ALONE_MAX_WAIT_S`. Unknown (never
-    called), a worker is assumed to get items from peers."""
-    alone = count == 1 or not items_from_peers
-    _alone[threading.get_ident()] = alone
+    it: :class:`dataflows.routing.WorkerLocalSource`); with 1 its nap may last up to
+    :data:`ALONE_MAX_WAIT_S`. Unknown (never called), a worker is assumed to have peers."""
+    _alone[threading.get_ident()] = count == 1
     nap = _naps.get(threading.get_ident())
     if nap is not None:
-        nap.alone = alone
+        nap.alone = count == 1
 
 
 def forget_worker_count() -> None:

@@ -237,22 +237,20 @@ def test_a_device_source_naps_through_worker_local_routing() -> None:
 def test_a_worker_alone_naps_up_to_the_long_cap_and_one_with_peers_up_to_max_wait() -> None:
     caps: dict[int, float] = {}
 
-    def worker(count: int, items_from_peers: bool = True) -> None:
-        set_worker_count(count, items_from_peers)
+    def worker(count: int) -> None:
+        set_worker_count(count)
         nap = worker_nap(0.02)
         assert nap is not None
-        key = count if items_from_peers else 10 * count
-        caps[key] = nap.cap_s
+        caps[count] = nap.cap_s
         nap.attach(caps)
         nap.release(caps)  # the flow ends: the thread's worker count is forgotten
-        caps[-key] = nap.cap_s
+        caps[-count] = nap.cap_s
 
-    for args in ((1,), (2,), (2, False)):
-        t = threading.Thread(target=worker, args=args)
+    for count in (1, 2):
+        t = threading.Thread(target=worker, args=(count,))
         t.start()
         t.join()
-    # a worker whose peers send it no items (a worker-local sole input) is as alone as the only one
-    assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02, 20: ALONE_MAX_WAIT_S, -20: 0.02}
+    assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02}
 
 
 class _OneItem(FixedPartitionedSource[int, None]):
