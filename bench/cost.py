@@ -74,8 +74,13 @@ def cost_spec(
 
 
 def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
+    """The process's CPU seconds, every thread (ended ones too), to the nanosecond: its POSIX CPU
+    clock (``stat``'s user + system are 10 ms ticks, ~5 % of a 10-device flow's 40 s window)."""
+    try:
+        return time.clock_gettime(((~proc.pid) << 3) | 2)  # CPUCLOCK_SCHED of the process (Linux)
+    except OSError:
+        t = proc.cpu_times()
+        return t.user + t.system
 
 
 REPORT_S = "2"
