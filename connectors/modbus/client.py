@@ -72,6 +72,20 @@ _OUT_OF_RANGE = int(Quality.OUT_OF_RANGE)
 AnyModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 
+RECV_BYTES = 16 * 1024
+"""What one read of a Modbus TCP connection asks the socket for. asyncio's socket transport asks for
+256 KiB: each read allocated that much (above glibc's mmap threshold, which ``core.memory`` pins at
+128 KiB: an ``mmap``, a page fault, an ``mremap`` down to the ~200 bytes received and an ``munmap``
+per poll). A Modbus TCP response is at most 260 bytes; more waiting is read by the next turn."""
+
+
+def _small_receive_buffer(client: Any) -> None:
+    """Set the connected ``client``'s socket transport to read :data:`RECV_BYTES` at a time."""
+    transport = getattr(getattr(client, "ctx", None), "transport", None)
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = RECV_BYTES
+
+
 @dataclass(slots=True)
 class ClientStats(DeviceClientStats):
     """Counters of one device client (a snapshot is returned by :attr:`ModbusDeviceClient.stats`).
@@ -466,6 +480,7 @@ class ModbusDeviceClient(DeviceClientBase[ClientStats]):
             self._schedule_retry()
             return False
         self._client = client
+        _small_receive_buffer(client)
         if self._count_connect() and self._m is not None:
             self._m.reconnect()
         log.debug("modbus connected device=%s endpoint=%s", self.device_id, c.endpoint)

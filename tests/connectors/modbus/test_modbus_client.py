@@ -244,3 +244,27 @@ def test_metrics_are_labelled_by_protocol_and_device(mixed_sim: ModbusSimulator)
     assert REGISTRY.get_sample_value("nexus_device_poll_seconds_count", labels) == 2.0
     assert REGISTRY.get_sample_value("nexus_device_poll_seconds_sum", labels) > 0  # type: ignore[operator]
     assert REGISTRY.get_sample_value("nexus_device_breaker_state", labels) == 0.0
+
+
+def test_a_connection_reads_small_chunks_and_keeps_doing_so_after_a_reconnect(
+    mixed_sim: ModbusSimulator,
+) -> None:
+    """asyncio's socket transport reads 256 KiB at a time (an ``mmap`` per poll above glibc's pinned
+    threshold); the client's connections read ``RECV_BYTES``, the new one after a reconnect too."""
+    from connectors.modbus.client import RECV_BYTES
+
+    plan = plan_for("plc", mixed_sim.port, MIXED_TAGS)
+
+    async def go() -> tuple[int, int]:
+        client = ModbusDeviceClient(plan, metrics=False)
+        assert all_good(await client.poll())
+        first = client._client.ctx.transport.max_size  # type: ignore[union-attr]
+        assert mixed_sim.drop_connections() == 1
+        batch = await poll_until(client, lambda b: all_good(b) and client.stats.reconnects == 1)
+        assert batch.values.tolist() == [float(v) for v in MIXED_VALUES]
+        second = client._client.ctx.transport.max_size  # type: ignore[union-attr]
+        await client.close()
+        return first, second
+
+    assert run(go()) == (RECV_BYTES, RECV_BYTES)
+    assert RECV_BYTES >= 260  # the largest Modbus TCP frame
