@@ -81,8 +81,8 @@ per poll). A Modbus TCP response is at most 260 bytes; more waiting is read by t
 
 def _small_receive_buffer(client: Any) -> None:
     """Set the connected ``client``'s socket transport to read :data:`RECV_BYTES` at a time."""
-    transport = getattr(getattr(client, "ctx", None), "transport", None)
-    if isinstance(getattr(transport, "max_size", None), int):
+    transport: Any = getattr(getattr(client, "ctx", None), "transport", None)
+    if isinstance(getattr(transport, "max_size", None), int):  # asyncio's socket transports
         transport.max_size = RECV_BYTES
 
 
