@@ -43,12 +43,17 @@ FLOWS = ("uns", *FLOW_PARTS)
 
 
 def cost_spec(
-    load: Load, ports: list[int], flow: str, historian_delay_s: float | None = None
+    load: Load,
+    ports: list[int],
+    flow: str,
+    historian_delay_s: float | None = None,
+    historian_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``uns`` or ``full`` flow spec for ``load`` polling ``ports``; the full flow's historian
     commits at its default pace (``max_delay_s`` 1 s) unless ``historian_delay_s`` is given (until
     2026-12-01 this stage used 0.2 s, the e2e stage's latency setting: five commits a second instead
-    of one, ~0.004 cores of per-commit overhead at 10 devices — BENCHMARKS.md)."""
+    of one, ~0.004 cores of per-commit overhead at 10 devices — BENCHMARKS.md). ``historian_fields``
+    sets other fields of the historian node (``spool_sync_interval_s``...)."""
     spec = load.spec({"modbus": ports})
     uns = {"id": "uns", "type": "mqtt_uns", "qos": 0}
     if flow == "uns":
@@ -67,6 +72,7 @@ def cost_spec(
             historian: dict[str, Any] = {"id": "historian", "type": "historian"}
             if historian_delay_s is not None:
                 historian["max_delay_s"] = historian_delay_s
+            historian.update(historian_fields or {})
             spec["sinks"].append(historian)
     else:
         raise ValueError(f"unknown cost flow {flow!r}")

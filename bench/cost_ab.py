@@ -42,14 +42,14 @@ from nexus.embedded import EmbeddedPostgres, MosquittoBroker, free_port
 def run_uns(
     root: Path, load: Load, ports: list[int], mqtt_url: str, *, work: Path, env_extra: dict[str, str],
     warmup: float, seconds: float, flow: str = "uns", pg_url: str = "",
-    historian_delay_s: float | None = None,
+    historian_delay_s: float | None = None, historian_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``: its CPU over
     the window."""
     folder = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
     (folder / "stats").mkdir()
     spec_path = folder / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow, historian_delay_s)))
+    spec_path.write_text(yaml.safe_dump(cost_spec(load, ports, flow, historian_delay_s, historian_fields)))
     env = {
         **os.environ,
         "NEXUS_SPEC": str(spec_path),
@@ -107,6 +107,16 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _fields(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for key, value in _env(pairs).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise SystemExit(f"--historian-a/--historian-b take FIELD=NUMBER, got {key}={value!r}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", required=True, help="checkout A (the baseline)")
@@ -122,14 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--flow-a", choices=FLOWS, default=None, help="A's flow (default: --flow)")
     p.add_argument("--flow-b", choices=FLOWS, default=None, help="B's flow (default: --flow)")
     p.add_argument("--historian-delay", type=float, default=None, help="full flow: historian max_delay_s")
+    p.add_argument(
+        "--historian-a", action="append", default=[], help="FIELD=NUMBER of A's historian node (repeatable)"
+    )
+    p.add_argument("--historian-b", action="append", default=[], help="FIELD=NUMBER of B's historian node")
     args = p.parse_args(argv)
     flows = {"a": args.flow_a or args.flow, "b": args.flow_b or args.flow}
     sides = {
         "a": (Path(args.a).resolve(), _env(args.env_a)),
         "b": (Path(args.b).resolve(), _env(args.env_b)),
     }
+    fields = {"a": _fields(args.historian_a), "b": _fields(args.historian_b)}
     result: dict[str, Any] = {
-        "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b, "flow_a": flows["a"],
+        "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b,
+        "historian_a": fields["a"], "historian_b": fields["b"], "flow_a": flows["a"],
         "flow_b": flows["b"], "loads": {},
     }  # fmt: skip
     broker = MosquittoBroker(free_port())
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                                 root, load, ports, broker.url, work=Path(tmp), env_extra=env,
                                 warmup=args.warmup, seconds=args.seconds, flow=flows[side],
                                 pg_url=pg.url if pg is not None else "",
-                                historian_delay_s=args.historian_delay,
+                                historian_delay_s=args.historian_delay, historian_fields=fields[side],
                             )  # fmt: skip
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]
                         row["b_over_a"] = round(b / a, 3) if a and b else None

@@ -207,6 +207,7 @@ def check_compiles(spec: FlowSpec) -> list[tuple[str, str]]:
                 url=_PLACEHOLDER_DB,
                 batch_rows=sink.batch_rows,
                 max_delay_s=sink.max_delay_s,
+                spool_sync_interval_s=sink.spool_sync_interval_s,
             )
     return problems
 
@@ -727,6 +728,7 @@ def _build_sink(node: SinkNode, spec: FlowSpec, runtime: Runtime) -> Sink[Any]:
                 url=runtime.database_url,
                 batch_rows=node.batch_rows,
                 max_delay_s=node.max_delay_s,
+                spool_sync_interval_s=node.spool_sync_interval_s,
                 partition_past_s=_partition_past_s(spec),
                 spool_dir=_spool_dir(runtime, spec, node.id),
             ),

@@ -131,3 +131,26 @@ def test_fused_steps_apply_and_count_once_per_batch() -> None:
     scaled_f = [(200 + i) * 0.1 * 9 / 5 + 32 for i in range(3)]  # 0.1 degC per count, in degF
     np.testing.assert_allclose([float(b.values[0]) for b in stored], scaled_f)
     np.testing.assert_allclose([float(b.values[0]) for b in published], scaled_f[:1])  # within the band
+
+
+def test_the_historian_nodes_durability_settings_reach_its_writer() -> None:
+    """``max_delay_s`` and ``spool_sync_interval_s`` of a historian node configure the sink the flow
+    builds; the validator rejects a group commit beyond a minute, naming the field."""
+    import pytest
+
+    from connectors.historian.sink import HistorianSink
+    from dataflows.compiler import _build_sink
+    from dataflows.spec import SpecError
+
+    doc = spec_doc() | {
+        "sinks": [{"id": "hist", "type": "historian", "max_delay_s": 2.5, "spool_sync_interval_s": 0.5}]
+    }
+    spec = parse_spec(doc)
+    sink = _build_sink(spec.sinks[0], spec, Runtime(database_url="postgresql://nexus@127.0.0.1:1/x"))
+    assert isinstance(sink, HistorianSink)
+    assert (sink.config.max_delay_s, sink.config.spool_sync_interval_s) == (2.5, 0.5)
+    default = parse_spec(spec_doc() | {"sinks": [{"id": "hist", "type": "historian"}]})
+    assert default.sinks[0].spool_sync_interval_s == 0.1  # type: ignore[union-attr]
+    doc["sinks"][0]["spool_sync_interval_s"] = 61
+    with pytest.raises(SpecError, match="spool_sync_interval_s"):
+        parse_spec(doc)
