@@ -224,6 +224,7 @@ def build() -> Dataflow:
                 url=settings.effective_database_url,
                 batch_rows=node.batch_rows,
                 max_delay_s=node.max_delay_s,
+                spool_sync_interval_s=node.spool_sync_interval_s,
                 spool_dir=str(spool / node.id),
                 spool_max_bytes=spool_max,
             )
