@@ -22,9 +22,10 @@ the stop handlers wake every nap (:func:`wake_all`) — so its cap is only a saf
 the 20 ms cap cost ~50 wake-ups a second of ~230 us each, most of the flow's CPU (BENCHMARKS.md).
 The workers of a cluster keep the short cap even when no item crosses between them (a flow that
 polls devices only): with a 1 s cap a 2-process flow at 10 devices had one worker spinning at
-0.1-0.2 cores in 3 of 4 runs. ``perf`` shows Bytewax's own loop (timely's ``step_or_park`` and
-progress tracking, no Python) running without parking while the peer naps; a timer waiting for the
-peer's epoch to close is the suspect (not verified; BENCHMARKS.md). A
+0.1-0.2 cores in 3 of 4 runs, in Bytewax's own loop (``perf``: timely's ``step_or_park``, no
+Python). Bytewax's input waits for every worker to finish the previous epoch before it reads again,
+re-activating itself at once meanwhile; a worker napping 1 s advances its epochs late, and the
+worker ahead spins through the gap every epoch (BENCHMARKS.md). A
 stop event set by other code is seen within the cap. The sleeper naps only after ``quiet_calls`` calls in a
 row with nothing handed over by any partition of the worker: each call is one worker step, so a
 batch just handed over gets that many steps to travel downstream before the worker sleeps. A due
