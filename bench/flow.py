@@ -277,7 +277,7 @@ def build() -> Dataflow:
         database_url=settings.effective_database_url,
         mqtt_url=settings.effective_mqtt_url,
         # the production path: each worker polls the devices it routes to, one ready queue per worker
-        source=WorkerLocalSource(source, part_device),
+        source=WorkerLocalSource(source, part_device, sole_input=True),  # (the bench specs poll only)
         sinks=sinks,
         stop_event=stop,
     )

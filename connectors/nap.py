@@ -12,7 +12,8 @@ worker thread, the *sleeper*, ends a ``next_batch`` that found nothing by waitin
 - the earliest time something of this worker said it must run comes (:meth:`set_due`; an operator's
   timer announces itself through :mod:`core.wakeups`: a window's bucket closing);
 - the cap: ``max_wait_s`` (``NEXUS_SOURCE_MAX_WAIT_MS``, default 20; 0: off) while the worker has
-  peers, :data:`ALONE_MAX_WAIT_S` for the only worker of a flow (:func:`set_worker_count`).
+  peers that may send it items, :data:`ALONE_MAX_WAIT_S` for the only worker of a flow and for the
+  workers of a flow whose only input is worker-local (:func:`set_worker_count`).
 
 Data is handed over the moment it arrives, so source latency does not grow. What waits up to the
 cap is work of the worker that nothing announces: items and progress exchanged with other workers of
@@ -20,12 +21,14 @@ a cluster (hence the short cap there), and what a step other than ours might sch
 worker of a flow has none of that — its sources notify, its operators' timers announce themselves,
 the stop handlers wake every nap (:func:`wake_all`) — so its cap is only a safety net: at 10 devices
 the 20 ms cap cost ~50 wake-ups a second of ~230 us each, most of the flow's CPU (BENCHMARKS.md).
-The workers of a cluster keep the short cap even when no item crosses between them (a flow that
-polls devices only): with a 1 s cap a 2-process flow at 10 devices had one worker spinning at
-0.1-0.2 cores in 3 of 4 runs, in Bytewax's own loop (``perf``: timely's ``step_or_park``, no
-Python). Bytewax's input waits for every worker to finish the previous epoch before it reads again,
-re-activating itself at once meanwhile; a worker napping 1 s advances its epochs late, and the
-worker ahead spins through the gap every epoch (BENCHMARKS.md). A
+Nor do the workers of a flow that polls devices only (each polls the devices whose state it holds,
+:class:`dataflows.routing.WorkerLocalSource`): only their peers' progress comes unannounced. But
+that progress paces Bytewax's input: after a worker's input moves to a new epoch it reads again only
+once every worker has finished the previous one, re-activating itself without parking meanwhile
+(``src/inputs.rs``). A worker napping past its own epoch boundary advances late, and the worker
+ahead spins through the gap (2 processes x 5 devices: 0.05-0.19 cores, in 5 of 5 runs with a 1 s
+cap; BENCHMARKS.md). So every nap ends at the worker's next epoch boundary as Bytewax's rule puts it
+(:meth:`WorkerNap.saw_call`), and the activation that advances the epoch does not nap. A
 stop event set by other code is seen within the cap. The sleeper naps only after ``quiet_calls`` calls in a
 row with nothing handed over by any partition of the worker: each call is one worker step, so a
 batch just handed over gets that many steps to travel downstream before the worker sleeps. A due
@@ -55,9 +58,10 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from core import wakeups
@@ -83,7 +87,11 @@ class WorkerNap:
     """
 
     def __init__(
-        self, max_wait_s: float, quiet_calls: int = 3, clock: Callable[[], float] = time.time
+        self,
+        max_wait_s: float,
+        quiet_calls: int = 3,
+        clock: Callable[[], float] = time.time,
+        epoch_s: float | None = None,
     ) -> None:
         if not max_wait_s > 0:
             raise ValueError(f"`max_wait_s` must be > 0, got {max_wait_s}")
@@ -108,6 +116,12 @@ class WorkerNap:
         """Until then naps last at most ``max_wait_s``: a due time was just reached."""
         self.alone = False
         """The worker has no peers (:func:`set_worker_count`): nothing unannounced can come."""
+        self.epoch_s = epoch_interval_s() if epoch_s is None else epoch_s
+        """Bytewax's epoch interval for this run (:func:`epoch_interval_s`)."""
+        self._epoch_started: float | None = None
+        """When the worker's input started its epoch, by Bytewax's rule (:meth:`saw_call`)."""
+        self._advancing = False
+        """The current activation advances the epoch after ``next_batch``: it must not nap."""
 
     # -- any thread ----------------------------------------------------------------------------
 
@@ -166,6 +180,33 @@ class WorkerNap:
         """A partition of this worker returned items: the sleeper lets them travel downstream first."""
         self._handed += 1
 
+    def saw_call(self, owner: object, now: float) -> None:
+        """``owner`` (the sleeper's partition) was called at ``now``: follow the worker's epochs.
+
+        Bytewax's input starts its first epoch when it is built and a new one at the first activation
+        at least ``epoch_s`` after the last start, after that activation's ``next_batch`` (with the
+        time the activation began). So the call that comes ``epoch_s`` after the last start belongs
+        to the advancing activation, which must return at once: a nap in it would hold the advance
+        back, and the peers' inputs with it (module doc).
+
+        >>> nap = WorkerNap(max_wait_s=0.02, quiet_calls=0, epoch_s=10.0); nap.alone = True
+        >>> nap.attach("p"), nap.saw_call("p", 100.0), nap.boundary()
+        (True, None, 110.0)
+        >>> nap.saw_call("p", 109.0), nap.boundary(), nap.saw_call("p", 110.2), nap.boundary()
+        (None, 110.0, None, 120.2)
+        """
+        if self._sleeper is not owner:
+            return
+        if self._epoch_started is None:
+            self._epoch_started = now
+        elif now - self._epoch_started >= self.epoch_s:
+            self._epoch_started = now
+            self._advancing = True
+
+    def boundary(self) -> float | None:
+        """When the worker's input moves to its next epoch (``None``: not called yet)."""
+        return None if self._epoch_started is None else self._epoch_started + self.epoch_s
+
     def nap(self, owner: object, now: float | None = None) -> None:
         """Called by a partition whose ``next_batch`` returns nothing; only the sleeper waits.
 
@@ -180,8 +221,11 @@ class WorkerNap:
         if self._quiet < self.quiet_calls:
             self._quiet += 1
             return
+        if self._advancing:  # this activation moves the input's epoch on once it returns
+            self._advancing = False
+            return
         now = self._clock() if now is None else now
-        until = self.wake_time(now)
+        until = self.nap_until(now)
         if until is None:
             return
         with self._cond:
@@ -190,6 +234,20 @@ class WorkerNap:
                 self._cond.wait(until - now)
             self._seen_seq = self._seq
         self._last_seen = time.monotonic()
+
+    def nap_until(self, now: float) -> float | None:
+        """:meth:`wake_time`, ended just after the worker's next epoch boundary: the activation
+        after it advances the epoch (:meth:`saw_call`).
+
+        >>> nap = WorkerNap(max_wait_s=0.02, epoch_s=10.0); nap.alone = True
+        >>> nap.attach("p"), nap.saw_call("p", 100.0), nap.nap_until(100.5), nap.nap_until(109.5)
+        (True, None, 101.5, 110.001)
+        """
+        until = self.wake_time(now)
+        boundary = self.boundary()
+        if until is None or boundary is None:
+            return until
+        return min(until, boundary + EPOCH_MARGIN_S)
 
     def wake_time(self, now: float) -> float | None:
         """Until when the sleeper may nap at ``now``: the earliest due time or the cap; ``None``: not
@@ -226,6 +284,37 @@ class WorkerNap:
 _naps: dict[int, WorkerNap] = {}
 _naps_lock = threading.Lock()
 _alone: dict[int, bool] = {}
+
+DEFAULT_EPOCH_S = 10.0
+"""Bytewax's epoch interval without recovery (``bytewax.run``)."""
+EPOCH_MARGIN_S = 0.001
+"""A nap ends this long after the predicted epoch boundary, so the next activation is past it."""
+
+
+def epoch_interval_s(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> float:
+    """The epoch interval ``python -m bytewax.run`` gives this process: ``-s`` /
+    ``--snapshot-interval`` (or ``BYTEWAX_SNAPSHOT_INTERVAL``), else :data:`DEFAULT_EPOCH_S`.
+
+    >>> epoch_interval_s(["bytewax.run", "f:f"], {}), epoch_interval_s(["x", "f:f", "-s", "5"], {})
+    (10.0, 5.0)
+    >>> epoch_interval_s(["x", "--snapshot-interval=2.5"], {}), epoch_interval_s(["x"], {"BYTEWAX_SNAPSHOT_INTERVAL": "30"})
+    (2.5, 30.0)
+    """
+    argv = sys.argv if argv is None else argv
+    env = os.environ if env is None else env
+    raw = env.get("BYTEWAX_SNAPSHOT_INTERVAL", "")
+    for i, a in enumerate(argv):
+        if a in ("-s", "--snapshot-interval") and i + 1 < len(argv):
+            raw = argv[i + 1]
+        elif a.startswith("--snapshot-interval="):
+            raw = a.split("=", 1)[1]
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_EPOCH_S
+    return value if value > 0 else DEFAULT_EPOCH_S
+
+
 """Per worker thread: whether its flow has a single worker (:func:`set_worker_count`)."""
 
 
@@ -255,14 +344,18 @@ def env_milliseconds(name: str, default_ms: int, env: dict[str, str] | None = No
     return int(raw) / 1000
 
 
-def set_worker_count(count: int) -> None:
+def set_worker_count(count: int, items_from_peers: bool = True) -> None:
     """The calling worker thread's flow has ``count`` workers (a source learns it when Bytewax builds
-    it: :class:`dataflows.routing.WorkerLocalSource`); with 1 its nap may last up to
-    :data:`ALONE_MAX_WAIT_S`. Unknown (never called), a worker is assumed to have peers."""
-    _alone[threading.get_ident()] = count == 1
+    it: :class:`dataflows.routing.WorkerLocalSource`); with 1, or when its peers send it no items
+    (``items_from_peers`` false: every input of the flow is worker-local and every keyed step keyed
+    as the input is routed; the peers' progress alone comes unannounced, and the nap ends at the
+    worker's epoch boundaries for it), its nap may last up to :data:`ALONE_MAX_WAIT_S`. Unknown (never
+    called), a worker is assumed to get items from peers."""
+    alone = count == 1 or not items_from_peers
+    _alone[threading.get_ident()] = alone
     nap = _naps.get(threading.get_ident())
     if nap is not None:
-        nap.alone = count == 1
+        nap.alone = alone
 
 
 def forget_worker_count() -> None:

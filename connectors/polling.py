@@ -593,6 +593,8 @@ class PollGroup:
         """Everything that is ready, in the order it came; ``StopIteration`` once drained."""
         nap = self._nap if self._nap_looked_up else self._attach_nap()
         self._called_at = self._clock()
+        if nap is not None:  # the worker's epochs, by Bytewax's rule (connectors.nap)
+            nap.saw_call(self, self._called_at)
         if self._starts is not None:
             starts, self._starts = self._starts, None
             for start in starts:

@@ -780,6 +780,7 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         return op.input(SOURCE_STEP, flow, runtime.source)
     streams: list[Stream[PointBatch]] = []
     plans = device_plans(spec)
+    mqtt = mqtt_source_config(spec, runtime.mqtt_url)
     if plans:
         polled = DeviceSource(
             plans,
@@ -792,8 +793,9 @@ def _sources(flow: Dataflow, spec: FlowSpec, runtime: Runtime) -> Stream[PointBa
         if runtime.status is not None:
             runtime.status.add_device_stats(polled.stats)
         # each worker polls the devices whose state Bytewax routes to it: batches stay in-process
-        streams.append(worker_local_input(SOURCE_STEP, flow, WorkerLocalSource(polled, part_device)))
-    mqtt = mqtt_source_config(spec, runtime.mqtt_url)
+        # (every keyed step is keyed by device); without MQTT devices no item crosses workers
+        local = WorkerLocalSource(polled, part_device, sole_input=mqtt is None)
+        streams.append(worker_local_input(SOURCE_STEP, flow, local))
     if mqtt is not None:
         source = MqttSource(
             mqtt,

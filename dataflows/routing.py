@@ -113,12 +113,19 @@ class WorkerLocalSource(DynamicSource[X], Generic[X]):
 
     ``key_of`` maps a partition key of ``inner`` (``modbus:press-01``) to the state key its items are
     keyed by downstream (``press-01``). ``inner``'s partitions must need no resume state: they are
-    built with ``None`` and never snapshotted.
+    built with ``None`` and never snapshotted. ``sole_input``: the flow has no other input and keys
+    every keyed step by ``key_of``'s keys, so no item ever comes to a worker from another: a worker
+    with nothing to do then naps as long as the only worker of a flow does
+    (:func:`connectors.nap.set_worker_count`; measured at 2 processes x 250 devices x 100 tags at
+    1 s, the 20 ms cap woke each worker ~70 more times a second).
     """
 
-    def __init__(self, inner: FixedPartitionedSource[X, Any], key_of: Callable[[str], str]) -> None:
+    def __init__(
+        self, inner: FixedPartitionedSource[X, Any], key_of: Callable[[str], str], *, sole_input: bool = False
+    ) -> None:
         self.inner = inner
         self.key_of = key_of
+        self.sole_input = sole_input
 
     def parts_for(self, worker_index: int, worker_count: int) -> list[str]:
         """The partition keys worker ``worker_index`` of ``worker_count`` polls."""
@@ -126,7 +133,8 @@ class WorkerLocalSource(DynamicSource[X], Generic[X]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalParts[X]:
         restore_thread()  # (a worker thread of a cluster: see core.timerslack)
-        set_worker_count(worker_count)  # Bytewax builds it on the worker's thread: its nap's cap
+        # Bytewax builds it on the worker's thread: its nap's cap
+        set_worker_count(worker_count, items_from_peers=not self.sole_input)
         keys = self.parts_for(worker_index, worker_count)
         build_parts = getattr(self.inner, "build_parts", None)
         if build_parts is not None:  # a polling source: one ready queue for the worker's devices

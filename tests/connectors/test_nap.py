@@ -237,20 +237,22 @@ def test_a_device_source_naps_through_worker_local_routing() -> None:
 def test_a_worker_alone_naps_up_to_the_long_cap_and_one_with_peers_up_to_max_wait() -> None:
     caps: dict[int, float] = {}
 
-    def worker(count: int) -> None:
-        set_worker_count(count)
+    def worker(count: int, items_from_peers: bool = True) -> None:
+        set_worker_count(count, items_from_peers)
         nap = worker_nap(0.02)
         assert nap is not None
-        caps[count] = nap.cap_s
+        key = count if items_from_peers else 10 * count
+        caps[key] = nap.cap_s
         nap.attach(caps)
         nap.release(caps)  # the flow ends: the thread's worker count is forgotten
-        caps[-count] = nap.cap_s
+        caps[-key] = nap.cap_s
 
-    for count in (1, 2):
-        t = threading.Thread(target=worker, args=(count,))
+    for args in ((1,), (2,), (2, False)):
+        t = threading.Thread(target=worker, args=args)
         t.start()
         t.join()
-    assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02}
+    # a worker whose peers send it no items (a worker-local sole input) is as alone as the only one
+    assert caps == {1: ALONE_MAX_WAIT_S, -1: 0.02, 2: 0.02, -2: 0.02, 20: ALONE_MAX_WAIT_S, -20: 0.02}
 
 
 class _OneItem(FixedPartitionedSource[int, None]):
@@ -401,3 +403,24 @@ def _polled_soon(interval: float) -> str:
         if 0.5 <= (schedule_offset(device_id, interval) - now) % interval <= 3.0:
             return device_id
     raise AssertionError("no device id with a slot soon")
+
+
+def test_the_activation_that_advances_the_epoch_does_not_nap_and_naps_end_at_the_boundary() -> None:
+    """A worker napping past its epoch boundary holds Bytewax's input back, and the peers' inputs
+    spin until it advances (BENCHMARKS.md): naps end at the boundary, and the call that comes after
+    it (the advancing activation) returns without waiting."""
+    now = [1000.0]
+    nap = WorkerNap(max_wait_s=0.02, quiet_calls=0, clock=lambda: now[0], epoch_s=10.0)
+    nap.alone = True
+    assert nap.attach("part")
+    nap.saw_call("part", 1000.0)
+    assert nap.nap_until(1009.999) == pytest.approx(1010.001)  # not the 1 s cap
+    assert nap.nap_until(1005.0) == pytest.approx(1006.0)  # far from it: the cap
+    now[0] = 1010.002
+    nap.saw_call("part", now[0])
+    before = nap.naps
+    nap.nap("part")  # the advancing activation: no wait at all
+    assert nap.naps == before
+    assert nap.boundary() == pytest.approx(1020.002)
+    nap.saw_call("other", 1030.0)  # only the sleeper's calls count
+    assert nap.boundary() == pytest.approx(1020.002)

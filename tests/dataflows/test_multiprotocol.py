@@ -17,6 +17,7 @@ from connectors.s7.simulator import S7Simulator
 from core.batch import PointBatch, tag_id_for
 from core.quality import Quality
 from dataflows.compiler import Runtime, compile_flow
+from dataflows.routing import WorkerLocalSource
 from dataflows.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.integration
@@ -134,3 +135,29 @@ def test_protocol_specific_fields_are_checked() -> None:
     assert "devices[1].tags[0].node_id" in paths
     assert any(p.startswith("devices[2].tags[0]") for p in paths)
     assert "bit must be 0..7" in str(info.value)
+
+
+def _device_input(flow: Any) -> WorkerLocalSource[Any]:
+    (source,) = [s.source for s in flow.substeps if isinstance(getattr(s, "source", None), WorkerLocalSource)]
+    return source
+
+
+def test_polled_devices_alone_are_the_flows_sole_input_and_mqtt_devices_end_that() -> None:
+    """Without MQTT devices no item crosses workers, so a napping worker may wait for its own polls
+    (``connectors.nap``); an MQTT source's partitions are placed by Bytewax, their items keyed over."""
+    doc = spec_doc(502, "opc.tcp://127.0.0.1:4840", "ns=2;s=Zone1", 102)
+    runtime = Runtime(stop_event=threading.Event(), sinks={"out": Collect(set(), threading.Event())})
+    assert _device_input(compile_flow(parse_spec(doc), runtime)).sole_input
+    gateway = {
+        "id": "gw-01",
+        "protocol": "mqtt",
+        "location": LOCATION,
+        "tags": [{"name": "ambient", "topic": "sensors/gw-01/ambient", "value_path": "v"}],
+    }
+    doc["devices"].append(gateway)
+    runtime = Runtime(
+        stop_event=threading.Event(),
+        sinks={"out": Collect(set(), threading.Event())},
+        mqtt_url="mqtt://127.0.0.1:1883",  # (compiling connects nowhere)
+    )
+    assert not _device_input(compile_flow(parse_spec(doc), runtime)).sole_input
