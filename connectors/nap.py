@@ -65,6 +65,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from core import wakeups
+from core.timerslack import run_option
 
 DEFAULT_MAX_WAIT_MS = 20
 """On by default, chosen by measurement on the production source path (BENCHMARKS.md, "The merged
@@ -302,12 +303,7 @@ def epoch_interval_s(argv: list[str] | None = None, env: Mapping[str, str] | Non
     """
     argv = sys.argv if argv is None else argv
     env = os.environ if env is None else env
-    raw = env.get("BYTEWAX_SNAPSHOT_INTERVAL", "")
-    for i, a in enumerate(argv):
-        if a in ("-s", "--snapshot-interval") and i + 1 < len(argv):
-            raw = argv[i + 1]
-        elif a.startswith("--snapshot-interval="):
-            raw = a.split("=", 1)[1]
+    raw = run_option("-s", "--snapshot-interval", "BYTEWAX_SNAPSHOT_INTERVAL", argv, env)
     try:
         value = float(raw)
     except ValueError:

@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,26 @@ def _set(ns: int) -> bool:
     return True
 
 
+def run_option(short: str, long: str, envvar: str, argv: list[str], env: Mapping[str, str]) -> str:
+    """The value ``python -m bytewax.run`` takes for an option: ``short VALUE``, ``shortVALUE``,
+    ``long VALUE`` or ``long=VALUE`` in ``argv`` (the last one wins), else ``env[envvar]``, else "".
+
+    >>> run_option("-w", "--workers-per-process", "W", ["x", "-w", "2"], {}), run_option("-w", "--w", "W", ["x", "-w3"], {})
+    ('2', '3')
+    >>> run_option("-s", "--snapshot-interval", "S", ["x", "--snapshot-interval=5"], {"S": "9"}), run_option("-s", "--s", "S", [], {"S": "9"})
+    ('5', '9')
+    """
+    value = env.get(envvar, "") if envvar else ""
+    for i, a in enumerate(argv):
+        if a in (short, long) and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(long + "="):
+            value = a.split("=", 1)[1]
+        elif a.startswith(short) and not a.startswith("--") and len(a) > len(short):
+            value = a[len(short) :]
+    return value
+
+
 def in_cluster(argv: list[str] | None = None, env: dict[str, str] | os._Environ[str] | None = None) -> bool:
     """Whether ``python -m bytewax.run`` runs this process's workers under a waiting main thread:
     several workers (``-w``) or several processes (``-a``/``-i``, or their environment variables).
@@ -73,22 +94,14 @@ def in_cluster(argv: list[str] | None = None, env: dict[str, str] | os._Environ[
     """
     argv = sys.argv if argv is None else argv
     env = os.environ if env is None else env
-    workers = env.get("BYTEWAX_WORKERS_PER_PROCESS", "")
-    for i, a in enumerate(argv):
-        if a in ("-w", "--workers-per-process") and i + 1 < len(argv):
-            workers = argv[i + 1]
-        elif a.startswith("--workers-per-process="):
-            workers = a.split("=", 1)[1]
-        elif a.startswith("-w") and a[2:].isdigit():
-            workers = a[2:]
-        elif a in ("-a", "--addresses", "-i", "--process-id") or a.startswith(
-            ("--addresses=", "--process-id=")
-        ):
-            return True
+    workers = run_option("-w", "--workers-per-process", "BYTEWAX_WORKERS_PER_PROCESS", argv, env)
     if workers.strip().isdigit() and int(workers) > 1:
         return True
-    pod = bool(env.get("BYTEWAX_POD_NAME") and env.get("BYTEWAX_STATEFULSET_NAME"))  # a process id
-    return pod or any(env.get(k) for k in ("BYTEWAX_ADDRESSES", "BYTEWAX_PROCESS_ID"))
+    if run_option("-a", "--addresses", "BYTEWAX_ADDRESSES", argv, env):
+        return True
+    if run_option("-i", "--process-id", "BYTEWAX_PROCESS_ID", argv, env):
+        return True
+    return bool(env.get("BYTEWAX_POD_NAME") and env.get("BYTEWAX_STATEFULSET_NAME"))  # a process id
 
 
 def relax_main_thread(slack_ns: int = MAIN_SLACK_NS) -> bool:
