@@ -198,6 +198,7 @@ class WorkerNap:
         """
         if self._sleeper is not owner:
             return
+        self._advancing = False  # a call that returned items ended the advancing activation
         if self._epoch_started is None:
             self._epoch_started = now
         elif now - self._epoch_started >= self.epoch_s:

@@ -424,3 +424,20 @@ def test_the_activation_that_advances_the_epoch_does_not_nap_and_naps_end_at_the
     assert nap.boundary() == pytest.approx(1020.002)
     nap.saw_call("other", 1030.0)  # only the sleeper's calls count
     assert nap.boundary() == pytest.approx(1020.002)
+
+
+def test_an_advancing_call_that_returns_items_leaves_the_next_empty_call_free_to_nap() -> None:
+    """The advancing activation may return items and so never reach ``nap``: the next empty call,
+    within the new epoch, naps as usual."""
+    now = [1000.0]
+    nap = WorkerNap(max_wait_s=0.02, quiet_calls=0, clock=lambda: now[0], epoch_s=10.0)
+    nap.alone = True
+    assert nap.attach("part")
+    nap.saw_call("part", 1000.0)
+    now[0] = 1010.5
+    nap.saw_call("part", now[0])  # advances the epoch; it returned items, no nap call
+    now[0] = 1010.6
+    nap.saw_call("part", now[0])
+    before = nap.naps
+    nap.nap("part")
+    assert nap.naps == before + 1
