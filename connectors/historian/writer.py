@@ -228,6 +228,51 @@ class _Chunk:
         return len(self.tag_ids)
 
 
+MERGE_ROWS = 1_024
+"""Batches handed over together (a worker activation's polls) are spooled and queued as records of up
+to this many rows: one encoding, one spool record and one queue entry for several device polls
+instead of one each (the historian keeps only the four columns, not the device or the text). Bounded
+so the records the writer holds in memory while behind (4x ``queue_batches``) stay small."""
+
+_MERGED_DEVICE = "*"
+"""The ``device_id`` of a record that merged several batches (the historian does not store it)."""
+
+
+def merge_for_handover(batches: list[PointBatch]) -> list[PointBatch]:
+    """``batches`` (none empty) as consecutive runs of at most :data:`MERGE_ROWS` rows, each one
+    batch; a batch larger than that stays whole, a run of one is that batch itself.
+
+    >>> b = [PointBatch.from_values(d, [1, 2], [0.5, 1.5], ts_ns=7) for d in ("a", "b")]
+    >>> [(m.device_id, m.tag_ids.tolist()) for m in merge_for_handover(b)]
+    [('*', [1, 2, 1, 2])]
+    """
+    out: list[PointBatch] = []
+    run: list[PointBatch] = []
+    rows = 0
+    for b in batches:
+        n = len(b.tag_ids)
+        if run and rows + n > MERGE_ROWS:
+            out.append(_merge(run))
+            run, rows = [], 0
+        run.append(b)
+        rows += n
+    if run:
+        out.append(_merge(run))
+    return out
+
+
+def _merge(run: list[PointBatch]) -> PointBatch:
+    if len(run) == 1:
+        return run[0]
+    return PointBatch(
+        _MERGED_DEVICE,
+        np.concatenate([b.ts_ns for b in run]),
+        np.concatenate([b.tag_ids for b in run]),
+        np.concatenate([b.values for b in run]),
+        np.concatenate([b.quality for b in run]),
+    )
+
+
 def _chunk(batch: PointBatch) -> _Chunk:
     return _Chunk(batch.ts_ns // 1000 - PG_EPOCH_US, batch.tag_ids, batch.values, batch.quality)
 
@@ -320,9 +365,10 @@ class HistorianWriter:
 
     def write_many(self, batches: Iterable[PointBatch]) -> None:
         """Accept batches in order (one spool append and one lock for all: a worker hands over every
-        batch of an activation at once). Never waits for the database."""
+        batch of an activation at once), merged into records of up to :data:`MERGE_ROWS` rows.
+        Never waits for the database."""
         self._check()
-        batches = [b for b in batches if len(b)]
+        batches = merge_for_handover([b for b in batches if len(b.tag_ids)])
         if not batches:
             return
         seqs = self.spool.append_each([encode_batch(b) for b in batches])

@@ -292,7 +292,8 @@ def test_an_activation_s_batches_and_a_hot_change_between_them(db: str) -> None:
     part = HistorianSink(HistorianConfig(url=db, max_delay_s=600), TAGS).build("h", 0, 1)
     try:
         part.write_batch([batch(4), batch(4, t0=T0 + 10**9), config, after])
-        assert part.writer.spool.last_seq == 3  # three records: one per batch, none for the config
+        # two records: the batches before the config merged into one, the one after; none for the config
+        assert part.writer.spool.last_seq == 2
         part.writer.flush(10)
         assert part.writer.stats()["rows_written"] == 10
     finally:
@@ -301,6 +302,44 @@ def test_an_activation_s_batches_and_a_hot_change_between_them(db: str) -> None:
         stored = conn.execute("SELECT value FROM nexus_points WHERE tag_id = 77").fetchall()
         tag = conn.execute("SELECT uns_path FROM nexus_tags WHERE tag_id = 77").fetchone()
     assert stored == [(3.5,)] and tag == (new_tag.topic,)
+
+
+def test_an_activation_s_device_batches_are_spooled_as_few_records_and_every_row_lands(db: str) -> None:
+    """A worker hands over one batch per device poll; they are spooled and queued as records of up to
+    ``MERGE_ROWS`` rows (one encoding and one queue entry for many polls), and every row of every
+    device is stored with its own time, value and quality."""
+    devices = [f"press-{i:02d}" for i in range(12)]
+    batches = [
+        PointBatch(
+            dev,
+            np.full(100, T0 + i * 10**6, np.int64),
+            np.arange(100, dtype=np.int64) + 1_000 * (i + 1),
+            np.arange(100, dtype=np.float64) + i / 4,
+            np.full(100, Quality.BAD if i % 3 == 0 else Quality.GOOD, np.uint8),
+        )
+        for i, dev in enumerate(devices)
+    ]
+    part = HistorianSink(HistorianConfig(url=db, max_delay_s=600), TAGS).build("h", 0, 1)
+    try:
+        part.write_batch(batches)
+        assert writer_module.MERGE_ROWS == 1_024
+        assert part.writer.spool.last_seq == 2  # 1,200 rows: ten polls in one record, two in the next
+        part.writer.flush(10)
+        assert part.writer.stats()["rows_written"] == 1_200
+    finally:
+        part.close()
+    with psycopg.connect(db) as conn:
+        stored = conn.execute(
+            "SELECT tag_id, value, quality, extract(epoch FROM time) FROM nexus_points ORDER BY tag_id"
+        ).fetchall()
+    expected = sorted(
+        (int(t), float(v), int(q), (T0 // 1_000 + i * 1_000) / 1e6)
+        for i, b in enumerate(batches)
+        for t, v, q in zip(b.tag_ids, b.values, b.quality, strict=True)
+    )
+    assert [(t, v, q, round(float(e), 6)) for t, v, q, e in stored] == [
+        (t, v, q, round(e, 6)) for t, v, q, e in expected
+    ]
 
 
 # -- store and forward: the disk spool ----------------------------------------------------------------
