@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litestar import Litestar, Router, get
+from litestar import Litestar, Request, Router, get
 from litestar.openapi import OpenAPIConfig
 
 from api.auth.guard import check_routes
 from api.errors import EXCEPTION_HANDLERS
 from api.openapi import add_model_examples
+from control.errors import InvalidError
 from core.settings import Settings
 
 #: Domain packages mounted by ``create_app``; each has ``route_handlers() -> list``.
@@ -42,6 +43,22 @@ MAX_BODY_BYTES = 4_000_000
 """Request bodies above this answer 413 (a spec with thousands of tags is well below it)."""
 
 
+def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
+    """No name, id or filter here can hold a NUL character (PostgreSQL text cannot): refuse one in a
+    path or query parameter up front, naming the parameter, before it reaches a store."""
+    found = [
+        (f"{source}:{name}", "contains a NUL character (\\x00)")
+        for source, items in (
+            ("path", request.path_params.items()),
+            ("query", request.query_params.multi_items()),
+        )
+        for name, value in items
+        if isinstance(value, str) and "\x00" in value
+    ]
+    if found:
+        raise InvalidError("a parameter contains a NUL character", found)
+
+
 def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
     """The app; ``services`` (store, supervisor, live status, ...) land on ``app.state`` by name."""
     settings = settings or Settings.from_env()
@@ -63,6 +80,7 @@ def create_app(settings: Settings | None = None, **services: Any) -> Litestar:
         route_handlers=handlers,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
+        before_request=refuse_nul_characters,
         openapi_config=OpenAPIConfig(
             title="NEXUS Edge control API",
             version="1.0.0",

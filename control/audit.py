@@ -33,7 +33,7 @@ import psycopg
 from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, create_engine, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from control.errors import InvalidError, UnavailableError
@@ -85,15 +85,46 @@ class AuditEvent:
     detail: dict[str, Any]
 
 
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    """A filter time in UTC (PostgreSQL takes offsets only up to 15:59; Python's reach 23:59)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise InvalidError("naive time", [(f"query:{name}", "must carry a timezone, e.g. ...Z")])
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidError(
+            "time out of range", [(f"query:{name}", f"{value.isoformat()} is outside years 1..9999 in UTC")]
+        ) from None
+
+
+def _visible(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL: an attempt with one (a log-in name) is recorded with
+    it spelled out instead of failing the record."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 def _clip(value: str | None) -> str | None:
-    return None if value is None else value[:_MAX_TEXT]
+    return None if value is None else _visible(value)[:_MAX_TEXT]
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _visible(value)
+    if isinstance(value, dict):
+        return {_visible(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
 
 
 def _jsonable(detail: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The detail as plain JSON (datetimes and other objects as text), so any mapping can be recorded."""
+    """The detail as plain JSON (datetimes and other objects as text, NUL spelled out), so any mapping
+    can be recorded."""
     if not detail:
         return {}
-    return json.loads(json.dumps(dict(detail), default=str))  # type: ignore[no-any-return]
+    return _no_nul(json.loads(json.dumps(dict(detail), default=str)))  # type: ignore[no-any-return]
 
 
 def changes(before: Any, after: Any, path: str = "") -> dict[str, dict[str, Any]]:
@@ -150,9 +181,9 @@ class AuditLog:
             at=datetime.now(UTC),
             actor=_clip(actor) or "?",
             source=_clip(source),
-            action=action[:64],
+            action=_visible(action)[:64],
             target=_clip(target),
-            outcome=outcome[:32],
+            outcome=_visible(outcome)[:32],
             detail=_jsonable(detail),
         )
         try:
@@ -179,9 +210,10 @@ class AuditLog:
             raise InvalidError(
                 "limit out of range", [("query:limit", f"must be 1..{MAX_QUERY}, got {limit}")]
             )
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise InvalidError("naive time", [(f"query:{name}", "must carry a timezone, e.g. ...Z")])
+        for name, value in (("actor", actor), ("action", action), ("target", target)):
+            if value and "\x00" in value:
+                raise InvalidError("NUL in a filter", [(f"query:{name}", "contains a NUL character (\\x00)")])
+        since, until = _utc("since", since), _utc("until", until)
         stmt = select(AuditEventRow)
         if actor:
             stmt = stmt.where(col(AuditEventRow.actor) == actor)
@@ -201,6 +233,8 @@ class AuditLog:
         try:
             with Session(self.engine) as session:
                 rows = session.exec(stmt).all()
+        except DataError as exc:  # a filter PostgreSQL cannot compare with: bad input, not an outage
+            raise InvalidError("a filter cannot be queried", [("query", type(exc.orig).__name__)]) from None
         except SQLAlchemyError as exc:
             raise UnavailableError(f"the audit log is unavailable: {type(exc).__name__}") from None
         return [

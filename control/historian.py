@@ -131,7 +131,13 @@ def _aware(name: str, value: datetime) -> datetime:
         raise InvalidError(
             f"{name} has no timezone", [(f"query.{name}", "give a UTC offset, e.g. 2026-11-30T12:00:00Z")]
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidError(
+            f"{name} is out of range",
+            [(f"query.{name}", f"{value.isoformat()} is outside years 1..9999 in UTC")],
+        ) from None
 
 
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -286,6 +292,8 @@ class Historian:
             raise TooLargeError("the query ran longer than the statement timeout; narrow it") from exc
         except psycopg.OperationalError as exc:
             raise UnavailableError("historian database unavailable") from exc
+        except psycopg.DataError as exc:  # a filter PostgreSQL cannot hold (NUL in text): bad input
+            raise InvalidError("a filter cannot be queried", [("query", type(exc).__name__)]) from None
 
     async def _has_core_tables(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         tables = await self._tables_now(conn)

@@ -85,3 +85,30 @@ def test_a_tag_write_is_audited_with_its_value_and_result(client: TestClient[Any
     ).json()
     assert event["actor"] == "operator" and event["target"] == "line1/press-01/speed"
     assert event["outcome"] == "error" and event["detail"]["value"] == 5 and event["detail"]["error"]
+
+
+def test_nul_characters_and_far_offsets_are_422_naming_the_parameter(client: TestClient[Any]) -> None:
+    """What schemathesis found: ``actor`` with a NUL and ``since`` at -18:09 answered 503. Every path and
+    query parameter of the API is checked the same way (a flow id, a historian filter)."""
+    admin = login(client, "admin")
+    odd = {"actor": "adm\x00in", "since": "0241-05-11T10:56:06.468120-18:09"}
+    r = client.get("/api/v1/audit", params=odd, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["problems"] == [{"path": "query:actor", "message": "contains a NUL character (\\x00)"}]
+    r = client.get("/api/v1/audit", params={"since": odd["since"]}, headers=admin)
+    assert r.status_code == 200 and [e["action"] for e in r.json()] == ["auth.login"]
+    r = client.get("/api/v1/audit", params={"until": "0001-01-01T00:00:00+23:59"}, headers=admin)
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "query:until"
+    r = client.get("/api/v1/flows/li%00ne1", headers=admin)
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "path:flow_id"
+    r = client.get("/api/v1/historian/tags", params={"device": "\x00"}, headers=admin)
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "query:device"
+
+
+def test_a_log_in_name_with_a_nul_character_is_refused_and_audited(client: TestClient[Any]) -> None:
+    r = client.post("/api/v1/auth/login", json={"username": "ad\x00min", "password": "not-it"})
+    assert r.status_code == 401, r.text
+    events = client.get(
+        "/api/v1/audit", params={"action": "auth.login_failed"}, headers=login(client, "admin")
+    )
+    assert [e["actor"] for e in events.json()] == ["ad\\x00min"]

@@ -9,6 +9,7 @@ the real pymodbus and asyncua servers and a real broker (tests/api/test_device_i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +72,9 @@ def admin_headers(app: Any, store: ConfigStore) -> dict[str, str]:
     return {"Authorization": f"Bearer {auth_of(app).tokens.access_token('admin', grant.family)}"}
 
 
+EXAMPLES = int(os.environ.get("NEXUS_FUZZ_EXAMPLES", "4"))
+"""Generated requests per operation and mode: CI-sized; ``NEXUS_FUZZ_EXAMPLES=30`` for a deeper hunt."""
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -118,7 +122,9 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
         for mode, strategy in strategies.items():
 
             @given(case=strategy)
-            @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(
+                max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            )
             def run(case: Any) -> None:
                 # one session for the run; a generated log-out ends only a fresh session of its own
                 headers = admin_headers(app, store) if case.path.endswith("/logout") else session

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -39,6 +39,32 @@ def test_record_and_filter(audit: AuditLog) -> None:
         audit.query(since=datetime(2026, 1, 1))  # naive
     with pytest.raises(InvalidError):
         audit.query(limit=0)
+
+
+def test_filters_postgresql_cannot_hold_are_bad_input_not_an_outage(audit: AuditLog) -> None:
+    """NUL in a text filter and offsets beyond PostgreSQL's 15:59 (found by schemathesis: a NUL answered
+    503, "the audit log is unavailable")."""
+    audit.record("auth.login", actor="alice", source="10.0.0.1")
+    for name in ("actor", "action", "target"):
+        with pytest.raises(InvalidError) as info:
+            audit.query(**{name: "ali\x00ce"})
+        assert info.value.problems == [(f"query:{name}", "contains a NUL character (\\x00)")]
+    with pytest.raises(InvalidError) as info:
+        audit.query(until=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59))))
+    assert info.value.problems[0][0] == "query:until"
+    minus_18_09 = timezone(-timedelta(hours=18, minutes=9))
+    (e,) = audit.query(
+        actor="alice", since=(datetime.now(UTC) - timedelta(minutes=5)).astimezone(minus_18_09)
+    )
+    assert e.action == "auth.login"
+    assert audit.query(since=(datetime.now(UTC) + timedelta(minutes=5)).astimezone(minus_18_09)) == []
+
+
+def test_an_attempt_with_a_nul_character_is_recorded_spelled_out(audit: AuditLog) -> None:
+    """A log-in name with a NUL (schemathesis: the record failed, so the log-in answered 503)."""
+    audit.record("auth.login_failed", actor="ad\x00min", source="10.0.0.1", detail={"na\x00me": ["a\x00"]})
+    (e,) = audit.query()
+    assert (e.actor, e.detail) == ("ad\\x00min", {"na\\x00me": ["a\\x00"]})
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -214,6 +214,22 @@ def test_inverted_and_naive_ranges_and_unknown_tags(loaded: str) -> None:
     assert info.value.problems[0][0] == "query.start"
     with pytest.raises(NotFoundError, match="424242"):
         run(with_historian(loaded, lambda h: h.aggregates([1, 424242], T0, T0 + timedelta(hours=1))))
+
+
+def test_far_offsets_and_nul_characters_are_bad_input_not_errors(loaded: str) -> None:
+    """A time whose UTC falls outside Python's years, and text PostgreSQL cannot hold (found by
+    schemathesis: both used to escape as a 500)."""
+    year_one = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59)))
+    with pytest.raises(InvalidError) as info:
+        run(with_historian(loaded, lambda h: h.raw([1], year_one, T0)))
+    assert info.value.problems[0][0] == "query.start"
+    with pytest.raises(InvalidError) as info:
+        run(with_historian(loaded, lambda h: h.tags(device="press\x0001")))
+    assert info.value.problems[0][0] == "query"
+    # an offset PostgreSQL would not take itself (beyond 15:59) is a plain UTC instant
+    far = (T0 + timedelta(seconds=3)).astimezone(timezone(-timedelta(hours=18, minutes=9)))
+    got = run(with_historian(loaded, lambda h: h.raw([1], far, T0 + timedelta(seconds=5))))
+    assert got["series"][0]["value"] == [3.0, 4.0]
 
 
 def test_latest_from_nexus_latest_and_from_points(loaded: str, db: str) -> None:
