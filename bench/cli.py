@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadband", action="store_true", help="deadband on every tag (default: off)")
     p.add_argument("--qos", type=int, default=0, choices=(0, 1))
     p.add_argument("--processes", type=int, default=1, help="Bytewax processes of the e2e flow")
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="Bytewax workers per e2e process (-w): 2 workers in 1 process against 2 processes",
+    )  # fmt: skip
     p.add_argument("--duration", type=float, default=30.0, help="e2e measuring window, s")
     p.add_argument("--warmup", type=float, default=10.0, help="e2e warm-up before measuring, s")
     p.add_argument("--baseline-rows", type=int, default=300_000)
@@ -450,7 +454,7 @@ def stage_e2e(
         "NEXUS_LOG_LEVEL": "WARNING",
         "NEXUS_DATA_DIR": str(work / "data-e2e"),  # the run's own spools: none left over from another
     }
-    procs = start_flow("bench.flow:flow", env, load.processes, work)
+    procs = start_flow("bench.flow:flow", env, load.processes, work, args.workers)
     for i, p in enumerate(procs):
         mon.watch(f"bytewax-{i}", p.pid)
     try:
@@ -510,6 +514,7 @@ def stage_e2e(
 
     return {
         "seconds": round(seconds, 2),
+        "workers_per_process": args.workers,
         "offered_points_per_s": load.points_per_s,
         "points_read_per_s": round(delta("points_read") / seconds, 1),
         "points_through_operators_per_s": round(delta("historian", "points_in") / seconds, 1),
