@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
+from control.errors import ConflictError, InvalidError, NotFoundError, UnavailableError, aware_utc
 from control.store import SCHEMA
 
 __all__ = [
@@ -312,8 +312,7 @@ class Accounts:
         if not 1 <= len(name) <= 200:
             raise InvalidError("invalid key name", [("name", "must be 1..200 characters")])
         if expires_at is not None:
-            if expires_at.tzinfo is None:
-                raise InvalidError("naive expiry", [("expires_at", "must carry a timezone, e.g. ...Z")])
+            expires_at = aware_utc(expires_at, "expires_at")
             if expires_at <= _now():
                 raise InvalidError("expiry in the past", [("expires_at", "must be in the future")])
         key_id = secrets.token_hex(9)

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from control.errors import InvalidError, UnavailableError
+from control.errors import InvalidError, UnavailableError, aware_utc
 from control.store import SCHEMA
 
 __all__ = ["MAX_QUERY", "AuditEvent", "AuditEventRow", "AuditLog", "changes"]
@@ -83,20 +83,6 @@ class AuditEvent:
     target: str | None
     outcome: str
     detail: dict[str, Any]
-
-
-def _utc(name: str, value: datetime | None) -> datetime | None:
-    """A filter time in UTC (PostgreSQL takes offsets only up to 15:59; Python's reach 23:59)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise InvalidError("naive time", [(f"query:{name}", "must carry a timezone, e.g. ...Z")])
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidError(
-            "time out of range", [(f"query:{name}", f"{value.isoformat()} is outside years 1..9999 in UTC")]
-        ) from None
 
 
 def _visible(text: str) -> str:
@@ -210,7 +196,8 @@ class AuditLog:
             raise InvalidError(
                 "limit out of range", [("query:limit", f"must be 1..{MAX_QUERY}, got {limit}")]
             )
-        since, until = _utc("since", since), _utc("until", until)
+        since = None if since is None else aware_utc(since, "query:since")
+        until = None if until is None else aware_utc(until, "query:until")
         stmt = select(AuditEventRow)
         if actor:
             stmt = stmt.where(col(AuditEventRow.actor) == actor)

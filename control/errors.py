@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 
 class ControlError(Exception):
@@ -32,3 +33,19 @@ class TooLargeError(ControlError):
 
 class UnavailableError(ControlError):
     """A service the request needs (database, broker, device) did not answer in time."""
+
+
+def aware_utc(value: datetime, where: str) -> datetime:
+    """``value`` as UTC, or :class:`InvalidError` at ``where`` (``query:since``, ``expires_at``) when it
+    has no timezone or its UTC falls outside years 1..9999. (PostgreSQL takes offsets only up to
+    15:59, Python's reach 23:59; an instant Python cannot read back would break every later read.)"""
+    if value.tzinfo is None:
+        raise InvalidError(
+            f"{where} has no timezone", [(where, "must carry a UTC offset, e.g. 2026-11-30T12:00:00Z")]
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidError(
+            f"{where} is out of range", [(where, f"{value.isoformat()} is outside years 1..9999 in UTC")]
+        ) from None

@@ -44,7 +44,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from control.errors import InvalidError, NotFoundError, TooLargeError, UnavailableError
+from control.errors import InvalidError, NotFoundError, TooLargeError, UnavailableError, aware_utc
 
 __all__ = [
     "AGG_FIELDS",
@@ -126,23 +126,9 @@ def pick_source(bucket: timedelta, available: set[str]) -> Source:
     return "nexus_points"
 
 
-def _aware(name: str, value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise InvalidError(
-            f"{name} has no timezone", [(f"query.{name}", "give a UTC offset, e.g. 2026-11-30T12:00:00Z")]
-        )
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidError(
-            f"{name} is out of range",
-            [(f"query.{name}", f"{value.isoformat()} is outside years 1..9999 in UTC")],
-        ) from None
-
-
 def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """Both ends timezone-aware, ``start < end``, not longer than ten years."""
-    start, end = _aware("start", start), _aware("end", end)
+    start, end = aware_utc(start, "query.start"), aware_utc(end, "query.end")
     if end <= start:
         raise InvalidError(
             "the range is empty or inverted",

@@ -238,6 +238,19 @@ def test_api_keys_shown_once_hashed_revocable_and_expiring(
     assert {e.action for e in AuditLog(store.engine).query(action="key.*")} == {"key.create", "key.revoke"}
 
 
+def test_a_key_expiring_beyond_year_9999_in_utc_is_refused_and_the_list_still_reads(
+    client: TestClient[Any],
+) -> None:
+    """9999-12-31T23:00-23:59 is year 10000 in UTC: stored, it would break every later list of keys."""
+    admin = login(client, "admin")
+    far = {"name": "far", "role": "viewer", "expires_at": "9999-12-31T23:00:00-23:59"}
+    r = client.post("/api/v1/keys", json=far, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["problems"][0]["path"] == "expires_at"
+    r = client.get("/api/v1/keys", headers=admin)
+    assert r.status_code == 200 and r.json() == []
+
+
 def test_users_admin_and_the_last_admin_stays(client: TestClient[Any], store: ConfigStore) -> None:
     admin = login(client, "admin")
     assert [u["username"] for u in client.get("/api/v1/users", headers=admin).json()] == [
