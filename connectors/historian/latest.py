@@ -109,6 +109,10 @@ class LatestRows:
         self._v = np.zeros(slots, np.float64)
         self._q = np.zeros(slots, np.uint8)
         self._count = 0
+        self._order: tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.intp]] | None = None
+        """The last :meth:`peek`'s used slots, their keys and the order that sorts them: a flow sends the
+        same tags in the same order interval after interval, so they land in the same slots and the
+        sort (~3 ms for 50,000 tags, once a second at 500 devices) is done once."""
 
     def __len__(self) -> int:
         return self._count
@@ -147,7 +151,14 @@ class LatestRows:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
         """The kept rows in tag order: ``(time_us, tag_ids, values, quality)``."""
         slots = np.flatnonzero(self._used)
-        slots = slots[np.argsort(self._keys[slots])]
+        keys = self._keys[slots]
+        last = self._order
+        if last is not None and np.array_equal(last[0], slots) and np.array_equal(last[1], keys):
+            order = last[2]
+        else:
+            order = np.argsort(keys)
+            self._order = (slots, keys, order)
+        slots = slots[order]
         return self._t[slots], self._keys[slots], self._v[slots], self._q[slots]
 
     def clear(self) -> None:

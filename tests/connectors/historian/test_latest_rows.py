@@ -56,6 +56,7 @@ def test_newest_row_per_tag_in_tag_order(chunks: list[list[Row]], clear_after: i
     for i, chunk in enumerate(chunks):
         _merge(table, chunk)
         seen += chunk
+        assert _same(_rows(table), _reference(seen))  # every peek, so the kept order meets new rows
         if i == clear_after:  # written to nexus_latest: forgotten
             table.clear()
             seen = []
@@ -74,3 +75,25 @@ def test_grows_past_its_first_size_and_shrinks_after_a_burst() -> None:
     table.clear()
     table.merge(np.array([1], np.int64), np.array([5], np.int64), np.array([1.0]), np.zeros(1, np.uint8))
     assert _rows(table) == [(5, 1, 1.0, 0)] and len(table) == 1
+
+
+def _first_slot(tag: int, bits: int = 10) -> int:
+    """The slot :mod:`core.idtable` tries first for ``tag`` in a table of ``2**bits`` slots."""
+    return ((tag * 0x9E3779B97F4A7C15) % 2**64) >> (64 - bits)
+
+
+def test_the_same_slots_holding_other_tags_are_sorted_afresh() -> None:
+    """The table keeps its last peek's order while the same tags sit in the same slots. Two tags
+    that want the same slot swap places when they come in the other order after a clear: the used
+    slots are the same, the keys in them are not, and the old order would pair the wrong rows."""
+    a = 1
+    b = next(t for t in range(2, 100_000) if _first_slot(t) == _first_slot(a))
+    table = LatestRows()
+    zeros = np.zeros(2, np.int64)
+    table.merge(zeros, np.array([a, b], np.int64), np.array([1.0, 2.0]), np.zeros(2, np.uint8))
+    assert _rows(table) == [(a, 0, 1.0, 0), (b, 0, 2.0, 0)]
+    used = np.flatnonzero(table._used).tolist()
+    table.clear()
+    table.merge(zeros, np.array([b, a], np.int64), np.array([20.0, 10.0]), np.zeros(2, np.uint8))
+    assert np.flatnonzero(table._used).tolist() == used  # the same slots, the tags swapped
+    assert _rows(table) == [(a, 0, 10.0, 0), (b, 0, 20.0, 0)]

@@ -265,3 +265,31 @@ def test_several_batches_in_one_hand_over_keep_their_order(
     got = wait_for(lambda: len(sub_msgs := subscriber.received()) >= 10 and sub_msgs, what="10 messages")
     temps = [m["value"] for t, m in got if t == TAGS[1].topic]
     assert temps == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_hand_overs_reuse_written_buffers_and_every_message_arrives_intact(
+    mqtt_url: str, subscriber: Subscriber, wait_for: Callable[..., Any]
+) -> None:
+    """Each hand-over's packets go to paho in a buffer that is reused once paho has written it: a
+    buffer reused too early would send later packets in place of earlier ones."""
+    rounds = 300
+    with UnsPublisher(MqttSinkConfig(url=mqtt_url, qos=0), TAGS) as pub:
+        for k in range(rounds):
+            batches = [
+                PointBatch.from_values("press-01", [1, 3], [float(k), -float(k)], ts_ns=T0 + k * 1000),
+                PointBatch.from_values("press-01", [2], [float(k) + 0.5], ts_ns=T0 + k * 1000),
+            ]
+            assert pub.publish_batches(batches) == 3
+        pub.flush(10)
+        assert pub.acked == 3 * rounds
+        buffers = pub._buffers.allocated
+    got = wait_for(lambda: len(msgs := subscriber.received()) >= 3 * rounds and msgs, what="every message")
+    by_topic: dict[str, list[float]] = {}
+    for topic, m in got:
+        by_topic.setdefault(topic, []).append(m["value"])
+    assert by_topic == {
+        TAGS[1].topic: [float(k) for k in range(rounds)],
+        TAGS[3].topic: [-float(k) for k in range(rounds)],
+        TAGS[2].topic: [float(k) + 0.5 for k in range(rounds)],
+    }
+    assert buffers < rounds  # written buffers were reused (not one new buffer per hand-over)
