@@ -389,8 +389,9 @@ class UnsPublisher:
         self._closed = False
         self._blobs: dict[int, tuple[int, mqtt.MQTTMessageInfo, bytes | bytearray | memoryview, int]] = {}
         """QoS 0 fast path: per packed blob handed to paho (by message id), its message count, info,
-        bytes (paho holds them anyway until they are written) and, for a replayed blob, the offset of
-        its first message in the drain's list (-1: a live blob)."""
+        packets (paho holds them anyway until they are written; a live hand-over's are a view of a
+        :class:`BlobBuffers` buffer) and, for a replayed blob, the offset of its first message in
+        the drain's list (-1: a live blob)."""
         self._buffers = BlobBuffers()
         """The live batches' packets, one buffer per hand-over, reused once paho has written it."""
         self._rewind: int | None = None

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.historian.latest import LatestRows
+from core.idtable import _HASH
 
 Row = tuple[int, int, float, int]  # tag id, time, value, quality
 
@@ -79,7 +80,7 @@ def test_grows_past_its_first_size_and_shrinks_after_a_burst() -> None:
 
 def _first_slot(tag: int, bits: int = 10) -> int:
     """The slot :mod:`core.idtable` tries first for ``tag`` in a table of ``2**bits`` slots."""
-    return ((tag * 0x9E3779B97F4A7C15) % 2**64) >> (64 - bits)
+    return ((tag * int(_HASH)) % 2**64) >> (64 - bits)
 
 
 def test_the_same_slots_holding_other_tags_are_sorted_afresh() -> None:
