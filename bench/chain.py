@@ -29,7 +29,7 @@ from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import OperatorChain
-from operators.chain_bytewax import Item, chain_to_sinks
+from operators.chain_bytewax import Item, Picked, chain_to_sinks, output_picked
 from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
@@ -142,14 +142,17 @@ class Chain:
     def build_flow(self, flow: Dataflow, batches: Stream[PointBatch], sink: DynamicSink[Any]) -> None:
         """The same chain with the project's Bytewax adapters; every output goes to ``sink``.
 
-        Fused: one keyed stateful step for the whole chain and two un-keyed output steps, as compiled
-        flows run it (:func:`operators.chain_bytewax.chain_to_sinks`); else four (normalize is a map
+        Fused: one keyed stateful step for the whole chain, whose output each sink picks its items
+        from, as compiled flows run it (:func:`operators.chain_bytewax.chain_to_sinks`); else four (normalize is a map
         before the key)."""
         if self.fused:
             items = cast("Stream[Item]", batches)  # (a stream of batches is one of items)
             out = chain_to_sinks("chain", op.key_on("key", items, _device), self.operator_chain)
-            op.output("out_points", out.points, sink)
-            op.output("out_derived", out.derived, sink)
+            output_picked(
+                "out",
+                out.stream,
+                [Picked("out_points", sink, out.points), Picked("out_derived", sink, out.derived)],
+            )
             return
         s = bytewax_ops.normalize("normalize", batches, self.normalizer)
         keyed = op.key_on("key", s, _device)

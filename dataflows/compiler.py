@@ -72,7 +72,7 @@ from operators.anomaly import AnomalyDetector, MlCheck, RangeCheck, RateCheck, S
 from operators.anomaly_bytewax import detect_anomalies
 from operators.bytewax_ops import HotNormalizer
 from operators.chain import OperatorChain
-from operators.chain_bytewax import HOT_KINDS, chain_to_sinks
+from operators.chain_bytewax import HOT_KINDS, Picked, chain_to_sinks, output_picked
 from operators.deadband import Deadband, DeadbandParams
 from operators.expressions import CalculatedTags
 from operators.normalize import NormalizeParams, Normalizer
@@ -86,6 +86,8 @@ SOURCE_STEP = "devices"
 MQTT_SOURCE_STEP = "mqtt_devices"
 DERIVED_STEP = "derived"
 """Sink step of what the taps derive (aggregates, alerts, OEE); override it in ``Runtime.sinks``."""
+SINKS_STEP = "_sinks"
+"""The one output step of a fused chain's sinks (:func:`_chain`); no node id starts with ``_``."""
 
 X = TypeVar("X")
 DeviceSpecAny = ModbusDeviceSpec | OpcUaDeviceSpec | S7DeviceSpec | MqttDeviceSpec
@@ -828,9 +830,11 @@ def fused_chain(spec: FlowSpec) -> ChainRun | None:
     return ops[0], ops[1], ops[2], anomaly  # type: ignore[return-value]
 
 
-def _chain(spec: FlowSpec, run: ChainRun, cur: _Lazy, runtime: Runtime, derived: list[Stream[Any]]) -> _Lazy:
-    """The fused chain's step (see :func:`fused_chain`): its points go on to the sinks, its
-    aggregates, alerts and config items to ``derived``, its late points to the status count.
+def _chain(spec: FlowSpec, run: ChainRun, cur: _Lazy, runtime: Runtime) -> None:
+    """The fused chain's step (see :func:`fused_chain`) and the flow's sinks: every sink takes the
+    chain's points and config items, the derived sink its aggregates, alerts and config items, each
+    picked from the step's output as the sink writes (:func:`~operators.chain_bytewax.output_picked`:
+    no step per output stream); its late points go to the status count.
 
     Its state is keyed under the normalize, deadband and window node ids and the window labels, so
     adding or removing the anomaly node resumes the rest; a flow that was compiled step by step
@@ -853,8 +857,10 @@ def _chain(spec: FlowSpec, run: ChainRun, cur: _Lazy, runtime: Runtime, derived:
         start_version=runtime.version,
         kinds=HOT_KINDS if anomaly is not None else ("normalize", "deadband"),
     )
-    derived.append(out.derived)
-    return _Lazy(out.points, keyed=False, name=db.id)
+    sinks = [Picked(node.id, _build_sink(node, spec, runtime), out.points) for node in spec.sinks]
+    output_picked(
+        SINKS_STEP, out.stream, [*sinks, Picked(DERIVED_STEP, _derived_sink(spec, runtime), out.derived)]
+    )
 
 
 def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
@@ -875,45 +881,38 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     derived: list[Stream[Any]] = []
     run = fused_chain(spec)
     if run is not None:
-        cur = _chain(spec, run, cur, runtime, derived)
-        outputs = dict.fromkeys((n.id for n in spec.operators), cur)
-    else:
-        for node in spec.operators:
-            if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
-                cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)
-            elif isinstance(node, DeadbandNode):
-                cur = _stateful(
-                    node.id, bytewax_ops.deadband(node.id, cur.keyed(), deadband_for(spec), version)
+        _chain(spec, run, cur, runtime)
+        return flow
+    for node in spec.operators:
+        if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
+            cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)
+        elif isinstance(node, DeadbandNode):
+            cur = _stateful(node.id, bytewax_ops.deadband(node.id, cur.keyed(), deadband_for(spec), version))
+        elif isinstance(node, CompressNode):
+            cur = _stateful(node.id, swinging_door(node.id, cur.keyed(), swinging_door_for(spec), version))
+        elif isinstance(node, CalculateNode):
+            cur = _stateful(node.id, calculated_tags(node.id, cur.keyed(), calculated_for(spec), version))
+        elif isinstance(node, WindowNode):
+            aggregator = _window_aggregator(node)
+            aggs, late = tumbling_aggregate(node.id, cur.keyed(), aggregator)
+            derived.append(op.map(f"{node.id}_out", aggs, _unkey))
+            if status is not None:
+                op.inspect(
+                    f"{node.id}_late_count", late, lambda _s, kv: status.count("late_points", len(kv[1]))
                 )
-            elif isinstance(node, CompressNode):
-                cur = _stateful(
-                    node.id, swinging_door(node.id, cur.keyed(), swinging_door_for(spec), version)
+        elif isinstance(node, AnomalyNode):
+            derived.append(
+                op.map(
+                    f"{node.id}_out",
+                    detect_anomalies(node.id, cur.keyed(), anomaly_detector_for(spec), version),
+                    _unkey,
                 )
-            elif isinstance(node, CalculateNode):
-                cur = _stateful(node.id, calculated_tags(node.id, cur.keyed(), calculated_for(spec), version))
-            elif isinstance(node, WindowNode):
-                aggregator = _window_aggregator(node)
-                aggs, late = tumbling_aggregate(node.id, cur.keyed(), aggregator)
-                derived.append(op.map(f"{node.id}_out", aggs, _unkey))
-                if status is not None:
-                    op.inspect(
-                        f"{node.id}_late_count", late, lambda _s, kv: status.count("late_points", len(kv[1]))
-                    )
-            elif isinstance(node, AnomalyNode):
-                derived.append(
-                    op.map(
-                        f"{node.id}_out",
-                        detect_anomalies(node.id, cur.keyed(), anomaly_detector_for(spec), version),
-                        _unkey,
-                    )
-                )
-            elif isinstance(node, OeeNode):
-                derived.append(
-                    op.map(
-                        f"{node.id}_out", oee(node.id, cur.keyed(), oee_calculator_for(spec, node)), _unkey
-                    )
-                )
-            outputs[node.id] = cur
+            )
+        elif isinstance(node, OeeNode):
+            derived.append(
+                op.map(f"{node.id}_out", oee(node.id, cur.keyed(), oee_calculator_for(spec, node)), _unkey)
+            )
+        outputs[node.id] = cur
     for sink_node in spec.sinks:
         chosen = outputs[sink_node.input] if sink_node.input else cur
         op.output(sink_node.id, chosen.plain(), _build_sink(sink_node, spec, runtime))

@@ -1,9 +1,11 @@
 """Bytewax 0.21 adapter for :class:`operators.chain.OperatorChain`: the whole chain as one keyed
 stateful step (instead of normalize, deadband, windows and checks as four), then one cheap
-``flat_map_value`` per output stream.
+``flat_map_value`` per output stream (:func:`operator_chain`), or none: a compiled flow's sinks read
+the step's output themselves (:func:`chain_to_sinks`, :func:`output_picked`).
 
-Each keyed step costs Bytewax ``on_batch`` → ``on_item`` → ``notify_at`` per item (~4-5 µs per
-device poll); one step for the chain pays it once. The windows' idle closing and end-of-input flush
+Each keyed step costs Bytewax ``on_batch`` → ``notify_at`` per item (~4-5 µs per device poll); one
+step for the chain pays it once, and :class:`ChainLogic` is a ``StatefulBatchLogic`` itself (no
+``op.stateful`` shim calling ``on_item`` from ``on_batch``). The windows' idle closing and end-of-input flush
 are :class:`~operators.window_bytewax.WindowLogic`'s; the snapshot is the device's
 :class:`~operators.chain.ChainState` pickled to bytes (its anomaly part is updated in place).
 
@@ -43,13 +45,15 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
@@ -59,7 +63,16 @@ from operators.chain import ChainResult, ChainState, OperatorChain
 from operators.hot import HotCore, Swapped, keep_tags
 from operators.window_bytewax import ns_to_utc_ceil
 
-__all__ = ["HOT_KINDS", "ChainLogic", "ChainStreams", "SinkStreams", "chain_to_sinks", "operator_chain"]
+__all__ = [
+    "HOT_KINDS",
+    "ChainLogic",
+    "ChainOutput",
+    "ChainStreams",
+    "Picked",
+    "chain_to_sinks",
+    "operator_chain",
+    "output_picked",
+]
 
 Item = PointBatch | DeviceConfig
 Out = tuple[PointBatch, list[AggBatch], PointBatch, list[Alert]]
@@ -71,11 +84,14 @@ else a new :class:`ChainState` around the same deadband and window states (those
 changed): Bytewax takes a snapshot of every touched key at every epoch, with or without recovery, and
 pickling the whole state each time was ~6 % of the worker at 500 devices (BENCHMARKS.md)."""
 
+X = TypeVar("X")
+Y = TypeVar("Y")
+
 HOT_KINDS = ("normalize", "deadband", "anomaly")
 """The parameter kinds of a :class:`DeviceConfig` the chain swaps (see :meth:`OperatorChain.swapped`)."""
 
 
-class ChainLogic(StatefulLogic[Item, Emitted, Snapshot]):
+class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
     """One device's chain state around the framework-free :class:`OperatorChain`.
 
     ``kinds`` are the parameter kinds a config item swaps: a flow without an anomaly node leaves
@@ -114,27 +130,35 @@ class ChainLogic(StatefulLogic[Item, Emitted, Snapshot]):
     def core(self) -> OperatorChain:
         return self.hot.core
 
-    def on_item(self, value: Item) -> tuple[Iterable[Emitted], bool]:
-        if value.__class__ is DeviceConfig:
-            return self._swap(value), StatefulLogic.RETAIN  # type: ignore[arg-type]
-        now = self.clock()
-        result: ChainResult = self.hot.core.process(self.state, value, now)  # type: ignore[arg-type]
-        self.state = result[0]
-        return (result[1:],), StatefulLogic.RETAIN
+    def on_batch(self, values: list[Item]) -> tuple[Iterable[Emitted], bool]:
+        if len(values) == 1:  # (one poll per activation: the common case)
+            return (self._one(values[0]),), StatefulBatchLogic.RETAIN
+        return [self._one(v) for v in values], StatefulBatchLogic.RETAIN
 
-    def _swap(self, item: DeviceConfig) -> tuple[DeviceConfig]:
+    def on_item(self, value: Item) -> tuple[Iterable[Emitted], bool]:
+        """``on_batch`` of one item (``op.stateful``'s shape, for callers that feed items one by one)."""
+        return (self._one(value),), StatefulBatchLogic.RETAIN
+
+    def _one(self, value: Item) -> Emitted:
+        if value.__class__ is DeviceConfig:
+            return self._swap(value)  # type: ignore[arg-type]
+        result: ChainResult = self.hot.core.process(self.state, value, self.clock())  # type: ignore[arg-type]
+        self.state = result[0]
+        return result[1:]
+
+    def _swap(self, item: DeviceConfig) -> DeviceConfig:
         self.hot.swap(item)
         keep = item.tag_ids
         st = self.state
         st.deadband = keep_tags(st.deadband, keep)
         st.window = keep_tags(st.window, keep)
         st.anomaly = keep_tags(st.anomaly, keep)
-        return (item,)
+        return item
 
     def on_notify(self) -> tuple[Iterable[Emitted], bool]:
         window = self.state.window
         if window is None:
-            return (), StatefulLogic.RETAIN
+            return (), StatefulBatchLogic.RETAIN
         now = self.clock()
         windows = self.hot.core.windows
         self.state.window, aggs = windows.close_idle(window, now)
@@ -142,12 +166,14 @@ class ChainLogic(StatefulLogic[Item, Emitted, Snapshot]):
             # A quiet device's window state goes (bounded state, as the window step discards its
             # key); its deadband and checks state and its swapped parameters stay, as theirs do.
             self.state.window = None
-        return self._aggs(aggs), StatefulLogic.RETAIN
+        return self._aggs(aggs), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
         # Open buckets go out as partial results and stay: a resumed run completes them (upserts).
         window = self.state.window
-        return self._aggs([] if window is None else self.hot.core.windows.flush(window)), StatefulLogic.RETAIN
+        return self._aggs(
+            [] if window is None else self.hot.core.windows.flush(window)
+        ), StatefulBatchLogic.RETAIN
 
     def _aggs(self, aggs: list[AggBatch]) -> Iterable[Emitted]:
         if not aggs:
@@ -188,6 +214,17 @@ def _copy(state: ChainState) -> ChainState:
     return ChainState(state.deadband, state.window, state.anomaly)
 
 
+@operator
+def _logic(
+    step_id: str,
+    up: KeyedStream[PointBatch] | KeyedStream[Item],
+    build: Callable[[Snapshot | None], ChainLogic],
+) -> KeyedStream[Emitted]:
+    # ``stateful_batch`` under the name ``op.stateful`` gives its own (``<step_id>.stateful_batch``):
+    # snapshots taken when the step was an ``op.stateful`` resume.
+    return op.stateful_batch("stateful_batch", up, build)
+
+
 def _stateful(
     up: KeyedStream[PointBatch] | KeyedStream[Item],
     chain: OperatorChain,
@@ -202,7 +239,7 @@ def _stateful(
     def build(resume: Snapshot | None) -> ChainLogic:
         return ChainLogic.resume(chain, clock, resume, kinds, start_version)
 
-    return op.stateful(f"logic_{labels}", up, build)
+    return _logic(f"logic_{labels}", up, build)
 
 
 @dataclass(frozen=True)
@@ -261,40 +298,24 @@ def operator_chain(
     )
 
 
-@dataclass(frozen=True)
-class SinkStreams:
-    points: Stream[PointBatch | DeviceConfig]
-    """The points for the sinks, and the config items, un-keyed."""
-    derived: Stream[AggBatch | Alert | DeviceConfig]
-    """Aggregates, alerts and the config items (once each), un-keyed."""
+def chain_points(kvs: list[tuple[str, Emitted]]) -> list[PointBatch | DeviceConfig]:
+    """The sinks' items of a batch of the chain step's output: the points that passed (non-empty
+    batches) and the config items."""
+    got: list[PointBatch | DeviceConfig] = []
+    for _k, v in kvs:
+        if v.__class__ is DeviceConfig:
+            got.append(v)  # type: ignore[arg-type]
+        elif len(v[0]):  # type: ignore[index]
+            got.append(v[0])  # type: ignore[index]
+    return got
 
 
-@operator
-def chain_to_sinks(
-    step_id: str,
-    up: KeyedStream[Item],
-    chain: OperatorChain,
-    *,
-    count_late: Callable[[int], None] | None = None,
-    clock: Callable[[], int] = time.time_ns,
-    start_version: int = 0,
-    kinds: tuple[str, ...] = HOT_KINDS,
-) -> SinkStreams:
-    """:func:`operator_chain` shaped for a compiled flow: two un-keyed output steps of one Python
-    call per activation each (``flat_map_batch``), instead of four per-item splits, each stream's
-    un-keying and a merge. ``count_late`` is given the number of late points of each batch that has
-    some (they go nowhere else, as with the window step's late stream in a compiled flow).
-    """
-    out = _stateful(up, chain, clock, kinds, start_version)
-
-    def points(kvs: list[tuple[str, Emitted]]) -> list[PointBatch | DeviceConfig]:
-        got: list[PointBatch | DeviceConfig] = []
-        for _k, v in kvs:
-            if v.__class__ is DeviceConfig:
-                got.append(v)  # type: ignore[arg-type]
-            elif len(v[0]):  # type: ignore[index]
-                got.append(v[0])  # type: ignore[index]
-        return got
+def chain_derived(
+    count_late: Callable[[int], None] | None,
+) -> Callable[[list[tuple[str, Emitted]]], list[AggBatch | Alert | DeviceConfig]]:
+    """What picks the derived sink's items from a batch of the chain step's output: aggregates,
+    alerts and config items; ``count_late`` is given the number of late points of each batch that has
+    some (they go nowhere else, as with the window step's late stream in a compiled flow)."""
 
     def derived(kvs: list[tuple[str, Emitted]]) -> list[AggBatch | Alert | DeviceConfig]:
         got: list[AggBatch | Alert | DeviceConfig] = []
@@ -311,7 +332,124 @@ def chain_to_sinks(
                 count_late(len(late))
         return got
 
-    return SinkStreams(
-        points=op.flat_map_batch("points", out, points),
-        derived=op.flat_map_batch("derived", out, derived),
-    )
+    return derived
+
+
+@dataclass(frozen=True)
+class ChainOutput:
+    """The chain step's keyed output and what picks each kind of sink's items from a batch of it
+    (:func:`output_picked`)."""
+
+    stream: KeyedStream[Emitted]
+    points: Callable[[list[tuple[str, Emitted]]], list[PointBatch | DeviceConfig]]
+    """The points for the sinks, and the config items (:func:`chain_points`)."""
+    derived: Callable[[list[tuple[str, Emitted]]], list[AggBatch | Alert | DeviceConfig]]
+    """Aggregates, alerts and the config items, once each (:func:`chain_derived`)."""
+
+
+@operator
+def _chain_step(
+    step_id: str,
+    up: KeyedStream[Item],
+    chain: OperatorChain,
+    *,
+    clock: Callable[[], int],
+    kinds: tuple[str, ...],
+    start_version: int,
+) -> KeyedStream[Emitted]:
+    return _stateful(up, chain, clock, kinds, start_version)
+
+
+def chain_to_sinks(
+    step_id: str,
+    up: KeyedStream[Item],
+    chain: OperatorChain,
+    *,
+    count_late: Callable[[int], None] | None = None,
+    clock: Callable[[], int] = time.time_ns,
+    start_version: int = 0,
+    kinds: tuple[str, ...] = HOT_KINDS,
+) -> ChainOutput:
+    """:func:`operator_chain` shaped for a compiled flow: no step after the chain's own. Each sink
+    reads the step's output and picks its items as it writes them (:func:`output_picked`), instead of
+    a step per output stream (a Python call and the engine's scheduling per activation each: about
+    5 µs per poll, BENCHMARKS.md). ``count_late``: see :func:`chain_derived`.
+    """
+    out = _chain_step(step_id, up, chain, clock=clock, kinds=kinds, start_version=start_version)
+    return ChainOutput(out, chain_points, chain_derived(count_late))
+
+
+@dataclass(frozen=True)
+class Picked(Generic[X]):
+    """A sink of :func:`output_picked`: the step id it would have as a step of its own (its node id),
+    the sink, and what makes its items of a batch of the stream (:class:`ChainOutput`'s ``points``
+    or ``derived``)."""
+
+    step_id: str
+    sink: Sink[Any]
+    """A ``DynamicSink`` (:func:`output_picked`)."""
+    pick: Callable[[list[X]], list[Any]]
+
+
+def output_picked(step_id: str, up: Stream[X], outputs: Sequence[Picked[X]]) -> None:
+    """One output step, ``step_id`` (the sink's own when there is one), writing each batch of ``up``
+    to every sink of ``outputs``: to each the items its ``pick`` makes of the batch (nothing when
+    that is empty).
+
+    A step per sink costs the engine's scheduling and a Python call per activation each, and a step
+    per kind of output before them the same again (BENCHMARKS.md). Each sink is built under the
+    step id it would have as a step of its own (the flow's id, a dot, its own), so its partitions
+    are named as before; the sinks must be dynamic (``TypeError`` naming the sink otherwise).
+    """
+    for o in outputs:
+        if not isinstance(o.sink, DynamicSink):
+            raise TypeError(f"sink {o.step_id!r}: a DynamicSink is needed here, got {type(o.sink).__name__}")
+    if not outputs:
+        raise ValueError(f"{step_id!r}: no sinks to write to")
+    op.output(outputs[0].step_id if len(outputs) == 1 else step_id, up, _FanOut(list(outputs)))
+
+
+class _FanOut(DynamicSink[X]):
+    def __init__(self, outputs: list[Picked[X]]) -> None:
+        self.outputs = outputs
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FanOutPartition[X]:
+        prefix = step_id.rpartition(".")[0]
+        parts = _FanOutPartition[X]([])
+        try:
+            for o in self.outputs:
+                own = f"{prefix}.{o.step_id}" if prefix else o.step_id
+                sink = cast("DynamicSink[Any]", o.sink)  # (checked by output_picked)
+                parts.parts.append((sink.build(own, worker_index, worker_count), o.pick))
+        except BaseException:
+            parts.close()  # the sinks built so far (connections, spool threads)
+            raise
+        return parts
+
+
+class _FanOutPartition(StatelessSinkPartition[X]):
+    def __init__(
+        self, parts: list[tuple[StatelessSinkPartition[Any], Callable[[list[X]], list[Any]]]]
+    ) -> None:
+        self.parts = parts
+
+    def write_batch(self, items: list[X]) -> None:
+        last: Callable[[list[X]], list[Any]] | None = None
+        got: list[Any] = []
+        for part, pick in self.parts:
+            if pick is not last:  # (the sinks of the points share one pick)
+                got, last = pick(items), pick
+            if got:
+                part.write_batch(got)
+
+    def close(self) -> None:
+        """Close every sink (each flushes what it holds) even when one fails; then raise the first
+        failure."""
+        first: BaseException | None = None
+        for part, _pick in self.parts:
+            try:
+                part.close()
+            except BaseException as exc:  # re-raised below, once the others are closed
+                first = first or exc
+        if first is not None:
+            raise first

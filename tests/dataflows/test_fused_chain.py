@@ -199,6 +199,8 @@ def test_the_run_compiles_to_one_step() -> None:
     ids = [step.step_id for step in flow.substeps]
     assert "fused.normalize_deadband_window" in ids
     assert not {"fused.deadband", "fused.window", "fused.anomaly"} & set(ids)
+    # the sinks and the derived sink read the chain's output in one output step, nothing in between
+    assert ids[-2:] == ["fused.normalize_deadband_window", f"fused.{compiler.SINKS_STEP}"]
     assert fused_chain(parse_spec(spec_doc(anomaly=False))) is not None
 
 

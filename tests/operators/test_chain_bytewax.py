@@ -6,7 +6,10 @@ import pickle
 from typing import Any
 
 import bytewax.operators as op
+import pytest
+from bytewax.connectors.files import FileSink
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from core.batch import PointBatch
@@ -16,7 +19,7 @@ from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import ChainState, OperatorChain
-from operators.chain_bytewax import ChainLogic, operator_chain
+from operators.chain_bytewax import ChainLogic, Picked, operator_chain, output_picked
 from operators.deadband import DeadbandParams
 from operators.hot import Swapped
 from operators.normalize import NormalizeParams
@@ -159,3 +162,82 @@ def test_a_chain_without_checks_snapshots_without_pickling_and_resumes_the_same(
         assert same_output(want, list(from_disk.on_item(b)[0]))
     assert snap.deadband is deadband and snap.window is window  # the snapshot did not move on
     assert a.state.deadband is not deadband
+
+
+class Recording(DynamicSink[Any]):
+    """Records the step ids it is built under, each write and each close (a close may fail)."""
+
+    def __init__(self, fail_close: bool = False) -> None:
+        self.built: list[str] = []
+        self.writes: list[list[Any]] = []
+        self.closed = 0
+        self.fail_close = fail_close
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        self.built.append(step_id)
+        owner = self
+
+        class Part(StatelessSinkPartition[Any]):
+            def write_batch(self, items: list[Any]) -> None:
+                owner.writes.append(list(items))
+
+            def close(self) -> None:
+                owner.closed += 1
+                if owner.fail_close:
+                    raise RuntimeError("close failed")
+
+        return Part()
+
+
+def _evens(xs: list[int]) -> list[int]:
+    return [x for x in xs if x % 2 == 0]
+
+
+def _odds(xs: list[int]) -> list[int]:
+    return [x for x in xs if x % 2]
+
+
+def test_picked_sinks_share_one_output_step_and_keep_their_names() -> None:
+    flow = Dataflow("picked")
+    up = op.input("in", flow, TestingSource(list(range(1, 9)), batch_size=3))
+    evens, odds, never = Recording(), Recording(), Recording()
+    output_picked(
+        "out",
+        up,
+        [Picked("evens", evens, _evens), Picked("odds", odds, _odds), Picked("never", never, lambda xs: [])],
+    )
+    assert [s.step_id for s in flow.substeps] == ["picked.in", "picked.out"]
+    run_main(flow)
+    # each sink is built under the step id it would have as a step of its own
+    assert (evens.built, odds.built, never.built) == (["picked.evens"], ["picked.odds"], ["picked.never"])
+    assert [x for w in evens.writes for x in w] == [2, 4, 6, 8]
+    assert [x for w in odds.writes for x in w] == [1, 3, 5, 7]
+    assert never.writes == []  # an empty pick writes nothing
+    assert (evens.closed, odds.closed, never.closed) == (1, 1, 1)
+
+
+def test_every_picked_sink_closes_when_one_fails_to() -> None:
+    flow = Dataflow("picked")
+    up = op.input("in", flow, TestingSource([1, 2]))
+    first, second = Recording(fail_close=True), Recording()
+    output_picked("out", up, [Picked("first", first, _evens), Picked("second", second, _odds)])
+    with pytest.raises(Exception) as err:
+        run_main(flow)
+    assert "close failed" in "".join(str(e) for e in _chain(err.value))
+    assert (first.closed, second.closed) == (1, 1)
+    assert second.writes == [[1]]
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out = []
+    while exc is not None:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def test_a_sink_that_is_not_dynamic_is_refused_by_name(tmp_path: Any) -> None:
+    flow = Dataflow("picked")
+    up = op.input("in", flow, TestingSource([1]))
+    with pytest.raises(TypeError, match="sink 'file': a DynamicSink is needed here, got FileSink"):
+        output_picked("out", up, [Picked("file", FileSink(tmp_path / "out.txt"), _odds)])
