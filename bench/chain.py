@@ -143,8 +143,8 @@ class Chain:
         """The same chain with the project's Bytewax adapters; every output goes to ``sink``.
 
         Fused: one keyed stateful step for the whole chain, whose output each sink picks its items
-        from, as compiled flows run it (:func:`operators.chain_bytewax.chain_to_sinks`); else four (normalize is a map
-        before the key)."""
+        from, as compiled flows run it (:func:`operators.chain_bytewax.chain_to_sinks`); else four
+        (normalize is a map before the key)."""
         if self.fused:
             items = cast("Stream[Item]", batches)  # (a stream of batches is one of items)
             out = chain_to_sinks("chain", op.key_on("key", items, _device), self.operator_chain)

@@ -5,9 +5,10 @@ the step's output themselves (:func:`chain_to_sinks`, :func:`output_picked`).
 
 Each keyed step costs Bytewax ``on_batch`` → ``notify_at`` per item (~4-5 µs per device poll); one
 step for the chain pays it once, and :class:`ChainLogic` is a ``StatefulBatchLogic`` itself (no
-``op.stateful`` shim calling ``on_item`` from ``on_batch``). The windows' idle closing and end-of-input flush
-are :class:`~operators.window_bytewax.WindowLogic`'s; the snapshot is the device's
-:class:`~operators.chain.ChainState` pickled to bytes (its anomaly part is updated in place).
+``op.stateful`` shim calling ``on_item`` from ``on_batch``). The windows' idle closing and
+end-of-input flush are :class:`~operators.window_bytewax.WindowLogic`'s; the snapshot is the
+device's :class:`~operators.chain.ChainState` pickled to bytes (its anomaly part is updated in
+place).
 
 Hot config items (:class:`~core.device_config.DeviceConfig`) get what the per-operator steps give
 them (``operators.bytewax_ops``, ``window_bytewax``, ``anomaly_bytewax``): the device's normalize,
@@ -85,7 +86,6 @@ changed): Bytewax takes a snapshot of every touched key at every epoch, with or 
 pickling the whole state each time was ~6 % of the worker at 500 devices (BENCHMARKS.md)."""
 
 X = TypeVar("X")
-Y = TypeVar("Y")
 
 HOT_KINDS = ("normalize", "deadband", "anomaly")
 """The parameter kinds of a :class:`DeviceConfig` the chain swaps (see :meth:`OperatorChain.swapped`)."""
@@ -131,6 +131,8 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
         return self.hot.core
 
     def on_batch(self, values: list[Item]) -> tuple[Iterable[Emitted], bool]:
+        """Each item's output in order: a batch's ``(points, aggregates, late, alerts)``, a config
+        item itself (after swapping the device's parameters)."""
         if len(values) == 1:  # (one poll per activation: the common case)
             return (self._one(values[0]),), StatefulBatchLogic.RETAIN
         return [self._one(v) for v in values], StatefulBatchLogic.RETAIN
