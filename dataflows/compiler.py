@@ -876,13 +876,13 @@ def compile_flow(spec: FlowSpec, runtime: Runtime) -> Dataflow:
     status = runtime.status
     if status is not None:
         cur = cur.then(_CountRead(status), f"{SOURCE_STEP}_count")
-    outputs: dict[str, _Lazy] = {}
-    version = runtime.version
-    derived: list[Stream[Any]] = []
     run = fused_chain(spec)
     if run is not None:
         _chain(spec, run, cur, runtime)
         return flow
+    outputs: dict[str, _Lazy] = {}
+    version = runtime.version
+    derived: list[Stream[Any]] = []
     for node in spec.operators:
         if isinstance(node, NormalizeNode):  # stateless: fused into the step that hands the stream on
             cur = cur.then(HotNormalizer(normalizer_for(spec)), node.id)

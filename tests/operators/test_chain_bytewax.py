@@ -223,12 +223,12 @@ def test_every_picked_sink_closes_when_one_fails_to() -> None:
     output_picked("out", up, [Picked("first", first, _evens), Picked("second", second, _odds)])
     with pytest.raises(Exception) as err:
         run_main(flow)
-    assert "close failed" in "".join(str(e) for e in _chain(err.value))
+    assert "close failed" in "".join(str(e) for e in _causes(err.value))
     assert (first.closed, second.closed) == (1, 1)
     assert second.writes == [[1]]
 
 
-def _chain(exc: BaseException | None) -> list[BaseException]:
+def _causes(exc: BaseException | None) -> list[BaseException]:
     out = []
     while exc is not None:
         out.append(exc)
