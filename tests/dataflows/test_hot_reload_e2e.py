@@ -507,7 +507,9 @@ def test_an_mqtt_device_takes_new_topics_and_scales_on_its_session(
             lambda: sent(f"sensors/{flow_id}/amb2", 3.0, 30.0), timeout=30, interval=0.3, what="a marker"
         )
         assert not {99.0, 990.0} & set(watcher.values("gw-01", "amb")[n:])
-        assert flow.alive() and device_status(watcher, "gw-01") == 2
+        # the status is published once a second: the next report carries the device's new version
+        wait_for(lambda: device_status(watcher, "gw-01") == 2, timeout=20, what="version 2 on the status")
+        assert flow.alive()
     finally:
         watcher.close()
         code = flow.stop()
