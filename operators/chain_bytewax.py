@@ -87,6 +87,13 @@ pickling the whole state each time was ~6 % of the worker at 500 devices (BENCHM
 
 X = TypeVar("X")
 
+DUE_GRID_NS = 50_000_000
+"""A device's timer is rounded up to this grid (50 ms). Its deadline moves with every poll's transport
+lag (:meth:`~operators.window.WindowAggregator.next_deadline`); rounded, it mostly stays put, and an
+unchanged one is handed back as it was, without a new ``datetime`` or a new entry in the worker's
+nap (~5 us a poll, BENCHMARKS.md). A bucket closes at most this much later; lateness is seconds."""
+_UNSET = -1
+
 HOT_KINDS = ("normalize", "deadband", "anomaly")
 """The parameter kinds of a :class:`DeviceConfig` the chain swaps (see :meth:`OperatorChain.swapped`)."""
 
@@ -108,6 +115,9 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
         self.hot = HotCore(core, kinds, core.swapped)
         self.clock = clock
         self.state = state if state is not None else core.initial_state()
+        self._due: int | None = _UNSET
+        """The last timer handed out (ns on the grid, ``None``: none) and its ``datetime``."""
+        self._at: datetime | None = None
 
     @classmethod
     def resume(
@@ -184,11 +194,16 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
         return ((empty, aggs, empty, []),)
 
     def notify_at(self) -> datetime | None:
-        at = self._notify_at()
+        due = self._due_ns()
+        if due == self._due:  # (Bytewax asks after every batch; the nap has this one already)
+            return self._at
+        at = None if due is None else ns_to_utc_ceil(due)
+        self._due, self._at = due, at
         announce_due(self, at)  # a napping worker wakes by then (core.wakeups)
         return at
 
-    def _notify_at(self) -> datetime | None:
+    def _due_ns(self) -> int | None:
+        """When :meth:`on_notify` has work (wall-clock ns, rounded up to :data:`DUE_GRID_NS`)."""
         window = self.state.window
         if window is None:
             return None
@@ -200,7 +215,7 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
                 return None
         if self.clock is not time.time_ns:
             due = time.time_ns() + (due - self.clock())
-        return ns_to_utc_ceil(due)
+        return -(-due // DUE_GRID_NS) * DUE_GRID_NS
 
     def snapshot(self) -> Snapshot:
         state = self.state

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -12,6 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from core import wakeups
 from core.batch import PointBatch
 from core.device_config import DeviceConfig
 from core.tags import TagInfo
@@ -19,7 +22,7 @@ from operators import bytewax_ops
 from operators.anomaly import AnomalyDetector
 from operators.anomaly_bytewax import detect_anomalies
 from operators.chain import ChainState, OperatorChain
-from operators.chain_bytewax import ChainLogic, Picked, operator_chain, output_picked
+from operators.chain_bytewax import DUE_GRID_NS, ChainLogic, Picked, operator_chain, output_picked
 from operators.deadband import DeadbandParams
 from operators.hot import Swapped
 from operators.normalize import NormalizeParams
@@ -241,3 +244,30 @@ def test_a_sink_that_is_not_dynamic_is_refused_by_name(tmp_path: Any) -> None:
     up = op.input("in", flow, TestingSource([1]))
     with pytest.raises(TypeError, match="sink 'file': a DynamicSink is needed here, got FileSink"):
         output_picked("out", up, [Picked("file", FileSink(tmp_path / "out.txt"), _odds)])
+
+
+def test_the_timer_is_rounded_up_to_its_grid_and_announced_once_while_it_stays() -> None:
+    """``notify_at`` rounds the windows' deadline up (never early) to ``DUE_GRID_NS``; asked again
+    with nothing changed, it hands back the same object without announcing it to the nap again; a
+    device whose windows expire announces that it has no timer."""
+    norm, db, _win, det = cores()
+    windows = WindowAggregator([60.0], lateness_s=2.0, tag_ttl_s=10.0)
+    logic = ChainLogic(OperatorChain(norm, db, windows, det), time.time_ns, None)
+    seen: list[tuple[object, datetime | None]] = []
+    previous = list(wakeups._listener)
+    wakeups.listen(lambda owner, at: seen.append((owner, at)))
+    try:
+        for b in [b for b in polls(2, n_polls=6) if b.device_id == "d0"]:
+            logic.on_item(b)
+        first, window = logic.notify_at(), logic.state.window
+        assert first is not None and window is not None
+        raw = windows.next_deadline(window)
+        assert raw is not None
+        at_ns = (first - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+        assert raw <= at_ns < raw + DUE_GRID_NS and at_ns % DUE_GRID_NS == 0
+        assert logic.notify_at() is first and logic.notify_at() is first
+        assert seen == [(logic, first)]
+        logic.state.window = None  # (what ``on_notify`` leaves of an expired device)
+        assert logic.notify_at() is None and seen[-1] == (logic, None) and len(seen) == 2
+    finally:
+        wakeups._listener[:] = previous
