@@ -12,6 +12,7 @@
 Sinks spool to ``NEXUS_SPOOL_DIR`` (default ``{NEXUS_DATA_DIR}/spool``), bounded by
 ``NEXUS_BENCH_SPOOL_MAX_BYTES`` per sink (default 1 GiB).
 Every process writes its counters as JSON to ``$NEXUS_BENCH_STATS/flow-<pid>.json`` twice a second.
+``NEXUS_BENCH_PROBE`` (a path prefix) times the worker's main calls (:mod:`bench.call_probe`).
 ``NEXUS_BENCH_SWITCH_INTERVAL`` (seconds) sets the interpreter's GIL switch interval (an experiment knob;
 default: Python's 5 ms).
 SIGTERM / SIGUSR1 drain the telemetry flow (sources stop, sinks flush, exit 0).
@@ -36,6 +37,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from bench import call_probe
 from bench.chain import Chain, CountingSink, SyntheticSource
 from bench.load import Load
 from connectors.devices import DeviceSource
@@ -282,6 +284,8 @@ def build() -> Dataflow:
         stop_event=stop,
     )
     flow = compile_flow(spec, runtime)
+    if os.environ.get("NEXUS_BENCH_PROBE"):  # a diagnostic: the worker's CPU per call (bench.call_probe)
+        call_probe.install(os.environ["NEXUS_BENCH_PROBE"])
     _switch_interval()  # last, as dataflows.telemetry does (the main thread's timer slack)
     return flow
 
