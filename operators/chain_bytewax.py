@@ -168,6 +168,8 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
         return item
 
     def on_notify(self) -> tuple[Iterable[Emitted], bool]:
+        # the nap dropped the timer that brought this call: the next one is announced, even if unchanged
+        self._due = _UNSET
         window = self.state.window
         if window is None:
             return (), StatefulBatchLogic.RETAIN
