@@ -14,6 +14,10 @@ ratio per round and their median, the load average, and the worker / poll-loop t
 runs the ``cost`` stage's full flow instead (embedded PostgreSQL for its historian; both sides write
 into the same database). ``--flow-a uns --flow-b full`` with one checkout on both sides measures the
 full flow against the UNS-only one in the same minutes (B / A is then issue 16's "within 1.5x").
+``--concurrent`` runs A and B at the same time against the same simulators and measures both over
+the same seconds, so the neighbours' load of the moment falls on both sides alike (rounds measured
+one after the other moved 10-30 %, and a full / UNS-only ratio once came out 0.88); each side's
+``window`` gives its measuring window on the harness's monotonic clock.
 Prints one JSON document; run it under the shared measurement lock.
 """
 
@@ -39,13 +43,46 @@ from bench.load import Load
 from nexus.embedded import EmbeddedPostgres, MosquittoBroker, free_port
 
 
-def run_uns(
+class _Running:
+    """A started cost flow process, polling (see :func:`start`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], folder: Path) -> None:
+        self.proc, self.folder, self.ps = proc, folder, psutil.Process(proc.pid)
+        self.stats = folder / "stats"
+
+    def mark(self) -> dict[str, Any]:
+        """The flow's counters, CPU clocks and threads now."""
+        return {
+            "stats": cli._flow_stats(self.stats), "cpu": _cpu(self.ps), "t": time.monotonic(),
+            "threads": cost_threads.sample(self.proc.pid), "sys": self.ps.cpu_times().system,
+        }  # fmt: skip
+
+    def figures(self, m0: dict[str, Any], m1: dict[str, Any]) -> dict[str, Any]:
+        """CPU per point and per poll between two marks (and the threads' cores)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the flow exited early; see {self.folder}")
+
+        def d(key: str) -> float:
+            return cli._get(m1["stats"], key) - cli._get(m0["stats"], key)
+
+        cpu, dt = m1["cpu"] - m0["cpu"], m1["t"] - m0["t"]
+        out = _figures(cpu, d("points_read"), d("completed"), dt, d("report_time"))
+        out["skipped_polls"] = int(d("skipped_polls"))
+        out["system_share"] = round((m1["sys"] - m0["sys"]) / cpu, 3) if cpu > 0 else None  # the kernel part
+        out["threads"] = cost_threads.rates(m0["threads"], m1["threads"], dt)
+        out["window"] = [round(m0["t"], 3), round(m1["t"], 3)]  # this process's monotonic clock
+        return out
+
+    def stop(self) -> None:
+        cli.stop_procs([self.proc])
+
+
+def start(
     root: Path, load: Load, ports: list[int], mqtt_url: str, *, work: Path, env_extra: dict[str, str],
-    warmup: float, seconds: float, flow: str = "uns", pg_url: str = "",
-    historian_delay_s: float | None = None, historian_fields: dict[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``: its CPU over
-    the window."""
+    flow: str = "uns", pg_url: str = "", historian_delay_s: float | None = None,
+    historian_fields: dict[str, Any] | None = None,
+) -> _Running:  # fmt: skip
+    """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``, once it polls."""
     folder = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
     (folder / "stats").mkdir()
     spec_path = folder / "spec.yaml"
@@ -67,34 +104,44 @@ def run_uns(
         [sys.executable, "-m", "bytewax.run", "bench.flow:flow"], env=env, cwd=root, stdout=log, stderr=log
     )
     log.close()
-    ps = psutil.Process(proc.pid)
-    stats = folder / "stats"
+    running = _Running(proc, folder)
     try:
         deadline = time.monotonic() + 120
-        while not cli._flow_stats(stats).get("polls"):
+        while not cli._flow_stats(running.stats).get("polls"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the flow did not poll; see {folder}")
             time.sleep(0.2)
-        time.sleep(warmup)
-        s0, c0, t0, th0 = cli._flow_stats(stats), _cpu(ps), time.monotonic(), cost_threads.sample(proc.pid)
-        sys0 = ps.cpu_times().system
-        time.sleep(seconds)
-        s1, c1, t1 = cli._flow_stats(stats), _cpu(ps), time.monotonic()
-        sys1 = ps.cpu_times().system
-        threads = cost_threads.rates(th0, cost_threads.sample(proc.pid), t1 - t0)
-        if proc.poll() is not None:
-            raise RuntimeError(f"the flow exited early; see {folder}")
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def measure(runs: list[_Running], warmup: float, seconds: float) -> list[dict[str, Any]]:
+    """The figures of ``runs`` (started flows) over one window of ``seconds`` after ``warmup``: the
+    same seconds for all of them when there are several (``--concurrent``)."""
+    time.sleep(warmup)
+    m0 = [r.mark() for r in runs]
+    time.sleep(seconds)
+    m1 = [r.mark() for r in runs]
+    return [r.figures(a, b) for r, a, b in zip(runs, m0, m1, strict=True)]
+
+
+def run_uns(
+    root: Path, load: Load, ports: list[int], mqtt_url: str, *, work: Path, env_extra: dict[str, str],
+    warmup: float, seconds: float, flow: str = "uns", pg_url: str = "",
+    historian_delay_s: float | None = None, historian_fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One cost flow process (UNS-only unless ``flow``) started from checkout ``root``: its CPU over
+    the window."""
+    running = start(
+        root, load, ports, mqtt_url, work=work, env_extra=env_extra, flow=flow, pg_url=pg_url,
+        historian_delay_s=historian_delay_s, historian_fields=historian_fields,
+    )  # fmt: skip
+    try:
+        return measure([running], warmup, seconds)[0]
     finally:
-        cli.stop_procs([proc])
-
-    def d(key: str) -> float:
-        return cli._get(s1, key) - cli._get(s0, key)
-
-    out = _figures(c1 - c0, d("points_read"), d("completed"), t1 - t0, d("report_time"))
-    out["skipped_polls"] = int(d("skipped_polls"))
-    out["system_share"] = round((sys1 - sys0) / (c1 - c0), 3) if c1 > c0 else None  # the kernel part
-    out["threads"] = threads
-    return out
+        running.stop()
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -136,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         "--historian-a", action="append", default=[], help="FIELD=NUMBER of A's historian node (repeatable)"
     )
     p.add_argument("--historian-b", action="append", default=[], help="FIELD=NUMBER of B's historian node")
+    p.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run A and B at the same time, polling the same simulators, measured over the same seconds",
+    )
     args = p.parse_args(argv)
     flows = {"a": args.flow_a or args.flow, "b": args.flow_b or args.flow}
     sides = {
@@ -146,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "a": args.a, "b": args.b, "env_a": args.env_a, "env_b": args.env_b,
         "historian_a": fields["a"], "historian_b": fields["b"], "flow_a": flows["a"],
-        "flow_b": flows["b"], "loads": {},
+        "flow_b": flows["b"], "concurrent": args.concurrent, "loads": {},
     }  # fmt: skip
     broker = MosquittoBroker(free_port())
     broker.start()
@@ -164,12 +216,26 @@ def main(argv: list[str] | None = None) -> None:
                     for r in range(args.rounds):
                         order = "ab" if r % 2 == 0 else "ba"
                         row: dict[str, Any] = {"load_avg": [round(x, 2) for x in os.getloadavg()]}
-                        for side in order:
+                        pg_url = pg.url if pg is not None else ""
+                        if args.concurrent:
+                            runs: list[_Running] = []
+                            try:
+                                for side in order:
+                                    root, env = sides[side]
+                                    runs.append(start(
+                                        root, load, ports, broker.url, work=Path(tmp), env_extra=env,
+                                        flow=flows[side], pg_url=pg_url, historian_delay_s=args.historian_delay,
+                                        historian_fields=fields[side],
+                                    ))  # fmt: skip
+                                row.update(zip(order, measure(runs, args.warmup, args.seconds), strict=True))
+                            finally:
+                                for running in runs:
+                                    running.stop()
+                        for side in "" if args.concurrent else order:
                             root, env = sides[side]
                             row[side] = run_uns(
                                 root, load, ports, broker.url, work=Path(tmp), env_extra=env,
-                                warmup=args.warmup, seconds=args.seconds, flow=flows[side],
-                                pg_url=pg.url if pg is not None else "",
+                                warmup=args.warmup, seconds=args.seconds, flow=flows[side], pg_url=pg_url,
                                 historian_delay_s=args.historian_delay, historian_fields=fields[side],
                             )  # fmt: skip
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]

@@ -62,3 +62,24 @@ def test_cost_ab_of_the_full_flow_with_a_tiny_load(tmp_path: Path) -> None:
         assert row[side]["points"] > 0 and row[side]["cpu_s_per_10k_points"] is not None, row[side]
         assert any(t["thread"] == "main" for t in row[side]["threads"])
     assert row["b_over_a"] is not None
+
+
+def test_cost_ab_runs_both_sides_at_once_over_the_same_seconds(tmp_path: Path) -> None:
+    """``--concurrent`` starts A and B together and measures both over one window: the time-varying
+    noise of a shared machine then falls on both sides alike."""
+    cmd = [
+        sys.executable, "-m", "bench.cost_ab", "--a", str(ROOT), "--b", str(ROOT), "--concurrent",
+        "--devices", "2", "--tags", "5", "--rounds", "2", "--warmup", "2", "--seconds", "4",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["concurrent"] is True
+    rounds = result["loads"]["2"]["rounds"]
+    assert len(rounds) == 2
+    for row in rounds:
+        a, b = row["a"], row["b"]
+        assert a["points"] > 0 and b["points"] > 0, row
+        assert abs(a["seconds"] - b["seconds"]) <= 0.05, row
+        assert max(a["window"][0], b["window"][0]) < min(a["window"][1], b["window"][1]), row  # overlap
+        assert row["b_over_a"] is not None
