@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import threading
 import time
@@ -71,8 +72,6 @@ def wrap(owner: Any, name: str, totals: dict[str, list[int]], thread_id: int) ->
 
 def install(prefix: str, targets: tuple[tuple[str, str, str], ...] = TARGETS) -> Path:
     """Time ``targets`` on the calling thread and report to ``<prefix>.<pid>.jsonl``; its path."""
-    import os
-
     thread_id = threading.get_ident()
     totals: dict[str, list[int]] = {}
     for module, cls, method in targets:

@@ -231,13 +231,14 @@ def main(argv: list[str] | None = None) -> None:
                             finally:
                                 for running in runs:
                                     running.stop()
-                        for side in "" if args.concurrent else order:
-                            root, env = sides[side]
-                            row[side] = run_uns(
-                                root, load, ports, broker.url, work=Path(tmp), env_extra=env,
-                                warmup=args.warmup, seconds=args.seconds, flow=flows[side], pg_url=pg_url,
-                                historian_delay_s=args.historian_delay, historian_fields=fields[side],
-                            )  # fmt: skip
+                        else:
+                            for side in order:
+                                root, env = sides[side]
+                                row[side] = run_uns(
+                                    root, load, ports, broker.url, work=Path(tmp), env_extra=env,
+                                    warmup=args.warmup, seconds=args.seconds, flow=flows[side], pg_url=pg_url,
+                                    historian_delay_s=args.historian_delay, historian_fields=fields[side],
+                                )  # fmt: skip
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]
                         row["b_over_a"] = round(b / a, 3) if a and b else None
                         rounds.append(row)
