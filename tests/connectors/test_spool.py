@@ -53,26 +53,62 @@ def test_restart_keeps_records_sequence_and_cursor(tmp_path: Path) -> None:
         assert s.append(b"after") == 501  # sequence numbers are never reused
 
 
-def test_acked_segments_are_deleted(tmp_path: Path) -> None:
+def test_acked_segments_are_deleted_the_open_one_when_full(tmp_path: Path) -> None:
     with Spool(tmp_path, segment_bytes=4096) as s:
         for _ in range(300):
             s.append(b"x" * 100)
         segments = len(list(tmp_path.glob("*.seg")))
         assert segments > 3
         s.ack(s.last_seq)
-        assert list(tmp_path.glob("*.seg")) == [] and s.size_bytes == 0
+        # the closed segments are gone; the open one is all delivered: kept, not counted as held
+        (open_seg,) = tmp_path.glob("*.seg")
+        assert open_seg.stat().st_size > 0 and s.size_bytes == 0 and s.stats()["spool_bytes"] == 0
+        while s.append(b"x" * 100) is not None and open_seg.exists():  # it fills, the next one starts
+            s.ack(s.last_seq)
+            assert s.size_bytes == 0
+        assert open_seg.name not in [p.name for p in tmp_path.glob("*.seg")]
+        assert s.pending_records == 1 and s.size_bytes == 128 and payloads(s) == [b"x" * 100]
 
 
-def test_a_fully_delivered_spool_restarts_after_its_cursor(tmp_path: Path) -> None:
-    """Each acknowledgement of everything closes the open segment (no fsync: all of it is delivered)
-    and overwrites the cursor in place; a restart continues after it, never reusing a number."""
+def test_the_open_segment_takes_appends_across_acknowledgements(tmp_path: Path) -> None:
+    """A sink that keeps up acknowledges everything every commit: no new file and no deletion each
+    time. Held bytes count only what is not delivered; reads start after the delivered part; a
+    restart drops the delivered segment and goes on after the cursor."""
     with Spool(tmp_path) as s:
         for seq in range(1, 13):
-            assert s.append(b"r") == seq
+            assert s.append(b"r" * 10) == seq
+            assert s.size_bytes == 38  # one record: 28 bytes of header and its payload
             s.ack(seq)
-            assert list(tmp_path.glob("*.seg")) == [] and s.durable_seq == seq
+            assert [p.name for p in tmp_path.glob("*.seg")] == [f"{1:020d}.seg"] and s.size_bytes == 0
+        s.append_many([b"a", b"b"])
+        s.ack(13)  # part of what came after: the delivered part stays a lower bound
+        assert s.size_bytes == 2 * 29 and payloads(s) == [b"b"] and payloads(s, after=0) == [b"b"]
+        assert s.wait_durable(14, timeout=10)
     with Spool(tmp_path) as s:
-        assert s.acked == 12 and s.read() == [] and s.append(b"next") == 13
+        assert s.acked == 13 and payloads(s) == [b"b"]
+        s.ack(14)
+    with Spool(tmp_path) as s:
+        assert list(tmp_path.glob("*.seg")) == []  # all delivered: gone at the open
+        assert s.acked == 14 and s.read() == [] and s.append(b"next") == 15
+
+
+def test_a_delivered_segment_is_not_synced_when_it_rolls_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    with Spool(tmp_path, segment_bytes=4096, sync_interval_s=3600) as s:
+        s.append(b"x" * 2000)
+        s.sync()
+        synced.clear()
+        s.append(b"x" * 1000)
+        s.ack(s.last_seq)
+        s.append(b"x" * 2000)  # does not fit: the delivered segment goes without a sync
+        assert synced == [] and len(list(tmp_path.glob("*.seg"))) == 1
+        s.append(b"x" * 3000)  # does not fit either, and is not delivered: synced when it closes
+        assert len(synced) == 1 and len(list(tmp_path.glob("*.seg"))) == 2
+        assert payloads(s) == [b"x" * 2000, b"x" * 3000]
 
 
 def test_a_cursor_written_by_an_older_version_is_read_and_overwritten(tmp_path: Path) -> None:
@@ -153,6 +189,16 @@ def test_group_commit_reports_durability(tmp_path: Path, wait_for: Callable[...,
         assert seq is not None
         assert s.wait_durable(seq, timeout=10)
         wait_for(lambda: durable and durable[-1] >= seq, what="the durability callback")
+
+
+def test_close_ends_the_wait_for_the_group_commit_and_syncs(tmp_path: Path) -> None:
+    s = Spool(tmp_path, sync_interval_s=3600)
+    try:
+        seq = s.append(b"a")
+        assert seq is not None and s.durable_seq == 0  # the group commit is an hour away
+    finally:
+        s.close()
+    assert s.durable_seq == seq and not s._flusher.is_alive()
 
 
 def test_concurrent_appends_keep_every_record(tmp_path: Path) -> None:
