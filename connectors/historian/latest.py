@@ -59,6 +59,7 @@ upsert_latest_sql = (
 def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled kernel
     used: npt.NDArray[np.bool_],
     keys: npt.NDArray[np.int64],
+    kept: npt.NDArray[np.bool_],
     t: npt.NDArray[np.int64],
     v: npt.NDArray[np.float64],
     q: npt.NDArray[np.uint8],
@@ -67,21 +68,31 @@ def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled k
     values: npt.NDArray[np.float64],
     quality: npt.NDArray[np.uint8],
     bits: int,
-) -> int:
-    """Merge rows into the open-addressing table of ``2**bits`` slots (linear probing; at most half full, the caller
-    sees to it); a tag's row is replaced by a row as new or newer (later rows win ties). Returns the
-    number of tags that were not in the table."""
-    added = 0
+    keep: bool,
+) -> tuple[int, int]:
+    """Merge rows into the open-addressing table of ``2**bits`` slots (linear probing; at most half
+    full, the caller sees to it). A tag's kept row is replaced by a row as new or newer (later rows
+    win ties); a slot whose row is not kept (written, then cleared) takes any row. With ``keep``
+    false the rows' tags only take their slots. Returns how many slots the rows took (new tags) and
+    how many rows became kept."""
+    slots = 0
+    rows = 0
     for i in range(len(tag_ids)):
         slot, new = claim(used, keys, tag_ids[i], bits)
         if new:
-            added += 1
-        elif time_us[i] < t[slot]:
+            slots += 1
+        if not keep:
             continue
+        if kept[slot]:
+            if time_us[i] < t[slot]:
+                continue
+        else:
+            kept[slot] = True
+            rows += 1
         t[slot] = time_us[i]
         v[slot] = values[i]
         q[slot] = quality[i]
-    return added
+    return slots, rows
 
 
 _merge_kernel = compiled(_merge_rows)
@@ -93,8 +104,12 @@ class LatestRows:
     An open-addressing hash table in arrays, merged by a compiled kernel in one pass over a chunk.
     It replaced a sort of every chunk with the rows kept so far (``np.lexsort``, ~7.5 ms for 50,000
     rows with 50,000 kept, once per commit at 500 devices x 100 tags: about half the writer thread's
-    CPU); :meth:`peek` sorts only the newest rows, by tag (concurrent upserts then lock rows in one
-    order). Used by the writer thread only.
+    CPU). :meth:`peek` hands the kept rows out in tag order (concurrent upserts then lock rows in one
+    order). A tag keeps its slot after :meth:`clear` (only its row stops being kept), so the order
+    of the slots by tag is sorted once, and again only when new tags take slots: the kept rows of an
+    interval are a different subset of the tags each time (a deadband passes only changes), and
+    sorting them afresh (``np.argsort``) was ~7 % of the writer thread's CPU at 100 devices x 100
+    tags (perf, 2026-12-03). Used by the writer thread only.
     """
 
     _MIN_SLOTS = 1024
@@ -104,15 +119,17 @@ class LatestRows:
 
     def _alloc(self, slots: int) -> None:
         self._used = np.zeros(slots, np.bool_)
+        """Slots that hold a tag (kept row or not)."""
         self._keys = np.zeros(slots, np.int64)
+        self._kept = np.zeros(slots, np.bool_)
+        """Slots whose row is kept (not yet in ``nexus_latest``)."""
         self._t = np.zeros(slots, np.int64)
         self._v = np.zeros(slots, np.float64)
         self._q = np.zeros(slots, np.uint8)
+        self._tags = 0
         self._count = 0
-        self._order: tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.intp]] | None = None
-        """The last :meth:`peek`'s used slots, their keys and the order that sorts them: a flow sends the
-        same tags in the same order interval after interval, so they land in the same slots and the
-        sort (~3 ms for 50,000 tags, once a second at 500 devices) is done once."""
+        self._order: npt.NDArray[np.intp] | None = None
+        """The used slots in tag order; ``None`` after new tags took slots."""
 
     def __len__(self) -> int:
         return self._count
@@ -125,12 +142,17 @@ class LatestRows:
         quality: npt.NDArray[np.uint8],
     ) -> None:
         """Keep each tag's newest row of these (on a tie with a kept row, these win: written later)."""
-        need = 2 * (self._count + len(tag_ids))
-        if need > len(self._keys):  # grow: re-insert what is kept into a table twice the size needed
-            t, ids, v, q = self.peek()
-            self._alloc(1 << max(need - 1, self._MIN_SLOTS - 1).bit_length())
-            self._count = self._merge(t, ids, v, q)
-        self._count += self._merge(time_us, tag_ids, values, quality)
+        need = 2 * (self._tags + len(tag_ids))
+        if need > len(self._keys):  # grow: every tag (and kept row) into a table twice the size needed
+            slots = np.flatnonzero(self._used)
+            kept = self._kept[slots]
+            rows = slots[kept]
+            t, ids, v, q = self._t[rows], self._keys[rows], self._v[rows], self._q[rows]
+            others = self._keys[slots[~kept]]
+            self._alloc(1 << (need - 1).bit_length())
+            self._merge(t, ids, v, q)
+            self._merge(t[:0], others, v[:0], q[:0], keep=False)
+        self._merge(time_us, tag_ids, values, quality)
 
     def _merge(
         self,
@@ -138,36 +160,45 @@ class LatestRows:
         tag_ids: npt.NDArray[np.int64],
         values: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
-    ) -> int:
+        *,
+        keep: bool = True,
+    ) -> None:
         bits = len(self._keys).bit_length() - 1
-        return int(
-            _merge_kernel(
-                self._used, self._keys, self._t, self._v, self._q, time_us, tag_ids, values, quality, bits
-            )
+        slots, rows = _merge_kernel(
+            self._used,
+            self._keys,
+            self._kept,
+            self._t,
+            self._v,
+            self._q,
+            time_us,
+            tag_ids,
+            values,
+            quality,
+            bits,
+            keep,
         )
+        if slots:
+            self._tags += int(slots)
+            self._order = None
+        self._count += int(rows)
 
     def peek(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
         """The kept rows in tag order: ``(time_us, tag_ids, values, quality)``."""
-        slots = np.flatnonzero(self._used)
-        keys = self._keys[slots]
-        last = self._order
-        if last is not None and np.array_equal(last[0], slots) and np.array_equal(last[1], keys):
-            order = last[2]
-        else:
-            order = np.argsort(keys)
-            self._order = (slots, keys, order)
-        slots = slots[order]
+        order = self._order
+        if order is None:
+            slots = np.flatnonzero(self._used)
+            order = self._order = slots[np.argsort(self._keys[slots])]
+        slots = order[self._kept[order]]
         return self._t[slots], self._keys[slots], self._v[slots], self._q[slots]
 
     def clear(self) -> None:
-        """Forget every kept row (they are in ``nexus_latest`` now); a table grown for a burst shrinks."""
-        if len(self._keys) > 8 * max(self._count, self._MIN_SLOTS):
-            self._alloc(1 << (2 * max(self._count, self._MIN_SLOTS) - 1).bit_length())
-        else:
-            self._used[:] = False
-            self._count = 0
+        """Forget every kept row (they are in ``nexus_latest`` now). The tags keep their slots: the
+        table's size follows the tags seen (a flow's configured ones), not the rows of a burst."""
+        self._kept[:] = False
+        self._count = 0
 
 
 def ensure_latest(conn: psycopg.Connection) -> bool:
