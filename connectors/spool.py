@@ -622,9 +622,12 @@ class Spool:
         while self._segments and self._segments[0].last_seq <= self._acked:
             if len(self._segments) == 1 and self._fd is not None:
                 # the open segment is fully delivered: it takes the next appends (see the module
-                # docstring); only its bytes stop counting as held
+                # docstring); its bytes stop counting as held, and a sync not yet made is not
+                # needed (nothing in it is needed after a crash)
                 seg = self._segments[0]
                 self._delivered = (seg.last_seq + 1, seg.size)
+                self._dirty = False
+                self._mark_durable(seg.last_seq)
                 break
             seg = self._segments.pop(0)
             seg.path.unlink(missing_ok=True)
