@@ -17,7 +17,10 @@ full flow against the UNS-only one in the same minutes (B / A is then issue 16's
 ``--concurrent`` runs A and B at the same time against the same simulators and measures both over
 the same seconds, so the neighbours' load of the moment falls on both sides alike (rounds measured
 one after the other moved 10-30 %, and a full / UNS-only ratio once came out 0.88); each side's
-``window`` gives its measuring window on the harness's monotonic clock.
+``window`` gives its measuring window on the harness's monotonic clock. A round in which a side's UNS
+publisher spooled messages (``uns_spooled``: the broker fell behind, the box is full; two full flows
+at once at 500 devices do this) is flagged on stderr, and ``median_b_over_a_unspooled`` leaves such
+rounds out.
 Prints one JSON document; run it under the shared measurement lock.
 """
 
@@ -65,9 +68,15 @@ class _Running:
         def d(key: str) -> float:
             return cli._get(m1["stats"], key) - cli._get(m0["stats"], key)
 
+        def d_uns(key: str) -> float:
+            return cli._get(m1["stats"], "uns", key) - cli._get(m0["stats"], "uns", key)
+
         cpu, dt = m1["cpu"] - m0["cpu"], m1["t"] - m0["t"]
         out = _figures(cpu, d("points_read"), d("completed"), dt, d("report_time"))
         out["skipped_polls"] = int(d("skipped_polls"))
+        # messages the UNS publisher put in its spool instead of sending (the broker fell behind: the
+        # box is full, and the round's CPU includes a spool and its drain)
+        out["uns_spooled"] = int(d_uns("spooled"))
         out["system_share"] = round((m1["sys"] - m0["sys"]) / cpu, 3) if cpu > 0 else None  # the kernel part
         out["threads"] = cost_threads.rates(m0["threads"], m1["threads"], dt)
         out["window"] = [round(m0["t"], 3), round(m1["t"], 3)]  # this process's monotonic clock
@@ -242,18 +251,30 @@ def main(argv: list[str] | None = None) -> None:
                         a, b = row["a"]["cpu_s_per_10k_points"], row["b"]["cpu_s_per_10k_points"]
                         row["b_over_a"] = round(b / a, 3) if a and b else None
                         rounds.append(row)
+                        spooled = {
+                            side: row[side]["uns_spooled"] for side in "ab" if row[side]["uns_spooled"]
+                        }
+                        note = (
+                            f" (UNS messages spooled: {spooled}: the broker fell behind)" if spooled else ""
+                        )
                         print(
-                            f"{devices} devices round {r + 1}: a {a} b {b} b/a {row['b_over_a']}",
+                            f"{devices} devices round {r + 1}: a {a} b {b} b/a {row['b_over_a']}{note}",
                             file=sys.stderr,
                         )
                 finally:
                     cli._stop_sim(sim)
                 ratios = [x["b_over_a"] for x in rounds if x["b_over_a"] is not None]
+                clean = [
+                    x["b_over_a"]
+                    for x in rounds
+                    if x["b_over_a"] is not None and not (x["a"]["uns_spooled"] or x["b"]["uns_spooled"])
+                ]
                 result["loads"][str(devices)] = {
                     "rounds": rounds,
                     "median_a": statistics.median(x["a"]["cpu_s_per_10k_points"] for x in rounds),
                     "median_b": statistics.median(x["b"]["cpu_s_per_10k_points"] for x in rounds),
                     "median_b_over_a": statistics.median(ratios) if ratios else None,
+                    "median_b_over_a_unspooled": statistics.median(clean) if clean else None,
                 }
             if pg is not None:
                 pg.stop()  # before its folder goes

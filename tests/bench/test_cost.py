@@ -83,3 +83,6 @@ def test_cost_ab_runs_both_sides_at_once_over_the_same_seconds(tmp_path: Path) -
         assert abs(a["seconds"] - b["seconds"]) <= 0.05, row
         assert max(a["window"][0], b["window"][0]) < min(a["window"][1], b["window"][1]), row  # overlap
         assert row["b_over_a"] is not None
+        assert a["uns_spooled"] == 0 and b["uns_spooled"] == 0, row  # a tiny load: the broker keeps up
+    load = result["loads"]["2"]
+    assert load["median_b_over_a_unspooled"] == load["median_b_over_a"]
