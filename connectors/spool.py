@@ -31,9 +31,9 @@ at every open (a torn tail is never appended to). A closed segment is deleted on
 is acknowledged. The open one stays open when all of its records are (the sink keeps up) and goes
 when it is full or at the next open: a new file and a deletion per historian commit cost ~0.4 ms of
 CPU here. Its delivered bytes are on disk until then, but not counted as held (``spool_bytes``).
-At open, the newest segment is verified record by record and cut at the first record that is short or fails its checksum (counted in ``torn_bytes``);
-a bad record found later while reading skips the rest of its segment (``corrupt_bytes``). Garbage
-is never returned as a record.
+At open, the newest segment is verified record by record and cut at the first record that is short
+or fails its checksum (counted in ``torn_bytes``); a bad record found later while reading skips the
+rest of its segment (``corrupt_bytes``). Garbage is never returned as a record.
 
 Bounds: ``max_bytes`` and ``max_age_s``. Beyond them the oldest segment is deleted, its records
 counted in ``dropped_records`` / ``dropped_bytes`` (and ``dropped_items``: points or messages, when the
