@@ -65,18 +65,15 @@ class _Running:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the flow exited early; see {self.folder}")
 
-        def d(key: str) -> float:
-            return cli._get(m1["stats"], key) - cli._get(m0["stats"], key)
-
-        def d_uns(key: str) -> float:
-            return cli._get(m1["stats"], "uns", key) - cli._get(m0["stats"], "uns", key)
+        def d(key: str, sub: str | None = None) -> float:
+            return cli._get(m1["stats"], key, sub) - cli._get(m0["stats"], key, sub)
 
         cpu, dt = m1["cpu"] - m0["cpu"], m1["t"] - m0["t"]
         out = _figures(cpu, d("points_read"), d("completed"), dt, d("report_time"))
         out["skipped_polls"] = int(d("skipped_polls"))
         # messages the UNS publisher put in its spool instead of sending (the broker fell behind: the
         # box is full, and the round's CPU includes a spool and its drain)
-        out["uns_spooled"] = int(d_uns("spooled"))
+        out["uns_spooled"] = int(d("uns", "spooled"))
         out["system_share"] = round((m1["sys"] - m0["sys"]) / cpu, 3) if cpu > 0 else None  # the kernel part
         out["threads"] = cost_threads.rates(m0["threads"], m1["threads"], dt)
         out["window"] = [round(m0["t"], 3), round(m1["t"], 3)]  # this process's monotonic clock
