@@ -30,12 +30,9 @@ from core.jit import compiled
 
 __all__ = [
     "LATEST_DDL",
-    "LATEST_STAGE_DDL",
     "LatestRows",
     "backfill_latest",
     "ensure_latest",
-    "upsert_latest_sql",
-    "write_latest",
 ]
 
 LATEST_DDL = """
@@ -45,15 +42,6 @@ CREATE TABLE IF NOT EXISTS nexus_latest (
     value double precision,
     quality smallint NOT NULL
 ) WITH (fillfactor = 50)"""
-
-COPY_LATEST_STAGE = "COPY nexus_latest_stage (time, tag_id, value, quality) FROM STDIN (FORMAT BINARY)"
-
-upsert_latest_sql = (
-    "INSERT INTO nexus_latest AS l (tag_id, time, value, quality) "
-    "SELECT tag_id, time, value, quality FROM nexus_latest_stage "
-    "ON CONFLICT (tag_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value, "
-    "quality = EXCLUDED.quality WHERE EXCLUDED.time >= l.time"
-)
 
 
 def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled kernel
@@ -219,19 +207,3 @@ def backfill_latest(conn: psycopg.Connection) -> int:
         ") p ON CONFLICT (tag_id) DO NOTHING"
     )
     return max(cur.rowcount, 0)
-
-
-LATEST_STAGE_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS nexus_latest_stage "
-    "(time timestamptz, tag_id bigint, value double precision, quality smallint) ON COMMIT DELETE ROWS"
-)
-"""The session's staging table of :func:`write_latest`: run once per connection (per commit it was a
-round trip and a notice every second)."""
-
-
-def write_latest(cur: psycopg.Cursor, payload: bytes | memoryview) -> None:
-    """Upsert the rows of a binary COPY payload (already reduced to one row per tag) into nexus_latest
-    (the connection ran :data:`LATEST_STAGE_DDL`)."""
-    with cur.copy(COPY_LATEST_STAGE) as copy:
-        copy.write(payload)
-    cur.execute(upsert_latest_sql)

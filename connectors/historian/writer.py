@@ -49,7 +49,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from connectors.historian.config import INTERVAL_SECONDS, HistorianConfig
-from connectors.historian.latest import LATEST_STAGE_DDL, LatestRows, write_latest
+from connectors.historian.latest import LatestRows
 from connectors.historian.schema import PG_EPOCH_US, ensure_partitions, ensure_schema, upsert_tags
 from connectors.spool import Spool, SpoolDrop, decode_batch, encode_batch
 from core.batch import PointBatch
@@ -128,8 +128,8 @@ def encode_copy_binary(
 INSERT_MAX_ROWS = 2_000
 """Chunks up to this many rows are written by one ``INSERT ... SELECT FROM unnest(...)`` statement
 with binary array parameters (autocommit: one statement, one transaction), ``nexus_latest`` by a
-second part of the same statement: one round trip instead of the COPY transaction's seven (BEGIN,
-COPY, the staging COPY and upsert of ``nexus_latest``, COMMIT). Measured (``python -m
+second part of the same statement: one round trip instead of the COPY transaction's four (BEGIN,
+COPY, the upsert of ``nexus_latest``, COMMIT). Measured (``python -m
 bench.historian_commit --rows 1000,2000,4000,10000 --commits 100``, embedded PostgreSQL, writer
 thread and server CPU per commit): at 1,000 and 2,000 rows the client pays 0.62-0.72x the COPY
 path's CPU and the server the same; at 4,000 the server pays 2-7 ms more than the client saves, at
@@ -312,8 +312,8 @@ class HistorianWriter:
         self._conn: psycopg.Connection | None = None
         self._mode: str | None = None
         self._partitions: set[int] = set()
-        self._bufs = [bytearray(), bytearray()]
-        """The writer thread's COPY payload buffers, reused from commit to commit."""
+        self._buf = bytearray()
+        """The writer thread's COPY payload buffer, reused from commit to commit."""
         self._cols = _Chunk(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
         """The writer thread's chunk columns, reused likewise (:meth:`_gather`)."""
         self.spool = Spool(
@@ -669,7 +669,6 @@ class HistorianWriter:
         )
         try:
             self._mode = ensure_schema(conn, self.config)
-            conn.execute(LATEST_STAGE_DDL)
             conn.adapters.register_dumper(_PgArray, _PgArrayDumper)
             with self._lock:
                 tags, self._new_tags = list(self._tags), []
@@ -766,7 +765,7 @@ class HistorianWriter:
 
     def _insert(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
         """Write a chunk of at most :data:`INSERT_MAX_ROWS` (and ``nexus_latest``) in one statement:
-        one round trip instead of the COPY path's seven, a replay's duplicates skipped by the statement
+        one round trip instead of the COPY path's four, a replay's duplicates skipped by the statement
         itself (see :data:`INSERT_MAX_ROWS`)."""
         if chunk is None:
             if latest is not None:
@@ -782,26 +781,26 @@ class HistorianWriter:
             self.duplicates_skipped += len(chunk) - inserted
             self.batches_written += 1
 
-    def _encode(self, chunk: _Chunk, slot: int) -> memoryview:
-        """``chunk`` as a COPY payload in the writer's reused buffer ``slot`` (0: rows, 1: latest)."""
-        view = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality, self._bufs[slot])
+    def _encode(self, chunk: _Chunk) -> memoryview:
+        """``chunk`` as a COPY payload in the writer's reused buffer."""
+        view = encode_copy_binary(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality, self._buf)
         assert isinstance(view, memoryview) and isinstance(view.obj, bytearray)
-        self._bufs[slot] = view.obj  # grown if it had to be
+        self._buf = view.obj  # grown if it had to be
         return view
 
     def _copy(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
         if chunk is None or len(chunk) <= INSERT_MAX_ROWS:
             self._insert(conn, chunk, latest)
             return
-        latest_payload = None if latest is None else self._encode(latest, 1)
-        payload = self._encode(chunk, 0)
+        latest_arrays = None if latest is None else _arrays(latest)
+        payload = self._encode(chunk)
         n = len(chunk)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(COPY_POINTS) as copy:
                     copy.write(payload)
-                if latest_payload is not None:
-                    write_latest(cur, latest_payload)
+                if latest_arrays is not None:
+                    cur.execute(UPSERT_LATEST_SQL, latest_arrays, binary=True)
             inserted = n
         except psycopg.errors.UniqueViolation:
             # a replay: some rows are already stored; keep the stored ones
@@ -819,8 +818,8 @@ class HistorianWriter:
                     "ON CONFLICT (tag_id, time) DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
-                if latest_payload is not None:
-                    write_latest(cur, latest_payload)
+                if latest_arrays is not None:
+                    cur.execute(UPSERT_LATEST_SQL, latest_arrays, binary=True)
         with self._lock:
             self.rows_written += inserted
             self.duplicates_skipped += n - inserted
