@@ -224,6 +224,8 @@ class Spool:
         self.torn_bytes = 0
         self.corrupt_bytes = 0
         self.write_errors = 0
+        self.fsyncs = 0
+        """fsyncs made (group commits, segments closed with records not yet delivered)."""
         self.peak_bytes = 0
         self._m = {k: (v.labels(name) if k != "dropped" else v) for k, v in _metrics().items()}
         self._open()
@@ -423,6 +425,7 @@ class Spool:
         fd, self._fd = self._fd, None
         try:
             if sync:
+                self.fsyncs += 1
                 os.fsync(fd)
             else:
                 self._dirty = False  # the newest records are in it: nothing is left to sync
@@ -649,6 +652,7 @@ class Spool:
             fd = os.dup(self._fd)
             seq = self._next_seq - 1
             self._dirty = False
+            self.fsyncs += 1
         try:
             os.fsync(fd)
             ok = True
@@ -668,6 +672,7 @@ class Spool:
     def _sync_locked(self) -> int:
         if self._dirty and self._fd is not None:
             try:
+                self.fsyncs += 1
                 os.fsync(self._fd)
             except OSError as exc:
                 self.write_errors += 1
@@ -783,6 +788,7 @@ class Spool:
                 "spool_torn_bytes": self.torn_bytes,
                 "spool_corrupt_bytes": self.corrupt_bytes,
                 "spool_write_errors": self.write_errors,
+                "spool_fsyncs": self.fsyncs,
             }
 
     def close(self) -> None:

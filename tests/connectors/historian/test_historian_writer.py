@@ -494,3 +494,28 @@ def test_rows_of_dropped_spool_records_are_counted_exactly() -> None:
     dropped = set(sizes) - kept
     assert st["spool_dropped_records"] == len(dropped) > 0, st  # the case under test happened
     assert st["rows_dropped"] == sum(sizes[seq] for seq in dropped), st
+
+
+def test_rows_the_database_commits_within_the_group_commit_are_not_fsynced(db: str) -> None:
+    """The spool's group commit waits ``spool_sync_interval_s`` (1 s by default); a commit in that
+    time acknowledges the rows and spares the fsync. Rows the database does not take are fsynced."""
+    cfg = HistorianConfig(url=db, max_delay_s=0.05, spool_sync_interval_s=10.0)  # (slow CI: margin)
+    with HistorianWriter(cfg, TAGS) as w:
+        w.write(batch(4))
+        w.flush(30)  # connected, the schema made (that may take longer than the group commit)
+        synced = w.stats()["spool_fsyncs"]
+        for k in range(1, 6):
+            w.write(batch(4, t0=T0 + k * 10**9))
+            w.flush(10)
+        assert w.stats()["rows_written"] == 24
+        assert w.stats()["spool_fsyncs"] == synced
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/nexus"
+    cfg = HistorianConfig(url=away, retry_initial_s=0.05, retry_max_s=0.2, spool_sync_interval_s=0.05)
+    w = HistorianWriter(cfg, TAGS)
+    try:
+        w.write(batch(4))
+        assert w.spool.wait_durable(w.spool.last_seq, timeout=10)
+        assert w.stats()["spool_fsyncs"] >= 1
+    finally:
+        with pytest.raises(writer_module.HistorianTimeout):
+            w.close(timeout=0.2)
