@@ -26,6 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from connectors.mqtt.client import QuietClient
+
 __all__ = ["BatchAckClient"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ _PUBACK = 0x40
 _READ_SIZE = 1 << 16
 
 
-class BatchAckClient(mqtt.Client):
+class BatchAckClient(QuietClient):
     """paho's client with a chunked read path and batched PUBACK delivery (see the module doc)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
