@@ -63,8 +63,8 @@ class HistorianConfig(BaseModel):
     """The spool's bound in age: segments older than this are dropped (counted and alerted)."""
     spool_sync_interval_s: float = Field(default=1.0, gt=0)
     """Group commit: the spool is fsynced at most this often, and not at all when the database has
-    committed every row by then (a commit acknowledges them). A ``kill -9`` loses nothing either way (the page
-    cache survives it); a power loss loses at most this long of accepted rows — as long as
+    committed every row by then (a commit acknowledges them). A ``kill -9`` loses nothing either way
+    (the page cache survives it); a power loss loses at most this long of accepted rows — as long as
     ``max_delay_s`` lets a row wait for its commit. 1 s, not 0.1 s as before 2026-12-03: a tenth of
     the fsyncs and flash writes (each one a journal commit on ext4) and ~0.0006 cores of a 10-device
     flow, ~0.0015 of a 100-device one (BENCHMARKS.md, issue 16)."""

@@ -133,9 +133,11 @@ COPY, the upsert of ``nexus_latest``, COMMIT). Measured (``python -m
 bench.historian_commit --rows 1000,2000,4000,10000 --commits 100``, embedded PostgreSQL, writer
 thread and server CPU per commit): at 1,000 and 2,000 rows the client pays 0.62-0.72x the COPY
 path's CPU and the server the same; at 4,000 the server pays 2-7 ms more than the client saves, at
-10,000 16-36 ms more. So small chunks (a small flow's commits: 10 devices x 100 tags a second)
-take the statement, larger ones (busy flows, a backlog's catch-up) COPY, the server's fastest way
-in — the database shares the box."""
+10,000 16-36 ms more. Again on 2026-12-03, after the COPY path's ``nexus_latest`` took this upsert
+instead of a staging COPY (``--rows 4000,10000``): client 1.2 against 2.1-2.2 ms, server 35.6-36.8
+against 27.9-30.7 ms at 4,000 rows; 1.9 against 3.0 and 99-100 against 82-84 ms at 10,000. So small
+chunks (a small flow's commits: 10 devices x 100 tags a second) take the statement, larger ones (busy
+flows, a backlog's catch-up) COPY, the server's fastest way in — the database shares the box."""
 
 _UNNEST = "unnest(%s::timestamptz[], %s::int8[], %s::float8[], %s::int2[]) AS u(t, i, v, q)"
 _UPSERT_LATEST = (
