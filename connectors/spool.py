@@ -23,10 +23,11 @@ tail a checksum test, with no page cache of their own.
 
 Format: a segment ``{first_seq:020d}.seg`` is a run of records, each a 28-byte header — magic
 ``NXS1``, payload length (u32), sequence (u64), append time (ns, i64), CRC-32 of sequence, time and
-payload (u32) — then the payload. Appends go to the newest segment through a buffered file; a
-background thread flushes and fsyncs it at most every ``sync_interval_s`` (group commit), so a
-``kill -9`` loses nothing that reached :meth:`append` (the page cache survives it) and a power loss
-loses at most one interval. A new segment starts when the current one reaches ``segment_bytes`` and
+payload (u32) — then the payload. Appends go to the newest segment, unbuffered; a background thread
+fsyncs it ``sync_interval_s`` after the oldest append that is neither synced nor acknowledged (group
+commit; a sink that delivers within the interval spares the fsync), so a ``kill -9`` loses nothing
+that reached :meth:`append` (the page cache survives it) and a power loss loses at most one interval
+of what was not delivered. A new segment starts when the current one reaches ``segment_bytes`` and
 at every open (a torn tail is never appended to). A closed segment is deleted once every record in it
 is acknowledged. The open one stays open when all of its records are (the sink keeps up) and goes
 when it is full or at the next open: a new file and a deletion per historian commit cost ~0.4 ms of
@@ -66,6 +67,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,8 +208,14 @@ class Spool:
         self._next_seq = 1
         self._durable_seq = 0
         self._dirty = False
+        self._unsynced: deque[tuple[int, int, float]] = deque()
+        """``(first seq, last seq, monotonic time)`` of each append whose records are neither fsynced
+        nor acknowledged, oldest first: the flusher syncs when the oldest is ``sync_interval_s`` old.
+        A sink that delivers within the interval (the historian commits within ``max_delay_s``)
+        acknowledges them first, and the fsync is spared."""
         self._wake = threading.Event()
-        """Set by the first append after a sync: the flusher idles until then (or ``IDLE_CHECK_S``)."""
+        """Set by an append that finds nothing unsynced: the flusher idles until then (or
+        ``IDLE_CHECK_S``)."""
         self._closing = threading.Event()
         """Set by :meth:`close`: ends the flusher's wait for the next sync slot."""
         self._closed_sum: tuple[tuple[int, int], int] = ((0, 0), 0)
@@ -370,9 +378,10 @@ class Spool:
         seg.last_time_ns = now_ns
         self._next_seq = last_seq + 1
         self.appended += records
-        if not self._dirty:
-            self._dirty = True
-            self._wake.set()  # the flusher syncs one interval from now
+        self._dirty = True
+        if not self._unsynced:
+            self._wake.set()  # the flusher syncs one interval from now (unless it is delivered by then)
+        self._unsynced.append((last_seq - records + 1, last_seq, time.monotonic()))
 
     def _write(self, header: bytes, payload: bytes | bytearray | memoryview, seq: int, now_ns: int) -> bool:
         size = _HEAD + len(payload)
@@ -430,7 +439,7 @@ class Spool:
             else:
                 self._dirty = False  # the newest records are in it: nothing is left to sync
             if self._segments:
-                self._mark_durable(self._segments[-1].last_seq)
+                self._settled(self._segments[-1].last_seq)
         except OSError as exc:
             self.write_errors += 1
             log.error("spool %s: fsync failed: %s", self.name, exc)
@@ -605,9 +614,18 @@ class Spool:
             if seq <= self._acked:
                 return
             self._acked = seq
+            self._settled(seq)
             self._trim_acked()
             self._save_cursor(seq)
             self._update_gauges()
+
+    def _settled(self, seq: int) -> None:
+        """Records up to ``seq`` are synced or delivered: they need no fsync, and every record before
+        the oldest unsynced append is durable enough (a delivered one is not needed after a crash)."""
+        pending = self._unsynced
+        while pending and pending[0][1] <= seq:
+            pending.popleft()
+        self._mark_durable(pending[0][0] - 1 if pending else self._next_seq - 1)
 
     def _save_cursor(self, seq: int) -> None:
         """Overwrite the cursor file in place with one fixed-width write (a temporary file and a
@@ -630,7 +648,7 @@ class Spool:
                 seg = self._segments[0]
                 self._delivered = (seg.last_seq + 1, seg.size)
                 self._dirty = False
-                self._mark_durable(seg.last_seq)
+                self._settled(seg.last_seq)
                 break
             seg = self._segments.pop(0)
             seg.path.unlink(missing_ok=True)
@@ -647,7 +665,7 @@ class Spool:
         with self._lock:
             if not self._dirty or self._fd is None:
                 self._dirty = False
-                self._mark_durable(self._next_seq - 1)
+                self._settled(self._next_seq - 1)
                 return self._durable_seq
             fd = os.dup(self._fd)
             seq = self._next_seq - 1
@@ -663,7 +681,7 @@ class Spool:
             os.close(fd)
         with self._lock:
             if ok:
-                self._mark_durable(seq)
+                self._settled(seq)
             else:
                 self.write_errors += 1
                 self._dirty = True
@@ -679,7 +697,7 @@ class Spool:
                 log.error("spool %s: fsync failed: %s", self.name, exc)
                 return self._durable_seq
         self._dirty = False
-        self._mark_durable(self._next_seq - 1)
+        self._settled(self._next_seq - 1)
         return self._durable_seq
 
     def _mark_durable(self, seq: int) -> None:
@@ -706,24 +724,32 @@ class Spool:
     def _flush_loop(self) -> None:
         ticking = False
         while True:
-            if not self._dirty and not ticking:  # idle: wait for an append (bounds, gauges: now and then)
+            with self._lock:
+                due = self.sync_due
+                appended = self.appended
+            if due is not None:
+                # group commit: a record is synced one interval after its append, unless it is
+                # delivered (acknowledged) by then. Not at once: the first append of a burst comes
+                # from a worker's activation, and a sync then made both threads queue for the
+                # interpreter (measured: more wake-ups, more CPU)
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._closing.wait(wait)
+                else:
+                    errors = self.write_errors
+                    self.sync()
+                    if self.write_errors != errors:  # the fsync failed: again in an interval, not at once
+                        self._closing.wait(self.sync_interval_s)
+            elif ticking:
+                # appends keep coming and the sink keeps up (acknowledged all): look again in an
+                # interval instead of being woken by the first append after each acknowledgement
+                self._closing.wait(self.sync_interval_s)
+            else:  # idle: wait for an append (bounds, gauges: now and then)
                 self._wake.wait(IDLE_CHECK_S)
                 self._wake.clear()
-                if self._closed:
-                    return
-            if self._dirty or ticking:
-                # group commit: what else comes in this interval. Not at once: the first append of
-                # a burst comes from a worker's activation, and a sync then made both threads queue
-                # for the interpreter (measured: more wake-ups, more CPU). While appends keep coming
-                # the flusher ticks once an interval instead of being woken by the first append
-                # after each sync or acknowledgement: every record is still synced (or delivered)
-                # within an interval of its append
-                appended = self.appended
-                self._closing.wait(self.sync_interval_s)
-                if self._closed:
-                    return
-                ticking = self.appended != appended
-                self.sync()
+            if self._closed:
+                return
+            ticking = self.appended != appended
             with self._lock:
                 if self._closed:
                     return
@@ -745,6 +771,13 @@ class Spool:
     @property
     def durable_seq(self) -> int:
         return self._durable_seq
+
+    @property
+    def sync_due(self) -> float | None:
+        """When (``time.monotonic()``) the flusher fsyncs next: one interval after the oldest append
+        that is neither synced nor acknowledged; ``None``: nothing needs it."""
+        pending = self._unsynced
+        return pending[0][2] + self.sync_interval_s if pending else None
 
     @property
     def pending_records(self) -> int:

@@ -61,13 +61,16 @@ class HistorianConfig(BaseModel):
     """The spool's bound in bytes; beyond it the oldest segment is dropped (counted and alerted)."""
     spool_max_age_s: float = Field(default=7 * 86400.0, gt=0)
     """The spool's bound in age: segments older than this are dropped (counted and alerted)."""
-    spool_sync_interval_s: float = Field(default=1.0, gt=0)
-    """Group commit: the spool is fsynced at most this often, and not at all when the database has
-    committed every row by then (a commit acknowledges them). A ``kill -9`` loses nothing either way
-    (the page cache survives it); a power loss loses at most this long of accepted rows — as long as
-    ``max_delay_s`` lets a row wait for its commit. 1 s, not 0.1 s as before 2026-12-03: a tenth of
-    the fsyncs and flash writes (each one a journal commit on ext4) and ~0.0006 cores of a 10-device
-    flow, ~0.0015 of a 100-device one (BENCHMARKS.md, issue 16)."""
+    spool_sync_interval_s: float = Field(default=1.5, gt=0)
+    """Group commit: a row is fsynced this long after it was accepted unless the database has
+    committed it by then (a commit acknowledges it in the spool). A ``kill -9`` loses nothing either
+    way (the page cache survives it); a power loss loses at most this long of rows the database has
+    not committed. Half a second longer than ``max_delay_s`` by default: a commit on time (after
+    ``max_delay_s`` and the statement's few milliseconds) comes first, so while the database keeps
+    up the spool makes no fsync at all. At 1 s, the commit and the fsync were due at the same
+    moment and the fsync won, once a second (~0.0002-0.0003 cores of a 10-device flow's ~0.008 and
+    a journal write on the flash each time; BENCHMARKS.md, issue 16); at 0.1 s, before 2026-12-03,
+    there were ten."""
     latest_interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     """``nexus_latest`` is upserted at most this often (with each tag's newest row since), and by
     every flush: it lags ``nexus_points`` by at most this long, and a tag polled faster costs one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,33 @@ def test_bound_by_age(tmp_path: Path) -> None:
         s.append(b"new")
         assert payloads(s) == [b"new"]
         assert drops and drops[0].reason == "max_age" and sum(d.records for d in drops) == 100
+
+
+def test_the_group_commit_waits_for_the_oldest_record_neither_synced_nor_delivered(tmp_path: Path) -> None:
+    """A sink that delivers within the interval spares the fsync: each record's sync is due one
+    interval after its own append, and its acknowledgement takes it off; what came before the oldest
+    such record counts as durable."""
+    with Spool(tmp_path, sync_interval_s=3600) as s:
+        assert s.sync_due is None
+        before = time.monotonic()
+        first = s.append(b"a")
+        due = s.sync_due
+        assert due is not None and before + 3600 <= due <= time.monotonic() + 3600
+        later = time.monotonic()
+        pair = s.append_many([b"b", b"c"])  # one append: its records go together
+        assert s.sync_due == due and s.durable_seq == 0
+        s.ack(first)  # delivered: the next sync is the pair's, and the first record needs none
+        due_pair = s.sync_due
+        assert due_pair is not None and due_pair >= later + 3600 and s.durable_seq == first
+        s.ack(pair - 1)  # part of the pair: it still waits for its sync
+        assert s.sync_due == due_pair and s.durable_seq == first
+        s.append(b"d")
+        s.ack(pair)
+        assert s.sync_due is not None and s.sync_due > due_pair and s.durable_seq == pair
+        assert s.sync() == pair + 1 and s.sync_due is None and s.fsyncs == 1
+        s.append(b"e")
+        s.ack(s.last_seq)  # all delivered: nothing to sync, all durable
+        assert s.sync_due is None and s.durable_seq == s.last_seq and s.fsyncs == 1
 
 
 def test_group_commit_reports_durability(tmp_path: Path, wait_for: Callable[..., Any]) -> None:

@@ -150,7 +150,7 @@ def test_the_historian_nodes_durability_settings_reach_its_writer() -> None:
     assert isinstance(sink, HistorianSink)
     assert (sink.config.max_delay_s, sink.config.spool_sync_interval_s) == (2.5, 0.5)
     default = parse_spec(spec_doc() | {"sinks": [{"id": "hist", "type": "historian"}]})
-    assert default.sinks[0].spool_sync_interval_s == 1.0  # type: ignore[union-attr]
+    assert default.sinks[0].spool_sync_interval_s == 1.5  # type: ignore[union-attr]
     doc["sinks"][0]["spool_sync_interval_s"] = 61
     with pytest.raises(SpecError, match="spool_sync_interval_s"):
         parse_spec(doc)

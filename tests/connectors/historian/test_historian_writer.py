@@ -497,7 +497,7 @@ def test_rows_of_dropped_spool_records_are_counted_exactly() -> None:
 
 
 def test_rows_the_database_commits_within_the_group_commit_are_not_fsynced(db: str) -> None:
-    """The spool's group commit waits ``spool_sync_interval_s`` (1 s by default); a commit in that
+    """The spool's group commit waits ``spool_sync_interval_s`` (1.5 s by default); a commit in that
     time acknowledges the rows and spares the fsync. Rows the database does not take are fsynced."""
     cfg = HistorianConfig(url=db, max_delay_s=0.05, spool_sync_interval_s=10.0)  # (slow CI: margin)
     with HistorianWriter(cfg, TAGS) as w:
