@@ -15,7 +15,9 @@ fused chain's fan-out holds the sinks' calls), so the lines do not add up; the w
     python -m bench.call_probe /tmp/probe-a.*.jsonl /tmp/probe-b.*.jsonl
 
 The summary is the difference between a file's last line and its third (the first ten seconds are
-start-up), as cores and as µs per call.
+start-up), as cores and as µs per call. ``NEXUS_BENCH_PROBE_EXTRA`` adds targets for one run,
+comma-separated ``module:Class.method`` or ``module:function`` (a function called through its
+module's globals), e.g. ``connectors.spool:Spool.append_each,connectors.historian.writer:merge_for_handover``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("connectors.derived", "_DerivedPartition", "write_batch"),
     ("dataflows.routing", "_LocalParts", "next_batch"),
 )
-"""``(module, class, method)``: what the probe times (a target that is missing is skipped)."""
+"""``(module, class, method)``: what the probe times (a target that is missing is skipped; a class of
+``""`` names a module-level function)."""
 EVERY_S = 5.0
 SKIP_LINES = 2
 
@@ -76,7 +79,9 @@ def install(prefix: str, targets: tuple[tuple[str, str, str], ...] = TARGETS) ->
     totals: dict[str, list[int]] = {}
     for module, cls, method in targets:
         try:
-            owner = getattr(importlib.import_module(module), cls)
+            owner = importlib.import_module(module)
+            if cls:
+                owner = getattr(owner, cls)
         except (ImportError, AttributeError):
             continue
         wrap(owner, method, totals, thread_id)
@@ -92,6 +97,24 @@ def install(prefix: str, targets: tuple[tuple[str, str, str], ...] = TARGETS) ->
 
     threading.Thread(target=report, name="bench-probe", daemon=True).start()
     return out
+
+
+def parse_targets(text: str) -> tuple[tuple[str, str, str], ...]:
+    """``NEXUS_BENCH_PROBE_EXTRA``'s targets; ``ValueError`` names an entry without a ``module:``.
+
+    >>> parse_targets("connectors.spool:Spool.append_each, a.b:f")
+    (('connectors.spool', 'Spool', 'append_each'), ('a.b', '', 'f'))
+    """
+    out = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        module, sep, name = entry.partition(":")
+        if not sep or not module or not name:
+            raise ValueError(
+                f"NEXUS_BENCH_PROBE_EXTRA: {entry!r} is not module:Class.method or module:function"
+            )
+        cls, _, method = name.rpartition(".")
+        out.append((module, cls, method))
+    return tuple(out)
 
 
 def summarize(path: Path) -> dict[str, Any] | None:

@@ -285,7 +285,8 @@ def build() -> Dataflow:
     )
     flow = compile_flow(spec, runtime)
     if os.environ.get("NEXUS_BENCH_PROBE"):  # a diagnostic: the worker's CPU per call (bench.call_probe)
-        call_probe.install(os.environ["NEXUS_BENCH_PROBE"])
+        extra = call_probe.parse_targets(os.environ.get("NEXUS_BENCH_PROBE_EXTRA", ""))
+        call_probe.install(os.environ["NEXUS_BENCH_PROBE"], call_probe.TARGETS + extra)
     _switch_interval()  # last, as dataflows.telemetry does (the main thread's timer slack)
     return flow
 
