@@ -140,36 +140,44 @@ chunks (a small flow's commits: 10 devices x 100 tags a second) take the stateme
 flows, a backlog's catch-up) COPY, the server's fastest way in — the database shares the box."""
 
 
-def _unnest(first: int) -> str:
+def _unnest(first: int, ordinality: str = "") -> str:
     return (
         f"unnest(${first}::timestamptz[], ${first + 1}::int8[], ${first + 2}::float8[], ${first + 3}::int2[])"
-        " AS u(t, i, v, q)"
+        f"{ordinality} AS u(t, i, v, q{', n' if ordinality else ''})"
     )
 
 
-def _upsert_latest(first: int) -> str:
+def _upsert_latest(select: str) -> str:
     return (
-        "INSERT INTO nexus_latest AS l (tag_id, time, value, quality) "
-        f"SELECT i, t, NULLIF(v, 'NaN'), q FROM {_unnest(first)} "
+        f"INSERT INTO nexus_latest AS l (tag_id, time, value, quality) {select} "
         "ON CONFLICT (tag_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value, "
         "quality = EXCLUDED.quality WHERE EXCLUDED.time >= l.time"
     )
 
 
-def _insert_points(first: int) -> str:
+def _insert_points(source: str) -> str:
     return (
         "INSERT INTO nexus_points (time, tag_id, value, quality) "
-        f"SELECT t, i, NULLIF(v, 'NaN'), q FROM {_unnest(first)} ON CONFLICT (tag_id, time) DO NOTHING"
+        f"SELECT t, i, NULLIF(v, 'NaN'), q FROM {source} ON CONFLICT (tag_id, time) DO NOTHING"
     )
 
 
-INSERT_SQL = _insert_points(1).encode()
-INSERT_WITH_LATEST_SQL = f"WITH l AS ({_upsert_latest(1)}) {_insert_points(5)}".encode()
-UPSERT_LATEST_SQL = _upsert_latest(1).encode()
+_LATEST_ROWS = f"SELECT i, t, NULLIF(v, 'NaN'), q FROM {_unnest(1)}"
+INSERT_SQL = _insert_points(_unnest(1)).encode()
+INSERT_WITH_LATEST_SQL = f"WITH l AS ({_upsert_latest(_LATEST_ROWS)}) {_insert_points(_unnest(5))}".encode()
+UPSERT_LATEST_SQL = _upsert_latest(_LATEST_ROWS).encode()
+INSERT_WITH_OWN_LATEST_SQL = (
+    f"WITH u AS MATERIALIZED (SELECT * FROM {_unnest(1, ' WITH ORDINALITY')}), l AS ("
+    + _upsert_latest("SELECT DISTINCT ON (i) i, t, NULLIF(v, 'NaN'), q FROM u ORDER BY i, t DESC, n DESC")
+    + f") {_insert_points('u')}"
+).encode()
 """The statements of :data:`INSERT_MAX_ROWS` (PostgreSQL takes NaN = NaN: ``NULLIF`` makes it NULL,
 as the COPY path does), run by :func:`_execute`. The hypertable's insert is the statement itself,
 ``nexus_latest``'s upsert a part of it (``WITH``: the same transaction); the row count tells
-inserted rows from a replay's duplicates."""
+inserted rows from a replay's duplicates. ``INSERT_WITH_OWN_LATEST_SQL`` takes each tag's newest row
+from the chunk itself (later rows win ties, as in :class:`~connectors.historian.latest.LatestRows`):
+a small flow's commit, due for ``nexus_latest`` every time with nothing left from earlier chunks,
+sends its four arrays once and skips the client's merge (~0.17 ms of the writer thread a commit)."""
 
 _BINARY = (1,) * 8
 
@@ -635,8 +643,12 @@ class HistorianWriter:
                 if rows and (due or flush_wanted):
                     started = time.monotonic()
                     chunk = self._gather(parts)
-                    latest.merge(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
-                    if self._write_with_retry(chunk, _Chunk(*latest.peek()) if latest_due else None):
+                    if latest_due and not latest and len(chunk) <= INSERT_MAX_ROWS:
+                        newest: _Chunk | None = chunk  # the statement takes them from the chunk
+                    else:
+                        latest.merge(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
+                        newest = _Chunk(*latest.peek()) if latest_due else None
+                    if self._write_with_retry(chunk, newest):
                         catching_up = True  # an outage: its backlog is paced
                     if latest_due:
                         latest.clear()
@@ -789,13 +801,16 @@ class HistorianWriter:
     def _insert(self, conn: psycopg.Connection, chunk: _Chunk | None, latest: _Chunk | None) -> None:
         """Write a chunk of at most :data:`INSERT_MAX_ROWS` (and ``nexus_latest``) in one statement:
         one round trip instead of the COPY path's four, a replay's duplicates skipped by the statement
-        itself (see :data:`INSERT_MAX_ROWS`)."""
+        itself (see :data:`INSERT_MAX_ROWS`). ``latest`` may be the chunk itself: each tag's newest row
+        of it, picked by the statement."""
         if chunk is None:
             if latest is not None:
                 _execute(conn, UPSERT_LATEST_SQL, _arrays(latest))
             return
         if latest is None:
             inserted = _execute(conn, INSERT_SQL, _arrays(chunk))
+        elif latest is chunk:
+            inserted = _execute(conn, INSERT_WITH_OWN_LATEST_SQL, _arrays(chunk))
         else:
             inserted = _execute(conn, INSERT_WITH_LATEST_SQL, _arrays(latest) + _arrays(chunk))
         with self._lock:
@@ -814,6 +829,10 @@ class HistorianWriter:
         if chunk is None or len(chunk) <= INSERT_MAX_ROWS:
             self._insert(conn, chunk, latest)
             return
+        if latest is chunk:  # (the caller picks this for small chunks only: each tag once here)
+            newest = LatestRows()
+            newest.merge(chunk.time_us, chunk.tag_ids, chunk.values, chunk.quality)
+            latest = _Chunk(*newest.peek())
         latest_arrays = None if latest is None else _arrays(latest)
         payload = self._encode(chunk)
         n = len(chunk)

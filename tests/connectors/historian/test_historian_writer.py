@@ -161,6 +161,25 @@ def test_nexus_latest_is_upserted_at_most_every_interval_and_by_every_flush(
     assert all(t < current[0][1] for _, t, _ in after_first)
 
 
+def test_a_chunk_due_for_nexus_latest_gives_each_tag_its_newest_row(db: str) -> None:
+    """A first chunk (nothing left from earlier ones) takes ``nexus_latest`` from itself: per tag the
+    row with the newest time, the later of two with the same time; NaN stored as NULL. On the
+    INSERT path the statement picks them; on the COPY path the client does, as for any chunk."""
+    b = PointBatch.from_values(
+        "press-01",
+        [1, BIG, 1, BIG, BIG],
+        [1.0, 2.0, float("nan"), 4.0, 5.0],
+        ts_ns=np.array([T0, T0 + 2_000, T0 + 1_000, T0, T0 + 2_000], dtype=np.int64),
+    )
+    with HistorianWriter(HistorianConfig(url=db), TAGS, clock=lambda: T0 / 1e9) as w:
+        w.write(b)
+        w.flush(30)
+        assert w.stats()["rows_written"] == 4 and w.stats()["duplicates_skipped"] == 1
+    got = {tag: (t, value) for tag, t, value in latest(db)}
+    at = lambda ns: datetime.fromtimestamp(ns // 1000 / 1e6, UTC)  # noqa: E731 - the stored microseconds
+    assert got == {1: (at(T0 + 1_000), None), BIG: (at(T0 + 2_000), 5.0)}
+
+
 def test_time_bounded_flush_without_calling_flush(db: str, wait_for: Callable[..., Any]) -> None:
     w = HistorianWriter(HistorianConfig(url=db, batch_rows=1_000_000, max_delay_s=0.3), TAGS)
     try:
