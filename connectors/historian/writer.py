@@ -137,7 +137,9 @@ path's CPU and the server the same; at 4,000 the server pays 2-7 ms more than th
 instead of a staging COPY (``--rows 4000,10000``): client 1.2 against 2.1-2.2 ms, server 35.6-36.8
 against 27.9-30.7 ms at 4,000 rows; 1.9 against 3.0 and 99-100 against 82-84 ms at 10,000. So small
 chunks (a small flow's commits: 10 devices x 100 tags a second) take the statement, larger ones (busy
-flows, a backlog's catch-up) COPY, the server's fastest way in — the database shares the box."""
+flows, a backlog's catch-up) COPY, the server's fastest way in — the database shares the box. (Since
+then the statements go through libpq directly, :func:`_execute`: the client's share fell again, the
+server's, which draws the line, did not change.)"""
 
 
 def _unnest(first: int, ordinality: str = "") -> str:
