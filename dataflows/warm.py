@@ -88,8 +88,9 @@ def _packer() -> None:
 
 
 def _latest() -> None:
-    """The historian's newest-row table (its merge kernel)."""
+    """The historian's newest-row table (its merge and take kernels)."""
     rows = LatestRows()
     rows.merge(
         np.array([1, 2], np.int64), np.array([7, 8], np.int64), np.array([0.5, 0.1]), np.zeros(2, np.uint8)
     )
+    rows.peek()

@@ -86,6 +86,33 @@ def _merge_rows(  # noqa: PLR0917 - the table's columns, flat for the compiled k
 _merge_kernel = compiled(_merge_rows)
 
 
+def _take_rows(  # noqa: PLR0917 - the table's columns and the output's, flat for the compiled kernel
+    order: npt.NDArray[np.intp],
+    kept: npt.NDArray[np.bool_],
+    t: npt.NDArray[np.int64],
+    keys: npt.NDArray[np.int64],
+    v: npt.NDArray[np.float64],
+    q: npt.NDArray[np.uint8],
+    out_t: npt.NDArray[np.int64],
+    out_ids: npt.NDArray[np.int64],
+    out_v: npt.NDArray[np.float64],
+    out_q: npt.NDArray[np.uint8],
+) -> int:
+    """Copy the kept rows of the slots in ``order`` into the outputs, in that order; how many."""
+    n = 0
+    for slot in order:
+        if kept[slot]:
+            out_t[n] = t[slot]
+            out_ids[n] = keys[slot]
+            out_v[n] = v[slot]
+            out_q[n] = q[slot]
+            n += 1
+    return n
+
+
+_take_kernel = compiled(_take_rows)
+
+
 class LatestRows:
     """Each tag's newest row since :meth:`clear`, what ``nexus_latest`` lacks.
 
@@ -174,13 +201,17 @@ class LatestRows:
     def peek(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
-        """The kept rows in tag order: ``(time_us, tag_ids, values, quality)``."""
+        """The kept rows in tag order: ``(time_us, tag_ids, values, quality)``, new arrays (one compiled
+        pass: the five fancy-indexing gathers it replaced were ~0.27 ms of a 10,000-row commit)."""
         order = self._order
         if order is None:
             slots = np.flatnonzero(self._used)
             order = self._order = slots[np.argsort(self._keys[slots])]
-        slots = order[self._kept[order]]
-        return self._t[slots], self._keys[slots], self._v[slots], self._q[slots]
+        n = self._count
+        out = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.uint8)
+        taken = _take_kernel(order, self._kept, self._t, self._keys, self._v, self._q, *out)
+        assert taken == n, (taken, n)
+        return out
 
     def clear(self) -> None:
         """Forget every kept row (they are in ``nexus_latest`` now). The tags keep their slots: the

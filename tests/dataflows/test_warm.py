@@ -60,6 +60,7 @@ for b in batches[:5]:
     n = len(b)
     cols[0][:n] = b.ts_ns // 1000; cols[1][:n] = b.tag_ids; cols[2][:n] = b.values; cols[3][:n] = b.quality
     rows.merge(cols[0][:n], cols[1][:n], cols[2][:n], cols[3][:n])
+rows.peek()
 after = signatures()
 print(json.dumps({"before": before, "after": after}))
 """
