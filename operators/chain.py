@@ -59,6 +59,8 @@ _NO_AGGS: list[AggBatch] = []
 _NO_CHECKS = AnomalyState.empty()
 """The compiled path's anomaly state of a device without checks (never written: no point has a row)."""
 _NO_PF, _NO_PI = np.empty((6, 0)), np.empty((3, 0), np.int64)
+_NO_SF, _NO_SI, _NO_SQ = np.empty(0), np.empty(0, np.int64), np.empty(0, np.uint8)
+"""The kernel's state buffers when it updates the state in place (it does not use them)."""
 _new_db_state = slot_constructor(DeadbandState)
 _new_acc = slot_constructor(Accumulators)
 _new_buckets = slot_constructor(WindowBuckets)
@@ -100,6 +102,9 @@ class _Prepared:
     pi: npt.NDArray[np.int64]
     empty: PointBatch
     """The device's shared empty batch."""
+    owned: tuple[DeadbandState, WindowState] | None = None
+    """The deadband and window states the last poll's compiled path made, while no one else holds
+    their arrays: the next poll of these states updates them in place (see :meth:`OperatorChain.hand_out`)."""
 
 
 class OperatorChain:
@@ -223,27 +228,43 @@ class OperatorChain:
         w = self.windows
         n_db, n_acc = db_ids.shape[0], a_ids.shape[0]
         r = n_acc + n  # a window row in the buffers: room for every point's tag being new
-        sf, si, sq = np.empty(n_db + 6 * r), np.empty(n_db + 4 * r, np.int64), np.empty(n_db, np.uint8)
+        owned = p.owned
+        inplace = owned is not None and owned[1] is ws and owned[0] is db
+        if inplace:
+            sf, si, sq = _NO_SF, _NO_SI, _NO_SQ
+        else:
+            sf, si, sq = np.empty(n_db + 6 * r), np.empty(n_db + 4 * r, np.int64), np.empty(n_db, np.uint8)
         of, oi, oq = np.empty(13 * n), np.empty(30 * n, np.int64), np.empty(n, np.uint8)
-        status, k, size, t_hi, flips, clamped = chain_step(
-            tags, batch.values, batch.ts_ns, batch.quality, p.pn, p.pk, db.value, db.ts_ns, db.quality,
-            a_ids, acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last, acc.area,
-            acc.bucket_ns, wb.window_ns, ws.watermark_ns, ws.closed_ns, w._lateness_ns, now_ns + w._future_ns,
-            p.pf, p.pi, an.high_on, an.low_on, an.stuck_on, an.rate_on, an.ml_on,
-            an.stuck_ref, an.stuck_start_ns, an.stuck_count, an.rate_value, an.rate_ns,
-            sf, si, sq, of, oi, oq,
-        )  # fmt: skip
+        while True:
+            status, k, size, t_hi, flips, clamped = chain_step(
+                tags, batch.values, batch.ts_ns, batch.quality, p.pn, p.pk, db.value, db.ts_ns, db.quality,
+                a_ids, acc.count, acc.sum, acc.min, acc.max, acc.first_ts, acc.first, acc.last_ts, acc.last,
+                acc.area, acc.bucket_ns, wb.window_ns, ws.watermark_ns, ws.closed_ns, w._lateness_ns,
+                now_ns + w._future_ns, p.pf, p.pi, an.high_on, an.low_on, an.stuck_on, an.rate_on, an.ml_on,
+                an.stuck_ref, an.stuck_start_ns, an.stuck_count, an.rate_value, an.rate_ns,
+                sf, si, sq, of, oi, oq, inplace,
+            )  # fmt: skip
+            if status != -2:
+                break
+            inplace = False  # tags new to the bucket: it grows into new buffers (nothing was written)
+            sf, si, sq = np.empty(n_db + 6 * r), np.empty(n_db + 4 * r, np.int64), np.empty(n_db, np.uint8)
         if status < 0:
             return None
         empty = p.empty
         if status == 0:  # nothing passed the deadband: no state changed
             return state, empty, _NO_AGGS, empty, _NO_ALERTS
-        if n_db:  # (no tag with a deadband: its state stays empty)
-            state.deadband = _new_db_state(db_ids, sf[:n_db], si[:n_db], sq)
         if k == n:
             points = _new_batch(device, batch.ts_ns, tags, of[:n], oq if clamped else batch.quality, None)
         else:
             points = _new_batch(device, oi[:k], oi[n : n + k], of[:k], oq[:k], None)
+        if status == 2:  # the deadband and bucket arrays were updated in place
+            state.window = w.advanced(ws, ws.windows, t_hi, device, now_ns)
+            p.owned = db, state.window
+            if not flips:
+                return state, points, _NO_AGGS, empty, _NO_ALERTS
+            return state, points, _NO_AGGS, empty, self._alerts(device, n, flips, of, oi)
+        if n_db:  # (no tag with a deadband: its state stays empty)
+            state.deadband = _new_db_state(db_ids, sf[:n_db], si[:n_db], sq)
         f0 = n_db
         if size == n_acc:  # no tag new to the bucket: its ids and first samples stay
             ids, first_ts, first = a_ids, acc.first_ts, acc.first
@@ -259,14 +280,30 @@ class OperatorChain:
         )  # fmt: skip
         buckets = _new_buckets(wb.window_ns, (new_acc,), wb.carry_tag_ids, wb.carry_ts_ns, wb.carry_values)
         state.window = w.advanced(ws, (buckets,), t_hi, device, now_ns)
+        # new arrays that only this state holds (the ids and first samples it shares with the last
+        # one are never written in place): the next poll updates them (unless they are handed out)
+        p.owned = state.deadband, state.window
         if not flips:
             return state, points, _NO_AGGS, empty, _NO_ALERTS
-        alerts = self.detector._flip_alerts(
+        return state, points, _NO_AGGS, empty, self._alerts(device, n, flips, of, oi)
+
+    def _alerts(
+        self, device: str, n: int, flips: int, of: npt.NDArray[np.float64], oi: npt.NDArray[np.int64]
+    ) -> list[Alert]:
+        return self.detector._flip_alerts(
             device,
             oi[2 * n : 2 * n + 7 * flips].reshape(flips, 7).tolist(),
             of[n : n + 3 * flips].reshape(flips, 3).tolist(),
         )
-        return state, points, _NO_AGGS, empty, alerts
+
+    def hand_out(self, state: ChainState) -> None:
+        """``state``'s deadband and window arrays are held elsewhere from now on (a snapshot that
+        keeps the objects, aggregates of its open buckets): the compiled path no longer updates them
+        in place, its next poll writes new ones."""
+        window = state.window
+        p = self._prepared.get(window.device_id) if window is not None else None
+        if p is not None:
+            p.owned = None
 
     def _prepare(
         self,

@@ -185,6 +185,7 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
         # Open buckets go out as partial results and stay: a resumed run completes them (upserts).
         window = self.state.window
+        self.hot.core.hand_out(self.state)  # the open buckets' aggregates hold their arrays
         return self._aggs(
             [] if window is None else self.hot.core.windows.flush(window)
         ), StatefulBatchLogic.RETAIN
@@ -221,15 +222,18 @@ class ChainLogic(StatefulBatchLogic[Item, Emitted, Snapshot]):
 
     def snapshot(self) -> Snapshot:
         state = self.state
-        kept: bytes | ChainState = (
-            _copy(state) if state.anomaly is None else pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        )
+        kept: bytes | ChainState
+        if state.anomaly is None:
+            kept = _copy(state)
+            self.hot.core.hand_out(state)  # the snapshot holds its arrays: the next poll writes new ones
+        else:
+            kept = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         return self.hot.snapshot(kept)
 
 
 def _copy(state: ChainState) -> ChainState:
-    """A new container around the same (never changed) deadband and window states; the logic assigns
-    new ones to its own container."""
+    """A new container around the same deadband and window states, which are not changed from then
+    on (see :meth:`OperatorChain.hand_out`); the logic assigns new ones to its own container."""
     return ChainState(state.deadband, state.window, state.anomaly)
 
 

@@ -17,6 +17,7 @@ from core.batch import PointBatch
 from core.quality import Quality
 from operators.anomaly import AnomalyDetector, RangeCheck, RateCheck, StuckCheck, TagChecks
 from operators.chain import ChainState, OperatorChain
+from operators.chain_bytewax import ChainLogic
 from operators.deadband import Deadband, DeadbandParams
 from operators.normalize import NormalizeParams, Normalizer
 from operators.window import WindowAggregator
@@ -159,17 +160,46 @@ def test_chain_state_and_chain_pickle() -> None:
 
 
 def test_deadband_and_window_states_handed_out_stay_unchanged() -> None:
-    """The compiled path replaces the deadband and window states; it never writes into old ones."""
+    """The compiled path updates the deadband and window arrays it made in place, poll after poll;
+    a state handed out (a snapshot) is never written again: the next poll makes new arrays."""
     chain = OperatorChain(*cores())
     batches = [b for b in polls(5, irregular=False, n_polls=40) if b.device_id == "d0"]
     state = None
     kept = []
-    for b in batches:
+    in_place = 0
+    for k, b in enumerate(batches):
+        before = None if state is None or state.window is None else state.window.windows[0].open
         state, *_ = chain.process(state, b, int(b.ts_ns.max()))
-        kept.append((state.deadband, pickle.dumps(state.deadband), state.window, pickle.dumps(state.window)))
+        after = state.window.windows[0].open
+        in_place += before is not None and len(before) == len(after) == 1 and before[0] is after[0]
+        if k % 3 == 0:
+            chain.hand_out(state)
+            kept.append(
+                (state.deadband, pickle.dumps(state.deadband), state.window, pickle.dumps(state.window))
+            )
+    assert in_place >= len(batches) // 2  # the polls between two hand-outs
     for db_s, db_blob, win_s, win_blob in kept:
         assert pickle.dumps(db_s) == db_blob
         assert pickle.dumps(win_s) == win_blob
+
+
+def test_a_snapshot_of_the_chain_logic_stays_as_taken() -> None:
+    """``ChainLogic.snapshot`` keeps the state objects (no pickle without checks): the polls after
+    it must not write into them, or a resume would start from a later state than the snapshot's."""
+    norm, db, win, _ = cores()
+    chain = OperatorChain(norm, db, win, AnomalyDetector({}))
+    batches = [b for b in polls(5, irregular=False, n_polls=30) if b.device_id == "d0"]
+    clock = [0]
+    logic = ChainLogic(chain, lambda: clock[0], None, ("normalize", "deadband"))
+    taken = []
+    for k, b in enumerate(batches):
+        clock[0] = int(b.ts_ns.max())
+        logic.on_batch([b])
+        if k % 4 == 2:
+            snap = logic.snapshot()
+            taken.append((snap, pickle.dumps(snap)))
+    for snap, blob in taken:
+        assert pickle.dumps(snap) == blob
 
 
 TAGS = [3, 11, 12, 40, 2**62 + 7]
