@@ -21,15 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
+from bench.children import run_child
 from nexus.embedded import EmbeddedPostgres, free_port
 
 CHILD = r"""
@@ -72,25 +68,10 @@ print(json.dumps(out))
 """
 
 
-def run_child(root: Path, pg: EmbeddedPostgres, rows: int, call_rows: int) -> dict[str, Any]:
+def run_writer(root: Path, pg: EmbeddedPostgres, rows: int, call_rows: int) -> dict[str, Any]:
     """One child process from checkout ``root`` writing ``rows`` rows, ``call_rows`` per call, to a
     fresh database."""
-    name = f"agg_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg.url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, pg.url_for(name), str(rows), str(call_rows or rows)],
-            cwd=root, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"the writer from {root} failed:\n{proc.stderr[-2000:]}")
-        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    if not Path(result["module"]).is_relative_to(root.resolve()):
-        raise RuntimeError(f"the child from {root} imported {result['module']}")
+    result = run_child(root, pg, CHILD, [str(rows), str(call_rows or rows)], what="writer")
     per10k = 10_000 / rows
     return {
         phase: {key: round(value * per10k, 4) for key, value in result[phase].items()}
@@ -128,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
                 for r in range(args.rounds):
                     for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                        runs[side].append(run_child(roots[side], pg, rows, args.call_rows))
+                        runs[side].append(run_writer(roots[side], pg, rows, args.call_rows))
                 report[f"rows_{rows}"] = {**runs, "b_over_a": _ratios(runs)}
         finally:
             pg.stop()

@@ -75,8 +75,10 @@ ChainResult = tuple["ChainState", PointBatch, list[AggBatch], PointBatch, list[A
 class ChainState:
     """One device's state in the chain: the states of its deadband, windows and checks.
 
-    Updated in place by :meth:`OperatorChain.process` (the anomaly state always is; the deadband's
-    and the windows' states are replaced by new objects, never modified). Pickles.
+    Updated in place by :meth:`OperatorChain.process`: the anomaly state always is; the deadband's
+    and the windows' states are replaced by new objects, whose arrays the compiled path then updates
+    in place poll after poll until they are handed out (:meth:`OperatorChain.hand_out`: a snapshot
+    that keeps them). Pickles.
     """
 
     deadband: DeadbandState

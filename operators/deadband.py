@@ -112,7 +112,9 @@ class DeadbandState:
 
     Columns are aligned to ``tag_ids`` (sorted, unique). Only tags with a deadband that have
     published at least once are present. :meth:`Deadband.process` never modifies a state's arrays
-    (it returns a new state), so a state can be handed to Bytewax's snapshot without a copy.
+    (it returns a new state), so a state can be handed to Bytewax's snapshot without a copy. (The
+    fused chain's compiled path updates the arrays of states it made itself in place, until it hands
+    them out: :meth:`operators.chain.OperatorChain.hand_out`.)
     """
 
     tag_ids: _I64

@@ -295,7 +295,9 @@ class WindowBuckets:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class WindowState:
-    """Window state of one device; small, picklable, never mutated (operations return a new one)."""
+    """Window state of one device; small, picklable, never mutated by the aggregator (operations
+    return a new one; the fused chain's compiled path updates the arrays of an open bucket it made
+    itself in place, until it hands them out: :meth:`operators.chain.OperatorChain.hand_out`)."""
 
     windows: tuple[WindowBuckets, ...]
     device_id: str = ""
