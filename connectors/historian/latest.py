@@ -98,10 +98,13 @@ def _take_rows(  # noqa: PLR0917 - the table's columns and the output's, flat fo
     out_v: npt.NDArray[np.float64],
     out_q: npt.NDArray[np.uint8],
 ) -> int:
-    """Copy the kept rows of the slots in ``order`` into the outputs, in that order; how many."""
+    """Copy the kept rows of the slots in ``order`` into the outputs, in that order; how many (-1:
+    more than the outputs hold, nothing beyond them written)."""
     n = 0
     for slot in order:
         if kept[slot]:
+            if n == out_t.shape[0]:
+                return -1
             out_t[n] = t[slot]
             out_ids[n] = keys[slot]
             out_v[n] = v[slot]
@@ -207,11 +210,18 @@ class LatestRows:
         if order is None:
             slots = np.flatnonzero(self._used)
             order = self._order = slots[np.argsort(self._keys[slots])]
-        n = self._count
-        out = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.uint8)
-        taken = _take_kernel(order, self._kept, self._t, self._keys, self._v, self._q, *out)
-        assert taken == n, (taken, n)
-        return out
+        n = self._count  # (the kept rows: each counted once as it became kept)
+        t, ids, v, q = (
+            np.empty(n, np.int64),
+            np.empty(n, np.int64),
+            np.empty(n, np.float64),
+            np.empty(n, np.uint8),
+        )
+        n = _take_kernel(order, self._kept, self._t, self._keys, self._v, self._q, t, ids, v, q)
+        if n < 0:  # (never while the count is right) the gathers the kernel replaced
+            slots = order[self._kept[order]]
+            return self._t[slots], self._keys[slots], self._v[slots], self._q[slots]
+        return t[:n], ids[:n], v[:n], q[:n]
 
     def clear(self) -> None:
         """Forget every kept row (they are in ``nexus_latest`` now). The tags keep their slots: the

@@ -123,3 +123,13 @@ def test_a_new_tag_after_a_clear_is_sorted_in() -> None:
     table.clear()
     table.merge(one, np.array([a], np.int64), np.array([3.0]), np.zeros(1, np.uint8))
     assert _rows(table) == [(a, 0, 3.0, 0)]  # b's row was written: not kept
+
+
+def test_peek_never_writes_past_its_outputs() -> None:
+    """The compiled copy sizes its outputs by the kept-row count; were the count ever short, it stops
+    at their end and ``peek`` gathers the rows the plain numpy way instead (no write out of bounds)."""
+    table = LatestRows()
+    table.merge(np.array([5, 6, 7]), np.array([3, 1, 2]), np.array([0.5, 0.1, 0.2]), np.zeros(3, np.uint8))
+    table._count = 1  # a count gone wrong
+    t, ids, values, _ = table.peek()
+    assert ids.tolist() == [1, 2, 3] and t.tolist() == [6, 7, 5] and values.tolist() == [0.1, 0.2, 0.5]
